@@ -1,0 +1,160 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { parse as parseYaml } from 'yaml';
+import type { z } from 'zod';
+import { ConfigSchema, type Config } from './schema.ts';
+
+/** Start-up stops with this: the message names the field and what is wrong with it. */
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+export const DEFAULT_CONFIG_FILE = 'config/berth.yaml';
+
+/** The options every berth command takes; they win over the environment, which wins over the file. */
+export interface ConfigFlags {
+  config?: string;
+  listen?: string;
+  storage?: string;
+  upstream?: string[];
+  defaultUpstream?: string;
+  offline?: boolean;
+  logLevel?: string;
+}
+
+type Raw = Record<string, unknown>;
+
+function section(raw: Raw, key: string): Raw {
+  const v = raw[key];
+  if (v === undefined || v === null) return (raw[key] = {});
+  return v as Raw;
+}
+
+/** `host=url` pairs, from `--upstream` (repeatable) or BERTH_UPSTREAMS (comma separated). */
+function upstreamPairs(pairs: string[], where: string): Raw[] {
+  return pairs.map((p) => {
+    const eq = p.indexOf('=');
+    if (eq <= 0) throw new ConfigError(`${where}: "${p}" must be HOST=URL, e.g. docker.io=http://127.0.0.1:5001`);
+    return { host: p.slice(0, eq).trim(), url: p.slice(eq + 1).trim() };
+  });
+}
+
+function bool(v: string, name: string): boolean {
+  if (/^(1|true|yes|on)$/i.test(v)) return true;
+  if (/^(0|false|no|off)$/i.test(v)) return false;
+  throw new ConfigError(`${name}: "${v}" is not a boolean (true/false)`);
+}
+
+/** The environment variables berth reads, documented in the README's configuration reference. */
+function applyEnv(raw: Raw, env: NodeJS.ProcessEnv): void {
+  const e = (k: string) => (env[k] !== undefined && env[k] !== '' ? env[k] : undefined);
+  if (e('BERTH_LISTEN')) raw.listen = e('BERTH_LISTEN');
+  if (e('BERTH_STORAGE')) section(raw, 'storage').path = e('BERTH_STORAGE');
+  if (e('BERTH_STORAGE_MAX_SIZE')) section(raw, 'storage').maxSize = e('BERTH_STORAGE_MAX_SIZE');
+  if (e('BERTH_OFFLINE')) raw.offline = bool(e('BERTH_OFFLINE')!, 'BERTH_OFFLINE');
+  if (e('BERTH_TAG_TTL')) raw.tagTtl = e('BERTH_TAG_TTL');
+  if (e('BERTH_FILL_TIMEOUT')) raw.fillTimeout = e('BERTH_FILL_TIMEOUT');
+  if (e('BERTH_LAZY_FILL')) raw.lazyFill = e('BERTH_LAZY_FILL');
+  if (e('BERTH_BANDWIDTH')) section(raw, 'bandwidth').limit = e('BERTH_BANDWIDTH');
+  if (e('BERTH_LOG_LEVEL')) section(raw, 'log').level = e('BERTH_LOG_LEVEL');
+  if (e('BERTH_DEFAULT_UPSTREAM')) raw.defaultUpstream = e('BERTH_DEFAULT_UPSTREAM');
+  if (e('BERTH_UPSTREAMS')) raw.upstreams = upstreamPairs(e('BERTH_UPSTREAMS')!.split(','), 'BERTH_UPSTREAMS');
+}
+
+function applyFlags(raw: Raw, f: ConfigFlags): void {
+  if (f.listen !== undefined) raw.listen = f.listen;
+  if (f.storage !== undefined) section(raw, 'storage').path = f.storage;
+  if (f.offline !== undefined) raw.offline = f.offline;
+  if (f.logLevel !== undefined) section(raw, 'log').level = f.logLevel;
+  if (f.defaultUpstream !== undefined) raw.defaultUpstream = f.defaultUpstream;
+  if (f.upstream && f.upstream.length > 0) raw.upstreams = upstreamPairs(f.upstream, '--upstream');
+}
+
+/** Env key for a host's credentials: `quay.io` → `BERTH_UPSTREAM_QUAY_IO_PASSWORD`. */
+export function credentialEnvPrefix(host: string): string {
+  return `BERTH_UPSTREAM_${host.toUpperCase().replace(/[^A-Z0-9]/g, '_')}_`;
+}
+
+function issuePath(path: PropertyKey[]): string {
+  return path.map((p, i) => (typeof p === 'number' ? `[${p}]` : `${i > 0 ? '.' : ''}${String(p)}`)).join('') || '(top level)';
+}
+
+function formatIssues(err: z.ZodError, source: string): string {
+  return err.issues.map((i) => `${source}: ${issuePath(i.path)}: ${i.message}`).join('\n');
+}
+
+/** Reads the file (when there is one), the environment and the flags into one validated, frozen Config. */
+export function loadConfig(flags: ConfigFlags = {}, env: NodeJS.ProcessEnv = process.env): Readonly<Config> {
+  let file = flags.config ?? env.BERTH_CONFIG;
+  if (file === undefined && existsSync(DEFAULT_CONFIG_FILE)) file = DEFAULT_CONFIG_FILE;
+  let raw: Raw = {};
+  if (file !== undefined) {
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (err) {
+      throw new ConfigError(`--config: cannot read ${file}: ${(err as Error).message}`);
+    }
+    try {
+      raw = (parseYaml(text) as Raw | null) ?? {};
+    } catch (err) {
+      throw new ConfigError(`${file}: not valid YAML: ${(err as Error).message.split('\n')[0]}`);
+    }
+    if (typeof raw !== 'object' || Array.isArray(raw)) throw new ConfigError(`${file}: the top level must be a mapping`);
+  }
+  applyEnv(raw, env);
+  applyFlags(raw, flags);
+  const parsed = ConfigSchema.safeParse(raw);
+  if (!parsed.success) throw new ConfigError(formatIssues(parsed.error, file ?? 'configuration'));
+  const config = parsed.data;
+
+  const hosts = new Set<string>();
+  config.upstreams.forEach((u, i) => {
+    for (const h of [u.host, ...u.aliases]) {
+      if (hosts.has(h)) throw new ConfigError(`upstreams[${i}].host: "${h}" is configured twice`);
+      hosts.add(h);
+    }
+    const prefix = credentialEnvPrefix(u.host);
+    if (env[`${prefix}USERNAME`]) u.username = env[`${prefix}USERNAME`];
+    if (env[`${prefix}PASSWORD`]) u.password = env[`${prefix}PASSWORD`];
+    if (u.passwordEnv !== undefined) {
+      const v = env[u.passwordEnv];
+      if (v === undefined) throw new ConfigError(`upstreams[${i}].passwordEnv: environment variable ${u.passwordEnv} is not set`);
+      u.password = v;
+    }
+    if (u.passwordFile !== undefined) {
+      try {
+        u.password = readFileSync(u.passwordFile, 'utf8').split('\n')[0]!.trim();
+      } catch (err) {
+        throw new ConfigError(`upstreams[${i}].passwordFile: cannot read ${u.passwordFile}: ${(err as Error).message}`);
+      }
+    }
+    if (u.ca !== undefined && !existsSync(u.ca)) throw new ConfigError(`upstreams[${i}].ca: file ${u.ca} does not exist`);
+    if ((u.username === undefined) !== (u.password === undefined)) {
+      throw new ConfigError(`upstreams[${i}]: username and password go together (password may come from passwordFile, passwordEnv or ${prefix}PASSWORD)`);
+    }
+  });
+
+  let defaultUpstream = config.defaultUpstream;
+  if (defaultUpstream === undefined) {
+    defaultUpstream = config.upstreams.some((u) => u.host === 'docker.io') ? 'docker.io' : config.upstreams[0]!.host;
+  } else if (!config.upstreams.some((u) => u.host === defaultUpstream)) {
+    throw new ConfigError(`defaultUpstream: "${defaultUpstream}" is not one of the configured upstreams (${[...hosts].join(', ')})`);
+  }
+  return deepFreeze({ ...config, defaultUpstream });
+}
+
+function deepFreeze<T>(o: T): T {
+  if (o && typeof o === 'object') {
+    for (const v of Object.values(o)) deepFreeze(v);
+    Object.freeze(o);
+  }
+  return o;
+}
+
+/** Splits `HOST:PORT` / `:PORT` into what net.Server.listen takes. */
+export function listenAddress(listen: string): { host?: string; port: number } {
+  const i = listen.lastIndexOf(':');
+  const host = listen.slice(0, i).replace(/^\[|\]$/g, '');
+  const port = Number(listen.slice(i + 1));
+  return host ? { host, port } : { port };
+}

@@ -1,0 +1,121 @@
+import { z } from 'zod';
+import { parseDuration, parseRate, parseSize } from './units.ts';
+import { isHost } from '../oci/reference.ts';
+
+/**
+ * The configuration file's schema (config/berth.yaml). Every field has a default so that no file at
+ * all gives a working server; units are parsed here so the rest of berth sees milliseconds and bytes.
+ */
+const duration = (def: string) =>
+  z
+    .union([z.string(), z.number()])
+    .default(def)
+    .transform((v, ctx) => {
+      const ms = parseDuration(v);
+      if (ms === undefined) {
+        ctx.addIssue({ code: 'custom', message: `"${v}" is not a duration (e.g. 30s, 5m, 1h)` });
+        return z.NEVER;
+      }
+      return ms;
+    });
+
+const rate = z.union([z.string(), z.number()]).transform((v, ctx) => {
+  const r = parseRate(v);
+  if (r === undefined || r <= 0) {
+    ctx.addIssue({ code: 'custom', message: `"${v}" is not a rate (e.g. 20MiB/s, 100Mbit/s)` });
+    return z.NEVER;
+  }
+  return r;
+});
+
+/** A size in bytes, or a percentage of the storage filesystem (resolved at start-up). */
+const sizeOrPercent = z.union([z.string(), z.number()]).transform((v, ctx) => {
+  if (typeof v === 'string' && /^\s*\d+(\.\d+)?\s*%\s*$/.test(v)) {
+    const p = Number.parseFloat(v);
+    if (p > 0 && p <= 100) return { percent: p } as const;
+  }
+  const n = parseSize(v);
+  if (n === undefined || n <= 0) {
+    ctx.addIssue({ code: 'custom', message: `"${v}" is not a size (e.g. 50GiB) or a percentage (e.g. 80%)` });
+    return z.NEVER;
+  }
+  return { bytes: n } as const;
+});
+
+const url = z.string().refine((s) => {
+  try {
+    const u = new URL(s);
+    return u.protocol === 'http:' || u.protocol === 'https:';
+  } catch {
+    return false;
+  }
+}, 'must be an http:// or https:// URL');
+
+const listen = z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[a-zA-Z0-9.-]*):\d{1,5}$/, 'must be HOST:PORT or :PORT');
+
+export const UpstreamSchema = z
+  .object({
+    /** The registry host clients name: `docker.io`, `quay.io`, `127.0.0.1:5001`. */
+    host: z.string().refine(isHost, 'must be a registry host such as quay.io or 127.0.0.1:5001'),
+    /** Where berth reaches it. */
+    url,
+    /** Other names that route here (`index.docker.io`). */
+    aliases: z.array(z.string().refine(isHost, 'must be a registry host')).default([]),
+    username: z.string().optional(),
+    password: z.string().optional(),
+    /** Read the password from this file (first line), or from this environment variable. */
+    passwordFile: z.string().optional(),
+    passwordEnv: z.string().optional(),
+    /** PEM file of the CA that signed the upstream's certificate (added to the system roots). */
+    ca: z.string().optional(),
+    insecureSkipVerify: z.boolean().default(false),
+    /** Outbound HTTP proxy for this upstream; else HTTP(S)_PROXY/NO_PROXY from the environment. */
+    proxy: url.optional(),
+    bandwidth: rate.optional(),
+    timeouts: z
+      .object({ connect: duration('10s'), header: duration('30s'), idle: duration('30s') })
+      .strict()
+      .prefault({}),
+  })
+  .strict();
+
+export const DEFAULT_UPSTREAMS = [
+  { host: 'docker.io', url: 'https://registry-1.docker.io', aliases: ['index.docker.io', 'registry-1.docker.io'] },
+  { host: 'quay.io', url: 'https://quay.io' },
+  { host: 'ghcr.io', url: 'https://ghcr.io' },
+  { host: 'registry.k8s.io', url: 'https://registry.k8s.io' },
+  { host: 'gcr.io', url: 'https://gcr.io' },
+];
+
+export const ConfigSchema = z
+  .object({
+    listen: listen.default(':5000'),
+    storage: z
+      .object({ path: z.string().min(1).default('./storage'), maxSize: sizeOrPercent.optional() })
+      .strict()
+      .prefault({}),
+    /** Contact no upstream at all: serve what is cached, answer 404 for the rest. */
+    offline: z.boolean().default(false),
+    /** How long a cached tag is served without asking the upstream again. */
+    tagTtl: duration('5m'),
+    /** How long a fill may keep going after every client that wanted it has gone. */
+    fillTimeout: duration('30m'),
+    /** Whole blobs whose first bytes were asked by Range: complete in the background or only as read. */
+    lazyFill: z.enum(['background', 'on-demand']).default('background'),
+    retries: z
+      .object({ attempts: z.number().int().min(0).max(100).default(5), backoff: duration('500ms') })
+      .strict()
+      .prefault({}),
+    bandwidth: z.object({ limit: rate.optional() }).strict().prefault({}),
+    defaultUpstream: z.string().optional(),
+    upstreams: z.array(UpstreamSchema).min(1, 'at least one upstream is needed').prefault(DEFAULT_UPSTREAMS),
+    log: z
+      .object({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
+      .strict()
+      .prefault({}),
+  })
+  .strict();
+
+export type ConfigInput = z.input<typeof ConfigSchema>;
+export type UpstreamConfig = z.output<typeof UpstreamSchema>;
+export type Config = z.output<typeof ConfigSchema> & { defaultUpstream: string };

@@ -1,0 +1,147 @@
+import type { Readable } from 'node:stream';
+import { RegistryError } from '../oci/errors.ts';
+import type { Digest } from '../oci/digest.ts';
+import type { ByteRange } from '../oci/range.ts';
+import type { Priority } from '../upstream/bandwidth.ts';
+import { header } from '../upstream/client.ts';
+import type { Fill, BlobSource } from './fill.ts';
+import type { Route } from './upstreams.ts';
+import type { RegistryContext } from './context.ts';
+
+/** A blob ready to be served: its size and a way to read any part of it. */
+export interface BlobHandle {
+  digest: Digest;
+  size: number;
+  /** 'cache' when committed, 'fill' while it is still arriving. */
+  source: 'cache' | 'fill';
+  read(start: number, end: number): Readable;
+}
+
+/** How long after a lazy Range read the background completion of the blob starts. */
+const LAZY_COMPLETION_DELAY_MS = 1000;
+
+/**
+ * The pull-through logic for blobs: local first; else join or start the one fill of that digest.
+ * Requests without `ns` or a host prefix go to the upstream that referenced the digest.
+ */
+export class Blobs {
+  constructor(private readonly ctx: RegistryContext) {}
+
+  /** The route for a blob request: the one the client named, else where a cached manifest said the blob lives. */
+  routeFor(route: Route, d: Digest): Route {
+    if (route.explicit) return route;
+    const ref = this.ctx.index.refOf(d);
+    return ref && this.ctx.upstreams.get(ref.upstream) ? { upstream: ref.upstream, repository: ref.repository as Route['repository'], explicit: false } : route;
+  }
+
+  /** Committed blob, or undefined. A row whose file vanished is forgotten. */
+  async cached(d: Digest): Promise<BlobHandle | undefined> {
+    const { index, store } = this.ctx;
+    const row = index.getBlob(d);
+    if (!row) return undefined;
+    const size = await store.size(d);
+    if (size === undefined) {
+      index.deleteBlob(d);
+      return undefined;
+    }
+    index.touch(d);
+    return { digest: d, size, source: 'cache', read: (s, e) => store.read(d, s, e) };
+  }
+
+  /** HEAD: the size without downloading the blob. */
+  async stat(route: Route, d: Digest): Promise<{ size: number; cached: boolean }> {
+    const hit = await this.cached(d);
+    if (hit) return { size: hit.size, cached: true };
+    const fill = this.ctx.fills.get(d);
+    if (fill?.size !== undefined) return { size: fill.size, cached: false };
+    this.ensureOnline(d);
+    const r = this.routeFor(route, d);
+    const res = await this.ctx.upstreams.client(r).blob('HEAD', r.repository, d);
+    await res.body.dump();
+    const size = Number(header(res.headers, 'content-length'));
+    if (!Number.isSafeInteger(size) || size < 0) throw new RegistryError('UPSTREAM_ERROR', `upstream ${r.upstream} sent no size for blob ${d}`);
+    return { size, cached: false };
+  }
+
+  /**
+   * Opens a blob for reading. `ranges` (already parsed by the caller once the size is known) tells
+   * whether the client wants the whole blob, which starts the sequential fill at foreground priority,
+   * or a few ranges, which are fetched lazily and the rest completed per `lazyFill`.
+   */
+  async open(route: Route, d: Digest, wantsWhole: boolean): Promise<BlobHandle> {
+    const hit = await this.cached(d);
+    if (hit) {
+      this.ctx.metrics.hits.inc({ kind: 'blob' });
+      return hit;
+    }
+    this.ensureOnline(d);
+    this.ctx.metrics.misses.inc({ kind: 'blob' });
+    const fill = await this.fill(route, d);
+    if (wantsWhole) fill.start('foreground');
+    else if (this.ctx.config.lazyFill === 'background') fill.startLater(LAZY_COMPLETION_DELAY_MS);
+    const size = await fill.whenSized();
+    return { digest: d, size, source: 'fill', read: (s, e) => fill.reader(s, e) };
+  }
+
+  /** Prewarm: fetch the whole blob at background priority and wait until it is committed. */
+  async warm(route: Route, d: Digest): Promise<{ size: number; fetched: boolean }> {
+    const hit = await this.cached(d);
+    if (hit) return { size: hit.size, fetched: false };
+    this.ensureOnline(d);
+    const fill = await this.fill(route, d);
+    fill.start('background');
+    const size = await fill.whenSized();
+    await fill.whenDone();
+    return { size, fetched: true };
+  }
+
+  private ensureOnline(d: Digest): void {
+    if (this.ctx.config.offline) throw new RegistryError('BLOB_UNKNOWN', `blob ${d} is not cached and berth is offline`);
+  }
+
+  private async fill(route: Route, d: Digest): Promise<Fill> {
+    const { fills, index, store, config, metrics, log } = this.ctx;
+    const r = this.routeFor(route, d);
+    const client = this.ctx.upstreams.client(r);
+    const budget = this.ctx.budget;
+    const source: BlobSource = {
+      async open(range, priority: () => Priority, signal) {
+        const res = await client.blob('GET', r.repository, d, range, signal);
+        const partial = res.status === 206;
+        let start = 0;
+        let size = Number(header(res.headers, 'content-length'));
+        if (partial) {
+          const m = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(header(res.headers, 'content-range') ?? '');
+          if (!m) {
+            res.body.destroy();
+            throw new RegistryError('UPSTREAM_ERROR', `upstream ${r.upstream} sent a 206 without a usable Content-Range`);
+          }
+          start = Number(m[1]);
+          size = Number(m[3]);
+        }
+        if (!Number.isSafeInteger(size) || size < 0) {
+          res.body.destroy();
+          throw new RegistryError('UPSTREAM_ERROR', `upstream ${r.upstream} sent no Content-Length for blob ${d}`);
+        }
+        return { partial, start, size, body: budget.throttle(r.upstream, res.body, priority) };
+      },
+    };
+    const known = index.descriptorSize(d);
+    const { fill, joined } = await fills.acquire(d, source, {
+      dataFile: store.paths.ingestData(d),
+      metaFile: store.paths.ingestMeta(d),
+      ...(known !== undefined ? { expectedSize: known } : {}),
+      retries: config.retries,
+      abandonAfterMs: config.fillTimeout,
+      commit: async (file, size) => {
+        await store.commit(d, file);
+        index.putBlob(d, size, null);
+        index.addRefs(r.upstream, r.repository, [d]);
+      },
+      log: (msg, extra) => log.info({ upstream: r.upstream, ...extra }, msg),
+      onUpstreamBytes: (n, priority) => metrics.upstreamBytes.inc({ upstream: r.upstream, priority }, n),
+    });
+    if (joined) metrics.fillJoins.inc();
+    return fill;
+  }
+}

@@ -1,0 +1,429 @@
+import { createHash, type Hash } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import { open, readFile, rm, writeFile, type FileHandle } from 'node:fs/promises';
+import { Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { RegistryError } from '../oci/errors.ts';
+import type { Digest } from '../oci/digest.ts';
+import type { Priority } from '../upstream/bandwidth.ts';
+import { Extents } from './extents.ts';
+
+/** Where a fill gets bytes: the upstream, bound to one blob. */
+export interface BlobSource {
+  /**
+   * GET the blob, or [start, end] of it. `partial` says the upstream honoured the range (206);
+   * `size` is the whole blob's size; `start` is the offset of the body's first byte.
+   */
+  open(range: { start: number; end?: number } | undefined, priority: () => Priority, signal: AbortSignal): Promise<SourceBody>;
+}
+
+export interface SourceBody {
+  partial: boolean;
+  start: number;
+  size: number;
+  body: AsyncIterable<Buffer>;
+}
+
+export interface FillOptions {
+  dataFile: string;
+  metaFile: string;
+  /** The size the manifest declared, when known: an upstream that disagrees is wrong. */
+  expectedSize?: number;
+  retries: { attempts: number; backoff: number };
+  /** How long the fill may go on after its last reader left. */
+  abandonAfterMs: number;
+  /** Moves the verified data file into the blob store and indexes it. */
+  commit: (dataFile: string, size: number) => Promise<void>;
+  log: (msg: string, extra?: Record<string, unknown>) => void;
+  onUpstreamBytes?: (n: number, priority: Priority) => void;
+}
+
+const READ_CHUNK = 512 * 1024;
+/** Persist what is on disk at most this often (in bytes written), so a restart resumes near where it stopped. */
+const CHECKPOINT_BYTES = 32 * 1024 * 1024;
+/** A reader this far ahead of the sequential fill asks the upstream for its bytes directly. */
+const LAZY_DISTANCE = 2 * 1024 * 1024;
+const MAX_LAZY_SPAN = 16 * 1024 * 1024;
+
+export type FillState = 'running' | 'idle' | 'committed' | 'failed';
+
+/**
+ * One fill of one blob: a single upstream reader feeding any number of client readers through the
+ * ingest file. Readers stream bytes as soon as they are on disk, each from its own offset; a reader
+ * far ahead (a Range request) fetches its bytes with its own upstream Range request, which lands in
+ * the same file. When every byte is there the digest is checked over the whole and the file committed.
+ * A failure destroys every reader's stream: no client ever sees a clean-looking short body.
+ */
+export class Fill extends EventEmitter {
+  state: FillState = 'idle';
+  size: number | undefined;
+  error: Error | undefined;
+  readonly extents: Extents;
+  readers = 0;
+  private readonly abort = new AbortController();
+  private fh!: FileHandle;
+  private hash: Hash = createHash('sha256');
+  private hashedTo = 0;
+  private sequential: Promise<void> | undefined;
+  private readonly lazy: Array<{ start: number; end: number }> = [];
+  private sinceCheckpoint = 0;
+  private abandonTimer: NodeJS.Timeout | undefined;
+  private readonly sized: Promise<number>;
+  private resolveSize!: (n: number) => void;
+  private finishing: Promise<void> | undefined;
+  private seqPriority: Priority = 'background';
+  private laterTimer: NodeJS.Timeout | undefined;
+
+  private constructor(
+    readonly digest: Digest,
+    private readonly source: BlobSource,
+    private readonly o: FillOptions,
+    extents: Extents,
+    size: number | undefined,
+  ) {
+    super();
+    this.setMaxListeners(0);
+    this.extents = extents;
+    this.sized = new Promise<number>((resolve) => (this.resolveSize = resolve));
+    this.sized.catch(() => {});
+    if (size !== undefined) this.setSize(size);
+  }
+
+  /** Opens the ingest file, picking up what an earlier fill (before a restart) left on disk. */
+  static async open(digest: Digest, source: BlobSource, o: FillOptions): Promise<Fill> {
+    let extents = new Extents();
+    let size: number | undefined;
+    try {
+      const meta = JSON.parse(await readFile(o.metaFile, 'utf8')) as { size?: number; extents?: Array<[number, number]> };
+      if (typeof meta.size === 'number' && Array.isArray(meta.extents) && (o.expectedSize === undefined || o.expectedSize === meta.size)) {
+        extents = new Extents(meta.extents);
+        size = meta.size;
+      }
+    } catch {
+      // no checkpoint: start from nothing
+    }
+    const fill = new Fill(digest, source, o, extents, size ?? o.expectedSize);
+    fill.fh = await open(o.dataFile, extents.bytes > 0 ? 'r+' : 'w+').catch(() => open(o.dataFile, 'w+'));
+    if (extents.bytes > 0) o.log('resuming fill from checkpoint', { digest, bytes: extents.bytes, size });
+    return fill;
+  }
+
+  /** Resolves with the blob's size once it is known (from the manifest or the upstream's headers). */
+  whenSized(): Promise<number> {
+    if (this.state === 'failed') return Promise.reject(this.error);
+    return Promise.race([this.sized, this.failure()]);
+  }
+
+  private failure(): Promise<never> {
+    return new Promise((_, reject) => {
+      if (this.state === 'failed') reject(this.error);
+      else this.once('failed', reject);
+    });
+  }
+
+  private setSize(n: number): void {
+    if (this.size === undefined) {
+      this.size = n;
+      this.resolveSize(n);
+    }
+  }
+
+  /**
+   * Starts (or keeps) the sequential fill of every missing byte. Foreground when a client wants the
+   * whole blob; background for prewarm and for completing a lazily-read blob.
+   */
+  start(priority: Priority = 'foreground'): void {
+    if (priority === 'foreground') this.seqPriority = 'foreground';
+    if (this.sequential || this.state === 'committed' || this.state === 'failed') return;
+    this.state = 'running';
+    this.sequential = this.runSequential().catch((err: Error) => this.fail(err));
+  }
+
+  /** Completes the blob in the background after `ms`, unless something started it meanwhile. */
+  startLater(ms: number): void {
+    if (this.sequential || this.laterTimer) return;
+    this.laterTimer = setTimeout(() => this.start('background'), ms);
+    this.laterTimer.unref();
+  }
+
+  /** Resolves when the blob is committed; rejects when the fill fails. */
+  whenDone(): Promise<void> {
+    if (this.state === 'committed') return Promise.resolve();
+    if (this.state === 'failed') return Promise.reject(this.error);
+    return new Promise((resolve, reject) => {
+      this.once('committed', resolve);
+      this.once('failed', reject);
+    });
+  }
+
+  get running(): boolean {
+    return this.sequential !== undefined && this.state === 'running';
+  }
+
+  /** Bytes of the sequential fill are foreground while a client that wants the whole blob is reading. */
+  private priority(): Priority {
+    return this.readers > 0 && this.seqPriority === 'foreground' ? 'foreground' : 'background';
+  }
+
+  private async runSequential(): Promise<void> {
+    let failures = 0;
+    for (;;) {
+      if (this.abort.signal.aborted) throw this.abort.signal.reason as Error;
+      const gap = this.size === undefined ? ([0, Infinity] as [number, number]) : this.extents.gaps(this.size)[0];
+      if (!gap) break;
+      const [start, end] = gap;
+      try {
+        const wanted = start > 0 || (this.size !== undefined && end < this.size) ? { start, ...(Number.isFinite(end) ? { end: end - 1 } : {}) } : undefined;
+        const res = await this.source.open(wanted, () => this.priority(), this.abort.signal);
+        this.checkSize(res.size);
+        if (wanted && !res.partial) {
+          // The upstream ignored Range: the body is the whole blob again, so start over from zero.
+          this.o.log('upstream ignored Range; restarting fill from zero', { digest: this.digest });
+          this.extents.clear();
+          this.resetHash();
+        }
+        await this.consume(res.body, res.partial ? res.start : 0, this.priority.bind(this));
+        if (this.size !== undefined && this.extents.gaps(this.size)[0]?.[0] === start) {
+          throw new Error(`upstream closed the body after ${this.extents.availableFrom(start) - start} bytes`);
+        }
+        failures = 0;
+      } catch (err) {
+        if (this.abort.signal.aborted) throw this.abort.signal.reason as Error;
+        if (err instanceof RegistryError && !['UNAVAILABLE', 'UPSTREAM_ERROR'].includes(err.code)) throw err;
+        if (err instanceof IntegrityError) throw err;
+        failures++;
+        if (failures > this.o.retries.attempts) throw err;
+        const delay = this.o.retries.backoff * 2 ** (failures - 1);
+        this.o.log('fill interrupted; resuming', { digest: this.digest, at: this.extents.availableFrom(0), attempt: failures, delayMs: delay, error: (err as Error).message });
+        await this.checkpoint();
+        await sleep(delay, undefined, { signal: this.abort.signal }).catch(() => {});
+      }
+    }
+    await this.finish();
+  }
+
+  private checkSize(size: number): void {
+    if (this.size === undefined) this.setSize(size);
+    else if (size !== this.size) throw new IntegrityError(`upstream says blob ${this.digest} has ${size} bytes, expected ${this.size}`);
+  }
+
+  /** Writes a body that starts at `offset` into the file, publishing each chunk as it lands. */
+  private async consume(body: AsyncIterable<Buffer>, offset: number, priority: () => Priority): Promise<void> {
+    let pos = offset;
+    for await (const chunk of body) {
+      if (this.state === 'failed' || this.state === 'committed') return;
+      if (this.size !== undefined && pos + chunk.length > this.size) {
+        throw new IntegrityError(`upstream sent more than the ${this.size} bytes of blob ${this.digest}`);
+      }
+      await this.fh.write(chunk, 0, chunk.length, pos);
+      this.o.onUpstreamBytes?.(chunk.length, priority());
+      if (pos === this.hashedTo) {
+        this.hash.update(chunk);
+        this.hashedTo += chunk.length;
+      }
+      this.extents.add(pos, pos + chunk.length);
+      pos += chunk.length;
+      this.emit('progress');
+      this.sinceCheckpoint += chunk.length;
+      if (this.sinceCheckpoint >= CHECKPOINT_BYTES) await this.checkpoint();
+    }
+  }
+
+  private resetHash(): void {
+    this.hash = createHash('sha256');
+    this.hashedTo = 0;
+  }
+
+  /** Records what is on disk, after syncing it, so a restarted berth resumes instead of starting over. */
+  private async checkpoint(): Promise<void> {
+    this.sinceCheckpoint = 0;
+    if (this.size === undefined || this.state === 'failed') return;
+    try {
+      await this.fh.datasync();
+      await writeFile(this.o.metaFile, JSON.stringify({ size: this.size, extents: this.extents.toJSON() }));
+    } catch (err) {
+      this.o.log('could not checkpoint fill', { digest: this.digest, error: (err as Error).message });
+    }
+  }
+
+  /**
+   * Fetches [start, end] (inclusive) from the upstream with a Range request, at the reader's priority,
+   * unless a fetch already in flight covers `start`.
+   */
+  private fetchRange(start: number, end: number): void {
+    if (this.lazy.some((r) => r.start <= start && start <= r.end)) return;
+    const req = { start, end };
+    this.lazy.push(req);
+    const run = async () => {
+      const res = await this.source.open({ start, end }, () => 'foreground', this.abort.signal);
+      this.checkSize(res.size);
+      if (!res.partial) {
+        // Without Range support the only way to these bytes is the whole blob: let the sequential fill do it.
+        await consumeAndDiscard(res.body);
+        this.start();
+        return;
+      }
+      await this.consume(res.body, res.start, () => 'foreground');
+    };
+    run()
+      .catch((err: Error) => {
+        if (err instanceof IntegrityError) this.fail(err);
+        else this.o.log('range fetch failed', { digest: this.digest, start, end, error: err.message });
+      })
+      .finally(() => {
+        this.lazy.splice(this.lazy.indexOf(req), 1);
+        this.emit('progress');
+        void this.maybeFinish();
+      });
+  }
+
+  /** When lazily fetched ranges have covered the whole blob, verify and commit it. */
+  private async maybeFinish(): Promise<void> {
+    if (this.size !== undefined && this.state !== 'committed' && this.state !== 'failed' && !this.sequential && this.extents.covers(this.size)) {
+      await this.finish().catch((err: Error) => this.fail(err));
+    }
+  }
+
+  private finish(): Promise<void> {
+    this.finishing ??= (async () => {
+      const size = this.size!;
+      let actual: string;
+      if (this.hashedTo === size) actual = this.hash.digest('hex');
+      else actual = await hashFile(this.fh, size);
+      if (`sha256:${actual}` !== this.digest) {
+        throw new IntegrityError(`upstream bytes hash to sha256:${actual}, not ${this.digest}`);
+      }
+      await this.o.commit(this.o.dataFile, size);
+      await rm(this.o.metaFile, { force: true });
+      this.state = 'committed';
+      this.clearAbandonTimer();
+      this.emit('progress');
+      this.emit('committed');
+      await this.closeWhenUnread();
+    })();
+    return this.finishing;
+  }
+
+  /** Fails the fill: every reader is destroyed, and a corrupt ingest file is removed. */
+  fail(err: Error): void {
+    if (this.state === 'failed' || this.state === 'committed') return;
+    this.state = 'failed';
+    this.error = err;
+    this.abort.abort(err);
+    this.clearAbandonTimer();
+    this.o.log('fill failed', { digest: this.digest, error: err.message });
+    this.emit('failed', err);
+    this.emit('progress');
+    const corrupt = err instanceof IntegrityError;
+    void (async () => {
+      if (corrupt) {
+        await rm(this.o.metaFile, { force: true });
+        await rm(this.o.dataFile, { force: true });
+      } else {
+        await this.checkpointAfterFailure();
+      }
+      await this.closeWhenUnread();
+    })();
+  }
+
+  private async checkpointAfterFailure(): Promise<void> {
+    if (this.size === undefined) return;
+    try {
+      await writeFile(this.o.metaFile, JSON.stringify({ size: this.size, extents: this.extents.toJSON() }));
+    } catch {
+      // best effort: without it the next fill starts from zero
+    }
+  }
+
+  private async closeWhenUnread(): Promise<void> {
+    if (this.readers === 0) await this.fh.close().catch(() => {});
+  }
+
+  private clearAbandonTimer(): void {
+    if (this.laterTimer && (this.state === 'committed' || this.state === 'failed')) clearTimeout(this.laterTimer);
+    if (this.abandonTimer) clearTimeout(this.abandonTimer);
+    this.abandonTimer = undefined;
+  }
+
+  /** Waits for the next published change (bytes landed, commit or failure). */
+  private changed(): Promise<void> {
+    return new Promise((resolve) => this.once('progress', resolve));
+  }
+
+  /**
+   * A stream of [start, end] (inclusive). It yields bytes as they land; bytes far ahead of the
+   * sequential fill (or with no sequential fill at all) are fetched by Range at foreground priority.
+   */
+  reader(start: number, end: number): Readable {
+    this.readers++;
+    this.clearAbandonTimer();
+    const self = this;
+    async function* bytes(): AsyncGenerator<Buffer> {
+      let pos = start;
+      while (pos <= end) {
+        if (self.state === 'failed') throw self.error;
+        const avail = self.extents.availableFrom(pos);
+        if (avail > pos) {
+          const n = Math.min(avail, end + 1, pos + READ_CHUNK) - pos;
+          const buf = Buffer.allocUnsafe(n);
+          const { bytesRead } = await self.fh.read(buf, 0, n, pos);
+          if (bytesRead !== n) throw new Error(`short read of ingest file at ${pos}`);
+          pos += n;
+          yield buf;
+          continue;
+        }
+        const frontier = self.extents.availableFrom(0);
+        const sequentialWillCome = self.running && pos - frontier < LAZY_DISTANCE;
+        if (!sequentialWillCome) self.fetchRange(pos, Math.min(end, pos + MAX_LAZY_SPAN - 1));
+        const wait = self.changed();
+        if (self.extents.availableFrom(pos) > pos || (self.state as FillState) === 'failed') continue;
+        await wait;
+      }
+    }
+    const stream = Readable.from(bytes(), { objectMode: false, highWaterMark: READ_CHUNK });
+    let released = false;
+    const release = () => {
+      if (released) return;
+      released = true;
+      this.readers--;
+      if (this.readers === 0) {
+        if (this.state === 'committed' || this.state === 'failed') void this.closeWhenUnread();
+        else this.armAbandonTimer();
+      }
+    };
+    stream.once('close', release);
+    return stream;
+  }
+
+  private armAbandonTimer(): void {
+    this.clearAbandonTimer();
+    this.abandonTimer = setTimeout(() => {
+      if (this.readers === 0 && this.state !== 'committed') {
+        void this.checkpoint().then(() => this.fail(new RegistryError('UNAVAILABLE', `fill of ${this.digest} abandoned: no reader for ${this.o.abandonAfterMs} ms`)));
+      }
+    }, this.o.abandonAfterMs);
+    this.abandonTimer.unref();
+  }
+}
+
+/** The bytes are wrong (digest, size): nothing of them may be kept or served. */
+export class IntegrityError extends Error {
+  override name = 'IntegrityError';
+}
+
+async function hashFile(fh: FileHandle, size: number): Promise<string> {
+  const h = createHash('sha256');
+  const buf = Buffer.allocUnsafe(READ_CHUNK);
+  for (let pos = 0; pos < size; ) {
+    const { bytesRead } = await fh.read(buf, 0, Math.min(READ_CHUNK, size - pos), pos);
+    if (bytesRead === 0) break;
+    h.update(buf.subarray(0, bytesRead));
+    pos += bytesRead;
+  }
+  return h.digest('hex');
+}
+
+async function consumeAndDiscard(body: AsyncIterable<Buffer>): Promise<void> {
+  const b = body as AsyncIterable<Buffer> & { destroy?: () => void };
+  b.destroy?.();
+}

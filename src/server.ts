@@ -1,0 +1,96 @@
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { resolve } from 'node:path';
+import pino, { type Logger } from 'pino';
+import { listenAddress } from './config/load.ts';
+import type { Config } from './config/schema.ts';
+import { Metrics } from './metrics.ts';
+import { createApp } from './http/app.ts';
+import { Blobs } from './registry/blobs.ts';
+import type { RegistryContext } from './registry/context.ts';
+import { Fills } from './registry/fills.ts';
+import { Manifests } from './registry/manifests.ts';
+import { Tags } from './registry/tags.ts';
+import { Upstreams } from './registry/upstreams.ts';
+import { BlobStore } from './store/blob-store.ts';
+import { StoragePaths } from './store/paths.ts';
+import { StoreIndex } from './store/store-index.ts';
+import { BandwidthBudget } from './upstream/bandwidth.ts';
+
+/** How often recorded access times are written to the index. */
+const ACCESS_FLUSH_MS = 30_000;
+
+export interface Berth {
+  ctx: RegistryContext;
+  manifests: Manifests;
+  blobs: Blobs;
+  tags: Tags;
+  /** Starts listening; resolves with the bound address. */
+  listen(): Promise<AddressInfo>;
+  close(): Promise<void>;
+}
+
+/** The composition root: everything is built here from the validated config and passed in. */
+export async function createBerth(config: Readonly<Config>, log: Logger = pino({ level: config.log.level })): Promise<Berth> {
+  const paths = new StoragePaths(resolve(config.storage.path));
+  const store = new BlobStore(paths);
+  await store.init();
+  const index = new StoreIndex(paths.database);
+  const metrics = new Metrics();
+  const upstreams = new Upstreams(config, (host, down) => {
+    metrics.upstreamUp.set({ upstream: host }, down ? 0 : 1);
+    log.warn({ upstream: host }, down ? 'upstream marked down after repeated failures' : 'upstream reachable again');
+  });
+  for (const c of upstreams.clients) metrics.upstreamUp.set({ upstream: c.host }, 1);
+  const budget = new BandwidthBudget(config.bandwidth.limit, config.upstreams.map((u) => [u.host, u.bandwidth] as [string, number | undefined]));
+  const fills = new Fills({
+    started: () => {
+      metrics.fillsStarted.inc();
+      metrics.fillsActive.inc();
+    },
+    ended: (_fill, ok) => {
+      metrics.fillsActive.dec();
+      if (!ok) metrics.fillsFailed.inc();
+    },
+  });
+  const ctx: RegistryContext = { config, store, index, fills, upstreams, budget, metrics, log };
+  const manifests = new Manifests(ctx);
+  const blobs = new Blobs(ctx);
+  const tags = new Tags(ctx);
+  const app = createApp({ upstreams, manifests, blobs, tags, metrics, log });
+  const flush = setInterval(() => index.flushAccess(), ACCESS_FLUSH_MS);
+  flush.unref();
+  let server: Server | undefined;
+
+  return {
+    ctx,
+    manifests,
+    blobs,
+    tags,
+    async listen() {
+      server = createServer(app.callback());
+      // Layers take minutes on slow links: no overall request timeout, but idle sockets and slow headers end.
+      server.requestTimeout = 0;
+      server.headersTimeout = 30_000;
+      server.keepAliveTimeout = 65_000;
+      const addr = listenAddress(config.listen);
+      await new Promise<void>((ok, fail) => {
+        server!.once('error', fail);
+        server!.listen(addr.port, addr.host, () => ok());
+      });
+      const bound = server.address() as AddressInfo;
+      log.info({ address: bound.address, port: bound.port, storage: paths.root, upstreams: upstreams.clients.map((c) => `${c.host}=${c.base.origin}`), offline: config.offline }, 'berth listening');
+      return bound;
+    },
+    async close() {
+      clearInterval(flush);
+      if (server) {
+        server.closeAllConnections();
+        await new Promise<void>((ok) => server!.close(() => ok()));
+      }
+      for (const f of fills.all()) f.fail(new Error('berth is shutting down'));
+      await upstreams.close();
+      index.close();
+    },
+  };
+}

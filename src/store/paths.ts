@@ -1,0 +1,42 @@
+import { join } from 'node:path';
+import { digestHex, type Digest } from '../oci/digest.ts';
+
+/**
+ * The storage directory, all of it:
+ *
+ *   <root>/blobs/sha256/<2 hex>/<64 hex>   verified content only: layers, configs and manifests, byte-exact.
+ *                                          A file here always hashes to its name: it arrives by rename
+ *                                          after verification and fsync, so a crash leaves nothing half-written.
+ *   <root>/ingest/<64 hex>.data            a fill in progress (sparse: lazily fetched ranges land at their offsets)
+ *   <root>/ingest/<64 hex>.json            what of .data is on disk (extents) and the blob's size; written after
+ *                                          the data it describes is synced, so it never claims bytes that are not there
+ *   <root>/tmp/                            small writes (manifests, imports) before their rename
+ *   <root>/berth.db                        SQLite index (WAL): blobs, tags, references, pins, access times
+ */
+export class StoragePaths {
+  constructor(readonly root: string) {}
+
+  get blobs(): string {
+    return join(this.root, 'blobs', 'sha256');
+  }
+  get ingest(): string {
+    return join(this.root, 'ingest');
+  }
+  get tmp(): string {
+    return join(this.root, 'tmp');
+  }
+  get database(): string {
+    return join(this.root, 'berth.db');
+  }
+
+  blob(d: Digest): string {
+    const hex = digestHex(d);
+    return join(this.blobs, hex.slice(0, 2), hex);
+  }
+  ingestData(d: Digest): string {
+    return join(this.ingest, `${digestHex(d)}.data`);
+  }
+  ingestMeta(d: Digest): string {
+    return join(this.ingest, `${digestHex(d)}.json`);
+  }
+}

@@ -1,0 +1,154 @@
+import Database from 'better-sqlite3';
+import type { Digest } from '../oci/digest.ts';
+
+export interface BlobRow {
+  digest: Digest;
+  size: number;
+  /** Set for manifests: the Content-Type the upstream sent, served back verbatim. */
+  mediaType: string | null;
+  createdAt: number;
+  accessedAt: number;
+}
+
+export interface TagRow {
+  upstream: string;
+  repository: string;
+  tag: string;
+  digest: Digest;
+  mediaType: string;
+  size: number;
+  checkedAt: number;
+}
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS blobs (
+  digest TEXT PRIMARY KEY,
+  size INTEGER NOT NULL,
+  media_type TEXT,
+  created_at INTEGER NOT NULL,
+  accessed_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tags (
+  upstream TEXT NOT NULL, repository TEXT NOT NULL, tag TEXT NOT NULL,
+  digest TEXT NOT NULL, media_type TEXT NOT NULL, size INTEGER NOT NULL, checked_at INTEGER NOT NULL,
+  PRIMARY KEY (upstream, repository, tag)
+);
+-- which upstream repository referenced a digest: routes blob requests that carry neither ns nor prefix
+CREATE TABLE IF NOT EXISTS refs (
+  digest TEXT NOT NULL, upstream TEXT NOT NULL, repository TEXT NOT NULL,
+  PRIMARY KEY (digest, upstream, repository)
+);
+-- manifest -> the blobs and child manifests it names (for export, pinning, eviction and gc)
+CREATE TABLE IF NOT EXISTS children (
+  parent TEXT NOT NULL, child TEXT NOT NULL, size INTEGER NOT NULL, media_type TEXT NOT NULL,
+  PRIMARY KEY (parent, child)
+);
+CREATE INDEX IF NOT EXISTS children_child ON children(child);
+CREATE TABLE IF NOT EXISTS pins (digest TEXT PRIMARY KEY, reference TEXT NOT NULL);
+`;
+
+/**
+ * The SQLite index of the storage directory (WAL, every statement prepared once). The blob files are the
+ * truth about content; this index is what is known about them and can be rebuilt from them.
+ * Access times are kept in memory and written in one transaction now and then, never per request.
+ */
+export class StoreIndex {
+  readonly db: Database.Database;
+  private readonly pendingAccess = new Map<string, number>();
+  private readonly s;
+
+  constructor(file: string) {
+    this.db = new Database(file, { timeout: 5000 });
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = NORMAL');
+    this.db.exec(SCHEMA);
+    const p = (sql: string) => this.db.prepare(sql);
+    this.s = {
+      getBlob: p('SELECT digest, size, media_type AS mediaType, created_at AS createdAt, accessed_at AS accessedAt FROM blobs WHERE digest = ?'),
+      putBlob: p(`INSERT INTO blobs (digest, size, media_type, created_at, accessed_at) VALUES (?, ?, ?, ?, ?)
+                  ON CONFLICT(digest) DO UPDATE SET size = excluded.size, media_type = COALESCE(excluded.media_type, blobs.media_type)`),
+      deleteBlob: p('DELETE FROM blobs WHERE digest = ?'),
+      touch: p('UPDATE blobs SET accessed_at = ? WHERE digest = ? AND accessed_at < ?'),
+      getTag: p('SELECT upstream, repository, tag, digest, media_type AS mediaType, size, checked_at AS checkedAt FROM tags WHERE upstream = ? AND repository = ? AND tag = ?'),
+      putTag: p(`INSERT INTO tags (upstream, repository, tag, digest, media_type, size, checked_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT(upstream, repository, tag) DO UPDATE SET digest = excluded.digest, media_type = excluded.media_type,
+                 size = excluded.size, checked_at = excluded.checked_at`),
+      listTags: p('SELECT tag FROM tags WHERE upstream = ? AND repository = ? ORDER BY tag'),
+      addRef: p('INSERT OR IGNORE INTO refs (digest, upstream, repository) VALUES (?, ?, ?)'),
+      refOf: p('SELECT upstream, repository FROM refs WHERE digest = ? LIMIT 1'),
+      addChild: p('INSERT OR IGNORE INTO children (parent, child, size, media_type) VALUES (?, ?, ?, ?)'),
+      descriptorSize: p('SELECT size FROM children WHERE child = ? AND size >= 0 LIMIT 1'),
+      childrenOf: p('SELECT child AS digest, size, media_type AS mediaType FROM children WHERE parent = ?'),
+    };
+  }
+
+  getBlob(d: Digest): BlobRow | undefined {
+    return this.s.getBlob.get(d) as BlobRow | undefined;
+  }
+
+  putBlob(d: Digest, size: number, mediaType: string | null, now = Date.now()): void {
+    this.s.putBlob.run(d, size, mediaType, now, now);
+  }
+
+  deleteBlob(d: Digest): void {
+    this.s.deleteBlob.run(d);
+    this.pendingAccess.delete(d);
+  }
+
+  /** Records a read; written to disk by flushAccess. */
+  touch(d: Digest, now = Date.now()): void {
+    this.pendingAccess.set(d, now);
+  }
+
+  flushAccess(): void {
+    if (this.pendingAccess.size === 0) return;
+    const entries = [...this.pendingAccess];
+    this.pendingAccess.clear();
+    this.db.transaction(() => {
+      for (const [d, t] of entries) this.s.touch.run(t, d, t);
+    })();
+  }
+
+  getTag(upstream: string, repository: string, tag: string): TagRow | undefined {
+    return this.s.getTag.get(upstream, repository, tag) as TagRow | undefined;
+  }
+
+  putTag(t: TagRow): void {
+    this.s.putTag.run(t.upstream, t.repository, t.tag, t.digest, t.mediaType, t.size, t.checkedAt);
+  }
+
+  listTags(upstream: string, repository: string): string[] {
+    return (this.s.listTags.all(upstream, repository) as Array<{ tag: string }>).map((r) => r.tag);
+  }
+
+  /** Remembers that `repository` on `upstream` referenced these digests. */
+  addRefs(upstream: string, repository: string, digests: Iterable<Digest>): void {
+    this.db.transaction(() => {
+      for (const d of digests) this.s.addRef.run(d, upstream, repository);
+    })();
+  }
+
+  refOf(d: Digest): { upstream: string; repository: string } | undefined {
+    return this.s.refOf.get(d) as { upstream: string; repository: string } | undefined;
+  }
+
+  addChildren(parent: Digest, children: Array<{ digest: Digest; size: number; mediaType: string }>): void {
+    this.db.transaction(() => {
+      for (const c of children) this.s.addChild.run(parent, c.digest, c.size, c.mediaType);
+    })();
+  }
+
+  /** The size a cached manifest declared for this digest, if any did. */
+  descriptorSize(d: Digest): number | undefined {
+    return (this.s.descriptorSize.get(d) as { size: number } | undefined)?.size;
+  }
+
+  childrenOf(parent: Digest): Array<{ digest: Digest; size: number; mediaType: string }> {
+    return this.s.childrenOf.all(parent) as Array<{ digest: Digest; size: number; mediaType: string }>;
+  }
+
+  close(): void {
+    this.flushAccess();
+    this.db.close();
+  }
+}

@@ -1,0 +1,238 @@
+import type { IncomingHttpHeaders } from 'node:http';
+import { request, type Dispatcher } from 'undici';
+import type { UpstreamConfig } from '../config/schema.ts';
+import { RegistryError, type ErrorCode } from '../oci/errors.ts';
+import type { Digest } from '../oci/digest.ts';
+import { parseChallenges } from './challenge.ts';
+import { createDispatcher } from './dispatcher.ts';
+import { TokenCache } from './token-cache.ts';
+import { UpstreamHealth } from './health.ts';
+
+export type UpstreamBody = Dispatcher.ResponseData['body'];
+
+export interface UpstreamResponse {
+  status: number;
+  headers: IncomingHttpHeaders;
+  body: UpstreamBody;
+}
+
+export interface FetchOptions {
+  method: 'GET' | 'HEAD';
+  headers?: Record<string, string>;
+  /** The repository whose pull scope the request needs (bearer token flow). */
+  repository: string;
+  signal?: AbortSignal;
+}
+
+const MAX_REDIRECTS = 5;
+const USER_AGENT = 'berth/0.1 (pull-through cache)';
+
+export function header(h: IncomingHttpHeaders, name: string): string | undefined {
+  const v = h[name];
+  return Array.isArray(v) ? v[0] : v;
+}
+
+/**
+ * A client for one upstream registry: auth (anonymous or credentialed bearer tokens, basic),
+ * redirects followed by hand (Authorization never crosses to another host), identity encoding, and
+ * errors turned into RegistryErrors that say which upstream failed and how.
+ */
+export class UpstreamClient {
+  readonly host: string;
+  readonly base: URL;
+  readonly health: UpstreamHealth;
+  private readonly dispatcher: Dispatcher;
+  private readonly basicCredentials: string | undefined;
+  /** Set once the upstream asked for basic auth: later requests send it up front. */
+  private useBasic = false;
+  /** The last bearer challenge: later requests look for a cached token for their scope up front. */
+  private bearer: { realm: string; service?: string } | undefined;
+
+  constructor(
+    readonly config: UpstreamConfig,
+    private readonly tokens: TokenCache = new TokenCache(),
+    health?: UpstreamHealth,
+  ) {
+    this.host = config.host;
+    this.base = new URL(config.url.endsWith('/') ? config.url : `${config.url}/`);
+    this.dispatcher = createDispatcher(config);
+    this.health = health ?? new UpstreamHealth();
+    this.basicCredentials =
+      config.username !== undefined ? `Basic ${Buffer.from(`${config.username}:${config.password ?? ''}`).toString('base64')}` : undefined;
+  }
+
+  /** Where the upstream goes out: the configured proxy or the environment's, for error messages. */
+  get via(): string {
+    const p = this.config.proxy ?? (this.base.protocol === 'https:' ? process.env.HTTPS_PROXY ?? process.env.https_proxy : process.env.HTTP_PROXY ?? process.env.http_proxy);
+    return p ? ` via proxy ${redactUrl(p)}` : '';
+  }
+
+  async manifest(method: 'GET' | 'HEAD', repository: string, reference: string, accept: string, signal?: AbortSignal): Promise<UpstreamResponse> {
+    const res = await this.fetch(`v2/${repository}/manifests/${reference}`, { method, repository, headers: { accept }, ...(signal ? { signal } : {}) });
+    return this.expectOk(res, 'MANIFEST_UNKNOWN', `manifest ${repository}:${reference}`);
+  }
+
+  /** GET or HEAD a blob; `range` is an inclusive [start, end] or an open-ended [start]. */
+  async blob(method: 'GET' | 'HEAD', repository: string, digest: Digest, range?: { start: number; end?: number }, signal?: AbortSignal): Promise<UpstreamResponse> {
+    const headers: Record<string, string> = {};
+    if (range) headers.range = `bytes=${range.start}-${range.end ?? ''}`;
+    const res = await this.fetch(`v2/${repository}/blobs/${digest}`, { method, repository, headers, ...(signal ? { signal } : {}) });
+    return this.expectOk(res, 'BLOB_UNKNOWN', `blob ${digest} in ${repository}`);
+  }
+
+  async tags(repository: string, query: string, signal?: AbortSignal): Promise<UpstreamResponse> {
+    const res = await this.fetch(`v2/${repository}/tags/list${query}`, { method: 'GET', repository, ...(signal ? { signal } : {}) });
+    return this.expectOk(res, 'NAME_UNKNOWN', `tags of ${repository}`);
+  }
+
+  private async expectOk(res: UpstreamResponse, notFound: ErrorCode, what: string): Promise<UpstreamResponse> {
+    if (res.status >= 200 && res.status < 300) return res;
+    const text = await readErrorText(res.body);
+    const from = `upstream ${this.host} answered ${res.status} for ${what}`;
+    if (res.status === 404) throw new RegistryError(notFound, `${what} not found on upstream ${this.host}`);
+    if (res.status === 401 || res.status === 403) {
+      throw new RegistryError(notFound, `${from}: access denied (the repository does not exist, or berth needs credentials for it)${text}`);
+    }
+    if (res.status === 416) throw new RegistryError('RANGE_NOT_SATISFIABLE', `${from}${text}`);
+    if (res.status === 429) throw new RegistryError('UNAVAILABLE', `${from}: rate limited${text}`);
+    throw new RegistryError('UPSTREAM_ERROR', `${from}${text}`);
+  }
+
+  /** One logical request: auth and redirects resolved, any final status returned. */
+  async fetch(path: string, o: FetchOptions): Promise<UpstreamResponse> {
+    if (this.health.down) {
+      throw new RegistryError('UNAVAILABLE', `upstream ${this.host} is marked down after repeated failures; next try in ${Math.ceil(this.health.retryInMs / 1000)} s`);
+    }
+    try {
+      const res = await this.authorizedRequest(new URL(path, this.base), o);
+      if (res.status >= 500) this.health.failure();
+      else this.health.success();
+      return res;
+    } catch (err) {
+      if (err instanceof RegistryError) throw err;
+      if ((err as Error).name === 'AbortError') throw err;
+      this.health.failure();
+      throw this.unreachable(err);
+    }
+  }
+
+  unreachable(err: unknown): RegistryError {
+    const e = err as Error & { code?: string; cause?: Error & { code?: string } };
+    const why = e.cause?.code ?? e.code ?? e.message;
+    return new RegistryError('UNAVAILABLE', `cannot reach upstream ${this.host} (${this.base.origin})${this.via}: ${why}`);
+  }
+
+  private scope(repository: string): string {
+    return `repository:${repository}:pull`;
+  }
+
+  private async authorizedRequest(url: URL, o: FetchOptions): Promise<UpstreamResponse> {
+    const headers: Record<string, string> = { 'user-agent': USER_AGENT, 'accept-encoding': 'identity', ...o.headers };
+    if (this.bearer) {
+      const token = this.tokens.get(TokenCache.key(this.bearer.realm, this.bearer.service, this.scope(o.repository)));
+      if (token) headers.authorization = `Bearer ${token}`;
+    } else if (this.useBasic && this.basicCredentials) {
+      headers.authorization = this.basicCredentials;
+    }
+    let res = await this.follow(url, o.method, headers, o.signal);
+    if (res.status !== 401) return res;
+    const challenges = parseChallenges(res.headers['www-authenticate']);
+    const bearer = challenges.find((c) => c.scheme === 'bearer' && c.params.realm);
+    const basic = challenges.find((c) => c.scheme === 'basic');
+    if (bearer) {
+      await res.body.dump();
+      this.bearer = { realm: bearer.params.realm!, ...(bearer.params.service ? { service: bearer.params.service } : {}) };
+      const scope = this.scope(o.repository);
+      const token = await this.fetchToken(this.bearer.realm, this.bearer.service, scope, o.signal);
+      headers.authorization = `Bearer ${token}`;
+      res = await this.follow(url, o.method, headers, o.signal);
+    } else if (basic && this.basicCredentials && headers.authorization !== this.basicCredentials) {
+      await res.body.dump();
+      this.useBasic = true;
+      headers.authorization = this.basicCredentials;
+      res = await this.follow(url, o.method, headers, o.signal);
+    }
+    return res;
+  }
+
+  private async fetchToken(realm: string, service: string | undefined, scope: string, signal?: AbortSignal): Promise<string> {
+    const key = TokenCache.key(realm, service, scope);
+    const cached = this.tokens.get(key);
+    if (cached) return cached;
+    let url: URL;
+    try {
+      url = new URL(realm);
+    } catch {
+      throw new RegistryError('UPSTREAM_ERROR', `upstream ${this.host} sent an invalid token realm "${realm.slice(0, 100)}"`);
+    }
+    if (service) url.searchParams.set('service', service);
+    url.searchParams.set('scope', scope);
+    const headers: Record<string, string> = { 'user-agent': USER_AGENT };
+    if (this.basicCredentials) headers.authorization = this.basicCredentials;
+    const res = await this.follow(url, 'GET', headers, signal);
+    if (res.status !== 200) {
+      const text = await readErrorText(res.body);
+      throw new RegistryError('UPSTREAM_ERROR', `token service ${url.origin} of upstream ${this.host} answered ${res.status}${text}`);
+    }
+    const body = (await res.body.json().catch(() => ({}))) as { token?: string; access_token?: string; expires_in?: number };
+    const token = body.token ?? body.access_token;
+    if (!token) throw new RegistryError('UPSTREAM_ERROR', `token service ${url.origin} of upstream ${this.host} sent no token`);
+    this.tokens.set(key, token, typeof body.expires_in === 'number' ? body.expires_in : 60);
+    return token;
+  }
+
+  /** Follows redirects by hand: blobs live on CDNs, and a bearer token must not travel there. */
+  private async follow(url: URL, method: 'GET' | 'HEAD', headers: Record<string, string>, signal?: AbortSignal): Promise<UpstreamResponse> {
+    let current = url;
+    let h = headers;
+    for (let hop = 0; ; hop++) {
+      const res = await request(current, { method, headers: h, dispatcher: this.dispatcher, ...(signal ? { signal } : {}) });
+      const location = header(res.headers, 'location');
+      if (![301, 302, 303, 307, 308].includes(res.statusCode) || !location) {
+        return { status: res.statusCode, headers: res.headers, body: res.body };
+      }
+      await res.body.dump();
+      if (hop >= MAX_REDIRECTS) throw new RegistryError('UPSTREAM_ERROR', `upstream ${this.host}: more than ${MAX_REDIRECTS} redirects for ${url.pathname}`);
+      const next = new URL(location, current);
+      if (next.protocol !== 'http:' && next.protocol !== 'https:') {
+        throw new RegistryError('UPSTREAM_ERROR', `upstream ${this.host} redirected to an unsupported URL scheme ${next.protocol}`);
+      }
+      if (next.host !== current.host) {
+        const { authorization: _dropped, ...rest } = h;
+        h = rest;
+      }
+      current = next;
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.dispatcher.close();
+  }
+}
+
+async function readErrorText(body: UpstreamBody): Promise<string> {
+  try {
+    const text = (await body.text()).slice(0, 300).trim();
+    if (!text) return '';
+    try {
+      const j = JSON.parse(text) as { errors?: Array<{ message?: string }> };
+      const m = j.errors?.[0]?.message;
+      if (m) return `: ${m}`;
+    } catch {
+      // not JSON: use the text itself
+    }
+    return `: ${text.replace(/\s+/g, ' ').slice(0, 200)}`;
+  } catch {
+    return '';
+  }
+}
+
+export function redactUrl(u: string): string {
+  try {
+    const url = new URL(u);
+    if (url.password) url.password = '***';
+    return url.toString().replace(/\/$/, '');
+  } catch {
+    return u;
+  }
+}

@@ -1,0 +1,26 @@
+import { readFileSync } from 'node:fs';
+import { rootCertificates } from 'node:tls';
+import { EnvHttpProxyAgent, type Dispatcher } from 'undici';
+import type { UpstreamConfig } from '../config/schema.ts';
+
+/**
+ * One undici dispatcher per upstream. It reaches the registry, its token realm and the CDN hosts
+ * its redirects point to, all through the same outbound proxy rules: the upstream's own `proxy`,
+ * else HTTP_PROXY / HTTPS_PROXY / NO_PROXY from the environment (EnvHttpProxyAgent reads both cases).
+ * Plain-HTTP targets are forwarded in absolute form, HTTPS ones tunnelled with CONNECT.
+ */
+export function createDispatcher(u: UpstreamConfig): Dispatcher {
+  // A configured CA is added to the system roots: CDN redirects still need the public ones.
+  const ca = u.ca ? [...rootCertificates, readFileSync(u.ca, 'utf8')] : undefined;
+  const tls = { ...(ca ? { ca } : {}), rejectUnauthorized: !u.insecureSkipVerify };
+  return new EnvHttpProxyAgent({
+    ...(u.proxy ? { httpProxy: u.proxy, httpsProxy: u.proxy } : {}),
+    connect: { ...tls, timeout: u.timeouts.connect },
+    requestTls: tls,
+    proxyTunnel: false,
+    headersTimeout: u.timeouts.header,
+    bodyTimeout: u.timeouts.idle,
+    keepAliveTimeout: 30_000,
+    connections: 16,
+  } as ConstructorParameters<typeof EnvHttpProxyAgent>[0]);
+}

@@ -1,0 +1,23 @@
+import { LRUCache } from 'lru-cache';
+
+/**
+ * Bearer tokens by (realm, service, scope), kept until shortly before they expire. Registries hand
+ * out tokens for 60–300 s; asking again for every request would double the round trips of a pull.
+ */
+export class TokenCache {
+  private readonly cache = new LRUCache<string, string>({ max: 1000, ttlAutopurge: false });
+
+  static key(realm: string, service: string | undefined, scope: string): string {
+    return `${realm}\n${service ?? ''}\n${scope}`;
+  }
+
+  get(key: string): string | undefined {
+    return this.cache.get(key);
+  }
+
+  /** Keeps the token for its lifetime less a margin for clock skew and the request in flight. */
+  set(key: string, token: string, expiresInSeconds: number): void {
+    const ttl = Math.max(1, expiresInSeconds - 10) * 1000;
+    this.cache.set(key, token, { ttl });
+  }
+}
