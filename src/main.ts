@@ -1,5 +1,10 @@
 import { Command } from 'commander';
 import { serveCommand } from './cli/serve.ts';
+import { prewarmCommand } from './cli/prewarm.ts';
+import { exportCommand } from './cli/export.ts';
+import { importCommand } from './cli/import.ts';
+import { maintenanceCommands } from './cli/maintenance.ts';
+import { hostsCommand } from './cli/hosts.ts';
 
 /** berth's command line: `berth serve` and the operator commands, all with the same config options. */
 const program = new Command('berth')
@@ -9,5 +14,10 @@ const program = new Command('berth')
   .exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : 2));
 
 serveCommand(program);
+prewarmCommand(program);
+exportCommand(program);
+importCommand(program);
+maintenanceCommands(program);
+hostsCommand(program);
 
 await program.parseAsync(process.argv);

@@ -24,7 +24,17 @@ export class Metrics {
   readonly fillsActive = new Gauge({ name: 'berth_fills_active', help: 'Fills in progress', registers: [this.registry] });
   readonly staleServed = new Counter({ name: 'berth_stale_served_total', help: 'Tags served from cache because the upstream could not be asked', labelNames: ['upstream', 'reason'], registers: [this.registry] });
   readonly upstreamUp = new Gauge({ name: 'berth_upstream_up', help: '1 when the upstream is reachable, 0 while its circuit breaker is open', labelNames: ['upstream'], registers: [this.registry] });
-  readonly bandwidthWait = new Gauge({ name: 'berth_bandwidth_wait_seconds', help: 'Time transfers spent waiting for bandwidth budget, by priority', labelNames: ['priority'], registers: [this.registry] });
+  /** Set by the composition root: total milliseconds spent waiting for budget, by priority. */
+  bandwidthWaitSource: (() => Record<string, number>) | undefined;
+  readonly bandwidthWait = new Gauge({
+    name: 'berth_bandwidth_wait_seconds',
+    help: 'Time transfers spent waiting for bandwidth budget, by priority',
+    labelNames: ['priority'],
+    registers: [this.registry],
+    collect: () => {
+      for (const [priority, ms] of Object.entries(this.bandwidthWaitSource?.() ?? {})) this.bandwidthWait.set({ priority }, ms / 1000);
+    },
+  });
 
   constructor(withProcessMetrics = true) {
     if (withProcessMetrics) collectDefaultMetrics({ register: this.registry, prefix: 'berth_' });

@@ -11,10 +11,14 @@ import type { RegistryContext } from './registry/context.ts';
 import { Fills } from './registry/fills.ts';
 import { Manifests } from './registry/manifests.ts';
 import { Tags } from './registry/tags.ts';
+import { ImageWalker } from './registry/image-walk.ts';
+import { Prewarmer } from './registry/prewarm.ts';
 import { Upstreams } from './registry/upstreams.ts';
 import { BlobStore } from './store/blob-store.ts';
 import { StoragePaths } from './store/paths.ts';
 import { StoreIndex } from './store/store-index.ts';
+import { Pins } from './store/pins.ts';
+import { Quota } from './store/quota.ts';
 import { BandwidthBudget } from './upstream/bandwidth.ts';
 
 /** How often recorded access times are written to the index. */
@@ -25,6 +29,8 @@ export interface Berth {
   manifests: Manifests;
   blobs: Blobs;
   tags: Tags;
+  walker: ImageWalker;
+  prewarmer: Prewarmer;
   /** Starts listening; resolves with the bound address. */
   listen(): Promise<AddressInfo>;
   close(): Promise<void>;
@@ -43,6 +49,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   });
   for (const c of upstreams.clients) metrics.upstreamUp.set({ upstream: c.host }, 1);
   const budget = new BandwidthBudget(config.bandwidth.limit, config.upstreams.map((u) => [u.host, u.bandwidth] as [string, number | undefined]));
+  metrics.bandwidthWaitSource = () => budget.waitedMs();
   const fills = new Fills({
     started: () => {
       metrics.fillsStarted.inc();
@@ -53,11 +60,16 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
       if (!ok) metrics.fillsFailed.inc();
     },
   });
-  const ctx: RegistryContext = { config, store, index, fills, upstreams, budget, metrics, log };
+  const pins = new Pins(index.db);
+  const quota = new Quota(index, store, config.storage.maxSize, log);
+  const ctx: RegistryContext = { config, store, index, pins, quota, fills, upstreams, budget, metrics, log };
+  await quota.enforce();
   const manifests = new Manifests(ctx);
   const blobs = new Blobs(ctx);
   const tags = new Tags(ctx);
-  const app = createApp({ upstreams, manifests, blobs, tags, metrics, log });
+  const walker = new ImageWalker(upstreams, manifests);
+  const prewarmer = new Prewarmer(walker, blobs, pins);
+  const app = createApp({ upstreams, manifests, blobs, tags, metrics, log, prewarmer });
   const flush = setInterval(() => index.flushAccess(), ACCESS_FLUSH_MS);
   flush.unref();
   let server: Server | undefined;
@@ -67,6 +79,8 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
     manifests,
     blobs,
     tags,
+    walker,
+    prewarmer,
     async listen() {
       server = createServer(app.callback());
       // Layers take minutes on slow links: no overall request timeout, but idle sockets and slow headers end.

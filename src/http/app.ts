@@ -4,6 +4,8 @@ import type { Logger } from 'pino';
 import type { Metrics } from '../metrics.ts';
 import { errorMiddleware } from './errors.ts';
 import { v2Handler, type V2Deps } from './v2.ts';
+import { prewarmHandler } from './admin.ts';
+import type { Prewarmer } from '../registry/prewarm.ts';
 
 /** Bytes sent in the response body, counted at the socket so aborted streams count what really left. */
 function requestLog(log: Logger, metrics: Metrics) {
@@ -39,6 +41,7 @@ function requestLog(log: Logger, metrics: Metrics) {
 
 export interface AppDeps extends V2Deps {
   log: Logger;
+  prewarmer: Prewarmer;
 }
 
 export function createApp(deps: AppDeps): Koa {
@@ -49,6 +52,7 @@ export function createApp(deps: AppDeps): Koa {
   app.use(requestLog(deps.log, deps.metrics));
   app.use(errorMiddleware);
   const v2 = v2Handler(deps);
+  const prewarm = prewarmHandler(deps.prewarmer);
   app.use(async (ctx) => {
     if (ctx.path === '/v2' || ctx.path.startsWith('/v2/')) return v2(ctx);
     if (ctx.path === '/metrics' && ctx.method === 'GET') {
@@ -57,6 +61,7 @@ export function createApp(deps: AppDeps): Koa {
       ctx.body = await deps.metrics.registry.metrics();
       return;
     }
+    if (ctx.path === '/_berth/prewarm') return prewarm(ctx);
     if (ctx.path === '/healthz') {
       ctx.state.route = 'health';
       ctx.body = { ok: true };

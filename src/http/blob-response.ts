@@ -21,7 +21,7 @@ export function setBlobHeaders(ctx: Context, digest: string): void {
 export function sendBlob(ctx: Context, blob: BlobHandle, ranges: ByteRange[] | undefined, onBytes: (n: number) => void): void {
   setBlobHeaders(ctx, blob.digest);
   const count = (s: Readable): Readable => {
-    s.on('data', (c: Buffer) => onBytes(c.length));
+    s.on('data', (c: string | Buffer) => onBytes(c.length));
     return s;
   };
   if (!ranges) {

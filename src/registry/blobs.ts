@@ -84,15 +84,21 @@ export class Blobs {
   }
 
   /** Prewarm: fetch the whole blob at background priority and wait until it is committed. */
-  async warm(route: Route, d: Digest): Promise<{ size: number; fetched: boolean }> {
+  async warm(route: Route, d: Digest, onBytes: (onDisk: number) => void = () => {}): Promise<{ size: number; fetched: boolean }> {
     const hit = await this.cached(d);
     if (hit) return { size: hit.size, fetched: false };
     this.ensureOnline(d);
     const fill = await this.fill(route, d);
-    fill.start('background');
-    const size = await fill.whenSized();
-    await fill.whenDone();
-    return { size, fetched: true };
+    const progress = () => onBytes(fill.extents.bytes);
+    fill.on('progress', progress);
+    try {
+      fill.start('background');
+      const size = await fill.whenSized();
+      await fill.whenDone();
+      return { size, fetched: true };
+    } finally {
+      fill.off('progress', progress);
+    }
   }
 
   private ensureOnline(d: Digest): void {
@@ -137,6 +143,7 @@ export class Blobs {
         await store.commit(d, file);
         index.putBlob(d, size, null);
         index.addRefs(r.upstream, r.repository, [d]);
+        void this.ctx.quota.enforce().catch((err: Error) => log.error({ err }, 'quota pass failed'));
       },
       log: (msg, extra) => log.info({ upstream: r.upstream, ...extra }, msg),
       onUpstreamBytes: (n, priority) => metrics.upstreamBytes.inc({ upstream: r.upstream, priority }, n),

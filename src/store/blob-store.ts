@@ -14,7 +14,14 @@ export const READ_CHUNK = 1024 * 1024;
  * is the only writer and it only ever renames a synced, verified file into place.
  */
 export class BlobStore {
+  /** Open read streams per digest: the quota never removes a blob while it is being streamed. */
+  private readonly reading = new Map<Digest, number>();
+
   constructor(readonly paths: StoragePaths) {}
+
+  busy(d: Digest): boolean {
+    return (this.reading.get(d) ?? 0) > 0;
+  }
 
   async init(): Promise<void> {
     await mkdir(this.paths.blobs, { recursive: true });
@@ -34,7 +41,14 @@ export class BlobStore {
 
   /** A stream of [start, end] (inclusive) of a committed blob. */
   read(d: Digest, start?: number, end?: number): ReadStream {
-    return createReadStream(this.paths.blob(d), { start, end, highWaterMark: READ_CHUNK });
+    const stream = createReadStream(this.paths.blob(d), { start, end, highWaterMark: READ_CHUNK });
+    this.reading.set(d, (this.reading.get(d) ?? 0) + 1);
+    stream.once('close', () => {
+      const n = (this.reading.get(d) ?? 1) - 1;
+      if (n <= 0) this.reading.delete(d);
+      else this.reading.set(d, n);
+    });
+    return stream;
   }
 
   /**

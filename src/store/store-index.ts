@@ -44,7 +44,9 @@ CREATE TABLE IF NOT EXISTS children (
   PRIMARY KEY (parent, child)
 );
 CREATE INDEX IF NOT EXISTS children_child ON children(child);
-CREATE TABLE IF NOT EXISTS pins (digest TEXT PRIMARY KEY, reference TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS pins (digest TEXT NOT NULL, reference TEXT NOT NULL, PRIMARY KEY (digest, reference));
+CREATE INDEX IF NOT EXISTS pins_reference ON pins(reference);
+CREATE INDEX IF NOT EXISTS blobs_accessed ON blobs(accessed_at);
 `;
 
 /**
@@ -78,6 +80,15 @@ export class StoreIndex {
       refOf: p('SELECT upstream, repository FROM refs WHERE digest = ? LIMIT 1'),
       addChild: p('INSERT OR IGNORE INTO children (parent, child, size, media_type) VALUES (?, ?, ?, ?)'),
       descriptorSize: p('SELECT size FROM children WHERE child = ? AND size >= 0 LIMIT 1'),
+      totalSize: p('SELECT COALESCE(SUM(size), 0) AS total, COUNT(*) AS count FROM blobs'),
+      evictable: p(`SELECT digest, size FROM blobs WHERE digest NOT IN (SELECT digest FROM pins)
+                    ORDER BY accessed_at ASC, created_at ASC LIMIT ?`),
+      allTags: p('SELECT upstream, repository, tag, digest, media_type AS mediaType, size, checked_at AS checkedAt FROM tags ORDER BY upstream, repository, tag'),
+      deleteTag: p('DELETE FROM tags WHERE upstream = ? AND repository = ? AND tag = ?'),
+      tagsOf: p('SELECT COUNT(*) AS n FROM tags WHERE digest = ?'),
+      parentsOf: p('SELECT COUNT(*) AS n FROM children WHERE child = ?'),
+      deleteChildren: p('DELETE FROM children WHERE parent = ?'),
+      allDigests: p('SELECT digest FROM blobs'),
       childrenOf: p('SELECT child AS digest, size, media_type AS mediaType FROM children WHERE parent = ?'),
     };
   }
@@ -145,6 +156,38 @@ export class StoreIndex {
 
   childrenOf(parent: Digest): Array<{ digest: Digest; size: number; mediaType: string }> {
     return this.s.childrenOf.all(parent) as Array<{ digest: Digest; size: number; mediaType: string }>;
+  }
+
+  /** Bytes and count of everything indexed. */
+  totals(): { total: number; count: number } {
+    return this.s.totalSize.get() as { total: number; count: number };
+  }
+
+  /** Unpinned blobs, least recently used first. */
+  evictable(limit: number): Array<{ digest: Digest; size: number }> {
+    return this.s.evictable.all(limit) as Array<{ digest: Digest; size: number }>;
+  }
+
+  allTags(): TagRow[] {
+    return this.s.allTags.all() as TagRow[];
+  }
+
+  deleteTag(upstream: string, repository: string, tag: string): void {
+    this.s.deleteTag.run(upstream, repository, tag);
+  }
+
+  /** Whether any tag or cached manifest still points at `d`. */
+  isReferenced(d: Digest): boolean {
+    return (this.s.tagsOf.get(d) as { n: number }).n > 0 || (this.s.parentsOf.get(d) as { n: number }).n > 0;
+  }
+
+  /** Forgets a manifest's outgoing edges (when the manifest itself is removed). */
+  deleteChildren(parent: Digest): void {
+    this.s.deleteChildren.run(parent);
+  }
+
+  allDigests(): Digest[] {
+    return (this.s.allDigests.all() as Array<{ digest: Digest }>).map((r) => r.digest);
   }
 
   close(): void {

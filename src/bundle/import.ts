@@ -1,0 +1,192 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { readFile, rm, stat } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Readable, Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import tar from 'tar-stream';
+import { isDigest, type Digest } from '../oci/digest.ts';
+import { parseImageReference } from '../oci/image-reference.ts';
+import { parseManifest } from '../oci/manifest.ts';
+import type { RegistryContext } from '../registry/context.ts';
+import { CONTAINERD_NAME, REF_NAME, blobEntryName, digestOfEntry } from './layout.ts';
+
+export interface ImportResult {
+  images: Array<{ name: string; digest: string }>;
+  skipped: Array<{ name: string; reason: string }>;
+  blobs: number;
+  added: number;
+  bytes: number;
+}
+
+interface IndexEntry {
+  mediaType?: string;
+  digest?: string;
+  size?: number;
+  annotations?: Record<string, string>;
+}
+
+/**
+ * Loads an OCI image layout (a directory, or a tar of one as `berth export` and `skopeo copy
+ * oci-archive:` write) into the cache. Every blob is verified against its digest on the way in and
+ * committed on its own, so an interrupted import keeps what it completed and a repeated one adds nothing.
+ * Each index entry whose name is a full reference (`registry.k8s.io/pause:3.9`) becomes a cached tag of
+ * that upstream, served as if it had been pulled from there.
+ */
+export async function importBundle(ctx: RegistryContext, source: string, onBytes: (n: number) => void = () => {}): Promise<ImportResult> {
+  const st = await stat(source);
+  const counts = { blobs: 0, added: 0, bytes: 0 };
+  let indexBytes: Buffer | undefined;
+  if (st.isDirectory()) {
+    indexBytes = await readFile(join(source, 'index.json'));
+    const entries = parseIndex(indexBytes);
+    // Only what the index reaches is imported; each manifest is read after it was verified in.
+    const pending: Digest[] = entries.map((e) => e.digest!).filter((d): d is Digest => isDigest(d));
+    const done = new Set<string>();
+    while (pending.length > 0) {
+      const d = pending.shift()!;
+      if (done.has(d)) continue;
+      done.add(d);
+      await putVerified(ctx, d, createReadStream(join(source, blobEntryName(d))), counts, onBytes);
+      const bytes = await ctx.store.readBytes(d);
+      const m = bytes && tryManifest(bytes);
+      if (m) pending.push(...m.manifests.map((c) => c.digest), ...m.blobs.map((c) => c.digest));
+    }
+  } else {
+    const extract = tar.extract();
+    const consumed = (async () => {
+      for await (const entry of extract) {
+        const name = entry.header.name;
+        const d = digestOfEntry(name);
+        if (d && isDigest(d)) await putVerified(ctx, d, entry as AsyncIterable<Buffer>, counts, onBytes);
+        else if (name === 'index.json' || name === './index.json') indexBytes = await collect(entry as AsyncIterable<Buffer>);
+        else entry.resume();
+      }
+    })().catch((err: Error) => {
+      extract.destroy(err);
+      throw err;
+    });
+    const read = pipeline(createReadStream(source), extract).catch((err: Error) => {
+      throw new Error(`${source} is not a readable OCI layout tar: ${err.message}`);
+    });
+    const [r, c] = await Promise.allSettled([read, consumed]);
+    if (c.status === 'rejected') throw c.reason;
+    if (r.status === 'rejected') throw r.reason;
+  }
+  if (!indexBytes) throw new Error(`${source} has no index.json: not an OCI image layout`);
+  const { images, skipped } = register(ctx, parseIndex(indexBytes));
+  return { images, skipped, ...counts };
+}
+
+function parseIndex(bytes: Buffer): IndexEntry[] {
+  const j = JSON.parse(bytes.toString('utf8')) as { manifests?: IndexEntry[] };
+  if (!Array.isArray(j.manifests)) throw new Error('index.json has no manifests');
+  return j.manifests;
+}
+
+function tryManifest(bytes: Buffer) {
+  try {
+    return parseManifest(bytes);
+  } catch {
+    return undefined;
+  }
+}
+
+async function collect(stream: AsyncIterable<Buffer>): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const c of stream) chunks.push(c);
+  return Buffer.concat(chunks);
+}
+
+/** Streams one blob into the store through a hash; only a matching digest is committed. */
+async function putVerified(ctx: RegistryContext, d: Digest, body: AsyncIterable<Buffer>, counts: { blobs: number; added: number; bytes: number }, onBytes: (n: number) => void): Promise<void> {
+  counts.blobs++;
+  if ((await ctx.store.size(d)) !== undefined) {
+    if (!ctx.index.getBlob(d)) ctx.index.putBlob(d, (await ctx.store.size(d))!, null);
+    for await (const c of body) onBytes(c.length);
+    return;
+  }
+  const tmp = join(ctx.store.paths.tmp, `${randomBytes(8).toString('hex')}.import`);
+  const hash = createHash('sha256');
+  let size = 0;
+  const tap = new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      hash.update(chunk);
+      size += chunk.length;
+      onBytes(chunk.length);
+      cb(null, chunk);
+    },
+  });
+  try {
+    await pipeline(Readable.from(body), tap, createWriteStream(tmp));
+    const actual = `sha256:${hash.digest('hex')}`;
+    if (actual !== d) throw new Error(`blob ${d} in the bundle hashes to ${actual}: the bundle is damaged`);
+    await ctx.store.commit(d, tmp);
+    ctx.index.putBlob(d, size, null);
+    counts.added++;
+    counts.bytes += size;
+  } finally {
+    await rm(tmp, { force: true });
+  }
+}
+
+/** Indexes the manifests the layout names and records each named reference as a cached tag. */
+function register(ctx: RegistryContext, entries: IndexEntry[]): { images: ImportResult['images']; skipped: ImportResult['skipped'] } {
+  const images: ImportResult['images'] = [];
+  const skipped: ImportResult['skipped'] = [];
+  for (const e of entries) {
+    const name = e.annotations?.[REF_NAME] ?? e.annotations?.[CONTAINERD_NAME];
+    if (!e.digest || !isDigest(e.digest)) {
+      skipped.push({ name: name ?? '(unnamed)', reason: 'index entry has no valid digest' });
+      continue;
+    }
+    const full = name && (name.includes('/') || name.includes('.')) ? name : e.annotations?.[CONTAINERD_NAME];
+    if (!full) {
+      skipped.push({ name: name ?? e.digest, reason: 'not named by a full reference (registry/repository:tag); blobs imported, no tag recorded' });
+      continue;
+    }
+    let ref;
+    try {
+      ref = parseImageReference(full, ctx.upstreams.defaultHost);
+    } catch (err) {
+      skipped.push({ name: full, reason: (err as Error).message });
+      continue;
+    }
+    const upstream = ctx.upstreams.get(ref.host)?.host ?? ref.host;
+    const root = indexManifest(ctx, e.digest, e.mediaType, upstream, ref.repository);
+    if (!root) {
+      skipped.push({ name: full, reason: `manifest ${e.digest} is missing from the bundle` });
+      continue;
+    }
+    if (ref.tag) ctx.index.putTag({ upstream, repository: ref.repository, tag: ref.tag, digest: e.digest, mediaType: root.mediaType, size: root.size, checkedAt: Date.now() });
+    images.push({ name: full, digest: e.digest });
+    if (!ctx.upstreams.get(ref.host)) skipped.push({ name: full, reason: `registry ${ref.host} is not a configured upstream: imported, but not routable until it is added` });
+  }
+  return { images, skipped };
+}
+
+/** Marks a stored blob as a manifest (media type, children, references), recursing into index children. */
+function indexManifest(ctx: RegistryContext, d: Digest, declared: string | undefined, upstream: string, repository: string): { mediaType: string; size: number } | undefined {
+  const row = ctx.index.getBlob(d);
+  if (!row) return undefined;
+  const bytes = readSync(ctx, d);
+  if (!bytes) return undefined;
+  const m = parseManifest(bytes, declared);
+  const children = [...m.manifests, ...m.blobs];
+  ctx.index.db.transaction(() => {
+    ctx.index.putBlob(d, bytes.length, m.mediaType);
+    ctx.index.addChildren(d, children.map((c) => ({ digest: c.digest, size: c.size, mediaType: c.mediaType })));
+    ctx.index.addRefs(upstream, repository, [d, ...children.map((c) => c.digest)]);
+  })();
+  for (const c of m.manifests) indexManifest(ctx, c.digest, c.mediaType, upstream, repository);
+  return { mediaType: m.mediaType, size: bytes.length };
+}
+
+function readSync(ctx: RegistryContext, d: Digest): Buffer | undefined {
+  try {
+    return readFileSync(ctx.store.paths.blob(d));
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,64 @@
+import { resolve } from 'node:path';
+import type { Command } from 'commander';
+import { formatBytes } from '../config/units.ts';
+import { parsePlatforms } from '../oci/platform.ts';
+import { writeBundle } from '../bundle/export.ts';
+import type { WalkedImage } from '../registry/image-walk.ts';
+import { run, withConfigOptions } from './common.ts';
+import { openBerth } from './open.ts';
+import { createProgress } from './progress.ts';
+import { collectReferences } from './references.ts';
+
+export function exportCommand(program: Command): void {
+  withConfigOptions(
+    program
+      .command('export')
+      .description('write images as an OCI image layout archive for the two-step copy to an isolated site')
+      .argument('[refs...]', 'image references, e.g. registry.k8s.io/pause:3.9')
+      .option('-f, --file <file>', 'image list (as for prewarm)')
+      .requiredOption('-o, --output <file>', 'the archive to write, e.g. bundle.tar')
+      .option('--platform <list>', 'platforms to include from an index (default: all)'),
+  ).action(
+    run(async (opts, args) => {
+      const refs = collectReferences(opts.file as string | undefined, args as string[]);
+      const platforms = parsePlatforms(typeof opts.platform === 'string' ? opts.platform : undefined);
+      const berth = await openBerth(opts);
+      const progress = createProgress();
+      const failed: string[] = [];
+      try {
+        const images: WalkedImage[] = [];
+        for (const ref of refs) {
+          try {
+            const img = await berth.walker.walk(ref, platforms);
+            const total = img.blobs.reduce((n, b) => n + Math.max(0, b.size), 0);
+            progress.image(img.name, total);
+            // Anything not cached yet is fetched on the way (at background priority).
+            const done = new Map<string, number>();
+            for (const b of img.blobs) {
+              const r = await berth.blobs.warm(img.route, b.digest, (n) => {
+                done.set(b.digest, n);
+                progress.update(img.name, [...done.values()].reduce((x, y) => x + y, 0));
+              });
+              done.set(b.digest, r.size);
+            }
+            progress.finish(img.name, true);
+            images.push(img);
+          } catch (err) {
+            failed.push(`${ref}: ${(err as Error).message}`);
+            progress.finish(ref, false, (err as Error).message);
+          }
+        }
+        if (images.length === 0) throw new Error(`nothing to export:\n${failed.join('\n')}`);
+        const out = resolve(opts.output as string);
+        const r = await writeBundle(images, berth.ctx.store, out);
+        progress.stop();
+        process.stdout.write(`wrote ${out}: ${images.length} images, ${r.blobs} blobs, ${formatBytes(r.bytes)}\n`);
+        for (const f of failed) process.stdout.write(`FAILED ${f}\n`);
+        return failed.length > 0 ? 1 : 0;
+      } finally {
+        progress.stop();
+        await berth.close();
+      }
+    }),
+  );
+}

@@ -1,0 +1,134 @@
+import type { Command } from 'commander';
+import { formatBytes, parseDuration } from '../config/units.ts';
+import { formatImageReference, parseImageReference } from '../oci/image-reference.ts';
+import type { Digest } from '../oci/digest.ts';
+import { collectGarbage } from '../store/gc.ts';
+import type { Berth } from '../server.ts';
+import { run, withConfigOptions } from './common.ts';
+import { openBerth } from './open.ts';
+
+async function withBerth<T>(opts: Record<string, unknown>, body: (b: Berth) => Promise<T>): Promise<T> {
+  const berth = await openBerth(opts);
+  try {
+    return await body(berth);
+  } finally {
+    await berth.close();
+  }
+}
+
+/** Every digest an image needs, as far as the index knows: the manifest and its children, recursively. */
+function closure(berth: Berth, root: Digest): Digest[] {
+  const out = new Set<Digest>();
+  const queue = [root];
+  for (let d = queue.pop(); d; d = queue.pop()) {
+    if (out.has(d)) continue;
+    out.add(d);
+    for (const c of berth.ctx.index.childrenOf(d)) queue.push(c.digest);
+  }
+  return [...out];
+}
+
+export function maintenanceCommands(program: Command): void {
+  withConfigOptions(program.command('ls').description('list cached repositories and tags').option('--json', 'machine-readable output')).action(
+    run(async (opts) =>
+      withBerth(opts, async (berth) => {
+        const { index, pins } = berth.ctx;
+        index.flushAccess();
+        const pinned = new Set(pins.references());
+        const rows = index.allTags().map((t) => {
+          const name = `${t.upstream}/${t.repository}:${t.tag}`;
+          const digests = closure(berth, t.digest);
+          const cached = digests.map((d) => index.getBlob(d)).filter((r) => r !== undefined);
+          const manifest = index.getBlob(t.digest);
+          return {
+            reference: name,
+            digest: t.digest,
+            mediaType: t.mediaType,
+            size: cached.reduce((n, r) => n + r.size, 0),
+            complete: cached.length === digests.length && manifest !== undefined,
+            lastPulled: manifest ? new Date(manifest.accessedAt).toISOString() : null,
+            checked: new Date(t.checkedAt).toISOString(),
+            pinned: pinned.has(name) || pins.isPinned(t.digest),
+          };
+        });
+        if (opts.json) {
+          process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
+          return;
+        }
+        const totals = index.totals();
+        for (const r of rows) {
+          process.stdout.write(`${r.reference}\t${r.digest.slice(0, 19)}\t${formatBytes(r.size)}${r.complete ? '' : ' (partial)'}\t${r.lastPulled ?? '-'}${r.pinned ? '\tpinned' : ''}\n`);
+        }
+        process.stdout.write(`${rows.length} tags, ${totals.count} blobs, ${formatBytes(totals.total)}\n`);
+      }),
+    ),
+  );
+
+  withConfigOptions(
+    program
+      .command('gc')
+      .description('remove unfinished downloads and blobs no tag or pin reaches')
+      .option('--dry-run', 'only list what would be removed')
+      .option('--min-age <duration>', 'leave partial downloads younger than this (a running server may own them)', '1h'),
+  ).action(
+    run(async (opts) =>
+      withBerth(opts, async (berth) => {
+        const minAgeMs = parseDuration(String(opts.minAge));
+        if (minAgeMs === undefined) throw new Error(`--min-age: "${String(opts.minAge)}" is not a duration`);
+        const r = await collectGarbage(berth.ctx.index, berth.ctx.pins, berth.ctx.store, { dryRun: opts.dryRun === true, minAgeMs });
+        const verb = opts.dryRun ? 'would remove' : 'removed';
+        process.stdout.write(`${verb} ${r.partials.length} partial downloads, ${r.blobs.length} unreferenced blobs, ${r.orphanFiles.length} unindexed files: ${formatBytes(r.freed)}\n`);
+      }),
+    ),
+  );
+
+  withConfigOptions(program.command('pin').description('keep an image in the cache whatever the quota').argument('<ref>')).action(
+    run(async (opts, ref) =>
+      withBerth(opts, async (berth) => {
+        const img = await berth.walker.walk(ref as string, undefined);
+        berth.ctx.pins.pin(img.name, [...img.manifests.map((m) => m.digest), ...img.blobs.map((b) => b.digest)]);
+        process.stdout.write(`pinned ${img.name} (${img.manifests.length + img.blobs.length} digests)\n`);
+      }),
+    ),
+  );
+
+  withConfigOptions(program.command('unpin').description('let an image be evicted again').argument('<ref>')).action(
+    run(async (opts, ref) =>
+      withBerth(opts, async (berth) => {
+        const name = formatImageReference(parseImageReference(ref as string, berth.ctx.upstreams.defaultHost));
+        const n = berth.ctx.pins.unpin(name);
+        process.stdout.write(n > 0 ? `unpinned ${name}\n` : `${name} was not pinned\n`);
+        return n > 0 ? 0 : 1;
+      }),
+    ),
+  );
+
+  withConfigOptions(program.command('rm').description('remove an image (its tag, and content nothing else uses)').argument('<ref>')).action(
+    run(async (opts, refText) =>
+      withBerth(opts, async (berth) => {
+        const { index, pins, store, upstreams } = berth.ctx;
+        const ref = parseImageReference(refText as string, upstreams.defaultHost);
+        const name = formatImageReference(ref);
+        const upstream = upstreams.get(ref.host)?.host ?? ref.host;
+        const tag = ref.tag ? index.getTag(upstream, ref.repository, ref.tag) : undefined;
+        const root = ref.digest ?? tag?.digest;
+        if (!root) throw new Error(`${name} is not cached`);
+        if (ref.tag) index.deleteTag(upstream, ref.repository, ref.tag);
+        pins.unpin(name);
+        let removed = 0;
+        let freed = 0;
+        // Children first lose their parent edge, so content shared with another image stays referenced.
+        const digests = closure(berth, root);
+        for (const d of digests) index.deleteChildren(d);
+        for (const d of digests) {
+          if (index.isReferenced(d) || pins.isPinned(d) || store.busy(d)) continue;
+          freed += index.getBlob(d)?.size ?? 0;
+          index.deleteBlob(d);
+          await store.remove(d);
+          removed++;
+        }
+        process.stdout.write(`removed ${name}: ${removed} blobs, ${formatBytes(freed)}\n`);
+      }),
+    ),
+  );
+}

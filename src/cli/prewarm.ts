@@ -1,0 +1,76 @@
+import type { Command } from 'commander';
+import { request } from 'undici';
+import { formatBytes } from '../config/units.ts';
+import { parsePlatforms } from '../oci/platform.ts';
+import type { PrewarmEvent } from '../registry/prewarm.ts';
+import { run, withConfigOptions } from './common.ts';
+import { openBerth } from './open.ts';
+import { createProgress } from './progress.ts';
+import { collectReferences } from './references.ts';
+
+export function prewarmCommand(program: Command): void {
+  withConfigOptions(
+    program
+      .command('prewarm')
+      .description('fetch images into the cache ahead of need (at background priority) and pin them')
+      .argument('[refs...]', 'image references, e.g. registry.k8s.io/pause:3.9')
+      .option('-f, --file <file>', 'image list: kubeadm/clusterctl output, helm "image:" lines, one per line (- for stdin)')
+      .option('--platform <list>', 'platforms to fetch from an index, e.g. linux/amd64,linux/arm64 (default: all)')
+      .option('--server <url>', 'ask this running berth to do it (its own fills), e.g. http://127.0.0.1:5000')
+      .option('--no-pin', 'do not pin the prewarmed images'),
+  ).action(
+    run(async (opts, args) => {
+      const refs = collectReferences(opts.file as string | undefined, args as string[]);
+      const platforms = typeof opts.platform === 'string' ? opts.platform : undefined;
+      parsePlatforms(platforms);
+      const progress = createProgress();
+      const onEvent = (e: PrewarmEvent) => {
+        if (e.type === 'image') progress.image(e.ref, e.bytes);
+        else if (e.type === 'progress') progress.update(e.ref, e.done);
+        else if (e.type === 'done') progress.finish(e.ref, true, `${formatBytes(e.fetched)} fetched`);
+        else if (e.type === 'error') progress.finish(e.ref, false, e.message);
+      };
+      let summary: (PrewarmEvent & { type: 'summary' }) | undefined;
+      if (typeof opts.server === 'string') {
+        summary = await viaServer(opts.server, refs, platforms, opts.pin !== false, onEvent);
+      } else {
+        const berth = await openBerth(opts);
+        try {
+          summary = await berth.prewarmer.run(refs, parsePlatforms(platforms), onEvent, { pin: opts.pin !== false });
+        } finally {
+          await berth.close();
+        }
+      }
+      progress.stop();
+      if (!summary) throw new Error('the server ended the prewarm without a summary');
+      process.stdout.write(`prewarmed ${summary.ok.length} of ${refs.length} images, ${formatBytes(summary.bytes)} in all, ${formatBytes(summary.fetched)} fetched\n`);
+      for (const f of summary.failed) process.stdout.write(`FAILED ${f.ref}: ${f.message}\n`);
+      return summary.failed.length > 0 ? 1 : 0;
+    }),
+  );
+}
+
+async function viaServer(server: string, refs: string[], platforms: string | undefined, pin: boolean, onEvent: (e: PrewarmEvent) => void) {
+  const res = await request(new URL('/_berth/prewarm', server), {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ references: refs, platforms, pin }),
+    bodyTimeout: 0,
+  });
+  if (res.statusCode !== 200) throw new Error(`${server} answered ${res.statusCode}: ${(await res.body.text()).slice(0, 300)}`);
+  let buffered = '';
+  let summary: (PrewarmEvent & { type: 'summary' }) | undefined;
+  for await (const chunk of res.body) {
+    buffered += (chunk as Buffer).toString('utf8');
+    let nl: number;
+    while ((nl = buffered.indexOf('\n')) >= 0) {
+      const line = buffered.slice(0, nl);
+      buffered = buffered.slice(nl + 1);
+      if (!line.trim()) continue;
+      const e = JSON.parse(line) as PrewarmEvent;
+      if (e.type === 'summary') summary = e;
+      else onEvent(e);
+    }
+  }
+  return summary;
+}

@@ -1,0 +1,107 @@
+import cliProgress from 'cli-progress';
+import { formatBytes } from '../config/units.ts';
+
+/**
+ * Progress for operator commands: live bars (one per image and one for the total, with bytes, rate and
+ * ETA) on a terminal; plain log lines, at most one per image every few seconds, anywhere else (CI, a pipe).
+ */
+export interface Progress {
+  image(ref: string, total: number): void;
+  update(ref: string, done: number): void;
+  finish(ref: string, ok: boolean, note?: string): void;
+  stop(): void;
+}
+
+export function createProgress(stream: NodeJS.WriteStream = process.stderr): Progress {
+  return stream.isTTY ? new Bars(stream) : new Lines(stream);
+}
+
+class Bars implements Progress {
+  private readonly multi: cliProgress.MultiBar;
+  private readonly bars = new Map<string, cliProgress.SingleBar>();
+  private readonly done = new Map<string, number>();
+  private readonly totals = new Map<string, number>();
+  private readonly total: cliProgress.SingleBar;
+
+  constructor(stream: NodeJS.WriteStream) {
+    this.multi = new cliProgress.MultiBar(
+      {
+        stream,
+        clearOnComplete: false,
+        hideCursor: true,
+        format: ' {bar} {percentage}% | {name} | {value_h}/{total_h} | {rate}/s | ETA {eta_formatted}',
+        formatValue: (v, _o, type) => (type === 'value' || type === 'total' ? String(v) : String(v)),
+      },
+      cliProgress.Presets.shades_classic,
+    );
+    this.total = this.multi.create(1, 0, this.payload('total', 0, 1, 0));
+  }
+
+  private started = Date.now();
+
+  private payload(name: string, value: number, total: number, rate: number) {
+    return { name, value_h: formatBytes(value), total_h: formatBytes(total), rate: formatBytes(rate) };
+  }
+
+  image(ref: string, total: number): void {
+    this.totals.set(ref, total);
+    this.bars.set(ref, this.multi.create(Math.max(1, total), 0, this.payload(ref, 0, total, 0)));
+    this.refreshTotal();
+  }
+
+  update(ref: string, done: number): void {
+    this.done.set(ref, done);
+    const total = this.totals.get(ref) ?? 1;
+    this.bars.get(ref)?.update(done, this.payload(ref, done, total, done / Math.max(0.001, (Date.now() - this.started) / 1000)));
+    this.refreshTotal();
+  }
+
+  private refreshTotal(): void {
+    const total = [...this.totals.values()].reduce((a, b) => a + b, 0);
+    const done = [...this.done.values()].reduce((a, b) => a + b, 0);
+    this.total.setTotal(Math.max(1, total));
+    this.total.update(done, this.payload('total', done, total, done / Math.max(0.001, (Date.now() - this.started) / 1000)));
+  }
+
+  finish(ref: string, _ok: boolean, note?: string): void {
+    const bar = this.bars.get(ref);
+    if (bar) bar.update(this.totals.get(ref) ?? 0, this.payload(`${ref} ${note ?? ''}`.trim(), this.totals.get(ref) ?? 0, this.totals.get(ref) ?? 0, 0));
+  }
+
+  stop(): void {
+    this.multi.stop();
+  }
+}
+
+class Lines implements Progress {
+  private readonly last = new Map<string, number>();
+  private readonly totals = new Map<string, number>();
+  private readonly started = new Map<string, number>();
+
+  constructor(private readonly stream: NodeJS.WriteStream) {}
+
+  private line(s: string): void {
+    this.stream.write(`${new Date().toISOString()} ${s}\n`);
+  }
+
+  image(ref: string, total: number): void {
+    this.totals.set(ref, total);
+    this.started.set(ref, Date.now());
+    this.line(`${ref}: ${formatBytes(total)} to fetch`);
+  }
+
+  update(ref: string, done: number): void {
+    const now = Date.now();
+    if (now - (this.last.get(ref) ?? 0) < 5000) return;
+    this.last.set(ref, now);
+    const total = this.totals.get(ref) ?? 0;
+    const secs = Math.max(0.001, (now - (this.started.get(ref) ?? now)) / 1000);
+    this.line(`${ref}: ${formatBytes(done)} of ${formatBytes(total)} (${total ? Math.floor((done / total) * 100) : 100}%, ${formatBytes(done / secs)}/s)`);
+  }
+
+  finish(ref: string, ok: boolean, note?: string): void {
+    this.line(`${ref}: ${ok ? 'done' : 'FAILED'}${note ? ` — ${note}` : ''}`);
+  }
+
+  stop(): void {}
+}

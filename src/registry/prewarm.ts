@@ -1,0 +1,81 @@
+import type { Platform } from '../oci/manifest.ts';
+import type { Pins } from '../store/pins.ts';
+import type { Blobs } from './blobs.ts';
+import type { ImageWalker, WalkedImage } from './image-walk.ts';
+
+export type PrewarmEvent =
+  | { type: 'image'; ref: string; digest: string; bytes: number; blobs: number }
+  | { type: 'progress'; ref: string; done: number; bytes: number }
+  | { type: 'done'; ref: string; digest: string; bytes: number; fetched: number }
+  | { type: 'error'; ref: string; message: string }
+  | { type: 'summary'; ok: string[]; failed: Array<{ ref: string; message: string }>; bytes: number; fetched: number };
+
+/** Blobs of one image fetched at once: enough to keep a link busy, few enough to finish layers early. */
+const BLOB_CONCURRENCY = 3;
+
+/**
+ * Prewarm: fetches whole images into the cache at background priority (a client's bytes go first) and
+ * pins them. Every reference is tried; one failure does not stop the others, and the summary names each.
+ */
+export class Prewarmer {
+  constructor(
+    private readonly walker: ImageWalker,
+    private readonly blobs: Blobs,
+    private readonly pins: Pins,
+  ) {}
+
+  async run(refs: string[], platforms: Platform[] | undefined, emit: (e: PrewarmEvent) => void, opts: { pin?: boolean } = {}): Promise<PrewarmEvent & { type: 'summary' }> {
+    const ok: string[] = [];
+    const failed: Array<{ ref: string; message: string }> = [];
+    let bytes = 0;
+    let fetched = 0;
+    for (const ref of refs) {
+      try {
+        const image = await this.walker.walk(ref, platforms);
+        const r = await this.warmImage(image, emit);
+        if (opts.pin !== false) this.pins.pin(image.name, [...image.manifests.map((m) => m.digest), ...image.blobs.map((b) => b.digest)]);
+        ok.push(image.name);
+        bytes += r.bytes;
+        fetched += r.fetched;
+        emit({ type: 'done', ref: image.name, digest: image.root.digest, bytes: r.bytes, fetched: r.fetched });
+      } catch (err) {
+        const message = (err as Error).message;
+        failed.push({ ref, message });
+        emit({ type: 'error', ref, message });
+      }
+    }
+    const summary = { type: 'summary' as const, ok, failed, bytes, fetched };
+    emit(summary);
+    return summary;
+  }
+
+  private async warmImage(image: WalkedImage, emit: (e: PrewarmEvent) => void): Promise<{ bytes: number; fetched: number }> {
+    const total = image.blobs.reduce((n, b) => n + Math.max(0, b.size), 0);
+    emit({ type: 'image', ref: image.name, digest: image.root.digest, bytes: total, blobs: image.blobs.length });
+    const onDisk = new Map<string, number>();
+    let lastEmit = 0;
+    const report = (force = false) => {
+      const now = Date.now();
+      if (!force && now - lastEmit < 250) return;
+      lastEmit = now;
+      emit({ type: 'progress', ref: image.name, done: [...onDisk.values()].reduce((a, b) => a + b, 0), bytes: total });
+    };
+    let fetched = 0;
+    const queue = [...image.blobs];
+    const worker = async () => {
+      for (let b = queue.shift(); b; b = queue.shift()) {
+        const blob = b;
+        const r = await this.blobs.warm(image.route, blob.digest, (n) => {
+          onDisk.set(blob.digest, n);
+          report();
+        });
+        onDisk.set(blob.digest, r.size);
+        if (r.fetched) fetched += r.size;
+        report();
+      }
+    };
+    await Promise.all(Array.from({ length: BLOB_CONCURRENCY }, worker));
+    report(true);
+    return { bytes: total, fetched };
+  }
+}
