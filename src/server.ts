@@ -1,4 +1,6 @@
+import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
+import { createServer as createTlsServer, type Server as TlsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { resolve } from 'node:path';
 import pino, { type Logger } from 'pino';
@@ -6,6 +8,7 @@ import { listenAddress } from './config/load.ts';
 import type { Config } from './config/schema.ts';
 import { Metrics } from './metrics.ts';
 import { createApp } from './http/app.ts';
+import { ClientAuth } from './http/client-auth.ts';
 import { Blobs } from './registry/blobs.ts';
 import type { RegistryContext } from './registry/context.ts';
 import { Fills } from './registry/fills.ts';
@@ -31,8 +34,10 @@ export interface Berth {
   tags: Tags;
   walker: ImageWalker;
   prewarmer: Prewarmer;
-  /** Starts listening; resolves with the bound address. */
-  listen(): Promise<AddressInfo>;
+  /** Starts listening; resolves with the bound address (and the admin listener's, when configured). */
+  listen(): Promise<AddressInfo & { admin?: AddressInfo }>;
+  /** Re-reads the TLS certificate and key (SIGHUP). */
+  reloadTls(): void;
   close(): Promise<void>;
 }
 
@@ -69,10 +74,15 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   const tags = new Tags(ctx);
   const walker = new ImageWalker(upstreams, manifests);
   const prewarmer = new Prewarmer(walker, blobs, pins);
-  const app = createApp({ upstreams, manifests, blobs, tags, metrics, log, prewarmer });
+  const deps = { upstreams, manifests, blobs, tags, metrics, log, prewarmer };
+  const auth = config.auth && (config.auth.htpasswd || config.auth.tokensFile) ? new ClientAuth(config.auth) : undefined;
+  const app = createApp(deps, { registry: true, admin: !config.admin, ...(auth ? { auth } : {}) });
+  const adminApp = config.admin ? createApp(deps, { registry: false, admin: true }) : undefined;
+  const tlsFiles = () => ({ cert: readFileSync(config.tls!.certificate), key: readFileSync(config.tls!.key) });
   const flush = setInterval(() => index.flushAccess(), ACCESS_FLUSH_MS);
   flush.unref();
-  let server: Server | undefined;
+  let server: Server | TlsServer | undefined;
+  let adminServer: Server | undefined;
 
   return {
     ctx,
@@ -82,29 +92,46 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
     walker,
     prewarmer,
     async listen() {
-      server = createServer(app.callback());
-      // Layers take minutes on slow links: no overall request timeout, but idle sockets and slow headers end.
+      server = config.tls ? createTlsServer({ ...tlsFiles() }, app.callback()) : createServer(app.callback());
+      // Layers take minutes on slow links: no overall request timeout. Slow headers (slowloris) end
+      // after headersTimeout; a socket on which nothing moves for 2 minutes (a reader that never reads)
+      // is closed, which releases its fill reader and buffers.
       server.requestTimeout = 0;
       server.headersTimeout = 30_000;
       server.keepAliveTimeout = 65_000;
-      const addr = listenAddress(config.listen);
-      await new Promise<void>((ok, fail) => {
-        server!.once('error', fail);
-        server!.listen(addr.port, addr.host, () => ok());
-      });
-      const bound = server.address() as AddressInfo;
-      log.info({ address: bound.address, port: bound.port, storage: paths.root, upstreams: upstreams.clients.map((c) => `${c.host}=${c.base.origin}`), offline: config.offline }, 'berth listening');
-      return bound;
+      server.timeout = 120_000;
+      const bound = await listenOn(server, config.listen);
+      log.info({ address: bound.address, port: bound.port, tls: !!config.tls, storage: paths.root, upstreams: upstreams.clients.map((c) => `${c.host}=${c.base.origin}`), offline: config.offline }, 'berth listening');
+      if (!adminApp || !config.admin) return bound;
+      adminServer = createServer(adminApp.callback());
+      const admin = await listenOn(adminServer, config.admin.listen);
+      log.info({ address: admin.address, port: admin.port }, 'admin listener (metrics, health, prewarm)');
+      return { ...bound, admin };
+    },
+    reloadTls() {
+      if (!config.tls || !server || !('setSecureContext' in server)) return;
+      server.setSecureContext(tlsFiles());
+      log.info({ certificate: config.tls.certificate }, 'TLS certificate reloaded');
     },
     async close() {
       clearInterval(flush);
-      if (server) {
-        server.closeAllConnections();
-        await new Promise<void>((ok) => server!.close(() => ok()));
+      for (const s of [server, adminServer]) {
+        if (!s) continue;
+        s.closeAllConnections();
+        await new Promise<void>((ok) => s.close(() => ok()));
       }
       for (const f of fills.all()) f.fail(new Error('berth is shutting down'));
       await upstreams.close();
       index.close();
     },
   };
+}
+
+async function listenOn(server: Server | TlsServer, listen: string): Promise<AddressInfo> {
+  const addr = listenAddress(listen);
+  await new Promise<void>((ok, fail) => {
+    server.once('error', fail);
+    server.listen(addr.port, addr.host, () => ok());
+  });
+  return server.address() as AddressInfo;
 }

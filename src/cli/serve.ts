@@ -19,6 +19,13 @@ export function serveCommand(program: Command): void {
         };
         process.on('SIGINT', () => stop('SIGINT'));
         process.on('SIGTERM', () => stop('SIGTERM'));
+        process.on('SIGHUP', () => {
+          try {
+            berth.reloadTls();
+          } catch (err) {
+            berth.ctx.log.error({ err }, 'TLS reload failed; keeping the old certificate');
+          }
+        });
         await new Promise(() => {});
       }),
     );

@@ -134,6 +134,19 @@ export function loadConfig(flags: ConfigFlags = {}, env: NodeJS.ProcessEnv = pro
     }
   });
 
+  const mustExist: Array<[string, string | undefined]> = [
+    ['tls.certificate', config.tls?.certificate],
+    ['tls.key', config.tls?.key],
+    ['auth.htpasswd', config.auth?.htpasswd],
+    ['auth.tokensFile', config.auth?.tokensFile],
+  ];
+  for (const [field, file] of mustExist) {
+    if (file !== undefined && !existsSync(file)) throw new ConfigError(`${field}: file ${file} does not exist`);
+  }
+  if (config.auth && !config.auth.htpasswd && !config.auth.tokensFile && !config.auth.anonymous) {
+    throw new ConfigError('auth: anonymous is false but neither htpasswd nor tokensFile is set: nobody could pull');
+  }
+
   let defaultUpstream = config.defaultUpstream;
   if (defaultUpstream === undefined) {
     defaultUpstream = config.upstreams.some((u) => u.host === 'docker.io') ? 'docker.io' : config.upstreams[0]!.host;

@@ -109,6 +109,22 @@ export const ConfigSchema = z
     bandwidth: z.object({ limit: rate.optional() }).strict().prefault({}),
     defaultUpstream: z.string().optional(),
     upstreams: z.array(UpstreamSchema).min(1, 'at least one upstream is needed').prefault(DEFAULT_UPSTREAMS),
+    /** Serve HTTPS with this certificate and key (PEM files, re-read on SIGHUP). */
+    tls: z.object({ certificate: z.string().min(1), key: z.string().min(1) }).strict().optional(),
+    /** Client authentication. Without it every pull is anonymous. */
+    auth: z
+      .object({
+        /** Whether pulls without credentials are allowed when users or tokens are configured. */
+        anonymous: z.boolean().default(false),
+        /** An htpasswd file with bcrypt hashes (`htpasswd -Bbn user pass`). */
+        htpasswd: z.string().optional(),
+        /** A file of bearer tokens for automation, one per line (`#` comments). */
+        tokensFile: z.string().optional(),
+      })
+      .strict()
+      .optional(),
+    /** A separate listener for /metrics, /healthz and /_berth/* (they leave the main listener when set). */
+    admin: z.object({ listen }).strict().optional(),
     log: z
       .object({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
       .strict()

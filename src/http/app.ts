@@ -6,6 +6,7 @@ import { errorMiddleware } from './errors.ts';
 import { v2Handler, type V2Deps } from './v2.ts';
 import { prewarmHandler } from './admin.ts';
 import type { Prewarmer } from '../registry/prewarm.ts';
+import type { ClientAuth } from './client-auth.ts';
 
 /** Bytes sent in the response body, counted at the socket so aborted streams count what really left. */
 function requestLog(log: Logger, metrics: Metrics) {
@@ -44,7 +45,15 @@ export interface AppDeps extends V2Deps {
   prewarmer: Prewarmer;
 }
 
-export function createApp(deps: AppDeps): Koa {
+export interface AppParts {
+  /** Serve the OCI distribution API (/v2/…). */
+  registry: boolean;
+  /** Serve /metrics, /healthz and /_berth/* (on the main listener unless `admin.listen` is set). */
+  admin: boolean;
+  auth?: ClientAuth;
+}
+
+export function createApp(deps: AppDeps, parts: AppParts): Koa {
   const app = new Koa({ proxy: false });
   // Errors are answered by errorMiddleware; koa's own handler would only log them again.
   app.silent = true;
@@ -53,16 +62,23 @@ export function createApp(deps: AppDeps): Koa {
   app.use(errorMiddleware);
   const v2 = v2Handler(deps);
   const prewarm = prewarmHandler(deps.prewarmer);
+  const auth = parts.auth?.middleware();
   app.use(async (ctx) => {
-    if (ctx.path === '/v2' || ctx.path.startsWith('/v2/')) return v2(ctx);
-    if (ctx.path === '/metrics' && ctx.method === 'GET') {
+    if (parts.registry && (ctx.path === '/v2' || ctx.path.startsWith('/v2/'))) {
+      if (auth) return auth(ctx, () => v2(ctx));
+      return v2(ctx);
+    }
+    if (parts.admin && ctx.path === '/metrics' && ctx.method === 'GET') {
       ctx.state.route = 'metrics';
       ctx.type = deps.metrics.registry.contentType;
       ctx.body = await deps.metrics.registry.metrics();
       return;
     }
-    if (ctx.path === '/_berth/prewarm') return prewarm(ctx);
-    if (ctx.path === '/healthz') {
+    if (parts.admin && ctx.path === '/_berth/prewarm') {
+      if (auth) return auth(ctx, () => prewarm(ctx));
+      return prewarm(ctx);
+    }
+    if (parts.admin && ctx.path === '/healthz') {
       ctx.state.route = 'health';
       ctx.body = { ok: true };
       return;

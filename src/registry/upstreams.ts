@@ -5,6 +5,7 @@ import { DOCKER_HUB } from '../oci/image-reference.ts';
 import { UpstreamClient } from '../upstream/client.ts';
 import { UpstreamHealth } from '../upstream/health.ts';
 import { TokenCache } from '../upstream/token-cache.ts';
+import { EgressGuard } from '../upstream/egress-guard.ts';
 
 /** Where a request goes: which upstream, which repository there. The cache key of a tag is (upstream, repository, tag). */
 export interface Route {
@@ -26,8 +27,9 @@ export class Upstreams {
 
   constructor(config: Readonly<Config>, onHealthChange: (host: string, down: boolean) => void = () => {}) {
     const tokens = new TokenCache();
+    const guard = new EgressGuard(new Set(config.upstreams.map((u) => new URL(u.url).origin)));
     this.clients = config.upstreams.map(
-      (u) => new UpstreamClient(u, tokens, new UpstreamHealth(5, 30_000, (down) => onHealthChange(u.host, down))),
+      (u) => new UpstreamClient(u, tokens, new UpstreamHealth(5, 30_000, (down) => onHealthChange(u.host, down)), guard),
     );
     config.upstreams.forEach((u, i) => {
       for (const h of [u.host, ...u.aliases]) this.byHost.set(h.toLowerCase(), this.clients[i]!);

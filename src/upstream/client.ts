@@ -7,6 +7,7 @@ import { parseChallenges } from './challenge.ts';
 import { createDispatcher } from './dispatcher.ts';
 import { TokenCache } from './token-cache.ts';
 import { UpstreamHealth } from './health.ts';
+import { EgressGuard } from './egress-guard.ts';
 
 export type UpstreamBody = Dispatcher.ResponseData['body'];
 
@@ -52,6 +53,7 @@ export class UpstreamClient {
     readonly config: UpstreamConfig,
     private readonly tokens: TokenCache = new TokenCache(),
     health?: UpstreamHealth,
+    private readonly guard: EgressGuard = new EgressGuard(new Set([new URL(config.url).origin])),
   ) {
     this.host = config.host;
     this.base = new URL(config.url.endsWith('/') ? config.url : `${config.url}/`);
@@ -165,6 +167,7 @@ export class UpstreamClient {
     } catch {
       throw new RegistryError('UPSTREAM_ERROR', `upstream ${this.host} sent an invalid token realm "${realm.slice(0, 100)}"`);
     }
+    await this.guard.check(url, 'token request');
     if (service) url.searchParams.set('service', service);
     url.searchParams.set('scope', scope);
     const headers: Record<string, string> = { 'user-agent': USER_AGENT };
@@ -197,6 +200,7 @@ export class UpstreamClient {
       if (next.protocol !== 'http:' && next.protocol !== 'https:') {
         throw new RegistryError('UPSTREAM_ERROR', `upstream ${this.host} redirected to an unsupported URL scheme ${next.protocol}`);
       }
+      await this.guard.check(next, 'redirect');
       if (next.host !== current.host) {
         const { authorization: _dropped, ...rest } = h;
         h = rest;
