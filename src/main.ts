@@ -5,6 +5,7 @@ import { exportCommand } from './cli/export.ts';
 import { importCommand } from './cli/import.ts';
 import { maintenanceCommands } from './cli/maintenance.ts';
 import { hostsCommand } from './cli/hosts.ts';
+import { indexCommand } from './cli/index-cmd.ts';
 
 /** berth's command line: `berth serve` and the operator commands, all with the same config options. */
 const program = new Command('berth')
@@ -19,5 +20,6 @@ exportCommand(program);
 importCommand(program);
 maintenanceCommands(program);
 hostsCommand(program);
+indexCommand(program);
 
 await program.parseAsync(process.argv);

@@ -46,7 +46,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   const paths = new StoragePaths(resolve(config.storage.path));
   const store = new BlobStore(paths);
   await store.init();
-  const index = new StoreIndex(paths.database);
+  const index = new StoreIndex(paths.database, paths.tagJournal);
   const metrics = new Metrics();
   const upstreams = new Upstreams(config, (host, down) => {
     metrics.upstreamUp.set({ upstream: host }, down ? 0 : 1);

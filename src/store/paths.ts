@@ -12,6 +12,7 @@ import { digestHex, type Digest } from '../oci/digest.ts';
  *                                          the data it describes is synced, so it never claims bytes that are not there
  *   <root>/tmp/                            small writes (manifests, imports) before their rename
  *   <root>/berth.db                        SQLite index (WAL): blobs, tags, references, pins, access times
+ *   <root>/tags.jsonl                      every tag change, appended: lets `berth index rebuild` restore tags
  */
 export class StoragePaths {
   constructor(readonly root: string) {}
@@ -27,6 +28,9 @@ export class StoragePaths {
   }
   get database(): string {
     return join(this.root, 'berth.db');
+  }
+  get tagJournal(): string {
+    return join(this.root, 'tags.jsonl');
   }
 
   blob(d: Digest): string {

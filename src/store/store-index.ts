@@ -1,3 +1,4 @@
+import { appendFileSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import type { Digest } from '../oci/digest.ts';
 
@@ -59,11 +60,20 @@ export class StoreIndex {
   private readonly pendingAccess = new Map<string, number>();
   private readonly s;
 
-  constructor(file: string) {
-    this.db = new Database(file, { timeout: 5000 });
-    this.db.pragma('journal_mode = WAL');
-    this.db.pragma('synchronous = NORMAL');
-    this.db.exec(SCHEMA);
+  /**
+   * `tagJournal`: an append-only file of tag changes (JSON lines), so that a rebuilt index gets its tags
+   * back — blob files name themselves, tags exist nowhere else.
+   */
+  constructor(file: string, private readonly tagJournal?: string) {
+    try {
+      this.db = new Database(file, { timeout: 5000 });
+      this.db.pragma('journal_mode = WAL');
+      this.db.pragma('synchronous = NORMAL');
+      this.db.exec(SCHEMA);
+      this.db.prepare('SELECT COUNT(*) FROM blobs').get();
+    } catch (err) {
+      throw indexError(file, err);
+    }
     const p = (sql: string) => this.db.prepare(sql);
     this.s = {
       getBlob: p('SELECT digest, size, media_type AS mediaType, created_at AS createdAt, accessed_at AS accessedAt FROM blobs WHERE digest = ?'),
@@ -125,7 +135,12 @@ export class StoreIndex {
   }
 
   putTag(t: TagRow): void {
+    const before = this.tagJournal ? this.getTag(t.upstream, t.repository, t.tag) : undefined;
     this.s.putTag.run(t.upstream, t.repository, t.tag, t.digest, t.mediaType, t.size, t.checkedAt);
+    if (this.tagJournal && before?.digest !== t.digest) {
+      const { checkedAt: _c, ...entry } = t;
+      appendFileSync(this.tagJournal, `${JSON.stringify(entry)}\n`);
+    }
   }
 
   listTags(upstream: string, repository: string): string[] {
@@ -194,4 +209,17 @@ export class StoreIndex {
     this.flushAccess();
     this.db.close();
   }
+}
+
+/** A clear start-up error for an index that cannot be used, with the way out. */
+function indexError(file: string, err: unknown): Error {
+  const code = (err as { code?: string }).code ?? '';
+  const why = (err as Error).message;
+  if (code === 'SQLITE_BUSY' || code.startsWith('SQLITE_BUSY') || code === 'SQLITE_LOCKED') {
+    return new Error(`the index ${file} is locked by another process (${why}); is another berth using this storage directory?`);
+  }
+  if (code.startsWith('SQLITE_CORRUPT') || code === 'SQLITE_NOTADB' || code.startsWith('SQLITE_IOERR')) {
+    return new Error(`the index ${file} is damaged (${code}: ${why}); rebuild it from the blob files with: berth index rebuild --storage <dir>`);
+  }
+  return new Error(`cannot open the index ${file}: ${why}`);
 }

@@ -1,0 +1,22 @@
+import { resolve } from 'node:path';
+import type { Command } from 'commander';
+import { StoragePaths } from '../store/paths.ts';
+import { rebuildIndex } from '../store/rebuild.ts';
+import { configFrom, run, withConfigOptions } from './common.ts';
+
+export function indexCommand(program: Command): void {
+  const index = program.command('index').description('maintain the SQLite index of the storage directory');
+  withConfigOptions(
+    index
+      .command('rebuild')
+      .description('rebuild a damaged index from the blob files (stop berth first)')
+      .option('--verify', 're-hash every blob and remove those that do not match their name'),
+  ).action(
+    run(async (opts) => {
+      const config = configFrom(opts);
+      const r = await rebuildIndex(new StoragePaths(resolve(config.storage.path)), { verify: opts.verify === true });
+      if (r.movedAside) process.stdout.write(`old index moved to ${r.movedAside}\n`);
+      process.stdout.write(`indexed ${r.blobs} blobs (${r.manifests} manifests), restored ${r.tags} tags${r.removed.length ? `, removed ${r.removed.length} corrupt files` : ''}\n`);
+    }),
+  );
+}
