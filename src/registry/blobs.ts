@@ -7,6 +7,7 @@ import { header } from '../upstream/client.ts';
 import type { Fill, BlobSource } from './fill.ts';
 import type { Route } from './upstreams.ts';
 import type { RegistryContext } from './context.ts';
+import { failpoint } from '../failpoints.ts';
 
 /** A blob ready to be served: its size and a way to read any part of it. */
 export interface BlobHandle {
@@ -38,12 +39,13 @@ export class Blobs {
   async cached(d: Digest): Promise<BlobHandle | undefined> {
     const { index, store } = this.ctx;
     const row = index.getBlob(d);
-    if (!row) return undefined;
     const size = await store.size(d);
     if (size === undefined) {
-      index.deleteBlob(d);
+      if (row) index.deleteBlob(d);
       return undefined;
     }
+    // A file under blobs/ was verified before its rename; a crash before its index row only lost the row.
+    if (!row) index.putBlob(d, size, null);
     index.touch(d);
     return { digest: d, size, source: 'cache', read: (s, e) => store.read(d, s, e) };
   }
@@ -141,6 +143,7 @@ export class Blobs {
       abandonAfterMs: config.fillTimeout,
       commit: async (file, size) => {
         await store.commit(d, file);
+        failpoint('fill.index-write');
         index.putBlob(d, size, null);
         index.addRefs(r.upstream, r.repository, [d]);
         void this.ctx.quota.enforce().catch((err: Error) => log.error({ err }, 'quota pass failed'));

@@ -7,6 +7,7 @@ import { RegistryError } from '../oci/errors.ts';
 import type { Digest } from '../oci/digest.ts';
 import type { Priority } from '../upstream/bandwidth.ts';
 import { Extents } from './extents.ts';
+import { failpoint } from '../failpoints.ts';
 
 /** Where a fill gets bytes: the upstream, bound to one blob. */
 export interface BlobSource {
@@ -102,8 +103,17 @@ export class Fill extends EventEmitter {
     } catch {
       // no checkpoint: start from nothing
     }
+    let fh: FileHandle;
+    try {
+      fh = await open(o.dataFile, extents.bytes > 0 ? 'r+' : 'w+');
+    } catch {
+      // The checkpoint outlived its data file (a crash after the rename into blobs/): start afresh.
+      extents = new Extents();
+      size = undefined;
+      fh = await open(o.dataFile, 'w+');
+    }
     const fill = new Fill(digest, source, o, extents, size ?? o.expectedSize);
-    fill.fh = await open(o.dataFile, extents.bytes > 0 ? 'r+' : 'w+').catch(() => open(o.dataFile, 'w+'));
+    fill.fh = fh;
     if (extents.bytes > 0) o.log('resuming fill from checkpoint', { digest, bytes: extents.bytes, size });
     return fill;
   }
@@ -175,6 +185,7 @@ export class Fill extends EventEmitter {
       try {
         const wanted = start > 0 || (this.size !== undefined && end < this.size) ? { start, ...(Number.isFinite(end) ? { end: end - 1 } : {}) } : undefined;
         const res = await this.source.open(wanted, () => this.priority(), this.abort.signal);
+        failpoint('fill.headers');
         this.checkSize(res.size);
         if (wanted && !res.partial) {
           // The upstream ignored Range: the body is the whole blob again, so start over from zero.
@@ -223,6 +234,7 @@ export class Fill extends EventEmitter {
       }
       this.extents.add(pos, pos + chunk.length);
       pos += chunk.length;
+      if (this.size !== undefined && pos * 2 >= this.size && (pos - chunk.length) * 2 < this.size) failpoint('fill.mid-body');
       this.emit('progress');
       this.sinceCheckpoint += chunk.length;
       if (this.sinceCheckpoint >= CHECKPOINT_BYTES) await this.checkpoint();
@@ -293,6 +305,7 @@ export class Fill extends EventEmitter {
       if (`sha256:${actual}` !== this.digest) {
         throw new IntegrityError(`upstream bytes hash to sha256:${actual}, not ${this.digest}`);
       }
+      failpoint('fill.before-rename');
       await this.o.commit(this.o.dataFile, size);
       await rm(this.o.metaFile, { force: true });
       this.state = 'committed';
