@@ -148,6 +148,7 @@ export class Blobs {
         index.addRefs(r.upstream, r.repository, [d]);
         void this.ctx.quota.enforce().catch((err: Error) => log.error({ err }, 'quota pass failed'));
       },
+      readCommitted: (s, e) => store.read(d, s, e),
       log: (msg, extra) => log.info({ upstream: r.upstream, ...extra }, msg),
       onUpstreamBytes: (n, priority) => metrics.upstreamBytes.inc({ upstream: r.upstream, priority }, n),
     });

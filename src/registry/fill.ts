@@ -35,6 +35,8 @@ export interface FillOptions {
   abandonAfterMs: number;
   /** Moves the verified data file into the blob store and indexes it. */
   commit: (dataFile: string, size: number) => Promise<void>;
+  /** Reads the committed blob (for a reader that arrives after the commit). */
+  readCommitted: (start: number, end: number) => Readable;
   log: (msg: string, extra?: Record<string, unknown>) => void;
   onUpstreamBytes?: (n: number, priority: Priority) => void;
 }
@@ -368,6 +370,7 @@ export class Fill extends EventEmitter {
    * sequential fill (or with no sequential fill at all) are fetched by Range at foreground priority.
    */
   reader(start: number, end: number): Readable {
+    if (this.state === 'committed') return this.o.readCommitted(start, end);
     this.readers++;
     this.clearAbandonTimer();
     const self = this;

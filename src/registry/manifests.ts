@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { LRUCache } from 'lru-cache';
 import { RegistryError } from '../oci/errors.ts';
 import type { Digest } from '../oci/digest.ts';
 import { MAX_MANIFEST_BYTES, parseManifest } from '../oci/manifest.ts';
@@ -37,6 +38,8 @@ export function accepts(accept: string, mediaType: string): boolean {
  */
 export class Manifests {
   private readonly inflight = new Map<string, Promise<ManifestResult>>();
+  /** Manifest bytes by digest: content-addressed, so never stale. Saves a file read per hot tag request. */
+  private readonly bytes = new LRUCache<string, Buffer>({ maxSize: 32 * 1024 * 1024, sizeCalculation: (b) => b.length || 1 });
 
   constructor(private readonly ctx: RegistryContext) {}
 
@@ -117,11 +120,12 @@ export class Manifests {
       this.ctx.metrics.hits.inc({ kind: 'manifest' });
       return { digest: d, mediaType: row.mediaType, size: row.size, cached: true };
     }
-    const bytes = await this.ctx.store.readBytes(d);
+    const bytes = this.bytes.get(d) ?? (await this.ctx.store.readBytes(d));
     if (!bytes) {
       this.ctx.index.deleteBlob(d);
       return undefined;
     }
+    this.bytes.set(d, bytes);
     this.ctx.index.touch(d);
     this.ctx.metrics.hits.inc({ kind: 'manifest' });
     return { digest: d, mediaType: row.mediaType, size: bytes.length, bytes, cached: true };
