@@ -43,8 +43,15 @@ class Bars implements Progress {
     return { name, value_h: formatBytes(value), total_h: formatBytes(total), rate: formatBytes(rate) };
   }
 
+  private readonly startedAt = new Map<string, number>();
+
+  private rate(ref: string, done: number): number {
+    return done / Math.max(0.001, (Date.now() - (this.startedAt.get(ref) ?? this.started)) / 1000);
+  }
+
   image(ref: string, total: number): void {
     this.totals.set(ref, total);
+    this.startedAt.set(ref, Date.now());
     this.bars.set(ref, this.multi.create(Math.max(1, total), 0, this.payload(ref, 0, total, 0)));
     this.refreshTotal();
   }
@@ -52,7 +59,7 @@ class Bars implements Progress {
   update(ref: string, done: number): void {
     this.done.set(ref, done);
     const total = this.totals.get(ref) ?? 1;
-    this.bars.get(ref)?.update(done, this.payload(ref, done, total, done / Math.max(0.001, (Date.now() - this.started) / 1000)));
+    this.bars.get(ref)?.update(done, this.payload(ref, done, total, this.rate(ref, done)));
     this.refreshTotal();
   }
 
@@ -65,7 +72,8 @@ class Bars implements Progress {
 
   finish(ref: string, _ok: boolean, note?: string): void {
     const bar = this.bars.get(ref);
-    if (bar) bar.update(this.totals.get(ref) ?? 0, this.payload(`${ref} ${note ?? ''}`.trim(), this.totals.get(ref) ?? 0, this.totals.get(ref) ?? 0, 0));
+    const total = this.totals.get(ref) ?? 0;
+    if (bar) bar.update(total, this.payload(`${ref} ${note ?? ''}`.trim(), total, total, this.rate(ref, this.done.get(ref) ?? total)));
   }
 
   stop(): void {
