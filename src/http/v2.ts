@@ -34,6 +34,10 @@ export function v2Handler(d: V2Deps) {
   return async function v2(ctx: Context): Promise<void> {
     ctx.set('Docker-Distribution-API-Version', 'registry/2.0');
     const path = ctx.path;
+    if (ctx.method !== 'GET' && ctx.method !== 'HEAD') {
+      ctx.state.route = path === '/v2' || path === '/v2/' ? 'base' : 'other';
+      throw new RegistryError('UNSUPPORTED', `${ctx.method} is not supported: berth is a pull-through cache (pull only)`);
+    }
     if (path === '/v2' || path === '/v2/') {
       ctx.state.route = 'base';
       ctx.status = 200;
@@ -42,9 +46,6 @@ export function v2Handler(d: V2Deps) {
       return;
     }
     if (path.length > 2048) throw new RegistryError('NAME_INVALID', 'request path is too long');
-    if (ctx.method !== 'GET' && ctx.method !== 'HEAD') {
-      throw new RegistryError('UNSUPPORTED', `${ctx.method} is not supported: berth is a pull-through cache (pull only)`);
-    }
     const method = ctx.method;
     const ns = queryParam(ctx, 'ns');
     let m: RegExpExecArray | null;

@@ -40,6 +40,10 @@ export function parseRange(header: string, size: number): ByteRange[] {
     if (start >= size) continue;
     out.push({ start, end: Math.min(end, size - 1) });
   }
+  // Overlapping ranges are served as asked, but not to multiply a blob (RFC 9110 §14.2).
+  if (out.length > 1 && out.reduce((n, r) => n + r.end - r.start + 1, 0) > 2 * size + 1024) {
+    throw new RegistryError('RANGE_INVALID', 'the ranges overlap: together they ask for more than twice the blob');
+  }
   if (out.length === 0) {
     throw new RegistryError('RANGE_NOT_SATISFIABLE', `Range "${header.slice(0, 80)}" is outside the blob's ${size} bytes`, undefined, {
       'Content-Range': `bytes */${size}`,

@@ -41,23 +41,34 @@ export class Tags {
     if (!body || (body.tags !== null && body.tags !== undefined && !Array.isArray(body.tags))) {
       throw new RegistryError('UPSTREAM_ERROR', `upstream ${route.upstream} sent an unreadable tag list`);
     }
-    const tags = ((body.tags as unknown[] | null) ?? []).filter((t): t is string => typeof t === 'string');
+    let tags = ((body.tags as unknown[] | null) ?? []).filter((t): t is string => typeof t === 'string');
     const link = header(res.headers, 'link');
-    const next = link ? /<[^>?]*\?([^>]*)>\s*;\s*rel="?next"?/.exec(link)?.[1] : undefined;
+    let next = link ? /<[^>?]*\?([^>]*)>\s*;\s*rel="?next"?/.exec(link)?.[1] : undefined;
+    if (!next) {
+      // Upstreams that ignore n and last (distribution 2.8 does) answer with everything: page it here.
+      ({ tags, next } = paginate(tags, n, last));
+    }
     return { name: displayName, tags, ...(next ? { next } : {}), fromCache: false };
   }
 
   private fromCache(route: Route, displayName: string, n: number | undefined, last: string | undefined): TagPage {
-    let tags = this.ctx.index.listTags(route.upstream, route.repository);
-    if (tags.length === 0) {
+    const all = this.ctx.index.listTags(route.upstream, route.repository);
+    if (all.length === 0) {
       throw new RegistryError('NAME_UNKNOWN', `repository ${route.upstream}/${route.repository} has no cached tags${this.ctx.config.offline ? ' and berth is offline' : ''}`);
     }
-    if (last !== undefined) tags = tags.filter((t) => t > last);
-    let next: string | undefined;
-    if (n !== undefined && tags.length > n) {
-      tags = tags.slice(0, n);
-      next = `n=${n}&last=${encodeURIComponent(tags[tags.length - 1]!)}`;
-    }
+    const { tags, next } = paginate(all, n, last);
     return { name: displayName, tags, ...(next ? { next } : {}), fromCache: true };
   }
+}
+
+/** Lexical order, tags after `last`, at most `n`, and the query of the next page when there is one. */
+function paginate(all: string[], n: number | undefined, last: string | undefined): { tags: string[]; next: string | undefined } {
+  let tags = [...all].sort();
+  if (last !== undefined) tags = tags.filter((t) => t > last);
+  let next: string | undefined;
+  if (n !== undefined && tags.length > n) {
+    tags = tags.slice(0, n);
+    if (n > 0) next = `n=${n}&last=${encodeURIComponent(tags[tags.length - 1]!)}`;
+  }
+  return { tags, next };
 }
