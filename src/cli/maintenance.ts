@@ -117,15 +117,21 @@ export function maintenanceCommands(program: Command): void {
         pins.unpin(name);
         let removed = 0;
         let freed = 0;
-        // Children first lose their parent edge, so content shared with another image stays referenced.
-        const digests = closure(berth, root);
-        for (const d of digests) index.deleteChildren(d);
-        for (const d of digests) {
+        // Top down: a manifest goes (and lets go of its children) only when nothing else holds it, so a
+        // second tag on the same manifest, or another image sharing a layer, keeps what it needs.
+        const queue: Digest[] = [root];
+        for (let d = queue.shift(); d; d = queue.shift()) {
           if (index.isReferenced(d) || pins.isPinned(d) || store.busy(d)) continue;
-          freed += index.getBlob(d)?.size ?? 0;
-          index.deleteBlob(d);
-          await store.remove(d);
-          removed++;
+          const children = index.childrenOf(d).map((c) => c.digest);
+          index.deleteChildren(d);
+          const size = index.getBlob(d)?.size;
+          if (size !== undefined) {
+            freed += size;
+            removed++;
+            index.deleteBlob(d);
+            await store.remove(d);
+          }
+          queue.push(...children);
         }
         process.stdout.write(`removed ${name}: ${removed} blobs, ${formatBytes(freed)}\n`);
       }),
