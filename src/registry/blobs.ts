@@ -78,9 +78,14 @@ export class Blobs {
     }
     this.ensureOnline(d);
     this.ctx.metrics.misses.inc({ kind: 'blob' });
-    const fill = await this.fill(route, d);
-    if (wantsWhole) fill.start('foreground');
-    else if (this.ctx.config.lazyFill === 'background') fill.startLater(LAZY_COMPLETION_DELAY_MS);
+    // A Range read needs the size before anything is fetched (a suffix range, a 416): when no cached
+    // manifest declared it, a HEAD asks the upstream.
+    const sizeHint = wantsWhole || this.ctx.fills.get(d) ? undefined : (this.ctx.index.descriptorSize(d) ?? (await this.stat(route, d)).size);
+    const fill = await this.fill(route, d, sizeHint);
+    if (wantsWhole) {
+      fill.start('foreground');
+      await fill.whenFlowing();
+    } else if (this.ctx.config.lazyFill === 'background') fill.startLater(LAZY_COMPLETION_DELAY_MS);
     const size = await fill.whenSized();
     return { digest: d, size, source: 'fill', read: (s, e) => fill.reader(s, e) };
   }
@@ -107,7 +112,7 @@ export class Blobs {
     if (this.ctx.config.offline) throw new RegistryError('BLOB_UNKNOWN', `blob ${d} is not cached and berth is offline`);
   }
 
-  private async fill(route: Route, d: Digest): Promise<Fill> {
+  private async fill(route: Route, d: Digest, sizeHint?: number): Promise<Fill> {
     const { fills, index, store, config, metrics, log } = this.ctx;
     const r = this.routeFor(route, d);
     const client = this.ctx.upstreams.client(r);
@@ -134,7 +139,7 @@ export class Blobs {
         return { partial, start, size, body: budget.throttle(r.upstream, res.body, priority) };
       },
     };
-    const known = index.descriptorSize(d);
+    const known = index.descriptorSize(d) ?? sizeHint;
     const { fill, joined } = await fills.acquire(d, source, {
       dataFile: store.paths.ingestData(d),
       metaFile: store.paths.ingestMeta(d),

@@ -70,6 +70,9 @@ export class Fill extends EventEmitter {
   private sequential: Promise<void> | undefined;
   private readonly lazy: Array<{ start: number; end: number }> = [];
   private sinceCheckpoint = 0;
+  /** The upstream answered a Range request with the whole blob: only the sequential fill can help. */
+  private rangeUnsupported = false;
+  private flowing = false;
   private abandonTimer: NodeJS.Timeout | undefined;
   private readonly sized: Promise<number>;
   private resolveSize!: (n: number) => void;
@@ -158,6 +161,29 @@ export class Fill extends EventEmitter {
     this.laterTimer.unref();
   }
 
+  /**
+   * Resolves once bytes flow (some are on disk, or the upstream answered); rejects if the fill fails
+   * first. Waiting for this before sending headers turns a dead upstream into a 503 instead of a 200
+   * followed by a cut connection.
+   */
+  whenFlowing(): Promise<void> {
+    if (this.flowing || this.extents.bytes > 0 || this.state === 'committed') return Promise.resolve();
+    if (this.state === 'failed') return Promise.reject(this.error);
+    return new Promise((resolve, reject) => {
+      const done = () => {
+        this.off('flowing', done);
+        this.off('failed', fail);
+        resolve();
+      };
+      const fail = (err: Error) => {
+        this.off('flowing', done);
+        reject(err);
+      };
+      this.once('flowing', done);
+      this.once('failed', fail);
+    });
+  }
+
   /** Resolves when the blob is committed; rejects when the fill fails. */
   whenDone(): Promise<void> {
     if (this.state === 'committed') return Promise.resolve();
@@ -189,8 +215,11 @@ export class Fill extends EventEmitter {
         const res = await this.source.open(wanted, () => this.priority(), this.abort.signal);
         failpoint('fill.headers');
         this.checkSize(res.size);
+        this.flowing = true;
+        this.emit('flowing');
         if (wanted && !res.partial) {
           // The upstream ignored Range: the body is the whole blob again, so start over from zero.
+          this.rangeUnsupported = true;
           this.o.log('upstream ignored Range; restarting fill from zero', { digest: this.digest });
           this.extents.clear();
           this.resetHash();
@@ -204,6 +233,9 @@ export class Fill extends EventEmitter {
         if (this.abort.signal.aborted) throw this.abort.signal.reason as Error;
         if (err instanceof RegistryError && !['UNAVAILABLE', 'UPSTREAM_ERROR'].includes(err.code)) throw err;
         if (err instanceof IntegrityError) throw err;
+        // Nothing ever arrived, or the upstream is marked down: fail now, so the client hears 503 and
+        // falls back, instead of waiting through every retry. Retries are for transfers that broke.
+        if (this.extents.bytes === 0 || (err instanceof RegistryError && (err.detail as { circuitOpen?: boolean } | undefined)?.circuitOpen)) throw err;
         failures++;
         if (failures > this.o.retries.attempts) throw err;
         const delay = this.o.retries.backoff * 2 ** (failures - 1);
@@ -273,6 +305,7 @@ export class Fill extends EventEmitter {
       this.checkSize(res.size);
       if (!res.partial) {
         // Without Range support the only way to these bytes is the whole blob: let the sequential fill do it.
+        this.rangeUnsupported = true;
         await consumeAndDiscard(res.body);
         this.start();
         return;
@@ -389,7 +422,7 @@ export class Fill extends EventEmitter {
           continue;
         }
         const frontier = self.extents.availableFrom(0);
-        const sequentialWillCome = self.running && pos - frontier < LAZY_DISTANCE;
+        const sequentialWillCome = self.running && (pos - frontier < LAZY_DISTANCE || self.rangeUnsupported);
         if (!sequentialWillCome) self.fetchRange(pos, Math.min(end, pos + MAX_LAZY_SPAN - 1));
         const wait = self.changed();
         if (self.extents.availableFrom(pos) > pos || (self.state as FillState) === 'failed') continue;

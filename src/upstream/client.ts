@@ -103,7 +103,7 @@ export class UpstreamClient {
   /** One logical request: auth and redirects resolved, any final status returned. */
   async fetch(path: string, o: FetchOptions): Promise<UpstreamResponse> {
     if (this.health.down) {
-      throw new RegistryError('UNAVAILABLE', `upstream ${this.host} is marked down after repeated failures; next try in ${Math.ceil(this.health.retryInMs / 1000)} s`);
+      throw new RegistryError('UNAVAILABLE', `upstream ${this.host} is marked down after repeated failures; next try in ${Math.ceil(this.health.retryInMs / 1000)} s`, { circuitOpen: true });
     }
     try {
       const res = await this.authorizedRequest(new URL(path, this.base), o);
@@ -112,7 +112,8 @@ export class UpstreamClient {
       return res;
     } catch (err) {
       if (err instanceof RegistryError) throw err;
-      if ((err as Error).name === 'AbortError') throw err;
+      // Our own cancellation passes through; undici also names a refused proxy tunnel AbortError.
+      if (o.signal?.aborted) throw err;
       this.health.failure();
       throw this.unreachable(err);
     }
@@ -120,7 +121,8 @@ export class UpstreamClient {
 
   unreachable(err: unknown): RegistryError {
     const e = err as Error & { code?: string; cause?: Error & { code?: string } };
-    const why = e.cause?.code ?? e.code ?? e.message;
+    const parts = [e.cause?.code ?? e.code, e.message, e.cause?.message].filter((p): p is string => !!p && p !== 'fetch failed');
+    const why = [...new Set(parts)].join(': ');
     return new RegistryError('UNAVAILABLE', `cannot reach upstream ${this.host} (${this.base.origin})${this.via}: ${why}`);
   }
 
