@@ -23,6 +23,7 @@ import { StoreIndex } from './store/store-index.ts';
 import { Pins } from './store/pins.ts';
 import { Quota } from './store/quota.ts';
 import { BandwidthBudget } from './upstream/bandwidth.ts';
+import { installUndiciWorkaround } from './upstream/undici-workaround.ts';
 
 /** How often recorded access times are written to the index. */
 const ACCESS_FLUSH_MS = 30_000;
@@ -43,6 +44,7 @@ export interface Berth {
 
 /** The composition root: everything is built here from the validated config and passed in. */
 export async function createBerth(config: Readonly<Config>, log: Logger = pino({ level: config.log.level })): Promise<Berth> {
+  installUndiciWorkaround(log);
   const paths = new StoragePaths(resolve(config.storage.path));
   const store = new BlobStore(paths);
   await store.init();
@@ -79,7 +81,14 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   const app = createApp(deps, { registry: true, admin: !config.admin, ...(auth ? { auth } : {}) });
   const adminApp = config.admin ? createApp(deps, { registry: false, admin: true }) : undefined;
   const tlsFiles = () => ({ cert: readFileSync(config.tls!.certificate), key: readFileSync(config.tls!.key) });
-  const flush = setInterval(() => index.flushAccess(), ACCESS_FLUSH_MS);
+  const flush = setInterval(() => {
+    try {
+      index.flushAccess();
+    } catch (err) {
+      // A full disk or a busy index: the access times stay pending and go out with the next flush.
+      log.warn({ err: (err as Error).message }, 'could not record access times');
+    }
+  }, ACCESS_FLUSH_MS);
   flush.unref();
   let server: Server | TlsServer | undefined;
   let adminServer: Server | undefined;
@@ -92,14 +101,17 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
     walker,
     prewarmer,
     async listen() {
-      server = config.tls ? createTlsServer({ ...tlsFiles() }, app.callback()) : createServer(app.callback());
+      // Node checks headersTimeout on this interval: a fraction of it, so a slowloris ends on time.
+      const { headers, idle } = config.clientTimeouts;
+      const checking = { connectionsCheckingInterval: Math.max(250, Math.min(30_000, Math.floor(headers / 4))) };
+      server = config.tls ? createTlsServer({ ...tlsFiles(), ...checking }, app.callback()) : createServer(checking, app.callback());
       // Layers take minutes on slow links: no overall request timeout. Slow headers (slowloris) end
-      // after headersTimeout; a socket on which nothing moves for 2 minutes (a reader that never reads)
+      // after headersTimeout; a socket on which nothing moves for `idle` (a reader that never reads)
       // is closed, which releases its fill reader and buffers.
       server.requestTimeout = 0;
-      server.headersTimeout = 30_000;
-      server.keepAliveTimeout = 65_000;
-      server.timeout = 120_000;
+      server.headersTimeout = headers;
+      server.keepAliveTimeout = Math.min(65_000, idle);
+      server.timeout = idle;
       const bound = await listenOn(server, config.listen);
       log.info({ address: bound.address, port: bound.port, tls: !!config.tls, storage: paths.root, upstreams: upstreams.clients.map((c) => `${c.host}=${c.base.origin}`), offline: config.offline }, 'berth listening');
       if (!adminApp || !config.admin) return bound;

@@ -123,6 +123,11 @@ export const ConfigSchema = z
       })
       .strict()
       .optional(),
+    /**
+     * Client connections: how long a client may take to send its request headers (slowloris), and how
+     * long a connection may sit with nothing moving (a reader that never reads).
+     */
+    clientTimeouts: z.object({ headers: duration('30s'), idle: duration('2m') }).strict().prefault({}),
     /** A separate listener for /metrics, /healthz and /_berth/* (they leave the main listener when set). */
     admin: z.object({ listen }).strict().optional(),
     log: z

@@ -1,6 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { PassThrough, type Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { Readable } from 'node:stream';
 import type { Context } from 'koa';
 import { parseRange, rangeLength, type ByteRange } from '../oci/range.ts';
 import type { BlobHandle } from '../registry/blobs.ts';
@@ -26,7 +25,7 @@ export function sendBlob(ctx: Context, blob: BlobHandle, ranges: ByteRange[] | u
   };
   if (!ranges) {
     ctx.status = 200;
-    ctx.body = count(blob.read(0, blob.size - 1));
+    ctx.body = count(blob.read(0, blob.size - 1, true));
     ctx.type = 'application/octet-stream';
     ctx.length = blob.size;
     if (blob.size === 0) ctx.body = Buffer.alloc(0);
@@ -47,19 +46,16 @@ export function sendBlob(ctx: Context, blob: BlobHandle, ranges: ByteRange[] | u
   );
   const tail = Buffer.from(`\r\n--${boundary}--\r\n`);
   const length = heads.reduce((n, h, i) => n + h.length + rangeLength(ranges[i]!), 0) + tail.length;
-  const out = new PassThrough({ highWaterMark: 256 * 1024 });
-  void (async () => {
-    try {
-      for (let i = 0; i < ranges.length; i++) {
-        const r = ranges[i]!;
-        if (!out.write(heads[i]!)) await new Promise((res) => out.once('drain', res));
-        await pipeline(count(blob.read(r.start, r.end)), out, { end: false });
-      }
-      out.end(tail);
-    } catch (err) {
-      out.destroy(err as Error);
+  const wanted = ranges;
+  async function* parts(): AsyncGenerator<Buffer> {
+    for (let i = 0; i < wanted.length; i++) {
+      const r = wanted[i]!;
+      yield heads[i]!;
+      for await (const chunk of count(blob.read(r.start, r.end))) yield chunk as Buffer;
     }
-  })();
+    yield tail;
+  }
+  const out = Readable.from(parts(), { objectMode: false, highWaterMark: 256 * 1024 });
   ctx.body = out;
   ctx.type = `multipart/byteranges; boundary=${boundary}`;
   ctx.length = length;

@@ -30,7 +30,8 @@ export async function errorMiddleware(ctx: Context, next: Next): Promise<void> {
 function toRegistryError(err: unknown, ctx: Context): RegistryError {
   if (err instanceof RegistryError) return err;
   const code = (err as NodeJS.ErrnoException).code;
-  if (code === 'ENOSPC' || code === 'EDQUOT') return new RegistryError('UNAVAILABLE', 'berth storage is full; the content could not be cached');
+  if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'SQLITE_FULL') return new RegistryError('UNAVAILABLE', 'berth storage is full; the content could not be cached');
+  if (code?.startsWith('SQLITE_BUSY') || code === 'SQLITE_LOCKED') return new RegistryError('UNAVAILABLE', "berth's index is locked by another process; try again");
   const status = (err as { status?: number }).status;
   if (typeof status === 'number' && status >= 400 && status < 500) {
     return new RegistryError('QUERY_INVALID', (err as Error).message || 'bad request');

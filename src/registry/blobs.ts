@@ -15,7 +15,8 @@ export interface BlobHandle {
   size: number;
   /** 'cache' when committed, 'fill' while it is still arriving. */
   source: 'cache' | 'fill';
-  read(start: number, end: number): Readable;
+  /** `whole`: the client asked for the entire blob, so its last byte waits for the digest check. */
+  read(start: number, end: number, whole?: boolean): Readable;
 }
 
 /** How long after a lazy Range read the background completion of the blob starts. */
@@ -87,7 +88,7 @@ export class Blobs {
       await fill.whenFlowing();
     } else if (this.ctx.config.lazyFill === 'background') fill.startLater(LAZY_COMPLETION_DELAY_MS);
     const size = await fill.whenSized();
-    return { digest: d, size, source: 'fill', read: (s, e) => fill.reader(s, e) };
+    return { digest: d, size, source: 'fill', read: (s, e, whole) => fill.reader(s, e, { verified: whole === true }) };
   }
 
   /** Prewarm: fetch the whole blob at background priority and wait until it is committed. */

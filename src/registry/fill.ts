@@ -402,16 +402,27 @@ export class Fill extends EventEmitter {
    * A stream of [start, end] (inclusive). It yields bytes as they land; bytes far ahead of the
    * sequential fill (or with no sequential fill at all) are fetched by Range at foreground priority.
    */
-  reader(start: number, end: number): Readable {
+  reader(start: number, end: number, opts: { verified?: boolean } = {}): Readable {
     if (this.state === 'committed') return this.o.readCommitted(start, end);
     this.readers++;
     this.clearAbandonTimer();
     const self = this;
+    // A whole-blob reader holds back the last byte until the digest is checked: if the upstream sent
+    // wrong bytes the client's connection is cut instead of ending as a clean, complete-looking body.
+    const holdBack = opts.verified === true && end === (this.size ?? -1) - 1 ? 1 : 0;
     async function* bytes(): AsyncGenerator<Buffer> {
       let pos = start;
       while (pos <= end) {
         if (self.state === 'failed') throw self.error;
-        const avail = self.extents.availableFrom(pos);
+        if (holdBack && pos === end && self.state !== 'committed') {
+          await self.whenDone();
+          const last = Buffer.allocUnsafe(1);
+          await self.fh.read(last, 0, 1, end);
+          pos += 1;
+          yield last;
+          continue;
+        }
+        const avail = Math.min(self.extents.availableFrom(pos), end + 1 - (self.state === 'committed' ? 0 : holdBack));
         if (avail > pos) {
           const n = Math.min(avail, end + 1, pos + READ_CHUNK) - pos;
           const buf = Buffer.allocUnsafe(n);

@@ -113,12 +113,21 @@ export class Manifests {
   }
 
   private async fromCache(d: Digest, method: 'GET' | 'HEAD'): Promise<ManifestResult | undefined> {
-    const row = this.ctx.index.getBlob(d);
-    if (!row?.mediaType) return undefined;
+    let row = this.ctx.index.getBlob(d);
+    if (!row) return undefined;
+    if (!row.mediaType) {
+      // Cached as a plain blob (fetched through /blobs/ first, say). If the bytes are a manifest, learn
+      // that; if not, the digest names a layer or config, and asking the upstream would only fail.
+      const mediaType = row.size <= MAX_MANIFEST_BYTES ? await this.manifestTypeOf(d) : undefined;
+      if (!mediaType) throw new RegistryError('MANIFEST_UNKNOWN', `${d} is a blob in this cache, not a manifest`);
+      this.ctx.index.putBlob(d, row.size, mediaType);
+      row = { ...row, mediaType };
+    }
+    const mediaType = row.mediaType!;
     if (method === 'HEAD') {
       this.ctx.index.touch(d);
       this.ctx.metrics.hits.inc({ kind: 'manifest' });
-      return { digest: d, mediaType: row.mediaType, size: row.size, cached: true };
+      return { digest: d, mediaType, size: row.size, cached: true };
     }
     const bytes = this.bytes.get(d) ?? (await this.ctx.store.readBytes(d));
     if (!bytes) {
@@ -128,7 +137,20 @@ export class Manifests {
     this.bytes.set(d, bytes);
     this.ctx.index.touch(d);
     this.ctx.metrics.hits.inc({ kind: 'manifest' });
-    return { digest: d, mediaType: row.mediaType, size: bytes.length, bytes, cached: true };
+    return { digest: d, mediaType, size: bytes.length, bytes, cached: true };
+  }
+
+  private async manifestTypeOf(d: Digest): Promise<string | undefined> {
+    const bytes = await this.ctx.store.readBytes(d);
+    if (!bytes || bytes[0] !== 0x7b) return undefined;
+    try {
+      const json = JSON.parse(bytes.toString('utf8')) as { schemaVersion?: unknown };
+      if (json.schemaVersion !== 2) return undefined;
+      const m = parseManifest(bytes);
+      return m.manifests.length > 0 || m.blobs.length > 0 ? m.mediaType : undefined;
+    } catch {
+      return undefined;
+    }
   }
 
   /** GETs a manifest from the upstream, checks it, stores it byte-exact and indexes what it references. */

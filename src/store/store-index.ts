@@ -71,6 +71,8 @@ export class StoreIndex {
       this.db.pragma('synchronous = NORMAL');
       this.db.exec(SCHEMA);
       this.db.prepare('SELECT COUNT(*) FROM blobs').get();
+      // Reading works under another process's lock; writing is what berth needs, so probe for it now.
+      this.db.exec('BEGIN IMMEDIATE; ROLLBACK');
     } catch (err) {
       throw indexError(file, err);
     }
@@ -121,13 +123,14 @@ export class StoreIndex {
     this.pendingAccess.set(d, now);
   }
 
+  /** Writes the recorded access times; on failure they stay pending for the next try. */
   flushAccess(): void {
     if (this.pendingAccess.size === 0) return;
     const entries = [...this.pendingAccess];
-    this.pendingAccess.clear();
     this.db.transaction(() => {
       for (const [d, t] of entries) this.s.touch.run(t, d, t);
     })();
+    for (const [d, t] of entries) if (this.pendingAccess.get(d) === t) this.pendingAccess.delete(d);
   }
 
   getTag(upstream: string, repository: string, tag: string): TagRow | undefined {
@@ -206,8 +209,11 @@ export class StoreIndex {
   }
 
   close(): void {
-    this.flushAccess();
-    this.db.close();
+    try {
+      this.flushAccess();
+    } finally {
+      this.db.close();
+    }
   }
 }
 

@@ -107,7 +107,9 @@ export class UpstreamClient {
     }
     try {
       const res = await this.authorizedRequest(new URL(path, this.base), o);
-      if (res.status >= 500) this.health.failure();
+      // Only an upstream that cannot serve counts against it: a 500 is about one request (and a client
+      // can provoke those at will), a 502/503/504 says the registry or its gateway is down.
+      if (res.status === 502 || res.status === 503 || res.status === 504) this.health.failure();
       else this.health.success();
       return res;
     } catch (err) {

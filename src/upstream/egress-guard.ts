@@ -12,12 +12,15 @@ for (const [net, bits] of [
   ['0.0.0.0', 8], ['10.0.0.0', 8], ['100.64.0.0', 10], ['127.0.0.0', 8], ['169.254.0.0', 16],
   ['172.16.0.0', 12], ['192.168.0.0', 16], ['198.18.0.0', 15],
 ] as const) PRIVATE.addSubnet(net, bits, 'ipv4');
-for (const [net, bits] of [['::1', 128], ['::', 128], ['fc00::', 7], ['fe80::', 10]] as const) PRIVATE.addSubnet(net, bits, 'ipv6');
+// IPv4-mapped (::ffff:0:0/96), IPv4-compatible (::/96) and NAT64 (64:ff9b::/96) addresses can carry any IPv4
+// address, private ones included: none of them is a registry's address, so all are refused.
+for (const [net, bits] of [['::', 96], ['::ffff:0:0', 96], ['64:ff9b::', 96], ['fc00::', 7], ['fe80::', 10], ['fec0::', 10]] as const) {
+  PRIVATE.addSubnet(net, bits, 'ipv6');
+}
 
 export function isPrivateAddress(ip: string): boolean {
   const v = isIP(ip);
   if (v === 0) return false;
-  if (v === 6 && ip.toLowerCase().startsWith('::ffff:')) return isPrivateAddress(ip.slice(7));
   return PRIVATE.check(ip, v === 4 ? 'ipv4' : 'ipv6');
 }
 
