@@ -1,0 +1,204 @@
+// The systems compared, each started on 127.0.0.1 with an ephemeral port and a temp dir, stopped by PID:
+// berth (child process, bench/berth-process.ts), docker-registry in pull-through proxy mode (the reference cache), and nginx
+// (static files with sendfile: the limit for cached bytes).
+import { stat, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { freePort, waitForHttp } from '../test/support/ports.ts';
+import { descendantsOf, killPids, type ManagedProcess, startProcess } from '../test/support/process.ts';
+import { makeTempDir, removeTempDir } from '../test/support/tmp.ts';
+import { spawnBerth, writeBerthConfig } from './berth-process.ts';
+import { guarded } from './cleanup.ts';
+import { writeNginxConf } from './nginx.ts';
+import type { Testbed } from './testbed.ts';
+
+export type SystemName = 'berth' | 'registry' | 'nginx' | 'direct';
+
+export const LABEL: Record<SystemName, string> = {
+  berth: 'berth',
+  registry: 'docker-registry',
+  nginx: 'nginx',
+  direct: 'direct',
+};
+
+export interface Server {
+  name: SystemName;
+  /** `http://127.0.0.1:PORT` */
+  url: string;
+  /** `127.0.0.1:PORT`, for image references. */
+  host: string;
+  /** The processes whose memory counts (nginx: master and workers). */
+  pids(): number[];
+  /** For caches: the blob is committed to this cache's own disk. */
+  hasBlob(digest: string, size: number): Promise<boolean>;
+  logFile: string;
+  stop(): Promise<void>;
+}
+
+async function fileHasSize(file: string, size: number): Promise<boolean> {
+  try {
+    return (await stat(file)).size === size;
+  } catch {
+    return false;
+  }
+}
+
+const hexOf = (digest: string): string => digest.replace(/^sha256:/, '');
+
+/** berth as a child process (`berth serve --config FILE`), `upstreamUrl` configured as docker.io. */
+export async function startBerthServer(upstreamUrl: string): Promise<Server> {
+  const dir = await makeTempDir('bench-berth');
+  const storage = path.join(dir, 'storage');
+  const logFile = path.join(dir, 'berth.log');
+  let proc: ManagedProcess | undefined;
+  let port = 0;
+  const handle = guarded('berth', {
+    async stop() {
+      await proc?.stop();
+      await removeTempDir(dir);
+    },
+  });
+  for (let attempt = 1; ; attempt++) {
+    port = await freePort();
+    const config = path.join(dir, 'berth.yaml');
+    await writeBerthConfig(config, { port, storage, upstreamUrl });
+    proc = spawnBerth(config, logFile);
+    try {
+      await waitUp(`http://127.0.0.1:${port}/v2/`, proc, 60_000); // tsx compiles on start; the machine may be busy
+      break;
+    } catch (err) {
+      await proc.stop();
+      if (attempt >= 3) {
+        await handle.stop();
+        throw err;
+      }
+    }
+  }
+  const p = proc;
+  return {
+    name: 'berth',
+    url: `http://127.0.0.1:${port}`,
+    host: `127.0.0.1:${port}`,
+    pids: () => [p.pid],
+    hasBlob: (d, size) => fileHasSize(path.join(storage, 'blobs', 'sha256', hexOf(d).slice(0, 2), hexOf(d)), size),
+    logFile,
+    stop: () => handle.stop(),
+  };
+}
+
+/** docker-registry (distribution 2.8) in pull-through proxy mode, config as in lab/03-proxy-registry.sh. */
+export async function startRegistryProxy(upstreamUrl: string): Promise<Server> {
+  const dir = await makeTempDir('bench-proxyreg');
+  const data = path.join(dir, 'data');
+  const logFile = path.join(dir, 'registry.log');
+  let proc: ManagedProcess | undefined;
+  let port = 0;
+  const handle = guarded('docker-registry proxy', {
+    async stop() {
+      await proc?.stop();
+      await removeTempDir(dir);
+    },
+  });
+  for (let attempt = 1; ; attempt++) {
+    port = await freePort();
+    const config = path.join(dir, 'config.yml');
+    await writeFile(config, proxyConfig(data, port, upstreamUrl));
+    proc = startProcess('docker-registry-proxy', 'docker-registry', ['serve', config], { logFile });
+    try {
+      await waitUp(`http://127.0.0.1:${port}/v2/`, proc);
+      break;
+    } catch (err) {
+      await proc.stop();
+      if (attempt >= 3) {
+        await handle.stop();
+        throw err;
+      }
+    }
+  }
+  const p = proc;
+  return {
+    name: 'registry',
+    url: `http://127.0.0.1:${port}`,
+    host: `127.0.0.1:${port}`,
+    pids: () => [p.pid],
+    hasBlob: (d, size) =>
+      fileHasSize(path.join(data, 'docker', 'registry', 'v2', 'blobs', 'sha256', hexOf(d).slice(0, 2), hexOf(d), 'data'), size),
+    logFile,
+    stop: () => handle.stop(),
+  };
+}
+
+function proxyConfig(data: string, port: number, remote: string): string {
+  return `version: 0.1
+log:
+  level: info
+  formatter: text
+  accesslog:
+    disabled: false
+storage:
+  filesystem:
+    rootdirectory: ${data}
+  delete:
+    enabled: true
+  cache:
+    blobdescriptor: inmemory
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: 127.0.0.1:${port}
+  secret: berth-bench-secret
+proxy:
+  remoteurl: ${remote}
+`;
+}
+
+/** nginx with a private nginx.conf serving the testbed's static tree. */
+export async function startNginx(bed: Testbed): Promise<Server> {
+  const dir = await makeTempDir('bench-nginx');
+  const logFile = path.join(dir, 'nginx.log');
+  let proc: ManagedProcess | undefined;
+  let workers: number[] = [];
+  let port = 0;
+  const handle = guarded('nginx', {
+    async stop() {
+      await proc?.stop('SIGTERM'); // fast shutdown: the master stops its workers
+      await killPids(workers); // any worker left behind, by the PID we saw
+      await removeTempDir(dir);
+    },
+  });
+  for (let attempt = 1; ; attempt++) {
+    port = await freePort();
+    const conf = await writeNginxConf({ dir, www: bed.www, port, manifestType: bed.small.image.mediaType });
+    proc = startProcess('nginx', 'nginx', ['-e', path.join(dir, 'error.log'), '-c', conf, '-g', 'daemon off;'], { logFile });
+    try {
+      await waitUp(`http://127.0.0.1:${port}/v2/`, proc);
+      break;
+    } catch (err) {
+      await proc.stop();
+      if (attempt >= 3) {
+        await handle.stop();
+        throw err;
+      }
+    }
+  }
+  const master = proc;
+  workers = await descendantsOf([master.pid]);
+  return {
+    name: 'nginx',
+    url: `http://127.0.0.1:${port}`,
+    host: `127.0.0.1:${port}`,
+    pids: () => [master.pid, ...workers],
+    hasBlob: async () => true,
+    logFile,
+    stop: () => handle.stop(),
+  };
+}
+
+/** Waits for any HTTP answer; fails fast if the process exits first (port taken). */
+async function waitUp(url: string, proc: ManagedProcess, timeoutMs = 15_000): Promise<void> {
+  const died = proc.exited.then((code) => {
+    throw new Error(`${proc.name} exited (${code}); see ${proc.logFile}`);
+  });
+  died.catch(() => undefined);
+  await Promise.race([waitForHttp(url, { timeoutMs }), died]);
+}
