@@ -1,4 +1,4 @@
-// berth as the bench runs it: `node --import tsx src/main.ts serve --config FILE`, berth's default settings
+// berth as the bench runs it, as `npm start` does: the bundle `node dist/berth.mjs serve --config FILE`, berth's default settings
 // except a loopback listen address, a temp storage dir and the bench upstream as docker.io.
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -24,7 +24,7 @@ export async function writeBerthConfig(file: string, c: BerthConfigInput): Promi
 }
 
 export function spawnBerth(configFile: string, logFile: string): ManagedProcess {
-  return startProcess('berth', process.execPath, ['--import', 'tsx', path.join(ROOT, 'src/main.ts'), 'serve', '--config', configFile], {
+  return startProcess('berth', process.execPath, ['--enable-source-maps', path.join(ROOT, 'dist/berth.mjs'), 'serve', '--config', configFile], {
     logFile,
     cwd: ROOT,
     // Loopback only: no proxy may carry the upstream traffic anywhere.

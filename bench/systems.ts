@@ -63,7 +63,7 @@ export async function startBerthServer(upstreamUrl: string): Promise<Server> {
     await writeBerthConfig(config, { port, storage, upstreamUrl });
     proc = spawnBerth(config, logFile);
     try {
-      await waitUp(`http://127.0.0.1:${port}/v2/`, proc, 60_000); // tsx compiles on start; the machine may be busy
+      await waitUp(`http://127.0.0.1:${port}/v2/`, proc, 60_000); // the machine may be busy
       break;
     } catch (err) {
       await proc.stop();

@@ -24,6 +24,7 @@ import { Pins } from './store/pins.ts';
 import { Quota } from './store/quota.ts';
 import { BandwidthBudget } from './upstream/bandwidth.ts';
 import { installUndiciWorkaround } from './upstream/undici-workaround.ts';
+import { afterFill } from './memory.ts';
 
 /** How often recorded access times are written to the index. */
 const ACCESS_FLUSH_MS = 30_000;
@@ -62,8 +63,9 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
       metrics.fillsStarted.inc();
       metrics.fillsActive.inc();
     },
-    ended: (_fill, ok) => {
+    ended: (fill, ok) => {
       metrics.fillsActive.dec();
+      afterFill(fill.extents.bytes);
       if (!ok) metrics.fillsFailed.inc();
     },
   });

@@ -20,7 +20,7 @@ export async function startup(ctx: BenchContext): Promise<Row[]> {
   const t0 = performance.now();
   await buildIndex(big, blobs, tags);
   ctx.log(`startup: index with ${blobs} blobs and ${tags} tags built in ${num((performance.now() - t0) / 1000)} s`);
-  await timeStart(dir, empty, ctx.bed.relay.url()); // warms tsx's transform cache and the OS file cache; not counted
+  await timeStart(dir, empty, ctx.bed.relay.url()); // warms the OS file cache; not counted
   const bigTimes: number[] = [];
   const emptyTimes: number[] = [];
   const rss: number[] = [];

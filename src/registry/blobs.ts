@@ -17,6 +17,8 @@ export interface BlobHandle {
   source: 'cache' | 'fill';
   /** `whole`: the client asked for the entire blob, so its last byte waits for the digest check. */
   read(start: number, end: number, whole?: boolean): Readable;
+  /** For committed blobs: send [start, end] through `write` with reused buffers (BlobStore.send). */
+  send?(start: number, end: number, write: (chunk: Buffer) => Promise<void>): Promise<void>;
 }
 
 /** How long after a lazy Range read the background completion of the blob starts. */
@@ -48,7 +50,7 @@ export class Blobs {
     // A file under blobs/ was verified before its rename; a crash before its index row only lost the row.
     if (!row) index.putBlob(d, size, null);
     index.touch(d);
-    return { digest: d, size, source: 'cache', read: (s, e) => store.read(d, s, e) };
+    return { digest: d, size, source: 'cache', read: (s, e) => store.read(d, s, e), send: (s, e, w) => store.send(d, s, e, w) };
   }
 
   /** HEAD: the size without downloading the blob. */

@@ -41,7 +41,7 @@ export interface FillOptions {
   onUpstreamBytes?: (n: number, priority: Priority) => void;
 }
 
-const READ_CHUNK = 512 * 1024;
+const READ_CHUNK = 256 * 1024;
 /** Persist what is on disk at most this often (in bytes written), so a restart resumes near where it stopped. */
 const CHECKPOINT_BYTES = 32 * 1024 * 1024;
 /** A reader this far ahead of the sequential fill asks the upstream for its bytes directly. */

@@ -1,13 +1,17 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, type ReadStream } from 'node:fs';
-import { mkdir, open, rename, rm, stat, unlink } from 'node:fs/promises';
+import { mkdir, open, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { RegistryError } from '../oci/errors.ts';
 import type { Digest } from '../oci/digest.ts';
 import type { StoragePaths } from './paths.ts';
 
-/** Read buffers for serving cached blobs: large enough that a 1 GiB blob costs ~1000 reads, small enough to stay flat. */
-export const READ_CHUNK = 1024 * 1024;
+/**
+ * Read buffer for serving cached blobs. Each stream holds about two of these (one being written, one
+ * read ahead), so this sets memory per client: 256 KiB keeps 64 streams under 40 MB, and still costs
+ * only 4,000 reads a GiB.
+ */
+export const READ_CHUNK = 256 * 1024;
 
 /**
  * Content-addressed blob files. Everything under blobs/ was verified before it got there; this class
@@ -36,6 +40,38 @@ export class BlobStore {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       throw err;
+    }
+  }
+
+  /**
+   * Sends [start, end] (inclusive) of a committed blob through `write`, which resolves once the chunk
+   * has been handed on (the socket took it). Two buffers alternate — one read while the other is
+   * written — so a stream costs 2 × READ_CHUNK however long it runs, and leaves no garbage behind: the
+   * hot path of a cache is serving the same layers to many clients.
+   */
+  async send(d: Digest, start: number, end: number, write: (chunk: Buffer) => Promise<void>): Promise<void> {
+    this.reading.set(d, (this.reading.get(d) ?? 0) + 1);
+    let fh: FileHandle | undefined;
+    try {
+      fh = await open(this.paths.blob(d), 'r');
+      const buffers = [Buffer.allocUnsafe(READ_CHUNK), Buffer.allocUnsafe(READ_CHUNK)];
+      let pending: Promise<void> = Promise.resolve();
+      let i = 0;
+      for (let pos = start; pos <= end; ) {
+        const buf = buffers[i]!;
+        i ^= 1;
+        const { bytesRead } = await fh.read(buf, 0, Math.min(READ_CHUNK, end + 1 - pos), pos);
+        if (bytesRead === 0) throw new Error(`blob ${d} is shorter on disk than its index says`);
+        await pending;
+        pending = write(buf.subarray(0, bytesRead));
+        pos += bytesRead;
+      }
+      await pending;
+    } finally {
+      await fh?.close();
+      const n = (this.reading.get(d) ?? 1) - 1;
+      if (n <= 0) this.reading.delete(d);
+      else this.reading.set(d, n);
     }
   }
 
