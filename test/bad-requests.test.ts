@@ -2,34 +2,14 @@
 // (let alone to a host that is not configured: berth is not an open proxy). DESIGN.md "Errors" and
 // "Routing a request to an upstream". Issue #2.
 import assert from 'node:assert/strict';
-import { randomUUID } from 'node:crypto';
 import http from 'node:http';
 import { after, before, describe, test } from 'node:test';
-import { type AccessEntry, type Upstream, startUpstream } from './support/upstream.ts';
+import { type Upstream, startUpstream } from './support/upstream.ts';
 import { type Seeded, MediaTypes, seedStandard } from './support/images.ts';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
+import { request } from './support/http.ts';
+import { upstreamTrafficSince } from './support/links.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
-
-interface RawResponse {
-  status: number;
-  headers: http.IncomingHttpHeaders;
-  body: Buffer;
-}
-
-/** node's http.request sends the path exactly as given: no `..` resolution, no re-encoding. */
-function request(base: string, rawPath: string, o: { method?: string; headers?: http.OutgoingHttpHeaders } = {}): Promise<RawResponse> {
-  const u = new URL(base);
-  return new Promise((resolve, reject) => {
-    const req = http.request({ host: u.hostname, port: u.port, path: rawPath, method: o.method ?? 'GET', headers: o.headers, agent: false }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
 
 interface Row {
   /** What a user would notice, in a few words. */
@@ -209,10 +189,7 @@ describe('bad requests', () => {
   }
 
   test('none of the bad requests reached the upstream', async () => {
-    const sentinel = `/v2/?sentinel=${randomUUID()}`;
-    await request(up.url, sentinel);
-    const entries: AccessEntry[] = await up.waitForAccess((es) => es.some((e) => e.path === sentinel), { since: mark });
-    const leaked = entries.filter((e) => e.path !== sentinel);
+    const leaked = await upstreamTrafficSince(up, mark);
     assert.deepEqual(
       leaked.map((e) => `${e.method} ${e.path}`),
       [],

@@ -3,12 +3,11 @@
 // work, so a background completion that saturates the budget does not hold up a pull. These tests check
 // behaviour (lower bounds, ordering), not speed.
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
-import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { type Upstream, startUpstream } from './support/upstream.ts';
 import { type Blob, type Image, MediaTypes, buildImage, pushImage } from './support/images.ts';
 import { type InProcessBerth, type BerthOptions, startBerth } from './support/berth.ts';
+import { committed } from './support/storage.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
 import { httpRequest, metricValue, sha256, waitUntil } from './support/links.ts';
 
@@ -64,11 +63,6 @@ async function getWhole(b: InProcessBerth, pathPrefix: string, blob: Blob): Prom
   assert.equal(res.status, 200);
   assert.equal(sha256(res.body), blob.digest);
   return res.totalMs;
-}
-
-function committed(b: InProcessBerth, digest: string): boolean {
-  const hex = digest.slice('sha256:'.length);
-  return existsSync(path.join(b.storage, 'blobs', 'sha256', hex.slice(0, 2), hex));
 }
 
 describe('bandwidth budget', () => {

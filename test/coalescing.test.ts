@@ -1,59 +1,22 @@
 // One upstream read however many clients pull at once, and a fill that outlives the client that started
 // it (DESIGN.md "Fills"). Issue #2.
 import assert from 'node:assert/strict';
-import { createHash, randomUUID } from 'node:crypto';
-import { access } from 'node:fs/promises';
 import http from 'node:http';
-import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { blobBytesServed } from './support/accesslog.ts';
 import { type AccessEntry, type Upstream, startUpstream } from './support/upstream.ts';
 import { type Blob, type Seeded, digestOfFile, seedStandard } from './support/images.ts';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
 import { type Relay, startRelay } from './support/relay.ts';
+import { hashedGet } from './support/http.ts';
+import { upstreamTrafficSince, waitUntil } from './support/links.ts';
+import { committedPath, exists } from './support/storage.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
 
 const BIG_BYTES = 100 * 1024 * 1024;
 const CLIENTS = 8;
 /** The slow link for the disconnect test: the 100 MiB fill takes a few seconds. */
 const SLOW_RATE = 40 * 1024 * 1024;
-
-interface HashedGet {
-  status: number;
-  contentLength: string | undefined;
-  digest: string;
-  bytes: number;
-  headersAt: number;
-  doneAt: number;
-}
-
-/** GET that hashes the body as it streams (never holds it) and notes when headers and end arrived. */
-function hashedGet(url: string): Promise<HashedGet> {
-  return new Promise((resolve, reject) => {
-    const req = http.get(url, { agent: false }, (res) => {
-      const headersAt = performance.now();
-      const hash = createHash('sha256');
-      let bytes = 0;
-      res.on('data', (c: Buffer) => {
-        hash.update(c);
-        bytes += c.length;
-      });
-      res.on('end', () =>
-        resolve({
-          status: res.statusCode ?? 0,
-          contentLength: res.headers['content-length'],
-          digest: `sha256:${hash.digest('hex')}`,
-          bytes,
-          headersAt,
-          doneAt: performance.now(),
-        }),
-      );
-      res.on('error', reject);
-      res.on('aborted', () => reject(new Error(`${url}: response aborted after ${bytes} bytes`)));
-    });
-    req.on('error', reject);
-  });
-}
 
 /** GETs the blob and hangs up after `bytes` of its body have arrived. */
 function getThenDisconnect(url: string, bytes: number): Promise<{ status: number; received: number }> {
@@ -74,36 +37,6 @@ function getThenDisconnect(url: string, bytes: number): Promise<{ status: number
 }
 
 const isGetOf = (digest: string) => (e: AccessEntry) => e.method === 'GET' && e.path.split('?')[0]!.endsWith(`/blobs/${digest}`);
-
-async function exists(file: string): Promise<boolean> {
-  return access(file).then(
-    () => true,
-    () => false,
-  );
-}
-
-async function waitFor(what: string, cond: () => Promise<boolean>, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-/** Where DESIGN.md says a committed blob lives: storage/blobs/sha256/<2 hex>/<64 hex>. */
-function committedPath(b: InProcessBerth, digest: string): string {
-  const hex = digest.slice('sha256:'.length);
-  return path.join(b.storage, 'blobs', 'sha256', hex.slice(0, 2), hex);
-}
-
-/** Upstream log lines since `mark`, once a request sent now is logged too (so no late line is missed). */
-async function upstreamTrafficSince(up: Upstream, mark: number): Promise<AccessEntry[]> {
-  const sentinel = `/v2/?sentinel=${randomUUID()}`;
-  const res = await fetch(`${up.url}${sentinel}`);
-  await res.arrayBuffer();
-  const entries = await up.waitForAccess((es) => es.some((e) => e.path === sentinel), { since: mark });
-  return entries.filter((e) => e.path !== sentinel);
-}
 
 describe('many clients, one upstream read', () => {
   let up: Upstream;
@@ -161,7 +94,7 @@ describe('many clients, one upstream read', () => {
     assert.ok(received < big.size, 'the whole layer arrived before the hang-up');
     assert.equal(await exists(committedPath(slow, big.digest)), false, 'the layer was committed before the hang-up; the test proves nothing');
 
-    await waitFor('the layer to be committed', () => exists(committedPath(slow, big.digest)), 60_000);
+    await waitUntil('the layer to be committed', () => exists(committedPath(slow, big.digest)), 60_000, 50);
     assert.equal(await digestOfFile(committedPath(slow, big.digest)), big.digest);
     const fill = await upstreamTrafficSince(up, mark);
     const gets = fill.filter(isGetOf(big.digest));

@@ -12,11 +12,12 @@ import { after, before, describe, test } from 'node:test';
 import { type Upstream, startUpstream } from './support/upstream.ts';
 import { type Blob, type Image, buildImage, pushImage } from './support/images.ts';
 import { type BerthChild, startBerthChild } from './support/berth-child.ts';
-import { blobFiles, unverifiedBlobFiles } from './support/berth-cli.ts';
+import { unverifiedBlobFiles } from './support/berth-cli.ts';
 import { describeOutcome, fetchOutcome, sha256Of } from './support/outcome.ts';
 import { assertPulledImage } from './support/pulled-image.ts';
 import { skopeoCopy } from './support/skopeo.ts';
 import { upstreamTrafficSince, waitUntil } from './support/links.ts';
+import { hasBlobFile } from './support/storage.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
 
 const MB = 1_000_000;
@@ -54,10 +55,6 @@ async function layerGets(mark: number) {
 
 async function assertBlobsVerified(storage: string, when: string): Promise<void> {
   assert.deepEqual(await unverifiedBlobFiles(storage), [], `${when}: a file under blobs/ does not hash to its name`);
-}
-
-async function hasBlobFile(storage: string, digest: string): Promise<boolean> {
-  return (await blobFiles(storage)).some((f) => f.digest === digest);
 }
 
 /**

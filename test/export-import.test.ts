@@ -9,7 +9,7 @@ import { after, before, describe, test } from 'node:test';
 import { type Upstream, startUpstream } from './support/upstream.ts';
 import { type Seeded, blobsOf, seedStandard } from './support/images.ts';
 import { type InProcessBerth, type UpstreamSpec, startBerth } from './support/berth.ts';
-import { type Containerd, mirrorHostsToml, startContainerd } from './support/containerd.ts';
+import { type Containerd, imageTargets, mirrorHostsToml, startContainerd } from './support/containerd.ts';
 import { type Dockerd, startDockerd } from './support/dockerd.ts';
 import { skopeoCopy } from './support/skopeo.ts';
 import { DEAD_ENDPOINT } from './support/safety.ts';
@@ -30,17 +30,6 @@ import {
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
 
 const REFS = ['docker.io/lab/small:1', 'quay.io/org/multi:1', 'docker.io/library/small:1'];
-
-/** `ctr images ls` rows: reference -> target digest. */
-async function imageTargets(c: Containerd): Promise<Map<string, string>> {
-  const { stdout } = await c.ctr(['images', 'ls']);
-  const rows = new Map<string, string>();
-  for (const line of stdout.split('\n').slice(1)) {
-    const cols = line.trim().split(/\s+/);
-    if (cols.length >= 3) rows.set(cols[0]!, cols[2]!);
-  }
-  return rows;
-}
 
 const isBlobEntry = (e: TarFileEntry): boolean => /^(\.\/)?blobs\/sha256\/[a-f0-9]{64}$/.test(e.name);
 const digestOfEntry = (e: TarFileEntry): string => `sha256:${e.name.slice(e.name.lastIndexOf('/') + 1)}`;

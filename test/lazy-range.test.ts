@@ -5,10 +5,8 @@
 // requests work on a cold blob, and a real eStargz layer can be read file by file the way
 // stargz-snapshotter does.
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { open } from 'node:fs/promises';
-import path from 'node:path';
 import zlib from 'node:zlib';
 import { after, before, describe, test } from 'node:test';
 import { type Upstream, startUpstream } from './support/upstream.ts';
@@ -16,6 +14,7 @@ import { type Blob, type Image, MediaTypes, buildImage, pushImage } from './supp
 import { blobBytesServed } from './support/accesslog.ts';
 import { type InProcessBerth, type BerthOptions, startBerth } from './support/berth.ts';
 import { type Relay, type RelayOptions, startRelay } from './support/relay.ts';
+import { committed } from './support/storage.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
 import { type EstargzLayer, FOOTER_SIZE, buildEstargzLayer, estargzImage, parseFooter, parseTocMember } from './support/estargz.ts';
 import { httpRequest, parseByteranges, sha256, upstreamTrafficSince, waitUntil } from './support/links.ts';
@@ -94,11 +93,6 @@ async function getRange(b: InProcessBerth, repo: string, blob: Blob, start: numb
   assert.equal(res.headers['content-range'], `bytes ${start}-${end}/${blob.size}`);
   assert.ok(res.body.equals(await slice(blob, start, end)), `bytes ${start}-${end} are the blob's`);
   return res;
-}
-
-function committed(b: InProcessBerth, digest: string): boolean {
-  const hex = digest.slice('sha256:'.length);
-  return existsSync(path.join(b.storage, 'blobs', 'sha256', hex.slice(0, 2), hex));
 }
 
 describe('lazy Range reads of uncached blobs', () => {

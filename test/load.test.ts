@@ -15,6 +15,7 @@ import { type Blob, type Image, ACCEPT_ALL_MANIFESTS, blobBytes, buildImage, pus
 import { type BerthChild, startBerthChild } from './support/berth-child.ts';
 import { blobFiles, sha256File } from './support/berth-cli.ts';
 import { describeOutcome, fetchOutcome, sha256Of } from './support/outcome.ts';
+import { type RawResponse, request } from './support/http.ts';
 import { parseByteranges, waitUntil } from './support/links.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
 
@@ -129,18 +130,8 @@ const maxRss = (xs: Array<{ rss: number }>): number => xs.reduce((m, s) => Math.
 const mib = (n: number): string => `${(n / MiB).toFixed(0)} MiB`;
 
 /** One request on a keep-alive agent, the body collected. */
-function request(agent: http.Agent, path: string, headers: http.OutgoingHttpHeaders = {}, method = 'GET'): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: Buffer }> {
-  return new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port: b.port, path, method, headers, agent }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => (res.complete ? resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }) : reject(new Error('incomplete body'))));
-      res.on('error', reject);
-    });
-    req.setTimeout(60_000, () => req.destroy(new Error('no progress for 60 s')));
-    req.on('error', reject);
-    req.end();
-  });
+function viaAgent(agent: http.Agent, path: string, headers: http.OutgoingHttpHeaders = {}, method = 'GET'): Promise<RawResponse> {
+  return request(b.url, path, { agent, headers, method, timeoutMs: 60_000 });
 }
 
 /** The hot image's manifest, config and layer fetched (twice), so they are cache hits from now on. */
@@ -211,21 +202,21 @@ describe('berth under load and against hostile clients', () => {
         peakInFlight = Math.max(peakInFlight, inFlight);
         try {
           if (dice < 0.3) {
-            const r = await request(agent, `/v2/lab/hot/blobs/${hotLayer.blob.digest}`);
+            const r = await viaAgent(agent, `/v2/lab/hot/blobs/${hotLayer.blob.digest}`);
             if (r.status !== 200 || r.body.length !== size || sha256Of(r.body) !== hotLayer.blob.digest) fail(`hit: ${r.status}, ${r.body.length} bytes`);
             counts.hit++;
           } else if (dice < 0.4) {
-            const r = await request(agent, `/v2/lab/hot/blobs/${hotLayer.blob.digest}`, {}, 'HEAD');
+            const r = await viaAgent(agent, `/v2/lab/hot/blobs/${hotLayer.blob.digest}`, {}, 'HEAD');
             if (r.status !== 200 || Number(r.headers['content-length']) !== size) fail(`HEAD: ${r.status}, length ${r.headers['content-length']}`);
             counts.head++;
           } else if (dice < 0.55) {
-            const r = await request(agent, '/v2/lab/hot/manifests/1', { accept: ACCEPT_ALL_MANIFESTS });
+            const r = await viaAgent(agent, '/v2/lab/hot/manifests/1', { accept: ACCEPT_ALL_MANIFESTS });
             if (r.status !== 200 || sha256Of(r.body) !== hot.manifestDigest) fail(`manifest: ${r.status}`);
             counts.manifest++;
           } else if (dice < 0.7) {
             const start = Math.floor(Math.random() * size);
             const end = Math.min(size - 1, start + Math.floor(Math.random() * 256 * 1024));
-            const r = await request(agent, `/v2/lab/hot/blobs/${hotLayer.blob.digest}`, { range: `bytes=${start}-${end}` });
+            const r = await viaAgent(agent, `/v2/lab/hot/blobs/${hotLayer.blob.digest}`, { range: `bytes=${start}-${end}` });
             if (r.status !== 206 || r.headers['content-range'] !== `bytes ${start}-${end}/${size}` || !r.body.equals(hotLayer.bytes.subarray(start, end + 1))) {
               fail(`range ${start}-${end}: ${r.status} ${r.headers['content-range']}`);
             }
@@ -233,14 +224,14 @@ describe('berth under load and against hostile clients', () => {
           } else if (dice < 0.8) {
             const a = Math.floor(Math.random() * (size / 2));
             const c = Math.floor(size / 2 + Math.random() * (size / 2 - 1));
-            const r = await request(agent, `/v2/lab/hot/blobs/${hotLayer.blob.digest}`, { range: `bytes=${a}-${a + 999},${c}-${c + 99}` });
+            const r = await viaAgent(agent, `/v2/lab/hot/blobs/${hotLayer.blob.digest}`, { range: `bytes=${a}-${a + 999},${c}-${c + 99}` });
             const parts = r.status === 206 ? parseByteranges(String(r.headers['content-type']), r.body) : [];
             if (parts.length !== 2 || parts.some((p) => !p.body.equals(hotLayer.bytes.subarray(p.start, p.end + 1)))) fail(`multi-range: ${r.status}, ${parts.length} parts`);
             counts.multirange++;
           } else {
             const i = nextMiss++;
             const layer = i < MISS_POOL ? misses.layers[i]! : misses.layers[Math.floor(Math.random() * MISS_POOL)]!;
-            const r = await request(agent, `/v2/lab/misses/blobs/${layer.digest}`);
+            const r = await viaAgent(agent, `/v2/lab/misses/blobs/${layer.digest}`);
             if (r.status !== 200 || !r.body.equals(missBytes.get(layer.digest)!)) fail(`miss ${i}: ${r.status}, ${r.body.length} bytes`);
             if (i < MISS_POOL) counts.miss++;
             else counts.missHit++;

@@ -8,24 +8,13 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { type Upstream, startUpstream } from './support/upstream.ts';
 import { type Seeded, ACCEPT_ALL_MANIFESTS, seedStandard } from './support/images.ts';
-import { type InProcessBerth, type UpstreamSpec, startBerth } from './support/berth.ts';
-import { type Containerd, mirrorHostsToml, startContainerd } from './support/containerd.ts';
+import { type InProcessBerth, type UpstreamSpec, servedGets, startBerth } from './support/berth.ts';
+import { type Containerd, imageTargets, mirrorHostsToml, startContainerd } from './support/containerd.ts';
 import { type CountingListener, startCountingListener } from './support/relay.ts';
 import { skopeoCopy } from './support/skopeo.ts';
 import { httpRequest, metricValue, sha256, waitUntil } from './support/links.ts';
 import { ociLayoutManifests } from './support/berth-cli.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
-
-/** `ctr images ls` rows: reference -> target digest. */
-async function imageTargets(c: Containerd): Promise<Map<string, string>> {
-  const { stdout } = await c.ctr(['images', 'ls']);
-  const rows = new Map<string, string>();
-  for (const line of stdout.split('\n').slice(1)) {
-    const cols = line.trim().split(/\s+/);
-    if (cols.length >= 3) rows.set(cols[0]!, cols[2]!);
-  }
-  return rows;
-}
 
 /** Removes every image from containerd and waits for its garbage collection: the next pull fetches everything again. */
 async function forgetAllImages(c: Containerd): Promise<void> {
@@ -34,14 +23,6 @@ async function forgetAllImages(c: Containerd): Promise<void> {
   if (refs.length > 0) await c.ctr(['images', 'rm', '--sync', ...refs]);
   const content = await c.ctr(['content', 'ls', '--quiet']);
   assert.equal(content.stdout.trim(), '', 'containerd still holds content after removing its images');
-}
-
-/** GETs of `route` ('blob', 'manifest') that berth answered with 200. */
-async function servedGets(b: InProcessBerth, route: string): Promise<number> {
-  const metric = await b.berth.ctx.metrics.requests.get();
-  return metric.values
-    .filter((v) => v.labels.route === route && v.labels.method === 'GET' && v.labels.status === '200')
-    .reduce((n, v) => n + v.value, 0);
 }
 
 const hostArch = process.arch === 'arm64' ? 'arm64' : 'amd64';

@@ -2,37 +2,15 @@
 // mirror with ?ns=, and the override_path prefix form) and dockerd (--registry-mirror). Issue #2.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import http from 'node:http';
 import { after, before, describe, test } from 'node:test';
 import { type Upstream, startUpstream } from './support/upstream.ts';
 import { type Image, type Seeded, MediaTypes, seedStandard } from './support/images.ts';
-import { type InProcessBerth, startBerth } from './support/berth.ts';
-import { type Containerd, mirrorHostsToml, startContainerd } from './support/containerd.ts';
+import { type InProcessBerth, servedGets, startBerth } from './support/berth.ts';
+import { type Containerd, imageTargets, mirrorHostsToml, startContainerd } from './support/containerd.ts';
 import { type Dockerd, startDockerd } from './support/dockerd.ts';
+import { request } from './support/http.ts';
+import { waitUntil } from './support/links.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
-
-interface RawResponse {
-  status: number;
-  headers: http.IncomingHttpHeaders;
-  body: Buffer;
-}
-
-function request(base: string, pathAndQuery: string, o: { method?: string; headers?: http.OutgoingHttpHeaders } = {}): Promise<RawResponse> {
-  const u = new URL(base);
-  return new Promise((resolve, reject) => {
-    const req = http.request(
-      { host: u.hostname, port: u.port, path: pathAndQuery, method: o.method ?? 'GET', headers: o.headers, agent: false },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
-        res.on('error', reject);
-      },
-    );
-    req.on('error', reject);
-    req.end();
-  });
-}
 
 /** The snapshot key containerd gives an unpacked image's top layer (image-spec "ChainID"). */
 function chainId(image: Image): string {
@@ -44,36 +22,9 @@ function chainId(image: Image): string {
   return chain;
 }
 
-/** `ctr images ls` rows: reference -> target digest. */
-async function imageTargets(c: Containerd): Promise<Map<string, string>> {
-  const { stdout } = await c.ctr(['images', 'ls']);
-  const rows = new Map<string, string>();
-  for (const line of stdout.split('\n').slice(1)) {
-    const cols = line.trim().split(/\s+/);
-    if (cols.length >= 3) rows.set(cols[0]!, cols[2]!);
-  }
-  return rows;
-}
-
 async function snapshotKeys(c: Containerd): Promise<string[]> {
   const { stdout } = await c.ctr(['snapshots', 'ls']);
   return stdout.split('\n').slice(1).map((l) => l.trim().split(/\s+/)[0]!).filter(Boolean);
-}
-
-/** GETs of `route` ('blob', 'manifest') that berth answered with 200, from its own request counter. */
-async function servedGets(b: InProcessBerth, route: string): Promise<number> {
-  const metric = await b.berth.ctx.metrics.requests.get();
-  return metric.values
-    .filter((v) => v.labels.route === route && v.labels.method === 'GET' && v.labels.status === '200')
-    .reduce((n, v) => n + v.value, 0);
-}
-
-async function waitFor(what: string, cond: () => Promise<boolean>, timeoutMs = 5_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
 }
 
 describe('containerd and dockerd pulling through berth', () => {
@@ -157,6 +108,6 @@ describe('containerd and dockerd pulling through berth', () => {
     assert.equal(id, seeded.small.config.digest);
     // The layers and the config really came from berth (dockerd's fallback to Docker Hub is dead here anyway).
     const blobs = 1 + seeded.small.layers.length;
-    await waitFor(`berth to have served ${blobs} blobs to dockerd`, async () => (await servedGets(b, 'blob')) - blobsBefore >= blobs);
+    await waitUntil(`berth to have served ${blobs} blobs to dockerd`, async () => (await servedGets(b, 'blob')) - blobsBefore >= blobs, 5_000);
   });
 });

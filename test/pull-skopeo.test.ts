@@ -4,63 +4,23 @@
 // and basic-auth upstreams work. Issue #2.
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { access, readFile, readdir } from 'node:fs/promises';
-import http from 'node:http';
+import { readFile, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { type AccessEntry, type Upstream, startUpstream } from './support/upstream.ts';
 import { type Image, type Index, type Seeded, MediaTypes, blobsOf, buildImage, buildIndex, digestOfFile, pushImage, pushIndex, seedStandard } from './support/images.ts';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
 import { skopeoCopy } from './support/skopeo.ts';
+import { request } from './support/http.ts';
+import { upstreamTrafficSince } from './support/links.ts';
+import { committedPath, exists } from './support/storage.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
 
 const BIG_BYTES = 100 * 1024 * 1024;
 const AUTH = { username: 'berth-test', password: `pw-${randomUUID()}` };
 
-interface RawResponse {
-  status: number;
-  headers: http.IncomingHttpHeaders;
-  body: Buffer;
-}
-
-/** node's http.request: sends the path as given and repeated header lines as arrays. */
-function request(base: string, pathAndQuery: string, o: { method?: string; headers?: http.OutgoingHttpHeaders } = {}): Promise<RawResponse> {
-  const u = new URL(base);
-  return new Promise((resolve, reject) => {
-    const req = http.request(
-      { host: u.hostname, port: u.port, path: pathAndQuery, method: o.method ?? 'GET', headers: o.headers, agent: false },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
-        res.on('error', reject);
-      },
-    );
-    req.on('error', reject);
-    req.end();
-  });
-}
-
-async function exists(file: string): Promise<boolean> {
-  return access(file).then(
-    () => true,
-    () => false,
-  );
-}
-
 const isBlobGet = (e: AccessEntry): boolean => e.method === 'GET' && /\/blobs\/sha256:/.test(e.path);
 const isManifestByDigestGet = (e: AccessEntry): boolean => e.method === 'GET' && /\/manifests\/sha256:/.test(e.path);
-
-/**
- * Everything the upstream logged since `mark`, once a request sent now has been logged too: the registry
- * writes a line after the body is out, so without the sentinel a late line could be missed.
- */
-async function upstreamTrafficSince(up: Upstream, mark: number): Promise<AccessEntry[]> {
-  const sentinel = `/v2/?sentinel=${randomUUID()}`;
-  await request(up.url, sentinel);
-  const entries = await up.waitForAccess((es) => es.some((e) => e.path === sentinel), { since: mark });
-  return entries.filter((e) => e.path !== sentinel);
-}
 
 /** A `dir:` layout: the manifest file and every blob file, each checked to hash to its own name. */
 async function readDirLayout(dir: string): Promise<{ manifest: Buffer; blobs: Set<string> }> {
@@ -235,7 +195,7 @@ describe('pulling through berth with skopeo', () => {
     // Nor did it start a download whose log line is still to come (DESIGN.md: storage/ingest/<hex>.data).
     const hex = layer.digest.slice('sha256:'.length);
     assert.equal(await exists(path.join(b.storage, 'ingest', `${hex}.data`)), false, 'HEAD started a fill of the blob');
-    assert.equal(await exists(path.join(b.storage, 'blobs', 'sha256', hex.slice(0, 2), hex)), false, 'HEAD downloaded the blob');
+    assert.equal(await exists(committedPath(b, layer.digest)), false, 'HEAD downloaded the blob');
   });
 
   test('responses carry the registry API version, the manifest media type verbatim, the digest and an ETag', async () => {

@@ -11,7 +11,7 @@ import { after, before, describe, test } from 'node:test';
 import { type AccessEntry, type Upstream, startUpstream } from './support/upstream.ts';
 import { type Image, type LayerSpec, blobsOf, buildImage, pushImage } from './support/images.ts';
 import { type InProcessBerth, type UpstreamSpec, startBerth } from './support/berth.ts';
-import { type Containerd, startContainerd } from './support/containerd.ts';
+import { type Containerd, imageTargets, startContainerd } from './support/containerd.ts';
 import { skopeoCopy } from './support/skopeo.ts';
 import { upstreamTrafficSince, waitUntil } from './support/links.ts';
 import { DEAD_ENDPOINT } from './support/safety.ts';
@@ -30,17 +30,6 @@ import { makeTempDir, removeTempDir } from './support/tmp.ts';
 const MiB = 1024 * 1024;
 const LIMIT = 30 * MiB;
 const LAYER = 8 * MiB;
-
-/** `ctr images ls` rows: reference -> target digest. */
-async function imageTargets(c: Containerd): Promise<Map<string, string>> {
-  const { stdout } = await c.ctr(['images', 'ls']);
-  const rows = new Map<string, string>();
-  for (const line of stdout.split('\n').slice(1)) {
-    const cols = line.trim().split(/\s+/);
-    if (cols.length >= 3) rows.set(cols[0]!, cols[2]!);
-  }
-  return rows;
-}
 
 const blobGetsOf = (entries: AccessEntry[], digest: string): AccessEntry[] =>
   entries.filter((e) => e.method === 'GET' && e.path.split('?')[0]!.endsWith(`/blobs/${digest}`));

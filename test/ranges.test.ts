@@ -2,14 +2,15 @@
 // and on a blob whose fill is still in flight over a slow link. Every byte is compared with the source.
 // Issue #2.
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
-import { access, open } from 'node:fs/promises';
-import http from 'node:http';
-import path from 'node:path';
+import { open } from 'node:fs/promises';
+import type http from 'node:http';
 import { after, before, describe, test } from 'node:test';
 import { type Upstream, startUpstream } from './support/upstream.ts';
 import { type Blob, type Seeded, seedStandard } from './support/images.ts';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
+import { type RawResponse, hashedGet, request } from './support/http.ts';
+import { waitUntil } from './support/links.ts';
+import { committedPath, exists } from './support/storage.ts';
 import { type Relay, startRelay } from './support/relay.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
 
@@ -17,40 +18,11 @@ const BIG_BYTES = 24 * 1024 * 1024;
 /** The fill of the big layer takes about 3 s over this link: long enough to ask it for ranges meanwhile. */
 const SLOW_RATE = 8 * 1024 * 1024;
 
-interface RawResponse {
-  status: number;
-  headers: http.IncomingHttpHeaders;
-  body: Buffer;
-}
-
-function get(url: string, headers: http.OutgoingHttpHeaders = {}): Promise<RawResponse> {
-  return new Promise((resolve, reject) => {
-    const req = http.get(url, { agent: false, headers }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-  });
-}
-
-/** Whole-blob GET hashed as it streams. */
-function hashedGet(url: string): Promise<{ status: number; digest: string; bytes: number }> {
-  return new Promise((resolve, reject) => {
-    const req = http.get(url, { agent: false }, (res) => {
-      const hash = createHash('sha256');
-      let bytes = 0;
-      res.on('data', (c: Buffer) => {
-        hash.update(c);
-        bytes += c.length;
-      });
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, digest: `sha256:${hash.digest('hex')}`, bytes }));
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-  });
-}
+/** GET of a whole URL on a fresh connection, the body collected. */
+const get = (url: string, headers: http.OutgoingHttpHeaders = {}): Promise<RawResponse> => {
+  const u = new URL(url);
+  return request(url, `${u.pathname}${u.search}`, { headers });
+};
 
 interface Part {
   contentType: string | undefined;
@@ -152,27 +124,6 @@ async function assertEveryRangeForm(url: string, digest: string, size: number, s
   }
 }
 
-async function exists(file: string): Promise<boolean> {
-  return access(file).then(
-    () => true,
-    () => false,
-  );
-}
-
-async function waitFor(what: string, cond: () => Promise<boolean>, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-
-/** Where DESIGN.md says a committed blob lives: storage/blobs/sha256/<2 hex>/<64 hex>. */
-function committedPath(b: InProcessBerth, digest: string): string {
-  const hex = digest.slice('sha256:'.length);
-  return path.join(b.storage, 'blobs', 'sha256', hex.slice(0, 2), hex);
-}
-
 describe('Range requests', () => {
   let up: Upstream;
   let seeded: Seeded;
@@ -202,7 +153,7 @@ describe('Range requests', () => {
     const whole = await get(url);
     assert.equal(whole.status, 200);
     assert.ok(whole.body.equals(bytes));
-    await waitFor('the layer to be committed', () => exists(committedPath(b, layer.digest)), 10_000);
+    await waitUntil('the layer to be committed', () => exists(committedPath(b, layer.digest)), 10_000);
     await assertEveryRangeForm(url, layer.digest, layer.size, async (s, e) => bytes.subarray(s, e + 1), true);
   });
 
@@ -219,7 +170,7 @@ describe('Range requests', () => {
     relay.setRate(SLOW_RATE);
     try {
       const pull = hashedGet(url); // a client pulling the whole layer starts the fill
-      await waitFor('the fill to start', async () => relay.bytesDown > 0, 10_000);
+      await waitUntil('the fill to start', async () => relay.bytesDown > 0, 10_000);
       await assertEveryRangeForm(url, layer.digest, layer.size, source, false);
       assert.equal(await exists(committedPath(b, layer.digest)), false, 'the fill finished before the ranges were answered; the test proves nothing');
       const whole = await pull;
@@ -231,7 +182,7 @@ describe('Range requests', () => {
       await fh.close();
     }
     // And once committed, the same forms from disk.
-    await waitFor('the layer to be committed', () => exists(committedPath(b, layer.digest)), 30_000);
+    await waitUntil('the layer to be committed', () => exists(committedPath(b, layer.digest)), 30_000);
     const again = await open(layer.path!, 'r');
     try {
       const fromFile: Source = async (start, end) => {

@@ -17,13 +17,14 @@ import { type Upstream, startUpstream } from './support/upstream.ts';
 import { type Image, type Seeded, MediaTypes, buildImage, pushImage, seedStandard } from './support/images.ts';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
 import { type BerthChild, startBerthChild, tryServe } from './support/berth-child.ts';
-import { blobFiles, describeRun, runBerth, unverifiedBlobFiles } from './support/berth-cli.ts';
+import { describeRun, runBerth, unverifiedBlobFiles } from './support/berth-cli.ts';
 import { describeOutcome, fetchOutcome, type Outcome, sha256Of } from './support/outcome.ts';
 import { type OriginRequest, type Reply, type StandInOrigin, respond, sha256Digest, startStandInOrigin } from './support/stand-in-origin.ts';
 import { assertPulledImage } from './support/pulled-image.ts';
 import { skopeoCopy } from './support/skopeo.ts';
 import { metricValue, upstreamTrafficSince, waitUntil } from './support/links.ts';
 import { unmountUnder } from './support/mounts.ts';
+import { hasBlobFile } from './support/storage.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
 
 const run = promisify(execFile);
@@ -50,10 +51,6 @@ function assertNotCleanBad(r: Outcome, digest: string, size: number, what: strin
     assert.fail(`${what}: the client got a clean ${r.status} with ${right ? 'the right' : 'WRONG'} content (${r.body.length} bytes${right ? '' : `, hashing to ${sha256Of(r.body)}`}) although the origin misbehaved`);
   }
   assert.ok(!r.complete || (r.status !== undefined && r.status >= 400), `${what}: ${describeOutcome(r)}`);
-}
-
-async function hasBlobFile(storage: string, digest: string): Promise<boolean> {
-  return (await blobFiles(storage)).some((f) => f.digest === digest);
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -84,6 +84,14 @@ export async function startBerth(o: BerthOptions): Promise<InProcessBerth> {
   };
 }
 
+/** GETs of `route` ('blob', 'manifest') that berth answered with 200, from its own request counter. */
+export async function servedGets(b: InProcessBerth, route: string): Promise<number> {
+  const metric = await b.berth.ctx.metrics.requests.get();
+  return metric.values
+    .filter((v) => v.labels.route === route && v.labels.method === 'GET' && v.labels.status === '200')
+    .reduce((n, v) => n + v.value, 0);
+}
+
 export interface ChildBerth extends RunningBerth {
   process: ManagedProcess;
   configFile: string;

@@ -46,6 +46,17 @@ export interface Containerd {
   stop(): Promise<void>;
 }
 
+/** `ctr images ls` rows: reference -> target digest. */
+export async function imageTargets(c: Containerd): Promise<Map<string, string>> {
+  const { stdout } = await c.ctr(['images', 'ls']);
+  const rows = new Map<string, string>();
+  for (const line of stdout.split('\n').slice(1)) {
+    const cols = line.trim().split(/\s+/);
+    if (cols.length >= 3) rows.set(cols[0]!, cols[2]!);
+  }
+  return rows;
+}
+
 const CRI_PULL = path.join(path.dirname(fileURLToPath(import.meta.url)), 'cri_pull.py');
 
 export async function startContainerd(): Promise<Containerd> {
