@@ -11,6 +11,8 @@ export interface BerthConfigInput {
   port: number;
   storage: string;
   upstreamUrl: string;
+  /** More configuration (e.g. `bandwidth`), merged over the defaults. */
+  extra?: Record<string, unknown>;
 }
 
 export async function writeBerthConfig(file: string, c: BerthConfigInput): Promise<void> {
@@ -19,6 +21,7 @@ export async function writeBerthConfig(file: string, c: BerthConfigInput): Promi
     storage: { path: c.storage },
     upstreams: [{ host: 'docker.io', url: c.upstreamUrl }],
     log: { level: 'info' },
+    ...c.extra,
   };
   await writeFile(file, stringify(config));
 }
@@ -28,6 +31,8 @@ export function spawnBerth(configFile: string, logFile: string): ManagedProcess 
     logFile,
     cwd: ROOT,
     // Loopback only: no proxy may carry the upstream traffic anywhere.
-    env: { ...process.env, HTTP_PROXY: '', HTTPS_PROXY: '', http_proxy: '', https_proxy: '' },
+    // The glibc settings `npm start` uses (README: Running): fewer arenas, and read buffers always mmapped so
+    // freed ones go back to the OS instead of staying resident.
+    env: { ...process.env, MALLOC_ARENA_MAX: '2', MALLOC_MMAP_THRESHOLD_: '131072', HTTP_PROXY: '', HTTPS_PROXY: '', http_proxy: '', https_proxy: '' },
   });
 }

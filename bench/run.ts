@@ -9,6 +9,7 @@ import { cachedEightClients, cachedOneClient } from './figures/cached.ts';
 import { coldConcurrent } from './figures/cold-concurrent.ts';
 import { coldPull } from './figures/cold-pull.ts';
 import { coldRange } from './figures/cold-range.ts';
+import { bandwidth } from './figures/bandwidth.ts';
 import { headBlob, manifestByTag } from './figures/requests.ts';
 import { rss64 } from './figures/rss64.ts';
 import { startup } from './figures/startup.ts';
@@ -27,6 +28,7 @@ const RUNNERS: Record<FigureName, { title: string; run: (ctx: BenchContext) => P
   pull: { title: 'cold pull', run: coldPull },
   cold8: { title: '8 concurrent cold GETs', run: coldConcurrent },
   range: { title: 'cold Range', run: coldRange },
+  bandwidth: { title: 'bandwidth budget', run: bandwidth },
   rss64: { title: 'berth RSS, 64 streams', run: rss64 },
   startup: { title: 'start-up with a big index', run: startup },
 };
@@ -40,7 +42,7 @@ async function main(): Promise<number> {
   if (machine.loadAtStart > 0.5) {
     process.stderr.write(`note: load average ${machine.loadAtStart.toFixed(2)} before the bench: other work on this machine will skew the figures\n`);
   }
-  const needsHuge = opts.only.has('blob1') || opts.only.has('rss64');
+  const needsHuge = opts.only.has('blob1') || opts.only.has('rss64') || opts.only.has('bandwidth');
   const rows: Row[] = [];
   try {
     process.stderr.write(`seeding the upstream (${sizeName(opts.bigBytes)}${needsHuge ? ` + ${sizeName(opts.hugeBytes)}` : ''} layers)…\n`);

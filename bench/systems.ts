@@ -45,7 +45,7 @@ async function fileHasSize(file: string, size: number): Promise<boolean> {
 const hexOf = (digest: string): string => digest.replace(/^sha256:/, '');
 
 /** berth as a child process (`berth serve --config FILE`), `upstreamUrl` configured as docker.io. */
-export async function startBerthServer(upstreamUrl: string): Promise<Server> {
+export async function startBerthServer(upstreamUrl: string, extra?: Record<string, unknown>): Promise<Server> {
   const dir = await makeTempDir('bench-berth');
   const storage = path.join(dir, 'storage');
   const logFile = path.join(dir, 'berth.log');
@@ -60,7 +60,7 @@ export async function startBerthServer(upstreamUrl: string): Promise<Server> {
   for (let attempt = 1; ; attempt++) {
     port = await freePort();
     const config = path.join(dir, 'berth.yaml');
-    await writeBerthConfig(config, { port, storage, upstreamUrl });
+    await writeBerthConfig(config, { port, storage, upstreamUrl, ...(extra ? { extra } : {}) });
     proc = spawnBerth(config, logFile);
     try {
       await waitUp(`http://127.0.0.1:${port}/v2/`, proc, 60_000); // the machine may be busy

@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import pino from 'pino';
 import { createBerth } from '../server.ts';
 import { configFrom, run, withConfigOptions } from './common.ts';
 
@@ -8,14 +9,21 @@ export function serveCommand(program: Command): void {
     .action(
       run(async (opts) => {
         const config = configFrom(opts);
-        const berth = await createBerth(config);
+        // One log line per request: buffered (4 KiB) rather than a write per line on the hot path,
+        // flushed every second so a quiet server's lines still show up promptly, and on exit.
+        const destination = pino.destination({ dest: 1, sync: false, minLength: 4096 });
+        setInterval(() => destination.flush(), 1000).unref();
+        const berth = await createBerth(config, pino({ level: config.log.level }, destination));
         await berth.listen();
         let stopping = false;
         const stop = (signal: string) => {
           if (stopping) return;
           stopping = true;
           berth.ctx.log.info({ signal }, 'shutting down');
-          void berth.close().then(() => process.exit(0));
+          void berth.close().then(() => {
+            destination.flushSync();
+            process.exit(0);
+          });
         };
         process.on('SIGINT', () => stop('SIGINT'));
         process.on('SIGTERM', () => stop('SIGTERM'));
