@@ -22,7 +22,8 @@ import { makeTempDir, removeTempDir } from './support/tmp.ts';
 const MB = 1_000_000;
 const MiB = 1024 * 1024;
 const CONNECTIONS = 500;
-const LOAD_MS = 15_000;
+// The soak the issue asks for: a minute of it, running beside the other test files.
+const LOAD_MS = 60_000;
 const MISS_POOL = 300;
 /** berth's clientTimeouts.headers as configured here, and the check interval berth derives from it (a quarter). */
 const HEADERS_TIMEOUT_MS = 5_000;
