@@ -1,12 +1,14 @@
 import { createHash, type Hash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { open, readFile, rm, writeFile, type FileHandle } from 'node:fs/promises';
+import { open, rm, type FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { RegistryError } from '../oci/errors.ts';
 import type { Digest } from '../oci/digest.ts';
 import type { Priority } from '../upstream/bandwidth.ts';
 import { Extents } from './extents.ts';
+import { readCheckpoint, writeCheckpoint } from './checkpoint.ts';
+import { IntegrityError, hashFile } from './integrity.ts';
 import { failpoint } from '../failpoints.ts';
 
 /** Where a fill gets bytes: the upstream, bound to one blob. */
@@ -74,8 +76,6 @@ export class Fill extends EventEmitter {
   private rangeUnsupported = false;
   private flowing = false;
   private abandonTimer: NodeJS.Timeout | undefined;
-  private readonly sized: Promise<number>;
-  private resolveSize!: (n: number) => void;
   private finishing: Promise<void> | undefined;
   private seqPriority: Priority = 'background';
   private laterTimer: NodeJS.Timeout | undefined;
@@ -90,24 +90,14 @@ export class Fill extends EventEmitter {
     super();
     this.setMaxListeners(0);
     this.extents = extents;
-    this.sized = new Promise<number>((resolve) => (this.resolveSize = resolve));
-    this.sized.catch(() => {});
     if (size !== undefined) this.setSize(size);
   }
 
   /** Opens the ingest file, picking up what an earlier fill (before a restart) left on disk. */
   static async open(digest: Digest, source: BlobSource, o: FillOptions): Promise<Fill> {
-    let extents = new Extents();
-    let size: number | undefined;
-    try {
-      const meta = JSON.parse(await readFile(o.metaFile, 'utf8')) as { size?: number; extents?: Array<[number, number]> };
-      if (typeof meta.size === 'number' && Array.isArray(meta.extents) && (o.expectedSize === undefined || o.expectedSize === meta.size)) {
-        extents = new Extents(meta.extents);
-        size = meta.size;
-      }
-    } catch {
-      // no checkpoint: start from nothing
-    }
+    const checkpoint = await readCheckpoint(o.metaFile, o.expectedSize);
+    let extents = checkpoint?.extents ?? new Extents();
+    let size = checkpoint?.size;
     let fh: FileHandle;
     try {
       fh = await open(o.dataFile, extents.bytes > 0 ? 'r+' : 'w+');
@@ -124,22 +114,32 @@ export class Fill extends EventEmitter {
   }
 
   /** Resolves with the blob's size once it is known (from the manifest or the upstream's headers). */
-  whenSized(): Promise<number> {
-    if (this.state === 'failed') return Promise.reject(this.error);
-    return Promise.race([this.sized, this.failure()]);
+  async whenSized(): Promise<number> {
+    if (this.size === undefined) await this.until('sized');
+    return this.size!;
   }
 
-  private failure(): Promise<never> {
-    return new Promise((_, reject) => {
-      if (this.state === 'failed') reject(this.error);
-      else this.once('failed', reject);
+  /** Resolves on `event`, rejects if the fill fails first; the listeners go either way. */
+  private until(event: 'sized' | 'flowing' | 'committed'): Promise<void> {
+    if (this.state === 'failed') return Promise.reject(this.error);
+    return new Promise((resolve, reject) => {
+      const ok = () => {
+        this.off('failed', fail);
+        resolve();
+      };
+      const fail = (err: Error) => {
+        this.off(event, ok);
+        reject(err);
+      };
+      this.once(event, ok);
+      this.once('failed', fail);
     });
   }
 
   private setSize(n: number): void {
     if (this.size === undefined) {
       this.size = n;
-      this.resolveSize(n);
+      this.emit('sized');
     }
   }
 
@@ -168,30 +168,13 @@ export class Fill extends EventEmitter {
    */
   whenFlowing(): Promise<void> {
     if (this.flowing || this.extents.bytes > 0 || this.state === 'committed') return Promise.resolve();
-    if (this.state === 'failed') return Promise.reject(this.error);
-    return new Promise((resolve, reject) => {
-      const done = () => {
-        this.off('flowing', done);
-        this.off('failed', fail);
-        resolve();
-      };
-      const fail = (err: Error) => {
-        this.off('flowing', done);
-        reject(err);
-      };
-      this.once('flowing', done);
-      this.once('failed', fail);
-    });
+    return this.until('flowing');
   }
 
   /** Resolves when the blob is committed; rejects when the fill fails. */
   whenDone(): Promise<void> {
     if (this.state === 'committed') return Promise.resolve();
-    if (this.state === 'failed') return Promise.reject(this.error);
-    return new Promise((resolve, reject) => {
-      this.once('committed', resolve);
-      this.once('failed', reject);
-    });
+    return this.until('committed');
   }
 
   get running(): boolean {
@@ -286,7 +269,7 @@ export class Fill extends EventEmitter {
     if (this.size === undefined || this.state === 'failed') return;
     try {
       await this.fh.datasync();
-      await writeFile(this.o.metaFile, JSON.stringify({ size: this.size, extents: this.extents.toJSON() }));
+      await writeCheckpoint(this.o.metaFile, this.size, this.extents);
     } catch (err) {
       this.o.log('could not checkpoint fill', { digest: this.digest, error: (err as Error).message });
     }
@@ -306,7 +289,7 @@ export class Fill extends EventEmitter {
       if (!res.partial) {
         // Without Range support the only way to these bytes is the whole blob: let the sequential fill do it.
         this.rangeUnsupported = true;
-        await consumeAndDiscard(res.body);
+        (res.body as AsyncIterable<Buffer> & { destroy?: () => void }).destroy?.();
         this.start();
         return;
       }
@@ -377,7 +360,7 @@ export class Fill extends EventEmitter {
   private async checkpointAfterFailure(): Promise<void> {
     if (this.size === undefined) return;
     try {
-      await writeFile(this.o.metaFile, JSON.stringify({ size: this.size, extents: this.extents.toJSON() }));
+      await writeCheckpoint(this.o.metaFile, this.size, this.extents);
     } catch {
       // best effort: without it the next fill starts from zero
     }
@@ -466,24 +449,3 @@ export class Fill extends EventEmitter {
   }
 }
 
-/** The bytes are wrong (digest, size): nothing of them may be kept or served. */
-export class IntegrityError extends Error {
-  override name = 'IntegrityError';
-}
-
-async function hashFile(fh: FileHandle, size: number): Promise<string> {
-  const h = createHash('sha256');
-  const buf = Buffer.allocUnsafe(READ_CHUNK);
-  for (let pos = 0; pos < size; ) {
-    const { bytesRead } = await fh.read(buf, 0, Math.min(READ_CHUNK, size - pos), pos);
-    if (bytesRead === 0) break;
-    h.update(buf.subarray(0, bytesRead));
-    pos += bytesRead;
-  }
-  return h.digest('hex');
-}
-
-async function consumeAndDiscard(body: AsyncIterable<Buffer>): Promise<void> {
-  const b = body as AsyncIterable<Buffer> & { destroy?: () => void };
-  b.destroy?.();
-}

@@ -1,0 +1,27 @@
+import { readFile, writeFile } from 'node:fs/promises';
+import { Extents } from './extents.ts';
+
+/**
+ * A fill's checkpoint: `ingest/<hex>.json`, what of `ingest/<hex>.data` is on disk. Written only after the
+ * data it describes was synced, so it may claim less than is there, never more.
+ */
+export interface Checkpoint {
+  size: number;
+  extents: Extents;
+}
+
+/** The checkpoint left by an earlier fill, unless there is none or it disagrees with the known size. */
+export async function readCheckpoint(file: string, expectedSize: number | undefined): Promise<Checkpoint | undefined> {
+  try {
+    const meta = JSON.parse(await readFile(file, 'utf8')) as { size?: unknown; extents?: unknown };
+    if (typeof meta.size !== 'number' || !Array.isArray(meta.extents)) return undefined;
+    if (expectedSize !== undefined && expectedSize !== meta.size) return undefined;
+    return { size: meta.size, extents: new Extents(meta.extents as Array<[number, number]>) };
+  } catch {
+    return undefined;
+  }
+}
+
+export async function writeCheckpoint(file: string, size: number, extents: Extents): Promise<void> {
+  await writeFile(file, JSON.stringify({ size, extents: extents.toJSON() }));
+}

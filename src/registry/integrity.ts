@@ -1,0 +1,20 @@
+import { createHash } from 'node:crypto';
+import type { FileHandle } from 'node:fs/promises';
+
+/** The bytes are wrong (digest, size): nothing of them may be kept or served. */
+export class IntegrityError extends Error {
+  override name = 'IntegrityError';
+}
+
+/** sha256 (hex) of the first `size` bytes of an open file, read in 256 KiB steps. */
+export async function hashFile(fh: FileHandle, size: number): Promise<string> {
+  const h = createHash('sha256');
+  const buf = Buffer.allocUnsafe(256 * 1024);
+  for (let pos = 0; pos < size; ) {
+    const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, size - pos), pos);
+    if (bytesRead === 0) break;
+    h.update(buf.subarray(0, bytesRead));
+    pos += bytesRead;
+  }
+  return h.digest('hex');
+}
