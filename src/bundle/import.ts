@@ -1,7 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { readFile, rm, stat } from 'node:fs/promises';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -11,6 +11,7 @@ import { parseImageReference } from '../oci/image-reference.ts';
 import { parseManifest } from '../oci/manifest.ts';
 import type { RegistryContext } from '../registry/context.ts';
 import { CONTAINERD_NAME, REF_NAME, blobEntryName, digestOfEntry } from './layout.ts';
+import { importSkopeoDirs } from './import-dirs.ts';
 
 export interface ImportResult {
   images: Array<{ name: string; digest: string }>;
@@ -20,7 +21,7 @@ export interface ImportResult {
   bytes: number;
 }
 
-interface IndexEntry {
+export interface IndexEntry {
   mediaType?: string;
   digest?: string;
   size?: number;
@@ -38,6 +39,10 @@ export async function importBundle(ctx: RegistryContext, source: string, onBytes
   const st = await stat(source);
   const counts = { blobs: 0, added: 0, bytes: 0 };
   let indexBytes: Buffer | undefined;
+  if (st.isDirectory() && !existsSync(join(source, 'index.json'))) {
+    // Not an OCI layout: per-image directories as `skopeo sync --dest dir` writes them.
+    return importSkopeoDirs(ctx, source, counts, onBytes);
+  }
   if (st.isDirectory()) {
     indexBytes = await readFile(join(source, 'index.json'));
     const entries = parseIndex(indexBytes);
@@ -100,7 +105,7 @@ async function collect(stream: AsyncIterable<Buffer>): Promise<Buffer> {
 }
 
 /** Streams one blob into the store through a hash; only a matching digest is committed. */
-async function putVerified(ctx: RegistryContext, d: Digest, body: AsyncIterable<Buffer>, counts: { blobs: number; added: number; bytes: number }, onBytes: (n: number) => void): Promise<void> {
+export async function putVerified(ctx: RegistryContext, d: Digest, body: AsyncIterable<Buffer>, counts: { blobs: number; added: number; bytes: number }, onBytes: (n: number) => void): Promise<void> {
   counts.blobs++;
   if ((await ctx.store.size(d)) !== undefined) {
     if (!ctx.index.getBlob(d)) ctx.index.putBlob(d, (await ctx.store.size(d))!, null);
@@ -132,7 +137,7 @@ async function putVerified(ctx: RegistryContext, d: Digest, body: AsyncIterable<
 }
 
 /** Indexes the manifests the layout names and records each named reference as a cached tag. */
-function register(ctx: RegistryContext, entries: IndexEntry[]): { images: ImportResult['images']; skipped: ImportResult['skipped'] } {
+export function register(ctx: RegistryContext, entries: IndexEntry[]): { images: ImportResult['images']; skipped: ImportResult['skipped'] } {
   const images: ImportResult['images'] = [];
   const skipped: ImportResult['skipped'] = [];
   for (const e of entries) {
