@@ -10,6 +10,7 @@ import { indexCommand } from './cli/index-cmd.ts';
 /** berth's command line: `berth serve` and the operator commands, all with the same config options. */
 const program = new Command('berth')
   .description('A pull-through caching OCI registry for limited, isolated and constrained sites')
+  .version('0.1.0')
   .showHelpAfterError()
   .configureOutput({ outputError: (s, write) => write(s) })
   .exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : 2));
