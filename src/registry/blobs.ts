@@ -69,9 +69,9 @@ export class Blobs {
   }
 
   /**
-   * Opens a blob for reading. `ranges` (already parsed by the caller once the size is known) tells
-   * whether the client wants the whole blob, which starts the sequential fill at foreground priority,
-   * or a few ranges, which are fetched lazily and the rest completed per `lazyFill`.
+   * Opens a blob for reading. `wantsWhole` says whether the client asked for the whole blob, which
+   * starts the sequential fill at foreground priority, or for ranges (parsed by the caller once the size
+   * is known), which are fetched lazily and the rest completed per `lazyFill`.
    */
   async open(route: Route, d: Digest, wantsWhole: boolean): Promise<BlobHandle> {
     const hit = await this.cached(d);
