@@ -85,6 +85,7 @@ export class Blobs {
     // manifest declared it, a HEAD asks the upstream.
     const sizeHint = wantsWhole || this.ctx.fills.get(d) ? undefined : (this.ctx.index.descriptorSize(d) ?? (await this.stat(route, d)).size);
     const fill = await this.fill(route, d, sizeHint);
+    if (!fill) return (await this.cached(d)) ?? this.open(route, d, wantsWhole);
     if (wantsWhole) {
       fill.start('foreground');
       await fill.whenFlowing();
@@ -99,6 +100,7 @@ export class Blobs {
     if (hit) return { size: hit.size, fetched: false };
     this.ensureOnline(d);
     const fill = await this.fill(route, d);
+    if (!fill) return { size: (await this.ctx.store.size(d)) ?? 0, fetched: false };
     const progress = () => onBytes(fill.extents.bytes);
     fill.on('progress', progress);
     try {
@@ -115,7 +117,12 @@ export class Blobs {
     if (this.ctx.config.offline) throw new RegistryError('BLOB_UNKNOWN', `blob ${d} is not cached and berth is offline`);
   }
 
-  private async fill(route: Route, d: Digest, sizeHint?: number): Promise<Fill> {
+  /**
+   * Joins or starts the fill of `d`; undefined when the blob turned out to be committed meanwhile (a fill
+   * that finished while this request was looking: it leaves the fill table only after its rename, so
+   * a blob absent from the table and present on disk is complete, and fetching it again would be waste).
+   */
+  private async fill(route: Route, d: Digest, sizeHint?: number): Promise<Fill | undefined> {
     const { fills, index, store, config, metrics, log } = this.ctx;
     const r = this.routeFor(route, d);
     const client = this.ctx.upstreams.client(r);
@@ -143,6 +150,8 @@ export class Blobs {
       },
     };
     const known = index.descriptorSize(d) ?? sizeHint;
+    if (!fills.get(d) && (await store.size(d)) !== undefined) return undefined;
+    // No await between that check and acquire's own look at the table.
     const { fill, joined } = await fills.acquire(d, source, {
       dataFile: store.paths.ingestData(d),
       metaFile: store.paths.ingestMeta(d),
