@@ -6,7 +6,7 @@ import { writeBundle } from '../bundle/export.ts';
 import type { WalkedImage } from '../registry/image-walk.ts';
 import { run, withConfigOptions } from './common.ts';
 import { openBerth } from './open.ts';
-import { createProgress } from './progress.ts';
+import { createProgress, showPrewarmEvent } from './progress.ts';
 import { collectReferences } from './references.ts';
 
 export function exportCommand(program: Command): void {
@@ -30,17 +30,8 @@ export function exportCommand(program: Command): void {
         for (const ref of refs) {
           try {
             const img = await berth.walker.walk(ref, platforms);
-            const total = img.blobs.reduce((n, b) => n + Math.max(0, b.size), 0);
-            progress.image(img.name, total);
-            // Anything not cached yet is fetched on the way (at background priority).
-            const done = new Map<string, number>();
-            for (const b of img.blobs) {
-              const r = await berth.blobs.warm(img.route, b.digest, (n) => {
-                done.set(b.digest, n);
-                progress.update(img.name, [...done.values()].reduce((x, y) => x + y, 0));
-              });
-              done.set(b.digest, r.size);
-            }
+            // Anything not cached yet is fetched on the way, as prewarm would (without pinning).
+            await berth.prewarmer.warm(img, (e) => showPrewarmEvent(progress, e));
             progress.finish(img.name, true);
             images.push(img);
           } catch (err) {

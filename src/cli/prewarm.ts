@@ -5,7 +5,7 @@ import { parsePlatforms } from '../oci/platform.ts';
 import type { PrewarmEvent } from '../registry/prewarm.ts';
 import { run, withConfigOptions } from './common.ts';
 import { openBerth } from './open.ts';
-import { createProgress } from './progress.ts';
+import { createProgress, showPrewarmEvent } from './progress.ts';
 import { collectReferences } from './references.ts';
 
 export function prewarmCommand(program: Command): void {
@@ -24,12 +24,7 @@ export function prewarmCommand(program: Command): void {
       const platforms = typeof opts.platform === 'string' ? opts.platform : undefined;
       parsePlatforms(platforms);
       const progress = createProgress();
-      const onEvent = (e: PrewarmEvent) => {
-        if (e.type === 'image') progress.image(e.ref, e.bytes);
-        else if (e.type === 'progress') progress.update(e.ref, e.done);
-        else if (e.type === 'done') progress.finish(e.ref, true, `${formatBytes(e.fetched)} fetched`);
-        else if (e.type === 'error') progress.finish(e.ref, false, e.message);
-      };
+      const onEvent = (e: PrewarmEvent) => showPrewarmEvent(progress, e);
       let summary: (PrewarmEvent & { type: 'summary' }) | undefined;
       if (typeof opts.server === 'string') {
         summary = await viaServer(opts.server, refs, platforms, opts.pin !== false, onEvent);

@@ -1,5 +1,6 @@
 import cliProgress from 'cli-progress';
 import { formatBytes } from '../config/units.ts';
+import type { PrewarmEvent } from '../registry/prewarm.ts';
 
 /**
  * Progress for operator commands: live bars (one per image and one for the total, with bytes, rate and
@@ -10,6 +11,14 @@ export interface Progress {
   update(ref: string, done: number): void;
   finish(ref: string, ok: boolean, note?: string): void;
   stop(): void;
+}
+
+/** Shows a prewarm event (from this process or a server's NDJSON stream) on a Progress. */
+export function showPrewarmEvent(progress: Progress, e: PrewarmEvent): void {
+  if (e.type === 'image') progress.image(e.ref, e.bytes);
+  else if (e.type === 'progress') progress.update(e.ref, e.done);
+  else if (e.type === 'done') progress.finish(e.ref, true, `${formatBytes(e.fetched)} fetched`);
+  else if (e.type === 'error') progress.finish(e.ref, false, e.message);
 }
 
 export function createProgress(stream: NodeJS.WriteStream = process.stderr): Progress {

@@ -32,7 +32,7 @@ export class Prewarmer {
     for (const ref of refs) {
       try {
         const image = await this.walker.walk(ref, platforms);
-        const r = await this.warmImage(image, emit);
+        const r = await this.warm(image, emit);
         if (opts.pin !== false) this.pins.pin(image.name, [...image.manifests.map((m) => m.digest), ...image.blobs.map((b) => b.digest)]);
         ok.push(image.name);
         bytes += r.bytes;
@@ -49,7 +49,8 @@ export class Prewarmer {
     return summary;
   }
 
-  private async warmImage(image: WalkedImage, emit: (e: PrewarmEvent) => void): Promise<{ bytes: number; fetched: number }> {
+  /** Fetches whatever of one resolved image is not cached yet, at background priority, reporting progress. */
+  async warm(image: WalkedImage, emit: (e: PrewarmEvent) => void): Promise<{ bytes: number; fetched: number }> {
     const total = image.blobs.reduce((n, b) => n + Math.max(0, b.size), 0);
     emit({ type: 'image', ref: image.name, digest: image.root.digest, bytes: total, blobs: image.blobs.length });
     const onDisk = new Map<string, number>();
