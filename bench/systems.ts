@@ -50,30 +50,24 @@ export async function startBerthServer(upstreamUrl: string, extra?: Record<strin
   const storage = path.join(dir, 'storage');
   const logFile = path.join(dir, 'berth.log');
   let proc: ManagedProcess | undefined;
-  let port = 0;
   const handle = guarded('berth', {
     async stop() {
       await proc?.stop();
       await removeTempDir(dir);
     },
   });
-  for (let attempt = 1; ; attempt++) {
-    port = await freePort();
-    const config = path.join(dir, 'berth.yaml');
-    await writeBerthConfig(config, { port, storage, upstreamUrl, ...(extra ? { extra } : {}) });
-    proc = spawnBerth(config, logFile);
-    try {
-      await waitUp(`http://127.0.0.1:${port}/v2/`, proc, 60_000); // the machine may be busy
-      break;
-    } catch (err) {
-      await proc.stop();
-      if (attempt >= 3) {
-        await handle.stop();
-        throw err;
-      }
-    }
-  }
-  const p = proc;
+  const started = await startOnFreePort(
+    async (port) => {
+      const config = path.join(dir, 'berth.yaml');
+      await writeBerthConfig(config, { port, storage, upstreamUrl, ...(extra ? { extra } : {}) });
+      return spawnBerth(config, logFile);
+    },
+    (p) => (proc = p),
+    () => handle.stop(),
+    60_000, // the machine may be busy
+  );
+  const p = started.proc;
+  const port = started.port;
   return {
     name: 'berth',
     url: `http://127.0.0.1:${port}`,
@@ -91,30 +85,23 @@ export async function startRegistryProxy(upstreamUrl: string): Promise<Server> {
   const data = path.join(dir, 'data');
   const logFile = path.join(dir, 'registry.log');
   let proc: ManagedProcess | undefined;
-  let port = 0;
   const handle = guarded('docker-registry proxy', {
     async stop() {
       await proc?.stop();
       await removeTempDir(dir);
     },
   });
-  for (let attempt = 1; ; attempt++) {
-    port = await freePort();
-    const config = path.join(dir, 'config.yml');
-    await writeFile(config, proxyConfig(data, port, upstreamUrl));
-    proc = startProcess('docker-registry-proxy', 'docker-registry', ['serve', config], { logFile });
-    try {
-      await waitUp(`http://127.0.0.1:${port}/v2/`, proc);
-      break;
-    } catch (err) {
-      await proc.stop();
-      if (attempt >= 3) {
-        await handle.stop();
-        throw err;
-      }
-    }
-  }
-  const p = proc;
+  const started = await startOnFreePort(
+    async (port) => {
+      const config = path.join(dir, 'config.yml');
+      await writeFile(config, proxyConfig(data, port, upstreamUrl));
+      return startProcess('docker-registry-proxy', 'docker-registry', ['serve', config], { logFile });
+    },
+    (p) => (proc = p),
+    () => handle.stop(),
+  );
+  const p = started.proc;
+  const port = started.port;
   return {
     name: 'registry',
     url: `http://127.0.0.1:${port}`,
@@ -158,7 +145,6 @@ export async function startNginx(bed: Testbed): Promise<Server> {
   const logFile = path.join(dir, 'nginx.log');
   let proc: ManagedProcess | undefined;
   let workers: number[] = [];
-  let port = 0;
   const handle = guarded('nginx', {
     async stop() {
       await proc?.stop('SIGTERM'); // fast shutdown: the master stops its workers
@@ -166,22 +152,16 @@ export async function startNginx(bed: Testbed): Promise<Server> {
       await removeTempDir(dir);
     },
   });
-  for (let attempt = 1; ; attempt++) {
-    port = await freePort();
-    const conf = await writeNginxConf({ dir, www: bed.www, port, manifestType: bed.small.image.mediaType });
-    proc = startProcess('nginx', 'nginx', ['-e', path.join(dir, 'error.log'), '-c', conf, '-g', 'daemon off;'], { logFile });
-    try {
-      await waitUp(`http://127.0.0.1:${port}/v2/`, proc);
-      break;
-    } catch (err) {
-      await proc.stop();
-      if (attempt >= 3) {
-        await handle.stop();
-        throw err;
-      }
-    }
-  }
-  const master = proc;
+  const started = await startOnFreePort(
+    async (port) => {
+      const conf = await writeNginxConf({ dir, www: bed.www, port, manifestType: bed.small.image.mediaType });
+      return startProcess('nginx', 'nginx', ['-e', path.join(dir, 'error.log'), '-c', conf, '-g', 'daemon off;'], { logFile });
+    },
+    (p) => (proc = p),
+    () => handle.stop(),
+  );
+  const port = started.port;
+  const master = started.proc;
   workers = await descendantsOf([master.pid]);
   return {
     name: 'nginx',
@@ -192,6 +172,33 @@ export async function startNginx(bed: Testbed): Promise<Server> {
     logFile,
     stop: () => handle.stop(),
   };
+}
+
+/**
+ * Starts a server on a free port, up to 3 times: another process may take the port between freePort()
+ * and the server's bind. `track` hands each process to the caller's stop handle as soon as it exists.
+ */
+async function startOnFreePort(
+  spawn: (port: number) => Promise<ManagedProcess>,
+  track: (proc: ManagedProcess) => void,
+  giveUp: () => Promise<void>,
+  timeoutMs?: number,
+): Promise<{ proc: ManagedProcess; port: number }> {
+  for (let attempt = 1; ; attempt++) {
+    const port = await freePort();
+    const proc = await spawn(port);
+    track(proc);
+    try {
+      await waitUp(`http://127.0.0.1:${port}/v2/`, proc, timeoutMs);
+      return { proc, port };
+    } catch (err) {
+      await proc.stop();
+      if (attempt >= 3) {
+        await giveUp();
+        throw err;
+      }
+    }
+  }
 }
 
 /** Waits for any HTTP answer; fails fast if the process exits first (port taken). */
