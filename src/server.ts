@@ -55,7 +55,10 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
     metrics.upstreamUp.set({ upstream: host }, down ? 0 : 1);
     log.warn({ upstream: host }, down ? 'upstream marked down after repeated failures' : 'upstream reachable again');
   });
-  for (const c of upstreams.clients) metrics.upstreamUp.set({ upstream: c.host }, 1);
+  for (const c of upstreams.clients) {
+    metrics.upstreamUp.set({ upstream: c.host }, 1);
+    c.observer = { warn: (fields, message) => log.warn(fields, message) };
+  }
   const budget = new BandwidthBudget(config.bandwidth.limit, config.upstreams.map((u) => [u.host, u.bandwidth] as [string, number | undefined]));
   metrics.bandwidthWaitSource = () => budget.waitedMs();
   const fills = new Fills({

@@ -72,6 +72,11 @@ export const UpstreamSchema = z
     /** Outbound HTTP proxy for this upstream; else HTTP(S)_PROXY/NO_PROXY from the environment. */
     proxy: url.optional(),
     bandwidth: rate.optional(),
+    /**
+     * Token realms (origins) that may receive this upstream's credentials besides its own origin and
+     * hosts under its parent domain over HTTPS (registry-1.docker.io → auth.docker.io).
+     */
+    tokenRealms: z.array(url).default([]),
     timeouts: z
       .object({ connect: duration('10s'), header: duration('30s'), idle: duration('30s') })
       .strict()

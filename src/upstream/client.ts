@@ -8,6 +8,7 @@ import { createDispatcher } from './dispatcher.ts';
 import { TokenCache } from './token-cache.ts';
 import { UpstreamHealth } from './health.ts';
 import { EgressGuard } from './egress-guard.ts';
+import { realmMayReceiveCredentials } from './token-realm.ts';
 
 export type UpstreamBody = Dispatcher.ResponseData['body'];
 
@@ -23,6 +24,14 @@ export interface FetchOptions {
   /** The repository whose pull scope the request needs (bearer token flow). */
   repository: string;
   signal?: AbortSignal;
+}
+
+/**
+ * What a client reports to the composition root (log lines, metrics); set after construction, as the
+ * clients are built by Upstreams. Absent in tools and tests that build a client alone.
+ */
+export interface UpstreamObserver {
+  warn(fields: Record<string, unknown>, message: string): void;
 }
 
 const MAX_REDIRECTS = 5;
@@ -48,6 +57,7 @@ export class UpstreamClient {
   private useBasic = false;
   /** The last bearer challenge: later requests look for a cached token for their scope up front. */
   private bearer: { realm: string; service?: string } | undefined;
+  observer: UpstreamObserver | undefined;
 
   constructor(
     readonly config: UpstreamConfig,
@@ -135,7 +145,7 @@ export class UpstreamClient {
   private async authorizedRequest(url: URL, o: FetchOptions): Promise<UpstreamResponse> {
     const headers: Record<string, string> = { 'user-agent': USER_AGENT, 'accept-encoding': 'identity', ...o.headers };
     if (this.bearer) {
-      const token = this.tokens.get(TokenCache.key(this.bearer.realm, this.bearer.service, this.scope(o.repository)));
+      const token = this.tokens.get(TokenCache.key(this.host, this.bearer.realm, this.bearer.service, this.scope(o.repository)));
       if (token) headers.authorization = `Bearer ${token}`;
     } else if (this.useBasic && this.basicCredentials) {
       headers.authorization = this.basicCredentials;
@@ -162,7 +172,7 @@ export class UpstreamClient {
   }
 
   private async fetchToken(realm: string, service: string | undefined, scope: string, signal?: AbortSignal): Promise<string> {
-    const key = TokenCache.key(realm, service, scope);
+    const key = TokenCache.key(this.host, realm, service, scope);
     const cached = this.tokens.get(key);
     if (cached) return cached;
     let url: URL;
@@ -175,7 +185,10 @@ export class UpstreamClient {
     if (service) url.searchParams.set('service', service);
     url.searchParams.set('scope', scope);
     const headers: Record<string, string> = { 'user-agent': USER_AGENT };
-    if (this.basicCredentials) headers.authorization = this.basicCredentials;
+    if (this.basicCredentials) {
+      if (realmMayReceiveCredentials(this.base, url, this.config.tokenRealms)) headers.authorization = this.basicCredentials;
+      else this.warnForeignRealm(url);
+    }
     const res = await this.follow(url, 'GET', headers, signal);
     if (res.status !== 200) {
       const text = await readErrorText(res.body);
@@ -186,6 +199,18 @@ export class UpstreamClient {
     if (!token) throw new RegistryError('UPSTREAM_ERROR', `token service ${url.origin} of upstream ${this.host} sent no token`);
     this.tokens.set(key, token, typeof body.expires_in === 'number' ? body.expires_in : 60);
     return token;
+  }
+
+  private readonly warnedRealms = new Set<string>();
+
+  /** Once per realm: the operator should know why a credentialed pull went anonymous. */
+  private warnForeignRealm(realm: URL): void {
+    if (this.warnedRealms.has(realm.origin) || this.warnedRealms.size > 100) return;
+    this.warnedRealms.add(realm.origin);
+    this.observer?.warn(
+      { upstream: this.host, url: this.base.origin, realm: realm.origin },
+      "token realm is not this upstream's own: credentials withheld, token requested anonymously (list it in the upstream's tokenRealms if it is right)",
+    );
   }
 
   /** Follows redirects by hand: blobs live on CDNs, and a bearer token must not travel there. */

@@ -1,14 +1,16 @@
 import { LRUCache } from 'lru-cache';
 
 /**
- * Bearer tokens by (realm, service, scope), kept until shortly before they expire. Registries hand
- * out tokens for 60–300 s; asking again for every request would double the round trips of a pull.
+ * Bearer tokens by (configured upstream, realm, service, scope), kept until shortly before they expire.
+ * Registries hand out tokens for 60–300 s; asking again for every request would double the round trips
+ * of a pull. The configured upstream is part of the key because realm and service are whatever the
+ * upstream announces: keyed by those alone, an upstream naming another's realm got that one's token.
  */
 export class TokenCache {
   private readonly cache = new LRUCache<string, string>({ max: 1000, ttlAutopurge: false });
 
-  static key(realm: string, service: string | undefined, scope: string): string {
-    return `${realm}\n${service ?? ''}\n${scope}`;
+  static key(upstream: string, realm: string, service: string | undefined, scope: string): string {
+    return `${upstream}\n${realm}\n${service ?? ''}\n${scope}`;
   }
 
   get(key: string): string | undefined {
