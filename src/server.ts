@@ -25,6 +25,7 @@ import { Quota } from './store/quota.ts';
 import { BandwidthBudget } from './upstream/bandwidth.ts';
 import { installUndiciWorkaround } from './upstream/undici-workaround.ts';
 import { afterFill } from './memory.ts';
+import { Readiness } from './readiness.ts';
 
 /** How often recorded access times are written to the index. */
 const ACCESS_FLUSH_MS = 30_000;
@@ -81,10 +82,14 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   const tags = new Tags(ctx);
   const walker = new ImageWalker(upstreams, manifests);
   const prewarmer = new Prewarmer(walker, blobs, pins);
-  const deps = { upstreams, manifests, blobs, tags, metrics, log, prewarmer };
-  const auth = config.auth && (config.auth.htpasswd || config.auth.tokensFile) ? new ClientAuth(config.auth) : undefined;
-  const app = createApp(deps, { registry: true, admin: !config.admin, ...(auth ? { auth } : {}) });
-  const adminApp = config.admin ? createApp(deps, { registry: false, admin: true }) : undefined;
+  const readiness = new Readiness(index.db, paths.tmp, upstreams.clients, config.offline);
+  const deps = { upstreams, manifests, blobs, tags, metrics, log, prewarmer, readiness, index, maxPrewarmReferences: config.admin.maxPrewarmReferences };
+  const a = config.auth;
+  const auth = a && (a.htpasswd || a.tokensFile || a.rules.length > 0) ? new ClientAuth(a) : undefined;
+  // Admin endpoints need an admin user only where there are users to log in as.
+  const guard = { allowRemote: config.admin.allowRemote, ...(auth && (a?.htpasswd || a?.tokensFile) ? { auth } : {}) };
+  const app = createApp(deps, { registry: true, admin: !config.admin.listen, guard, ...(auth ? { auth } : {}) });
+  const adminApp = config.admin.listen ? createApp(deps, { registry: false, admin: true }) : undefined;
   const tlsFiles = () => ({ cert: readFileSync(config.tls!.certificate), key: readFileSync(config.tls!.key) });
   const flush = setInterval(() => {
     try {
@@ -119,7 +124,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
       server.timeout = idle;
       const bound = await listenOn(server, config.listen);
       log.info({ address: bound.address, port: bound.port, tls: !!config.tls, storage: paths.root, upstreams: upstreams.clients.map((c) => `${c.host}=${c.base.origin}`), offline: config.offline }, 'berth listening');
-      if (!adminApp || !config.admin) return bound;
+      if (!adminApp || !config.admin.listen) return bound;
       adminServer = createServer(adminApp.callback());
       const admin = await listenOn(adminServer, config.admin.listen);
       log.info({ address: admin.address, port: admin.port }, 'admin listener (metrics, health, prewarm)');

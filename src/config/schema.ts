@@ -125,6 +125,14 @@ export const ConfigSchema = z
         htpasswd: z.string().optional(),
         /** A file of bearer tokens for automation, one per line (`#` comments). */
         tokensFile: z.string().optional(),
+        /** htpasswd users who may use the admin endpoints (/metrics, /readyz, /_berth/*) on the main listener. */
+        admins: z.array(z.string().min(1)).default([]),
+        /**
+         * Who may pull which repositories, first match wins, names as `<registry>/<repository>`:
+         * `[{prefix: "docker.io/private/", users: ["ci"]}]`. `*` is any authenticated client, `anonymous`
+         * a client without credentials. A name no rule matches is open to everyone who may pull.
+         */
+        rules: z.array(z.object({ prefix: z.string().min(1), users: z.array(z.string().min(1)) }).strict()).default([]),
       })
       .strict()
       .optional(),
@@ -133,8 +141,18 @@ export const ConfigSchema = z
      * long a connection may sit with nothing moving (a reader that never reads).
      */
     clientTimeouts: z.object({ headers: duration('30s'), idle: duration('2m') }).strict().prefault({}),
-    /** A separate listener for /metrics, /healthz and /_berth/* (they leave the main listener when set). */
-    admin: z.object({ listen }).strict().optional(),
+    /** Admin endpoints: /metrics, /readyz, /healthz and /_berth/* (docs/decisions.md "Admin endpoints"). */
+    admin: z
+      .object({
+        /** A separate listener for them (they leave the main listener when set). */
+        listen: listen.optional(),
+        /** On the main listener they answer loopback clients only, unless this is true. */
+        allowRemote: z.boolean().default(false),
+        /** References one POST /_berth/prewarm may name. */
+        maxPrewarmReferences: z.number().int().min(1).default(1000),
+      })
+      .strict()
+      .prefault({}),
     log: z
       .object({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
       .strict()

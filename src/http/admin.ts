@@ -2,7 +2,8 @@ import type { Context } from 'koa';
 import { PassThrough } from 'node:stream';
 import { RegistryError } from '../oci/errors.ts';
 import { parsePlatforms } from '../oci/platform.ts';
-import type { Prewarmer } from '../registry/prewarm.ts';
+import type { PrewarmEvent, Prewarmer } from '../registry/prewarm.ts';
+import type { Platform } from '../oci/manifest.ts';
 
 const MAX_BODY = 1024 * 1024;
 
@@ -27,8 +28,11 @@ async function jsonBody(ctx: Context): Promise<Record<string, unknown>> {
  * `POST /_berth/prewarm {"references": [...], "platforms": "linux/amd64", "pin": true}`: the running
  * berth fetches the images with its own fills at background priority and streams progress as NDJSON
  * (one PrewarmEvent a line), ending with a summary. `berth prewarm --server URL` is its client.
+ * At most `maxReferences` a request (a list is refused whole, before any fetch); the references are
+ * warmed one after the other, and a client that hung up stops the run before the next one — the
+ * image in progress finishes what it started, nothing else is fetched on behalf of nobody.
  */
-export function prewarmHandler(prewarmer: Prewarmer) {
+export function prewarmHandler(prewarmer: Prewarmer, maxReferences: number) {
   return async (ctx: Context): Promise<void> => {
     ctx.state.route = 'admin';
     if (ctx.method !== 'POST') throw new RegistryError('UNSUPPORTED', 'use POST');
@@ -37,14 +41,40 @@ export function prewarmHandler(prewarmer: Prewarmer) {
     if (!Array.isArray(refs) || refs.length === 0 || !refs.every((r) => typeof r === 'string')) {
       throw new RegistryError('QUERY_INVALID', '"references" must be a non-empty array of image references');
     }
+    if (refs.length > maxReferences) {
+      throw new RegistryError('QUERY_INVALID', `a prewarm request may name at most ${maxReferences} references (admin.maxPrewarmReferences), got ${refs.length}: split the list`);
+    }
     const platforms = parsePlatforms(typeof body.platforms === 'string' ? body.platforms : undefined);
     const out = new PassThrough();
     ctx.status = 200;
     ctx.type = 'application/x-ndjson';
     ctx.body = out;
-    void prewarmer
-      .run(refs as string[], platforms, (e) => out.write(`${JSON.stringify(e)}\n`), { pin: body.pin !== false })
-      .then(() => out.end())
+    let hungUp = false;
+    ctx.res.once('close', () => {
+      if (!ctx.res.writableFinished) hungUp = true;
+    });
+    const emit = (e: PrewarmEvent) => {
+      if (!hungUp) out.write(`${JSON.stringify(e)}\n`);
+    };
+    void runEach(prewarmer, refs as string[], platforms, emit, body.pin !== false, () => hungUp)
+      .then((summary) => {
+        emit(summary);
+        out.end();
+      })
       .catch((err: Error) => out.destroy(err));
   };
+}
+
+/** Prewarmer.run one reference at a time, so that a hang-up is noticed between references; one summary. */
+async function runEach(prewarmer: Prewarmer, refs: string[], platforms: Platform[] | undefined, emit: (e: PrewarmEvent) => void, pin: boolean, stopped: () => boolean): Promise<PrewarmEvent & { type: 'summary' }> {
+  const total: PrewarmEvent & { type: 'summary' } = { type: 'summary', ok: [], failed: [], bytes: 0, fetched: 0 };
+  for (const ref of refs) {
+    if (stopped()) break;
+    const s = await prewarmer.run([ref], platforms, (e) => e.type !== 'summary' && emit(e), { pin });
+    total.ok.push(...s.ok);
+    total.failed.push(...s.failed);
+    total.bytes += s.bytes;
+    total.fetched += s.fetched;
+  }
+  return total;
 }

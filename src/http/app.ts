@@ -1,12 +1,15 @@
 import Koa from 'koa';
-import type { Context, Next } from 'koa';
+import type { Context, Middleware, Next } from 'koa';
 import type { Logger } from 'pino';
 import type { Metrics } from '../metrics.ts';
+import type { Readiness } from '../readiness.ts';
 import { errorMiddleware } from './errors.ts';
 import { v2Handler, type V2Deps } from './v2.ts';
 import { prewarmHandler } from './admin.ts';
+import { adminGuard, type AdminGuardOptions } from './admin-guard.ts';
 import type { Prewarmer } from '../registry/prewarm.ts';
 import type { ClientAuth } from './client-auth.ts';
+import { readRules, type DigestOrigins } from './read-rules.ts';
 
 /** Bytes sent in the response body, counted at the socket so aborted streams count what really left. */
 function requestLog(log: Logger, metrics: Metrics) {
@@ -27,7 +30,12 @@ function requestLog(log: Logger, metrics: Metrics) {
           status,
           ms: Math.round(performance.now() - started),
           bytes: ctx.req.socket.bytesWritten - bytesBefore,
+          client: ctx.req.socket.remoteAddress,
         };
+        const ua = ctx.get('User-Agent');
+        if (ua) fields.userAgent = ua.slice(0, 200);
+        const who = ctx.state.identity as { kind: string; name?: string } | undefined;
+        if (who?.name) fields.user = who.name;
         if (ctx.querystring) fields.query = ctx.querystring.slice(0, 200);
         if (ctx.state.cache) fields.cache = ctx.state.cache;
         if (ctx.state.errorCode) fields.error = `${ctx.state.errorCode as string}: ${ctx.state.errorMessage as string}`;
@@ -43,14 +51,20 @@ function requestLog(log: Logger, metrics: Metrics) {
 export interface AppDeps extends V2Deps {
   log: Logger;
   prewarmer: Prewarmer;
+  readiness: Readiness;
+  /** Where auth.rules looks up which repositories a digest is known from. */
+  index: DigestOrigins;
+  maxPrewarmReferences: number;
 }
 
 export interface AppParts {
   /** Serve the OCI distribution API (/v2/…). */
   registry: boolean;
-  /** Serve /metrics, /healthz and /_berth/* (on the main listener unless `admin.listen` is set). */
+  /** Serve /metrics, /readyz, /healthz and /_berth/* (on the main listener unless `admin.listen` is set). */
   admin: boolean;
   auth?: ClientAuth;
+  /** On the main listener: who may use the admin endpoints (admin-guard.ts). Absent on the admin listener. */
+  guard?: AdminGuardOptions;
 }
 
 export function createApp(deps: AppDeps, parts: AppParts): Koa {
@@ -61,31 +75,60 @@ export function createApp(deps: AppDeps, parts: AppParts): Koa {
   app.use(requestLog(deps.log, deps.metrics));
   app.use(errorMiddleware);
   const v2 = v2Handler(deps);
-  const prewarm = prewarmHandler(deps.prewarmer);
-  const auth = parts.auth?.middleware();
-  app.use(async (ctx) => {
-    if (parts.registry && (ctx.path === '/v2' || ctx.path.startsWith('/v2/'))) {
-      if (auth) return auth(ctx, () => v2(ctx));
-      return v2(ctx);
-    }
-    if (parts.admin && ctx.path === '/metrics' && ctx.method === 'GET') {
-      ctx.state.route = 'metrics';
-      ctx.type = deps.metrics.registry.contentType;
-      ctx.body = await deps.metrics.registry.metrics();
-      return;
-    }
-    if (parts.admin && ctx.path === '/_berth/prewarm') {
-      if (auth) return auth(ctx, () => prewarm(ctx));
-      return prewarm(ctx);
-    }
-    if (parts.admin && ctx.path === '/healthz') {
+  const rules = parts.auth ? readRules(parts.auth.rules, deps.upstreams, deps.index) : undefined;
+  const registry: Middleware = compose([...(parts.auth ? [parts.auth.middleware()] : []), ...(rules ? [rules] : [])], (ctx) => v2(ctx));
+  const guard = parts.guard ? adminGuard(parts.guard) : undefined;
+  type Handler = (ctx: Context) => Promise<void> | void;
+  const open = (h: Handler): Middleware => async (ctx) => {
+    await h(ctx);
+  };
+  const guarded = (h: Handler): Middleware => (guard ? (ctx) => guard(ctx, async () => void (await h(ctx))) : open(h));
+  // Health checks are open to a prober (kubelet) unless client auth is on; then they are admin endpoints.
+  const healthGuarded = parts.guard?.auth ? guarded : open;
+  const metrics = guarded(async (ctx) => {
+    ctx.state.route = 'metrics';
+    ctx.type = deps.metrics.registry.contentType;
+    ctx.body = await deps.metrics.registry.metrics();
+  });
+  const prewarm = guarded(prewarmHandler(deps.prewarmer, deps.maxPrewarmReferences));
+  const ready = healthGuarded(async (ctx) => {
+    ctx.state.route = 'health';
+    const report = await deps.readiness.report();
+    ctx.status = report.ready ? 200 : 503;
+    ctx.body = report;
+  });
+  app.use(async (ctx, next) => {
+    if (parts.registry && (ctx.path === '/v2' || ctx.path.startsWith('/v2/'))) return registry(ctx, next);
+    if (ctx.path === '/livez') {
+      // The process answers: all a liveness probe may ask (restarting berth fixes nothing /readyz reports).
       ctx.state.route = 'health';
       ctx.body = { ok: true };
       return;
+    }
+    if (parts.admin && ctx.path === '/metrics' && ctx.method === 'GET') {
+      ctx.state.route = 'metrics';
+      return metrics(ctx, next);
+    }
+    if (parts.admin && ctx.path === '/_berth/prewarm') {
+      ctx.state.route = 'admin';
+      return prewarm(ctx, next);
+    }
+    // /healthz is the old name of /readyz.
+    if (parts.admin && (ctx.path === '/readyz' || ctx.path === '/healthz')) {
+      ctx.state.route = 'health';
+      return ready(ctx, next);
     }
     ctx.state.route = 'other';
     ctx.status = 404;
     ctx.body = { errors: [{ code: 'NOT_FOUND', message: `no such endpoint: ${ctx.path.slice(0, 200)}` }] };
   });
   return app;
+}
+
+/** Runs `chain` in order, then `last`. */
+function compose(chain: Middleware[], last: (ctx: Context) => Promise<void>): Middleware {
+  return (ctx) => {
+    const step = (i: number): Promise<void> => (i < chain.length ? Promise.resolve(chain[i]!(ctx, () => step(i + 1))).then(() => undefined) : last(ctx));
+    return step(0);
+  };
 }

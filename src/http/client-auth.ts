@@ -1,27 +1,44 @@
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import bcrypt from 'bcryptjs';
 import type { Context, Next } from 'koa';
 import { LRUCache } from 'lru-cache';
 import { RegistryError } from '../oci/errors.ts';
+import { AccessRules, type AccessRule, type Identity } from './access-rules.ts';
+import { AuthThrottle, DEFAULT_THROTTLE, type ThrottleOptions } from './auth-throttle.ts';
 
 export interface ClientAuthConfig {
   anonymous: boolean;
   htpasswd?: string;
   tokensFile?: string;
+  admins?: readonly string[];
+  rules?: readonly AccessRule[];
 }
+
+/** How long a successful basic check is remembered: a password removed from htpasswd stops working after it. */
+const VERIFIED_TTL_MS = 2 * 60_000;
+const CHALLENGE = 'Basic realm="berth"';
 
 /**
  * Client authentication: HTTP basic against an htpasswd file (bcrypt only, as docker-registry), and
- * static bearer tokens for automation. bcrypt is slow on purpose (~50 ms a check), so a successful
- * check is remembered for a few minutes by a hash of the credentials, never the password itself.
+ * static bearer tokens for automation. bcrypt is slow on purpose, so a successful check is remembered for
+ * a short while by a hash of the credentials (never the password itself), failed ones are throttled per
+ * address (auth-throttle.ts), and an unknown user costs a check against a dummy hash of the same cost
+ * as the real ones, so that the answer's timing does not tell which user names exist.
  */
 export class ClientAuth {
   private readonly users = new Map<string, string>();
   private readonly tokens: Buffer[] = [];
-  private readonly verified = new LRUCache<string, true>({ max: 10_000, ttl: 5 * 60_000 });
+  private readonly verified = new LRUCache<string, Identity>({ max: 10_000, ttl: VERIFIED_TTL_MS });
+  private readonly dummyHash: string | undefined;
+  private readonly throttle: AuthThrottle;
+  readonly rules: AccessRules;
+  private readonly admins: ReadonlySet<string>;
+  /** bcrypt comparisons run (for tests and metrics). */
+  bcryptChecks = 0;
 
-  constructor(private readonly config: ClientAuthConfig) {
+  constructor(private readonly config: ClientAuthConfig, throttle: ThrottleOptions = DEFAULT_THROTTLE) {
+    let cost = 0;
     if (config.htpasswd) {
       for (const line of readFileSync(config.htpasswd, 'utf8').split('\n')) {
         const i = line.indexOf(':');
@@ -29,43 +46,85 @@ export class ClientAuth {
         const hash = line.slice(i + 1).trim();
         if (!/^\$2[aby]\$/.test(hash)) throw new Error(`${config.htpasswd}: user ${line.slice(0, i)} has a non-bcrypt hash; use htpasswd -B`);
         this.users.set(line.slice(0, i), hash);
+        cost = Math.max(cost, bcrypt.getRounds(hash));
       }
     }
+    this.dummyHash = cost > 0 ? bcrypt.hashSync(randomBytes(16).toString('hex'), cost) : undefined;
     if (config.tokensFile) {
       for (const line of readFileSync(config.tokensFile, 'utf8').split('\n')) {
         const t = line.replace(/#.*$/, '').trim();
         if (t) this.tokens.push(sha(t));
       }
     }
+    this.throttle = new AuthThrottle(throttle);
+    this.rules = new AccessRules(config.rules ?? []);
+    this.admins = new Set(config.admins ?? []);
   }
 
-  private async check(header: string | undefined): Promise<boolean> {
-    if (!header) return false;
+  /** Who sent the request; throws 401 (with a challenge) for missing-but-required or wrong credentials. */
+  async identify(ctx: Context): Promise<Identity> {
+    const header = ctx.get('Authorization') || undefined;
+    if (!header) {
+      if (this.config.anonymous) return { kind: 'anonymous' };
+      throw unauthorized('authentication required');
+    }
     const [scheme, value = ''] = header.split(/\s+/, 2);
     if (/^bearer$/i.test(scheme ?? '')) {
       const h = sha(value);
-      return this.tokens.some((t) => timingSafeEqual(t, h));
+      if (this.tokens.some((t) => timingSafeEqual(t, h))) return { kind: 'token' };
+      throw unauthorized('invalid credentials');
     }
-    if (!/^basic$/i.test(scheme ?? '')) return false;
+    if (!/^basic$/i.test(scheme ?? '')) throw unauthorized('invalid credentials');
     const key = sha(header).toString('hex');
-    if (this.verified.has(key)) return true;
-    const decoded = Buffer.from(value, 'base64').toString('utf8');
-    const i = decoded.indexOf(':');
-    if (i <= 0) return false;
-    const hash = this.users.get(decoded.slice(0, i));
-    if (!hash || !(await bcrypt.compare(decoded.slice(i + 1), hash))) return false;
-    this.verified.set(key, true);
-    return true;
+    const known = this.verified.get(key);
+    if (known) return known;
+    const address = ctx.req.socket.remoteAddress ?? '';
+    const wait = this.throttle.retryInMs(address);
+    if (wait > 0) throw unauthorized(`too many failed logins from this address; try again in ${Math.ceil(wait / 1000)} s`, wait);
+    const name = await this.throttle.run(() => this.checkBasic(value, address));
+    if (name === undefined) throw new RegistryError('UNAVAILABLE', 'too many logins being checked at once; try again', undefined, { 'Retry-After': '1' });
+    if (name === false) {
+      this.throttle.failed(address);
+      throw unauthorized('invalid credentials');
+    }
+    this.throttle.succeeded(address);
+    const who: Identity = { kind: 'user', name };
+    this.verified.set(key, who);
+    return who;
   }
 
+  /** The user name when the password is right, false otherwise; always one bcrypt check of the usual cost. */
+  private async checkBasic(value: string, address: string): Promise<string | false> {
+    // The lockout may have begun while this check waited in line.
+    if (this.throttle.retryInMs(address) > 0) return false;
+    const decoded = Buffer.from(value, 'base64').toString('utf8');
+    const i = decoded.indexOf(':');
+    const user = i > 0 ? decoded.slice(0, i) : '';
+    const hash = this.users.get(user);
+    const against = hash ?? this.dummyHash;
+    if (!against) return false;
+    this.bcryptChecks++;
+    const ok = await bcrypt.compare(i > 0 ? decoded.slice(i + 1) : decoded, against);
+    return ok && hash !== undefined ? user : false;
+  }
+
+  isAdmin(who: Identity): boolean {
+    return who.kind === 'user' && this.admins.has(who.name);
+  }
+
+  /** For the registry API: anyone who may pull at all; the identity goes to ctx.state.identity for the rules. */
   middleware() {
     return async (ctx: Context, next: Next): Promise<void> => {
-      const header = ctx.get('Authorization') || undefined;
-      if (header ? await this.check(header) : this.config.anonymous) return next();
-      ctx.set('WWW-Authenticate', 'Basic realm="berth"');
-      throw new RegistryError('UNAUTHORIZED', header ? 'invalid credentials' : 'authentication required');
+      ctx.state.identity = await this.identify(ctx);
+      return next();
     };
   }
+}
+
+export function unauthorized(message: string, retryAfterMs?: number): RegistryError {
+  const headers: Record<string, string> = { 'WWW-Authenticate': CHALLENGE };
+  if (retryAfterMs !== undefined) headers['Retry-After'] = String(Math.ceil(retryAfterMs / 1000));
+  return new RegistryError('UNAUTHORIZED', message, undefined, headers);
 }
 
 function sha(s: string): Buffer {
