@@ -24,6 +24,7 @@ export class Metrics {
   readonly fillsActive = new Gauge({ name: 'berth_fills_active', help: 'Fills in progress', registers: [this.registry] });
   readonly staleServed = new Counter({ name: 'berth_stale_served_total', help: 'Tags served from cache because the upstream could not be asked', labelNames: ['upstream', 'reason'], registers: [this.registry] });
   readonly upstreamUp = new Gauge({ name: 'berth_upstream_up', help: '1 when the upstream is reachable, 0 while its circuit breaker is open', labelNames: ['upstream'], registers: [this.registry] });
+  readonly clientAuth = new Counter({ name: 'berth_client_auth_checks_total', help: 'Password checks of clients: ok, failed (wrong password or user), throttled (refused without a check)', labelNames: ['result'], registers: [this.registry] });
   /** Set by the composition root: total milliseconds spent waiting for budget, by priority. */
   bandwidthWaitSource: (() => Record<string, number>) | undefined;
   readonly bandwidthWait = new Gauge({

@@ -85,7 +85,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   const readiness = new Readiness(index.db, paths.tmp, upstreams.clients, config.offline);
   const deps = { upstreams, manifests, blobs, tags, metrics, log, prewarmer, readiness, index, maxPrewarmReferences: config.admin.maxPrewarmReferences };
   const a = config.auth;
-  const auth = a && (a.htpasswd || a.tokensFile || a.rules.length > 0) ? new ClientAuth(a) : undefined;
+  const auth = a && (a.htpasswd || a.tokensFile || a.rules.length > 0) ? new ClientAuth({ ...a, onCheck: (result) => metrics.clientAuth.inc({ result }) }) : undefined;
   // Admin endpoints need an admin user only where there are users to log in as.
   const guard = { allowRemote: config.admin.allowRemote, ...(auth && (a?.htpasswd || a?.tokensFile) ? { auth } : {}) };
   const app = createApp(deps, { registry: true, admin: !config.admin.listen, guard, ...(auth ? { auth } : {}) });

@@ -13,6 +13,8 @@ export interface ClientAuthConfig {
   tokensFile?: string;
   admins?: readonly string[];
   rules?: readonly AccessRule[];
+  /** Each password check's outcome (metrics). */
+  onCheck?: (result: 'ok' | 'failed' | 'throttled') => void;
 }
 
 /** How long a successful basic check is remembered: a password removed from htpasswd stops working after it. */
@@ -80,9 +82,13 @@ export class ClientAuth {
     if (known) return known;
     const address = ctx.req.socket.remoteAddress ?? '';
     const wait = this.throttle.retryInMs(address);
+    if (wait > 0) this.config.onCheck?.('throttled');
     if (wait > 0) throw unauthorized(`too many failed logins from this address; try again in ${Math.ceil(wait / 1000)} s`, wait);
     const name = await this.throttle.run(() => this.checkBasic(value, address));
+    if (name === undefined || name === null) this.config.onCheck?.('throttled');
     if (name === undefined) throw new RegistryError('UNAVAILABLE', 'too many logins being checked at once; try again', undefined, { 'Retry-After': '1' });
+    if (name === null) throw unauthorized('too many failed logins from this address; try again later', this.throttle.retryInMs(address));
+    this.config.onCheck?.(name === false ? 'failed' : 'ok');
     if (name === false) {
       this.throttle.failed(address);
       throw unauthorized('invalid credentials');
@@ -93,10 +99,12 @@ export class ClientAuth {
     return who;
   }
 
-  /** The user name when the password is right, false otherwise; always one bcrypt check of the usual cost. */
-  private async checkBasic(value: string, address: string): Promise<string | false> {
-    // The lockout may have begun while this check waited in line.
-    if (this.throttle.retryInMs(address) > 0) return false;
+  /**
+   * The user name when the password is right, false otherwise, after one bcrypt check of the usual cost;
+   * null without a check when the address was locked out while this check waited in line.
+   */
+  private async checkBasic(value: string, address: string): Promise<string | false | null> {
+    if (this.throttle.retryInMs(address) > 0) return null;
     const decoded = Buffer.from(value, 'base64').toString('utf8');
     const i = decoded.indexOf(':');
     const user = i > 0 ? decoded.slice(0, i) : '';
