@@ -131,11 +131,17 @@ export class UpstreamClient {
     }
   }
 
+  /**
+   * A network failure as the client sees it: the upstream by name and what went wrong in a few words.
+   * Its URL and the outbound proxy are the site's internals: they go to the log line only.
+   */
   unreachable(err: unknown): RegistryError {
     const e = err as Error & { code?: string; cause?: Error & { code?: string } };
     const parts = [e.cause?.code ?? e.code, e.message, e.cause?.message].filter((p): p is string => !!p && p !== 'fetch failed');
     const why = [...new Set(parts)].join(': ');
-    return new RegistryError('UNAVAILABLE', `cannot reach upstream ${this.host} (${this.base.origin})${this.via}: ${why}`);
+    const proxied = this.via !== '';
+    this.observer?.warn({ upstream: this.host, url: this.base.origin, ...(proxied ? { proxy: this.via.replace(' via proxy ', '') } : {}), err: why }, 'upstream unreachable');
+    return new RegistryError('UNAVAILABLE', `cannot reach upstream ${this.host}${proxied ? ' through its outbound proxy' : ''}: ${clientReason(e.cause?.code ?? e.code, why)}`);
   }
 
   private scope(repository: string): string {
@@ -192,11 +198,12 @@ export class UpstreamClient {
     const res = await this.follow(url, 'GET', headers, signal);
     if (res.status !== 200) {
       const text = await readErrorText(res.body);
-      throw new RegistryError('UPSTREAM_ERROR', `token service ${url.origin} of upstream ${this.host} answered ${res.status}${text}`);
+      this.observer?.warn({ upstream: this.host, realm: url.origin, status: res.status }, 'token service refused');
+      throw new RegistryError('UPSTREAM_ERROR', `the token service of upstream ${this.host} answered ${res.status}${text}`);
     }
     const body = (await res.body.json().catch(() => ({}))) as { token?: string; access_token?: string; expires_in?: number };
     const token = body.token ?? body.access_token;
-    if (!token) throw new RegistryError('UPSTREAM_ERROR', `token service ${url.origin} of upstream ${this.host} sent no token`);
+    if (!token) throw new RegistryError('UPSTREAM_ERROR', `the token service of upstream ${this.host} sent no token`);
     this.tokens.set(key, token, typeof body.expires_in === 'number' ? body.expires_in : 60);
     return token;
   }
@@ -241,6 +248,28 @@ export class UpstreamClient {
   async close(): Promise<void> {
     await this.dispatcher.close();
   }
+}
+
+const REASONS: Record<string, string> = {
+  ECONNREFUSED: 'connection refused',
+  ECONNRESET: 'connection reset',
+  ENOTFOUND: 'host name not found',
+  EAI_AGAIN: 'host name lookup failed',
+  ETIMEDOUT: 'connection timed out',
+  EHOSTUNREACH: 'host unreachable',
+  ENETUNREACH: 'network unreachable',
+  UND_ERR_CONNECT_TIMEOUT: 'connection timed out',
+  UND_ERR_HEADERS_TIMEOUT: 'no response in time',
+  UND_ERR_BODY_TIMEOUT: 'the response stalled',
+  UND_ERR_SOCKET: 'connection closed',
+};
+
+/** A few words for the client, from the error code; nothing that names an address. */
+function clientReason(code: string | undefined, detail: string): string {
+  if (/\b407\b/.test(detail)) return 'the proxy refused the configured credentials (407 Proxy Authentication Required)';
+  if (code && REASONS[code]) return `${REASONS[code]} (${code})`;
+  if (code && /CERT|TLS|SSL|SELF_SIGNED/i.test(code)) return `TLS handshake failed (${code})`;
+  return code && /^[A-Z_]+$/.test(code) ? code : 'network error';
 }
 
 async function readErrorText(body: UpstreamBody): Promise<string> {

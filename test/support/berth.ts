@@ -62,13 +62,13 @@ function rawConfig(o: BerthOptions, storage: string, listen: string): Record<str
   };
 }
 
-/** berth in this process, on an ephemeral port. */
-export async function startBerth(o: BerthOptions): Promise<InProcessBerth> {
+/** berth in this process, on an ephemeral port; `log` replaces the silent test logger (to assert on log lines). */
+export async function startBerth(o: BerthOptions, log?: pino.Logger): Promise<InProcessBerth> {
   assertLoopbackOnly(o);
   const ownStorage = o.storage === undefined;
   const storage = o.storage ?? (await makeTempDir('store'));
   const config = Object.freeze({ ...ConfigSchema.parse(rawConfig(o, storage, '127.0.0.1:0')), defaultUpstream: o.defaultUpstream ?? o.upstreams[0]!.host }) as Config;
-  const berth = await createBerth(config, pino({ level: config.log.level }));
+  const berth = await createBerth(config, log ?? pino({ level: config.log.level }));
   const addr = await berth.listen();
   return {
     berth,
