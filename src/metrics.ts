@@ -25,6 +25,45 @@ export class Metrics {
   readonly staleServed = new Counter({ name: 'berth_stale_served_total', help: 'Tags served from cache because the upstream could not be asked', labelNames: ['upstream', 'reason'], registers: [this.registry] });
   readonly upstreamUp = new Gauge({ name: 'berth_upstream_up', help: '1 when the upstream is reachable, 0 while its circuit breaker is open', labelNames: ['upstream'], registers: [this.registry] });
   readonly clientAuth = new Counter({ name: 'berth_client_auth_checks_total', help: 'Password checks of clients: ok, failed (wrong password or user), throttled (refused without a check)', labelNames: ['result'], registers: [this.registry] });
+  readonly upstreamDuration = new Histogram({
+    name: 'berth_upstream_request_duration_seconds',
+    help: 'Time from an upstream request to its response headers (auth and redirects included), by upstream and operation',
+    labelNames: ['upstream', 'operation'],
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+    registers: [this.registry],
+  });
+  readonly upstreamErrors = new Counter({ name: 'berth_upstream_errors_total', help: 'Upstream requests that failed, by upstream and kind (unreachable, timeout, server_error, rate_limited, circuit_open)', labelNames: ['upstream', 'kind'], registers: [this.registry] });
+  readonly evictions = new Counter({ name: 'berth_evictions_total', help: 'Blobs evicted by the storage quota', registers: [this.registry] });
+  readonly evictedBytes = new Counter({ name: 'berth_evicted_bytes_total', help: 'Bytes evicted by the storage quota', registers: [this.registry] });
+  /** Set by the composition root: what the index holds and the quota, read at scrape time. */
+  storageSource: (() => Promise<{ bytes: number; blobs: number; quota: number | undefined }>) | undefined;
+  readonly storageBytes = new Gauge({
+    name: 'berth_storage_bytes',
+    help: 'Bytes of verified content in the cache (from the index)',
+    registers: [this.registry],
+    collect: async () => {
+      const s = await this.storageSource?.();
+      if (s) this.storageBytes.set(s.bytes);
+    },
+  });
+  readonly storageBlobs = new Gauge({
+    name: 'berth_storage_blobs',
+    help: 'Blobs in the cache (from the index)',
+    registers: [this.registry],
+    collect: async () => {
+      const s = await this.storageSource?.();
+      if (s) this.storageBlobs.set(s.blobs);
+    },
+  });
+  readonly storageQuota = new Gauge({
+    name: 'berth_storage_quota_bytes',
+    help: 'storage.maxSize in bytes (absent without a quota)',
+    registers: [this.registry],
+    collect: async () => {
+      const s = await this.storageSource?.();
+      if (s?.quota !== undefined) this.storageQuota.set(s.quota);
+    },
+  });
   /** Set by the composition root: total milliseconds spent waiting for budget, by priority. */
   bandwidthWaitSource: (() => Record<string, number>) | undefined;
   readonly bandwidthWait = new Gauge({

@@ -58,7 +58,11 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   });
   for (const c of upstreams.clients) {
     metrics.upstreamUp.set({ upstream: c.host }, 1);
-    c.observer = { warn: (fields, message) => log.warn(fields, message) };
+    c.observer = {
+      warn: (fields, message) => log.warn(fields, message),
+      responded: (operation, seconds) => metrics.upstreamDuration.observe({ upstream: c.host, operation }, seconds),
+      failed: (kind) => metrics.upstreamErrors.inc({ upstream: c.host, kind }),
+    };
   }
   const budget = new BandwidthBudget(config.bandwidth.limit, config.upstreams.map((u) => [u.host, u.bandwidth] as [string, number | undefined]));
   metrics.bandwidthWaitSource = () => budget.waitedMs();
@@ -74,7 +78,14 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
     },
   });
   const pins = new Pins(index.db);
-  const quota = new Quota(index, store, config.storage.maxSize, log);
+  const quota = new Quota(index, store, config.storage.maxSize, log, (evicted, freed) => {
+    metrics.evictions.inc(evicted);
+    metrics.evictedBytes.inc(freed);
+  });
+  metrics.storageSource = async () => {
+    const { total, count } = index.totals();
+    return { bytes: total, blobs: count, quota: await quota.limit() };
+  };
   const ctx: RegistryContext = { config, store, index, pins, quota, fills, upstreams, budget, metrics, log };
   await quota.enforce();
   const manifests = new Manifests(ctx);

@@ -22,6 +22,8 @@ export class Quota {
     private readonly store: BlobStore,
     private readonly maxSize: MaxSize | undefined,
     private readonly log: Logger,
+    /** Told after each pass that evicted something (metrics). */
+    private readonly onEvicted?: (evicted: number, freed: number) => void,
   ) {}
 
   async limit(): Promise<number | undefined> {
@@ -66,6 +68,7 @@ export class Quota {
         evicted++;
       }
     }
+    if (evicted > 0) this.onEvicted?.(evicted, freed);
     if (evicted > 0) this.log.info({ evicted, freed, total, limit: max }, 'quota: evicted least-recently-used blobs');
     if (total > max) this.log.warn({ total, limit: max }, 'quota: still over the limit (the rest is pinned or being read)');
     return { evicted, freed };

@@ -32,6 +32,15 @@ export interface FetchOptions {
  */
 export interface UpstreamObserver {
   warn(fields: Record<string, unknown>, message: string): void;
+  /** An upstream request got its response headers after `seconds` (operation: manifest, blob, tags, other). */
+  responded(operation: string, seconds: number): void;
+  /** An upstream request failed: unreachable, timeout, server_error (502/503/504), rate_limited, circuit_open. */
+  failed(kind: string): void;
+}
+
+function operationOf(path: string): string {
+  const m = /\/(manifests|blobs|tags)\//.exec(path);
+  return m ? ({ manifests: 'manifest', blobs: 'blob', tags: 'tags' } as Record<string, string>)[m[1]!]! : 'other';
 }
 
 const MAX_REDIRECTS = 5;
@@ -113,20 +122,30 @@ export class UpstreamClient {
   /** One logical request: auth and redirects resolved, any final status returned. */
   async fetch(path: string, o: FetchOptions): Promise<UpstreamResponse> {
     if (this.health.down) {
+      this.observer?.failed('circuit_open');
       throw new RegistryError('UNAVAILABLE', `upstream ${this.host} is marked down after repeated failures; next try in ${Math.ceil(this.health.retryInMs / 1000)} s`, { circuitOpen: true });
     }
+    const started = performance.now();
     try {
       const res = await this.authorizedRequest(new URL(path, this.base), o);
+      this.observer?.responded(operationOf(path), (performance.now() - started) / 1000);
       // Only an upstream that cannot serve counts against it: a 500 is about one request (and a client
       // can provoke those at will), a 502/503/504 says the registry or its gateway is down.
-      if (res.status === 502 || res.status === 503 || res.status === 504) this.health.failure();
-      else this.health.success();
+      if (res.status === 502 || res.status === 503 || res.status === 504) {
+        this.health.failure();
+        this.observer?.failed('server_error');
+      } else {
+        this.health.success();
+        if (res.status === 429) this.observer?.failed('rate_limited');
+      }
       return res;
     } catch (err) {
       if (err instanceof RegistryError) throw err;
       // Our own cancellation passes through; undici also names a refused proxy tunnel AbortError.
       if (o.signal?.aborted) throw err;
       this.health.failure();
+      const code = (err as { code?: string; cause?: { code?: string } }).cause?.code ?? (err as { code?: string }).code ?? '';
+      this.observer?.failed(/TIMEOUT|ETIMEDOUT/.test(code) ? 'timeout' : 'unreachable');
       throw this.unreachable(err);
     }
   }
