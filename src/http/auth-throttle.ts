@@ -4,7 +4,8 @@
  * throughput. Two limits:
  *  - at most `concurrency` checks run at once, others wait in line (and a line past `maxQueue` is refused);
  *  - an address with `maxFailures` failed checks within `windowMs` is refused without a check for a backoff
- *    that doubles with each further lockout (1 s … 60 s). Cached successful verifications bypass both.
+ *    that doubles with each further lockout (1 s … 60 s); once locked out, a single further failure locks it
+ *    again, until a success or `windowMs` without failures. Cached successful verifications bypass both.
  */
 export interface ThrottleOptions {
   concurrency: number;
@@ -14,7 +15,7 @@ export interface ThrottleOptions {
   maxBackoffMs: number;
 }
 
-export const DEFAULT_THROTTLE: ThrottleOptions = { concurrency: 2, maxQueue: 64, maxFailures: 10, windowMs: 60_000, maxBackoffMs: 60_000 };
+export const DEFAULT_THROTTLE: ThrottleOptions = { concurrency: 1, maxQueue: 64, maxFailures: 10, windowMs: 60_000, maxBackoffMs: 60_000 };
 
 interface AddressState {
   failures: number[];
@@ -59,9 +60,11 @@ export class AuthThrottle {
       s = { failures: [], lockouts: 0, lockedUntil: 0 };
       this.addresses.set(address, s);
     }
+    const last = s.failures.at(-1) ?? s.lockedUntil;
+    if (s.lockouts > 0 && now - Math.max(last, s.lockedUntil) > this.o.windowMs) s.lockouts = 0;
     s.failures = s.failures.filter((t) => now - t < this.o.windowMs);
     s.failures.push(now);
-    if (s.failures.length >= this.o.maxFailures) {
+    if (s.failures.length >= (s.lockouts > 0 ? 1 : this.o.maxFailures)) {
       s.lockedUntil = now + Math.min(this.o.maxBackoffMs, 1000 * 2 ** s.lockouts);
       s.lockouts++;
       s.failures = [];

@@ -1,5 +1,6 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import bcrypt from 'bcryptjs';
 import type { Context, Next } from 'koa';
 import { LRUCache } from 'lru-cache';
@@ -20,6 +21,8 @@ export interface ClientAuthConfig {
 /** How long a successful basic check is remembered: a password removed from htpasswd stops working after it. */
 const VERIFIED_TTL_MS = 2 * 60_000;
 const CHALLENGE = 'Basic realm="berth"';
+/** The longest a refused login from a locked-out address is held before its 401. */
+const TARPIT_MS = 1000;
 
 /**
  * Client authentication: HTTP basic against an htpasswd file (bcrypt only, as docker-registry), and
@@ -82,8 +85,12 @@ export class ClientAuth {
     if (known) return known;
     const address = ctx.req.socket.remoteAddress ?? '';
     const wait = this.throttle.retryInMs(address);
-    if (wait > 0) this.config.onCheck?.('throttled');
-    if (wait > 0) throw unauthorized(`too many failed logins from this address; try again in ${Math.ceil(wait / 1000)} s`, wait);
+    if (wait > 0) {
+      this.config.onCheck?.('throttled');
+      // Held for up to a second: a client retrying in a loop then costs a timer, not a core's worth of 401s.
+      await sleep(Math.min(wait, TARPIT_MS));
+      throw unauthorized(`too many failed logins from this address; try again in ${Math.max(1, Math.ceil(this.throttle.retryInMs(address) / 1000))} s`, wait);
+    }
     const name = await this.throttle.run(() => this.checkBasic(value, address));
     if (name === undefined || name === null) this.config.onCheck?.('throttled');
     if (name === undefined) throw new RegistryError('UNAVAILABLE', 'too many logins being checked at once; try again', undefined, { 'Retry-After': '1' });
