@@ -24,7 +24,7 @@ import { Pins } from './store/pins.ts';
 import { Quota } from './store/quota.ts';
 import { BandwidthBudget } from './upstream/bandwidth.ts';
 import { installUndiciWorkaround } from './upstream/undici-workaround.ts';
-import { afterFill } from './memory.ts';
+import { FillMemory } from './memory.ts';
 import { Readiness } from './readiness.ts';
 
 /** How often recorded access times are written to the index. */
@@ -66,6 +66,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   }
   const budget = new BandwidthBudget(config.bandwidth.limit, config.upstreams.map((u) => [u.host, u.bandwidth] as [string, number | undefined]));
   metrics.bandwidthWaitSource = () => budget.waitedMs();
+  const memory = new FillMemory();
   const fills = new Fills({
     started: () => {
       metrics.fillsStarted.inc();
@@ -73,7 +74,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
     },
     ended: (fill, ok) => {
       metrics.fillsActive.dec();
-      afterFill(fill.extents.bytes);
+      memory.afterFill(fill.extents.bytes);
       if (!ok) metrics.fillsFailed.inc();
     },
   });
@@ -148,6 +149,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
     },
     async close() {
       clearInterval(flush);
+      memory.close();
       for (const s of [server, adminServer]) {
         if (!s) continue;
         s.closeAllConnections();
