@@ -37,13 +37,19 @@ export class Readiness {
   }
 
   private checkIndex(): string {
+    // better-sqlite3 waits for a lock synchronously: a probe must not hold the event loop for the
+    // connection's full busy timeout (5 s) while another process writes.
+    const timeout = this.db.pragma('busy_timeout', { simple: true }) as number;
     try {
+      this.db.pragma('busy_timeout = 250');
       this.db.prepare('SELECT 1 FROM blobs LIMIT 1').get();
       // Takes the write lock and gives it back: fails on a read-only file, a full disk's journal, a lock held elsewhere.
       this.db.exec('BEGIN IMMEDIATE; ROLLBACK');
       return 'ok';
     } catch (err) {
       return `failed: ${(err as Error).message}`;
+    } finally {
+      this.db.pragma(`busy_timeout = ${Math.floor(timeout)}`);
     }
   }
 

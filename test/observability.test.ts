@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import Database from 'better-sqlite3';
 import pino from 'pino';
 import { after, before, describe, test } from 'node:test';
 import { type Upstream, startUpstream } from './support/upstream.ts';
@@ -92,6 +93,23 @@ describe('health', () => {
     } finally {
       await rm(tmp, { force: true });
       await mkdir(tmp);
+    }
+    assert.equal((await ready(b.url)).status, 200);
+  });
+});
+
+describe('health: the index', () => {
+  test('an index another process holds the write lock on makes /readyz 503 at once (not after the 5 s busy wait)', async () => {
+    const other = new Database(path.join(b.storage, 'berth.db'), { timeout: 0 });
+    other.exec('BEGIN IMMEDIATE');
+    try {
+      const r = await fetchOutcome(b.url, '/readyz');
+      assert.equal(r.status, 503, describeOutcome(r));
+      assert.match(JSON.parse(r.body.toString('utf8')).checks.index as string, /^failed/);
+      assert.ok(r.ms < 2_000, `answered in ${Math.round(r.ms)} ms`);
+    } finally {
+      other.exec('ROLLBACK');
+      other.close();
     }
     assert.equal((await ready(b.url)).status, 200);
   });
