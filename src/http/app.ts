@@ -76,7 +76,12 @@ export function createApp(deps: AppDeps, parts: AppParts): Koa {
   app.use(errorMiddleware);
   const v2 = v2Handler(deps);
   const rules = parts.auth ? readRules(parts.auth.rules, deps.upstreams, deps.index) : undefined;
-  const registry: Middleware = compose([...(parts.auth ? [parts.auth.middleware()] : []), ...(rules ? [rules] : [])], (ctx) => v2(ctx));
+  const registry: Middleware = async (ctx) => {
+    // Who is asking, for the rules and the log line; a 401 when credentials are wrong or required.
+    if (parts.auth) ctx.state.identity = await parts.auth.identify(ctx);
+    if (rules) await rules(ctx, () => v2(ctx));
+    else await v2(ctx);
+  };
   const guard = parts.guard ? adminGuard(parts.guard) : undefined;
   type Handler = (ctx: Context) => Promise<void> | void;
   const open = (h: Handler): Middleware => async (ctx) => {
@@ -125,10 +130,3 @@ export function createApp(deps: AppDeps, parts: AppParts): Koa {
   return app;
 }
 
-/** Runs `chain` in order, then `last`. */
-function compose(chain: Middleware[], last: (ctx: Context) => Promise<void>): Middleware {
-  return (ctx) => {
-    const step = (i: number): Promise<void> => (i < chain.length ? Promise.resolve(chain[i]!(ctx, () => step(i + 1))).then(() => undefined) : last(ctx));
-    return step(0);
-  };
-}

@@ -2,7 +2,7 @@ import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import bcrypt from 'bcryptjs';
-import type { Context, Next } from 'koa';
+import type { Context } from 'koa';
 import { LRUCache } from 'lru-cache';
 import { RegistryError } from '../oci/errors.ts';
 import { AccessRules, type AccessRule, type Identity } from './access-rules.ts';
@@ -39,8 +39,6 @@ export class ClientAuth {
   private readonly throttle: AuthThrottle;
   readonly rules: AccessRules;
   private readonly admins: ReadonlySet<string>;
-  /** bcrypt comparisons run (for tests and metrics). */
-  bcryptChecks = 0;
 
   constructor(private readonly config: ClientAuthConfig, throttle: ThrottleOptions = DEFAULT_THROTTLE) {
     let cost = 0;
@@ -118,21 +116,12 @@ export class ClientAuth {
     const hash = this.users.get(user);
     const against = hash ?? this.dummyHash;
     if (!against) return false;
-    this.bcryptChecks++;
     const ok = await bcrypt.compare(i > 0 ? decoded.slice(i + 1) : decoded, against);
     return ok && hash !== undefined ? user : false;
   }
 
   isAdmin(who: Identity): boolean {
     return who.kind === 'user' && this.admins.has(who.name);
-  }
-
-  /** For the registry API: anyone who may pull at all; the identity goes to ctx.state.identity for the rules. */
-  middleware() {
-    return async (ctx: Context, next: Next): Promise<void> => {
-      ctx.state.identity = await this.identify(ctx);
-      return next();
-    };
   }
 }
 
