@@ -12,6 +12,9 @@ export interface ConnectionFault {
   cutAfterBytes?: number;
   /** Forward exactly this many bytes, then forward nothing more and close nothing (a hung link). */
   stallAfterBytes?: number;
+  /** Invert the byte at this downstream offset (and every `corruptEvery` bytes after it): an upstream that lies. */
+  corruptAtByte?: number;
+  corruptEvery?: number;
 }
 
 /**
@@ -87,6 +90,7 @@ export async function startRelay(opts: RelayOptions): Promise<Relay> {
       limit: fault.cutAfterBytes ?? fault.stallAfterBytes,
       onLimit: fault.cutAfterBytes !== undefined ? bothDown : () => undefined,
       count: (n) => (bytesDown += n),
+      ...(fault.corruptAtByte !== undefined ? { corrupt: { at: fault.corruptAtByte, every: fault.corruptEvery ?? Infinity } } : {}),
     });
   });
 
@@ -135,6 +139,8 @@ interface ForwardOptions {
   limit?: number;
   onLimit?: () => void;
   count?: (n: number) => void;
+  /** Invert downstream bytes at offset `at`, `at + every`, … */
+  corrupt?: { at: number; every: number };
 }
 
 /**
@@ -174,6 +180,7 @@ function forward(src: net.Socket, dst: net.Socket, o: ForwardOptions): void {
           chunk = chunk.subarray(0, o.limit - sent);
           stopped = true;
         }
+        if (o.corrupt) chunk = corrupted(chunk, sent, o.corrupt);
         for (let off = 0; off < chunk.length && !dst.destroyed; off += SLICE) {
           const slice = chunk.subarray(off, off + SLICE);
           if (o.bucket !== undefined) await o.bucket.take(slice.length);
@@ -198,6 +205,16 @@ function forward(src: net.Socket, dst: net.Socket, o: ForwardOptions): void {
       pumping = false;
     }
   }
+}
+
+/** A copy of `chunk` (which starts at stream offset `offset`) with the bytes at the corrupt offsets inverted. */
+function corrupted(chunk: Buffer, offset: number, c: { at: number; every: number }): Buffer {
+  let next = c.at;
+  if (offset > next) next = Number.isFinite(c.every) ? c.at + Math.ceil((offset - c.at) / c.every) * c.every : Infinity;
+  if (next >= offset + chunk.length) return chunk;
+  const out = Buffer.from(chunk);
+  for (; next < offset + chunk.length; next += c.every) out[next - offset] = out[next - offset]! ^ 0xff;
+  return out;
 }
 
 function drained(s: net.Socket): Promise<void> {
