@@ -11,6 +11,7 @@ import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { after, before, describe, test } from 'node:test';
+import fc from 'fast-check';
 import { type Upstream, startUpstream } from './support/upstream.ts';
 import { type Image, type Index, ACCEPT_ALL_MANIFESTS, MediaTypes, baseLayer, buildImage, buildIndex, pushIndex } from './support/images.ts';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
@@ -74,7 +75,7 @@ function manifestGetsSince(mark: number, repo: string): number {
 before(async () => {
   work = await makeTempDir('tag-negotiation');
   up = await startUpstream();
-  for (const repo of ['library/narrow-first', 'library/full-first', 'library/offline', 'library/migrated']) lists.set(repo, await twoPlatformList(repo));
+  for (const repo of ['library/narrow-first', 'library/full-first', 'library/offline', 'library/migrated', 'library/fuzzed']) lists.set(repo, await twoPlatformList(repo));
 });
 
 after(async () => {
@@ -139,6 +140,43 @@ describe('a shared tag under different Accept lists', () => {
     } finally {
       await up.restart();
     }
+    await stop(b);
+  });
+});
+
+describe('any sequence of Accept lists (property, seeded)', () => {
+  const TYPES = [MediaTypes.oci.manifest, MediaTypes.oci.index, MediaTypes.docker.manifest, MediaTypes.docker.index,
+    'application/vnd.docker.distribution.manifest.v1+prettyjws', 'application/vnd.docker.distribution.manifest.v1+json', '*/*', 'application/json'];
+  const acceptList = fc
+    .record({ types: fc.shuffledSubarray(TYPES, { minLength: 1 }), params: fc.boolean(), lines: fc.boolean() })
+    .map(({ types, params, lines }) => {
+      const parts = types.map((t, i) => (params && i % 2 === 1 ? `${t}; q=0.${9 - i}` : t));
+      return lines ? parts : parts.join(', ');
+    });
+
+  test('berth answers each one as the upstream does, whatever came before', async () => {
+    const b = await berthOn(path.join(work, 'fuzzed'));
+    await fc.assert(
+      fc.asyncProperty(fc.array(fc.record({ accept: acceptList, method: fc.constantFrom('GET', 'HEAD') }), { minLength: 1, maxLength: 5 }), async (requests) => {
+        for (const { accept, method } of requests) {
+          const direct = await httpRequest(up.url, '/v2/library/fuzzed/manifests/latest', { method, headers: { accept } });
+          const via = await httpRequest(b.url, '/v2/fuzzed/manifests/latest', { method, headers: { accept }, timeoutMs: 20_000 });
+          const what = `${method} with Accept ${JSON.stringify(accept)}`;
+          if (String(direct.headers['content-type']).includes('v1+prettyjws')) {
+            // A schema 1 rewrite: its Docker-Content-Digest is not the hash of its bytes, which berth refuses.
+            assert.ok(via.status === 200 || via.status === 502, `${what}: ${via.status}`);
+            continue;
+          }
+          assert.equal(via.status, direct.status, what);
+          assert.equal(via.headers['docker-content-digest'], direct.headers['docker-content-digest'], what);
+          assert.equal(via.headers['content-type'], direct.headers['content-type'], what);
+        }
+      }),
+      { seed: 0x7a65, numRuns: 60 },
+    );
+    const list = lists.get('library/fuzzed')!;
+    assertList(await manifestOf(b, 'fuzzed', FULL), list, 'containerd client after the property');
+    assertAmd64(await manifestOf(b, 'fuzzed', NARROW), list, 'narrow client after the property');
     await stop(b);
   });
 });

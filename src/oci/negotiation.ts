@@ -10,16 +10,10 @@ import { bareMediaType, isIndexMediaType, isManifestMediaType } from './media-ty
 /** The key of a tag row that was not negotiated: imported, or written before keys existed. */
 export const UNNEGOTIATED = '*';
 
-/** Whether a client's Accept list admits a media type (no list, or a wildcard, admits everything). */
-export function accepts(accept: string, mediaType: string): boolean {
-  const types = accept.split(',').map((t) => bareMediaType(t)).filter(Boolean);
-  return types.length === 0 || types.includes('*/*') || types.includes(bareMediaType(mediaType));
-}
-
 /**
  * The negotiation key of an Accept list: the manifest media types it names, sorted and deduplicated.
- * Anything else (wildcards, `application/json`, parameters, order, q-values) does not change what a
- * registry answers, so it does not split the cache; the key has at most 2^6 values per tag.
+ * Registries look only for these (distribution answers wildcards and `application/json` as if they were
+ * not there), so nothing else (order, parameters, q-values) splits the cache: at most 2^6 keys per tag.
  */
 export function negotiationKey(accept: string): string {
   const types = new Set(accept.split(',').map((t) => bareMediaType(t)).filter(isManifestMediaType));
@@ -34,27 +28,31 @@ export interface NegotiatedAnswer {
 }
 
 /**
- * Whether a cached answer is what the upstream would give a client with `accept` (key `key`):
- * - the client must admit the answer's media type;
+ * Whether a cached answer is what the upstream would give a client whose negotiation key is `key`:
+ * - the same negotiation produced it; else
+ * - the client must name the answer's media type (a wildcard does not count: distribution answers a
+ *   wildcard with a schema 1 rewrite, not with the list);
  * - an index is never a rewrite (registries rewrite indexes to manifests, not the reverse), so it is the
- *   tag's stored content and right for every client that admits it; so is an unnegotiated row;
- * - a manifest may be a rewrite of an index the negotiating client did not admit. It is right for this
- *   client if this client admits no manifest type that negotiation did not (then it would not admit that
+ *   tag's stored content and right for every client that names its type; so is an unnegotiated row;
+ * - a manifest may be a rewrite of an index the negotiating client did not name. It is right for this
+ *   client if this client names no manifest type that negotiation did not (then it would not take that
  *   index either). A narrow client's answer is thus never served to a broader one.
  */
-export function answers(row: NegotiatedAnswer, accept: string, key: string): boolean {
-  if (!accepts(accept, row.mediaType)) return false;
+export function answers(row: NegotiatedAnswer, key: string): boolean {
+  if (row.accept === key) return true;
+  const mine = key.split(',').filter(Boolean);
+  if (!mine.includes(row.mediaType)) return false;
   if (row.accept === UNNEGOTIATED || isIndexMediaType(row.mediaType)) return true;
   const theirs = new Set(row.accept.split(','));
-  return key.split(',').filter(Boolean).every((t) => theirs.has(t));
+  return mine.every((t) => theirs.has(t));
 }
 
-/** Of the cached answers right for this client, the one checked most recently. */
+/** Of the cached answers right for a client with this Accept list, the one checked most recently. */
 export function choose<T extends NegotiatedAnswer>(rows: readonly T[], accept: string): T | undefined {
   const key = negotiationKey(accept);
   let best: T | undefined;
   for (const r of rows) {
-    if (!answers(r, accept, key)) continue;
+    if (!answers(r, key)) continue;
     if (!best || r.checkedAt > best.checkedAt || (r.checkedAt === best.checkedAt && r.accept === key)) best = r;
   }
   return best;
