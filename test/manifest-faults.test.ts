@@ -187,6 +187,7 @@ describe('an upstream that answers manifests slowly', () => {
   after(() => relay?.setRate(undefined));
 
   test('clients of a cached tag get it stale within the deadline, not when the manifest has crawled in', async () => {
+    const mark = up.logLineCount();
     const started = performance.now();
     const rs: Outcome[] = await Promise.all(
       [1, 2, 3].map(() => fetchOutcome(b.url, '/v2/slow.test/lab/slow/manifests/1', { headers: { accept: FULL }, timeoutMs: 15_000 })),
@@ -198,6 +199,10 @@ describe('an upstream that answers manifests slowly', () => {
       assert.match(String(r.headers?.warning), /stale/i);
     }
     assert.ok(ms < 3 * TIMEOUT_MS + 2000, `answered after ${Math.round(ms)} ms; manifestTimeout is ${TIMEOUT_MS} ms`);
+    // The case of the issue: the upstream did answer the revalidating HEAD (with the new digest), once for
+    // all three clients, and berth then went for the new manifest.
+    const seen = await up.waitForAccess((es) => es.some((e) => e.method === 'GET' && e.path === `/v2/lab/slow/manifests/1`), { since: mark, timeoutMs: 10_000 });
+    assert.equal(seen.filter((e) => e.method === 'HEAD' && e.path === '/v2/lab/slow/manifests/1').length, 1, 'one revalidating HEAD');
   });
 
   test('a tag that is not cached is a fast 503 naming the upstream', async () => {
