@@ -103,6 +103,11 @@ export const ConfigSchema = z
     offline: z.boolean().default(false),
     /** How long a cached tag is served without asking the upstream again. */
     tagTtl: duration('5m'),
+    /**
+     * Deadline of one manifest request to an upstream (the HEAD, or the GET with its whole body): past it
+     * a cached tag is served stale, and an uncached one is a 503.
+     */
+    manifestTimeout: duration('10s'),
     /** How long a fill may keep going after every client that wanted it has gone. */
     fillTimeout: duration('30m'),
     /** Whole blobs whose first bytes were asked by Range: complete in the background or only as read. */

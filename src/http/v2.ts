@@ -33,6 +33,8 @@ function queryParam(ctx: Context, name: string): string | undefined {
 export function v2Handler(d: V2Deps) {
   return async function v2(ctx: Context): Promise<void> {
     ctx.set('Docker-Distribution-API-Version', 'registry/2.0');
+    // Bodies come from upstreams: a browser must never guess a type from them (script on berth's origin).
+    ctx.set('X-Content-Type-Options', 'nosniff');
     const path = ctx.path;
     if (ctx.method !== 'GET' && ctx.method !== 'HEAD') {
       ctx.state.route = path === '/v2' || path === '/v2/' ? 'base' : 'other';

@@ -1,6 +1,6 @@
 import { RegistryError } from './errors.ts';
 import { isDigest, type Digest } from './digest.ts';
-import { MediaType, bareMediaType, isIndexMediaType, isManifestMediaType } from './media-types.ts';
+import { MediaType, isIndexMediaType, isManifestMediaType } from './media-types.ts';
 
 /** The largest manifest berth accepts from an upstream (the distribution spec suggests 4 MiB). */
 export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
@@ -43,10 +43,14 @@ function descriptor(v: unknown, where: string): Descriptor {
 }
 
 /**
- * Parses manifest bytes. The media type is the one the upstream sent in Content-Type, else the
- * manifest's own `mediaType` field (OCI manifests may omit it; then `manifests` means an index).
+ * Parses manifest bytes. The media type comes from the bytes alone: the manifest's own `mediaType`,
+ * which must be one of the registry manifest types berth serves (anything else, `text/html` or a value
+ * with a CR/LF in it, makes the manifest invalid), else what the structure says (OCI manifests may omit
+ * the field; then `manifests` means an index). So the same bytes have one type whoever served them and
+ * whatever Content-Type came with them: `declared` (a Content-Type, an index entry's mediaType) is not
+ * trusted and not used.
  */
-export function parseManifest(bytes: Buffer, contentType?: string): ParsedManifest {
+export function parseManifest(bytes: Buffer, _declared?: string): ParsedManifest {
   let json: Record<string, unknown>;
   try {
     json = JSON.parse(bytes.toString('utf8')) as Record<string, unknown>;
@@ -54,13 +58,8 @@ export function parseManifest(bytes: Buffer, contentType?: string): ParsedManife
     throw new RegistryError('MANIFEST_INVALID', 'manifest is not valid JSON');
   }
   if (!json || typeof json !== 'object' || Array.isArray(json)) throw new RegistryError('MANIFEST_INVALID', 'manifest is not a JSON object');
-  const header = bareMediaType(contentType);
-  let mediaType = typeof json.mediaType === 'string' ? json.mediaType : '';
-  if (isManifestMediaType(header)) mediaType = header;
-  if (!mediaType) {
-    if (json.schemaVersion === 1) mediaType = MediaType.DockerManifestV1Signed;
-    else mediaType = Array.isArray(json.manifests) ? MediaType.OciIndex : MediaType.OciManifest;
-  }
+  if (json.schemaVersion !== 1 && json.schemaVersion !== 2) throw new RegistryError('MANIFEST_INVALID', 'manifest has no schemaVersion 1 or 2');
+  const mediaType = mediaTypeOf(json);
   if (isIndexMediaType(mediaType)) {
     if (!Array.isArray(json.manifests)) throw new RegistryError('MANIFEST_INVALID', 'index has no manifests array');
     return { mediaType, manifests: json.manifests.map((m, i) => descriptor(m, `manifests[${i}]`)), blobs: [] };
@@ -77,6 +76,18 @@ export function parseManifest(bytes: Buffer, contentType?: string): ParsedManife
   if (json.config !== undefined) blobs.push(descriptor(json.config, 'config'));
   if (Array.isArray(json.layers)) json.layers.forEach((l, i) => blobs.push(descriptor(l, `layers[${i}]`)));
   return { mediaType, manifests: [], blobs };
+}
+
+function mediaTypeOf(json: Record<string, unknown>): string {
+  const field = json.mediaType;
+  if (field !== undefined) {
+    if (typeof field !== 'string' || !isManifestMediaType(field)) {
+      throw new RegistryError('MANIFEST_INVALID', `manifest declares media type ${JSON.stringify(String(field).slice(0, 100))}, which is not a registry manifest type`);
+    }
+    return field;
+  }
+  if (json.schemaVersion === 1) return Array.isArray(json.signatures) ? MediaType.DockerManifestV1Signed : MediaType.DockerManifestV1;
+  return Array.isArray(json.manifests) ? MediaType.OciIndex : MediaType.OciManifest;
 }
 
 export function platformString(p: Platform): string {

@@ -31,11 +31,16 @@ const LAZY_COMPLETION_DELAY_MS = 1000;
 export class Blobs {
   constructor(private readonly ctx: RegistryContext) {}
 
-  /** The route for a blob request: the one the client named, else where a cached manifest said the blob lives. */
+  /**
+   * The route for a blob request: the one the client named; else (no ns, no host prefix) the upstream
+   * whose manifests of the requested repository referenced the blob, the default upstream first. Another
+   * repository's manifests never steer a request: any repository can name any digest.
+   */
   routeFor(route: Route, d: Digest): Route {
     if (route.explicit) return route;
-    const ref = this.ctx.index.refOf(d);
-    return ref && this.ctx.upstreams.get(ref.upstream) ? { upstream: ref.upstream, repository: ref.repository as Route['repository'], explicit: false } : route;
+    const same = this.ctx.index.refsOf(d).filter((r) => r.repository === route.repository && this.ctx.upstreams.get(r.upstream));
+    const ref = same.find((r) => r.upstream === route.upstream) ?? same[0];
+    return ref ? { upstream: ref.upstream, repository: route.repository, explicit: false } : route;
   }
 
   /** Committed blob, or undefined. A row whose file vanished is forgotten. */
@@ -83,7 +88,7 @@ export class Blobs {
     this.ctx.metrics.misses.inc({ kind: 'blob' });
     // A Range read needs the size before anything is fetched (a suffix range, a 416): when no cached
     // manifest declared it, a HEAD asks the upstream.
-    const sizeHint = wantsWhole || this.ctx.fills.get(d) ? undefined : (this.ctx.index.descriptorSize(d) ?? (await this.stat(route, d)).size);
+    const sizeHint = wantsWhole || this.ctx.fills.get(d) ? undefined : (this.ctx.index.descriptorSize(d, this.routeFor(route, d)) ?? (await this.stat(route, d)).size);
     const fill = await this.fill(route, d, sizeHint);
     if (!fill) return (await this.cached(d)) ?? this.open(route, d, wantsWhole);
     if (wantsWhole) {
@@ -149,7 +154,7 @@ export class Blobs {
         return { partial, start, size, body: budget.throttle(r.upstream, res.body, priority) };
       },
     };
-    const known = index.descriptorSize(d) ?? sizeHint;
+    const known = index.descriptorSize(d, r) ?? sizeHint;
     if (!fills.get(d) && (await store.size(d)) !== undefined) return undefined;
     // No await between that check and acquire's own look at the table.
     const { fill, joined } = await fills.acquire(d, source, {

@@ -1,12 +1,14 @@
-import { createHash } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import { RegistryError } from '../oci/errors.ts';
 import type { Digest } from '../oci/digest.ts';
 import { MAX_MANIFEST_BYTES, parseManifest } from '../oci/manifest.ts';
-import { DEFAULT_MANIFEST_ACCEPT, bareMediaType, isManifestMediaType } from '../oci/media-types.ts';
+import { DEFAULT_MANIFEST_ACCEPT, isManifestMediaType } from '../oci/media-types.ts';
+import { choose, storageKey } from '../oci/negotiation.ts';
 import { referenceString, type Reference } from '../oci/reference.ts';
+import type { TagRow } from '../store/store-index.ts';
 import { header } from '../upstream/client.ts';
 import type { RegistryContext } from './context.ts';
+import { readManifest, withDeadline } from './manifest-fetch.ts';
 import type { Route } from './upstreams.ts';
 
 export interface ManifestResult {
@@ -25,16 +27,12 @@ function isTransient(err: unknown): err is RegistryError {
   return err instanceof RegistryError && (err.code === 'UNAVAILABLE' || err.code === 'UPSTREAM_ERROR');
 }
 
-/** Whether a client's Accept list admits a media type (no list, or a wildcard, admits everything). */
-export function accepts(accept: string, mediaType: string): boolean {
-  const types = accept.split(',').map((t) => bareMediaType(t)).filter(Boolean);
-  return types.length === 0 || types.includes('*/*') || types.includes(bareMediaType(mediaType));
-}
-
 /**
  * The pull-through logic for manifests. A digest reference is answered from disk when cached and never
- * touches the upstream. A tag is answered from cache within tagTtl; after that it is revalidated with a
- * HEAD, and served stale if the upstream cannot answer. Manifests are stored and served byte-exact.
+ * touches the upstream. A tag is answered from the cached answer of the client's negotiation
+ * (src/oci/negotiation.ts) within tagTtl; after that it is revalidated with a HEAD, and served stale if
+ * the upstream cannot answer, or cannot answer within manifestTimeout. Manifests are stored and served
+ * byte-exact, with their own media type.
  */
 export class Manifests {
   private readonly inflight = new Map<string, Promise<ManifestResult>>();
@@ -62,38 +60,26 @@ export class Manifests {
       return this.fetch(route, ref.digest, accept, ref.digest, method);
     }
     const { index, config } = this.ctx;
-    const tag = index.getTag(route.upstream, route.repository, ref.tag);
-    const usable = tag && accepts(accept, tag.mediaType) ? tag : undefined;
-    const fromTag = async (stale?: string) => {
-      const hit = usable && (await this.fromCache(usable.digest, method));
+    const row = choose(index.tagRows(route.upstream, route.repository, ref.tag), accept);
+    const fromRow = async (stale?: string) => {
+      const hit = row && (await this.fromCache(row.digest, method));
       return hit ? { ...hit, ...(stale ? { stale } : {}) } : undefined;
     };
     if (config.offline) {
-      const hit = await fromTag();
+      const hit = await fromRow();
       if (hit) return hit;
       throw new RegistryError('MANIFEST_UNKNOWN', `manifest ${route.upstream}/${route.repository}:${ref.tag} is not cached and berth is offline`);
     }
-    if (usable && Date.now() - usable.checkedAt < config.tagTtl) {
-      const hit = await fromTag();
+    if (row && Date.now() - row.checkedAt < config.tagTtl) {
+      const hit = await fromRow();
       if (hit) return hit;
     }
-    const client = this.ctx.upstreams.client(route);
-    if (usable) {
-      // Revalidate with a HEAD: Docker Hub does not count HEADs against the pull rate limit.
+    if (row) {
       try {
-        const res = await client.manifest('HEAD', route.repository, ref.tag, accept);
-        await res.body.dump();
-        const current = header(res.headers, 'docker-content-digest');
-        if (current === usable.digest) {
-          index.putTag({ ...usable, checkedAt: Date.now() });
-          const hit = await fromTag();
-          if (hit) return hit;
-          return this.fetch(route, usable.digest, accept, ref.tag, method);
-        }
-        this.ctx.log.info({ upstream: route.upstream, repository: route.repository, tag: ref.tag, from: usable.digest, to: current }, 'tag moved');
+        return await this.revalidate(route, ref.tag, row, accept, method);
       } catch (err) {
         if (!isTransient(err)) throw err;
-        const hit = await fromTag(err.message);
+        const hit = await fromRow(err.message);
         if (!hit) throw err;
         this.ctx.metrics.staleServed.inc({ upstream: route.upstream, reason: err.code });
         this.ctx.log.warn({ upstream: route.upstream, repository: route.repository, tag: ref.tag, error: err.message }, 'serving cached tag: upstream could not revalidate it');
@@ -106,6 +92,23 @@ export class Manifests {
     return this.fetch(route, undefined, accept, ref.tag, method);
   }
 
+  /** Asks the upstream whether the tag still names the cached answer (a HEAD: Docker Hub does not count HEADs against the pull rate limit). */
+  private async revalidate(route: Route, tag: string, row: TagRow, accept: string, method: 'GET' | 'HEAD'): Promise<ManifestResult> {
+    const client = this.ctx.upstreams.client(route);
+    const current = await withDeadline(client, this.ctx.config.manifestTimeout, `manifest ${route.repository}:${tag}`, async (signal) => {
+      const res = await client.manifest('HEAD', route.repository, tag, accept, signal);
+      await res.body.dump();
+      return header(res.headers, 'docker-content-digest');
+    });
+    if (current !== row.digest) {
+      this.ctx.log.info({ upstream: route.upstream, repository: route.repository, tag, from: row.digest, to: current }, 'tag moved');
+      return this.fetch(route, undefined, accept, tag, method);
+    }
+    // This negotiation confirmed the answer: it refreshes its own row (never another negotiation's).
+    this.ctx.index.putTag({ ...row, accept: storageKey(accept, row.mediaType), checkedAt: Date.now() });
+    return (await this.fromCache(row.digest, method)) ?? this.fetch(route, row.digest, accept, tag, method);
+  }
+
   private ensureOnline(route: Route, d: Digest): void {
     if (this.ctx.config.offline) {
       throw new RegistryError('MANIFEST_UNKNOWN', `manifest ${route.upstream}/${route.repository}@${d} is not cached and berth is offline`);
@@ -115,9 +118,10 @@ export class Manifests {
   private async fromCache(d: Digest, method: 'GET' | 'HEAD'): Promise<ManifestResult | undefined> {
     let row = this.ctx.index.getBlob(d);
     if (!row) return undefined;
-    if (!row.mediaType) {
-      // Cached as a plain blob (fetched through /blobs/ first, say). If the bytes are a manifest, learn
-      // that; if not, the digest names a layer or config, and asking the upstream would only fail.
+    if (!row.mediaType || !isManifestMediaType(row.mediaType)) {
+      // Cached as a plain blob (fetched through /blobs/ first, say), or indexed with a type berth does not
+      // serve (an index from before types came from the bytes). If the bytes are a manifest, learn its
+      // type; if not, the digest names a layer or config, and asking the upstream would only fail.
       const mediaType = row.size <= MAX_MANIFEST_BYTES ? await this.manifestTypeOf(d) : undefined;
       if (!mediaType) throw new RegistryError('MANIFEST_UNKNOWN', `${d} is a blob in this cache, not a manifest`);
       this.ctx.index.putBlob(d, row.size, mediaType);
@@ -153,37 +157,14 @@ export class Manifests {
     }
   }
 
-  /** GETs a manifest from the upstream, checks it, stores it byte-exact and indexes what it references. */
+  /** GETs a manifest from the upstream within the deadline, checks it, stores it byte-exact and indexes what it references. */
   private async fetch(route: Route, expected: Digest | undefined, accept: string, reference: string, method: 'GET' | 'HEAD'): Promise<ManifestResult> {
     const client = this.ctx.upstreams.client(route);
-    const res = await client.manifest('GET', route.repository, reference, accept);
-    const declared = Number(header(res.headers, 'content-length'));
-    if (declared > MAX_MANIFEST_BYTES) {
-      res.body.destroy();
-      throw new RegistryError('MANIFEST_INVALID', `manifest from upstream ${route.upstream} is ${declared} bytes; the limit is ${MAX_MANIFEST_BYTES}`);
-    }
-    const chunks: Buffer[] = [];
-    let total = 0;
-    for await (const c of res.body) {
-      total += (c as Buffer).length;
-      if (total > MAX_MANIFEST_BYTES) {
-        res.body.destroy();
-        throw new RegistryError('MANIFEST_INVALID', `manifest from upstream ${route.upstream} exceeds ${MAX_MANIFEST_BYTES} bytes`);
-      }
-      chunks.push(c as Buffer);
-    }
-    const bytes = Buffer.concat(chunks);
-    const digest = `sha256:${createHash('sha256').update(bytes).digest('hex')}` as Digest;
-    if (expected && digest !== expected) {
-      throw new RegistryError('UPSTREAM_ERROR', `upstream ${route.upstream} sent a manifest hashing to ${digest} for ${expected}`);
-    }
-    const headerDigest = header(res.headers, 'docker-content-digest');
-    if (!expected && headerDigest && headerDigest !== digest) {
-      throw new RegistryError('UPSTREAM_ERROR', `upstream ${route.upstream} sent a manifest hashing to ${digest} but labelled ${headerDigest}`);
-    }
-    const contentType = header(res.headers, 'content-type');
-    const parsed = parseManifest(bytes, contentType);
-    const mediaType = isManifestMediaType(bareMediaType(contentType)) ? bareMediaType(contentType) : parsed.mediaType;
+    const m = await withDeadline(client, this.ctx.config.manifestTimeout, `manifest ${route.repository}:${reference}`, async (signal) => {
+      const res = await client.manifest('GET', route.repository, reference, accept, signal);
+      return readManifest(res, route, reference, expected, signal);
+    });
+    const { digest, mediaType, bytes, parsed } = m;
     await this.ctx.store.putBytes(digest, bytes);
     const { index } = this.ctx;
     const children = [...parsed.manifests, ...parsed.blobs];
@@ -192,11 +173,10 @@ export class Manifests {
       index.addChildren(digest, children.map((c) => ({ digest: c.digest, size: c.size, mediaType: c.mediaType })));
       index.addRefs(route.upstream, route.repository, [digest, ...children.map((c) => c.digest)]);
     })();
-    if (!reference.includes(':')) this.rememberTag(route, reference, digest, mediaType, bytes.length);
+    if (!reference.includes(':')) {
+      const tag = { upstream: route.upstream, repository: route.repository, tag: reference, digest, mediaType, size: bytes.length };
+      index.putTag({ ...tag, accept: storageKey(accept, mediaType), checkedAt: Date.now() });
+    }
     return { digest, mediaType, size: bytes.length, ...(method === 'GET' ? { bytes } : {}), cached: false };
-  }
-
-  private rememberTag(route: Route, tag: string, digest: Digest, mediaType: string, size: number): void {
-    this.ctx.index.putTag({ upstream: route.upstream, repository: route.repository, tag, digest, mediaType, size, checkedAt: Date.now() });
   }
 }

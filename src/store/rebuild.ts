@@ -6,7 +6,7 @@ import { digestFromHex, type Digest } from '../oci/digest.ts';
 import { MAX_MANIFEST_BYTES, parseManifest } from '../oci/manifest.ts';
 import { isManifestMediaType } from '../oci/media-types.ts';
 import type { StoragePaths } from './paths.ts';
-import { StoreIndex, type TagRow } from './store-index.ts';
+import { StoreIndex, type TagInput } from './store-index.ts';
 
 export interface RebuildReport {
   movedAside?: string;
@@ -71,11 +71,13 @@ export async function rebuildIndex(paths: StoragePaths, o: { verify: boolean }):
       }
     }
     if (existsSync(paths.tagJournal)) {
-      const latest = new Map<string, Omit<TagRow, 'checkedAt'>>();
+      // One row per (upstream, repository, tag, negotiation); lines from before negotiation keys have
+      // no `accept` and are the tag's own content (src/oci/negotiation.ts).
+      const latest = new Map<string, Omit<TagInput, 'checkedAt'>>();
       for (const line of (await readFile(paths.tagJournal, 'utf8')).split('\n')) {
         try {
-          const t = JSON.parse(line) as Omit<TagRow, 'checkedAt'>;
-          latest.set(`${t.upstream}|${t.repository}|${t.tag}`, t);
+          const t = JSON.parse(line) as Omit<TagInput, 'checkedAt'>;
+          latest.set(`${t.upstream}|${t.repository}|${t.tag}|${t.accept ?? '*'}`, t);
         } catch {
           // a torn last line after a crash
         }

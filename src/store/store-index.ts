@@ -1,7 +1,10 @@
-import { appendFileSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { LRUCache } from 'lru-cache';
 import type { Digest } from '../oci/digest.ts';
+import { migrate } from './migrations.ts';
+import { TagTable, type TagInput, type TagRow } from './tag-table.ts';
+
+export type { TagInput, TagRow } from './tag-table.ts';
 
 export interface BlobRow {
   digest: Digest;
@@ -12,16 +15,6 @@ export interface BlobRow {
   accessedAt: number;
 }
 
-export interface TagRow {
-  upstream: string;
-  repository: string;
-  tag: string;
-  digest: Digest;
-  mediaType: string;
-  size: number;
-  checkedAt: number;
-}
-
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS blobs (
   digest TEXT PRIMARY KEY,
@@ -30,12 +23,9 @@ CREATE TABLE IF NOT EXISTS blobs (
   created_at INTEGER NOT NULL,
   accessed_at INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS tags (
-  upstream TEXT NOT NULL, repository TEXT NOT NULL, tag TEXT NOT NULL,
-  digest TEXT NOT NULL, media_type TEXT NOT NULL, size INTEGER NOT NULL, checked_at INTEGER NOT NULL,
-  PRIMARY KEY (upstream, repository, tag)
-);
--- which upstream repository referenced a digest: routes blob requests that carry neither ns nor prefix
+-- tags: src/store/migrations.ts creates and changes that table (src/store/tag-table.ts)
+-- which upstream repository referenced a digest: routes blob requests that carry neither ns nor prefix,
+-- and says which manifests' declared sizes count for a repository (descriptorSize)
 CREATE TABLE IF NOT EXISTS refs (
   digest TEXT NOT NULL, upstream TEXT NOT NULL, repository TEXT NOT NULL,
   PRIMARY KEY (digest, upstream, repository)
@@ -65,14 +55,14 @@ export class StoreIndex {
    * own writes update the caches; another process's (`berth rm` beside a running server) show within 1 s.
    */
   private readonly blobRows = new LRUCache<string, BlobRow | false>({ max: 20_000, ttl: 1000 });
-  private readonly tagRows = new LRUCache<string, TagRow | false>({ max: 20_000, ttl: 1000 });
+  readonly tags: TagTable;
   private readonly s;
 
   /**
    * `tagJournal`: an append-only file of tag changes (JSON lines), so that a rebuilt index gets its tags
    * back — blob files name themselves, tags exist nowhere else.
    */
-  constructor(file: string, private readonly tagJournal?: string) {
+  constructor(file: string, tagJournal?: string) {
     try {
       this.db = new Database(file, { timeout: 5000 });
       this.db.pragma('journal_mode = WAL');
@@ -81,9 +71,11 @@ export class StoreIndex {
       this.db.prepare('SELECT COUNT(*) FROM blobs').get();
       // Reading works under another process's lock; writing is what berth needs, so probe for it now.
       this.db.exec('BEGIN IMMEDIATE; ROLLBACK');
+      migrate(this.db);
     } catch (err) {
       throw indexError(file, err);
     }
+    this.tags = new TagTable(this.db, tagJournal);
     const p = (sql: string) => this.db.prepare(sql);
     this.s = {
       getBlob: p('SELECT digest, size, media_type AS mediaType, created_at AS createdAt, accessed_at AS accessedAt FROM blobs WHERE digest = ?'),
@@ -91,21 +83,14 @@ export class StoreIndex {
                   ON CONFLICT(digest) DO UPDATE SET size = excluded.size, media_type = COALESCE(excluded.media_type, blobs.media_type)`),
       deleteBlob: p('DELETE FROM blobs WHERE digest = ?'),
       touch: p('UPDATE blobs SET accessed_at = ? WHERE digest = ? AND accessed_at < ?'),
-      getTag: p('SELECT upstream, repository, tag, digest, media_type AS mediaType, size, checked_at AS checkedAt FROM tags WHERE upstream = ? AND repository = ? AND tag = ?'),
-      putTag: p(`INSERT INTO tags (upstream, repository, tag, digest, media_type, size, checked_at) VALUES (?, ?, ?, ?, ?, ?, ?)
-                 ON CONFLICT(upstream, repository, tag) DO UPDATE SET digest = excluded.digest, media_type = excluded.media_type,
-                 size = excluded.size, checked_at = excluded.checked_at`),
-      listTags: p('SELECT tag FROM tags WHERE upstream = ? AND repository = ? ORDER BY tag'),
       addRef: p('INSERT OR IGNORE INTO refs (digest, upstream, repository) VALUES (?, ?, ?)'),
-      refOf: p('SELECT upstream, repository FROM refs WHERE digest = ? LIMIT 1'),
+      refsOf: p('SELECT upstream, repository FROM refs WHERE digest = ?'),
       addChild: p('INSERT OR IGNORE INTO children (parent, child, size, media_type) VALUES (?, ?, ?, ?)'),
-      descriptorSize: p('SELECT size FROM children WHERE child = ? AND size >= 0 LIMIT 1'),
+      descriptorSize: p(`SELECT c.size FROM children c JOIN refs r ON r.digest = c.parent
+                         WHERE c.child = ? AND r.upstream = ? AND r.repository = ? AND c.size >= 0 LIMIT 1`),
       totalSize: p('SELECT COALESCE(SUM(size), 0) AS total, COUNT(*) AS count FROM blobs'),
       evictable: p(`SELECT digest, size FROM blobs WHERE digest NOT IN (SELECT digest FROM pins)
                     ORDER BY accessed_at ASC, created_at ASC LIMIT ?`),
-      allTags: p('SELECT upstream, repository, tag, digest, media_type AS mediaType, size, checked_at AS checkedAt FROM tags ORDER BY upstream, repository, tag'),
-      deleteTag: p('DELETE FROM tags WHERE upstream = ? AND repository = ? AND tag = ?'),
-      tagsOf: p('SELECT COUNT(*) AS n FROM tags WHERE digest = ?'),
       parentsOf: p('SELECT COUNT(*) AS n FROM children WHERE child = ?'),
       deleteChildren: p('DELETE FROM children WHERE parent = ?'),
       allDigests: p('SELECT digest FROM blobs'),
@@ -147,27 +132,26 @@ export class StoreIndex {
     for (const [d, t] of entries) if (this.pendingAccess.get(d) === t) this.pendingAccess.delete(d);
   }
 
+  /**
+   * One answer of a tag for callers that do not negotiate (`berth rm`, `ls`): the tag's own content when
+   * known, else the most recently checked answer. Clients go through tagRows and src/oci/negotiation.ts.
+   */
   getTag(upstream: string, repository: string, tag: string): TagRow | undefined {
-    const key = `${upstream}\n${repository}\n${tag}`;
-    const hit = this.tagRows.get(key);
-    if (hit !== undefined) return hit || undefined;
-    const row = this.s.getTag.get(upstream, repository, tag) as TagRow | undefined;
-    this.tagRows.set(key, row ?? false);
-    return row;
+    const rows = this.tags.rowsOf(upstream, repository, tag);
+    return rows.find((r) => r.accept === '*') ?? [...rows].sort((a, b) => b.checkedAt - a.checkedAt)[0];
   }
 
-  putTag(t: TagRow): void {
-    const before = this.tagJournal ? this.getTag(t.upstream, t.repository, t.tag) : undefined;
-    this.s.putTag.run(t.upstream, t.repository, t.tag, t.digest, t.mediaType, t.size, t.checkedAt);
-    this.tagRows.delete(`${t.upstream}\n${t.repository}\n${t.tag}`);
-    if (this.tagJournal && before?.digest !== t.digest) {
-      const { checkedAt: _c, ...entry } = t;
-      appendFileSync(this.tagJournal, `${JSON.stringify(entry)}\n`);
-    }
+  /** Every cached answer of a tag, one per negotiation. */
+  tagRows(upstream: string, repository: string, tag: string): TagRow[] {
+    return this.tags.rowsOf(upstream, repository, tag);
+  }
+
+  putTag(t: TagInput): void {
+    this.tags.put(t);
   }
 
   listTags(upstream: string, repository: string): string[] {
-    return (this.s.listTags.all(upstream, repository) as Array<{ tag: string }>).map((r) => r.tag);
+    return this.tags.list(upstream, repository);
   }
 
   /** Remembers that `repository` on `upstream` referenced these digests. */
@@ -177,8 +161,9 @@ export class StoreIndex {
     })();
   }
 
-  refOf(d: Digest): { upstream: string; repository: string } | undefined {
-    return this.s.refOf.get(d) as { upstream: string; repository: string } | undefined;
+  /** Every (upstream, repository) whose manifests referenced `d`. */
+  refsOf(d: Digest): Array<{ upstream: string; repository: string }> {
+    return this.s.refsOf.all(d) as Array<{ upstream: string; repository: string }>;
   }
 
   /** Every (upstream, repository) known to reference this digest (read-only; auth.rules checks digests with it). */
@@ -192,9 +177,12 @@ export class StoreIndex {
     })();
   }
 
-  /** The size a cached manifest declared for this digest, if any did. */
-  descriptorSize(d: Digest): number | undefined {
-    return (this.s.descriptorSize.get(d) as { size: number } | undefined)?.size;
+  /**
+   * The size that a cached manifest of this (upstream, repository) declared for `d`, if one did. Only the
+   * repository's own manifests count: any repository can declare any digest with any size.
+   */
+  descriptorSize(d: Digest, where: { upstream: string; repository: string }): number | undefined {
+    return (this.s.descriptorSize.get(d, where.upstream, where.repository) as { size: number } | undefined)?.size;
   }
 
   childrenOf(parent: Digest): Array<{ digest: Digest; size: number; mediaType: string }> {
@@ -211,18 +199,19 @@ export class StoreIndex {
     return this.s.evictable.all(limit) as Array<{ digest: Digest; size: number }>;
   }
 
+  /** Every tag row, every negotiation of each tag (gc walks them all). */
   allTags(): TagRow[] {
-    return this.s.allTags.all() as TagRow[];
+    return this.tags.all();
   }
 
+  /** Forgets a tag, every negotiation of it. */
   deleteTag(upstream: string, repository: string, tag: string): void {
-    this.s.deleteTag.run(upstream, repository, tag);
-    this.tagRows.delete(`${upstream}\n${repository}\n${tag}`);
+    this.tags.delete(upstream, repository, tag);
   }
 
   /** Whether any tag or cached manifest still points at `d`. */
   isReferenced(d: Digest): boolean {
-    return (this.s.tagsOf.get(d) as { n: number }).n > 0 || (this.s.parentsOf.get(d) as { n: number }).n > 0;
+    return this.tags.countOf(d) > 0 || (this.s.parentsOf.get(d) as { n: number }).n > 0;
   }
 
   /** Forgets a manifest's outgoing edges (when the manifest itself is removed). */

@@ -1,0 +1,46 @@
+import type Database from 'better-sqlite3';
+
+/**
+ * Schema changes of an existing berth.db, in order. `PRAGMA user_version` says how many have been applied;
+ * each step runs in its own transaction together with the version bump, so a crash leaves either the old
+ * schema or the new one. Steps are idempotent (they look at the schema, not only at the version), so an
+ * index written by a berth that had a step under another number still comes out right.
+ */
+const STEPS: Array<{ what: string; run: (db: Database.Database) => void }> = [
+  {
+    what: 'tags keyed by (upstream, repository, tag, negotiation)',
+    run(db) {
+      const columns = db.prepare("SELECT name FROM pragma_table_info('tags')").all() as Array<{ name: string }>;
+      if (columns.some((c) => c.name === 'accept')) return;
+      db.exec(`
+        CREATE TABLE tags_negotiated (
+          upstream TEXT NOT NULL, repository TEXT NOT NULL, tag TEXT NOT NULL,
+          accept TEXT NOT NULL DEFAULT '*',
+          digest TEXT NOT NULL, media_type TEXT NOT NULL, size INTEGER NOT NULL, checked_at INTEGER NOT NULL,
+          PRIMARY KEY (upstream, repository, tag, accept)
+        );
+      `);
+      if (columns.length > 0) {
+        // Rows of the old table were negotiated by whichever client came last: keep them as unnegotiated
+        // (served offline as before) but checked at 0, so that online the first client revalidates them.
+        db.exec(`INSERT INTO tags_negotiated (upstream, repository, tag, accept, digest, media_type, size, checked_at)
+                 SELECT upstream, repository, tag, '*', digest, media_type, size, 0 FROM tags;
+                 DROP TABLE tags;`);
+      }
+      db.exec('ALTER TABLE tags_negotiated RENAME TO tags; CREATE INDEX IF NOT EXISTS tags_digest ON tags(digest);');
+    },
+  },
+];
+
+export const SCHEMA_VERSION = STEPS.length;
+
+/** Brings the schema up to SCHEMA_VERSION. */
+export function migrate(db: Database.Database): void {
+  const current = Number(db.pragma('user_version', { simple: true }));
+  for (let v = current; v < STEPS.length; v++) {
+    db.transaction(() => {
+      STEPS[v]!.run(db);
+      db.pragma(`user_version = ${v + 1}`);
+    })();
+  }
+}
