@@ -63,7 +63,10 @@ export class BlobStore {
         const { bytesRead } = await fh.read(buf, 0, Math.min(READ_CHUNK, end + 1 - pos), pos);
         if (bytesRead === 0) throw new Error(`blob ${d} is shorter on disk than its index says`);
         await pending;
+        // The write can fail (the client reset) while the next read is in flight: mark it handled now,
+        // or the rejection is "unhandled" and ends the process; the `await pending` above still sees it.
         pending = write(buf.subarray(0, bytesRead));
+        pending.catch(() => undefined);
         pos += bytesRead;
       }
       await pending;
