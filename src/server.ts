@@ -47,7 +47,14 @@ export interface Berth {
 export async function createBerth(config: Readonly<Config>, log: Logger = pino({ level: config.log.level })): Promise<Berth> {
   installUndiciWorkaround(log);
   const paths = new StoragePaths(resolve(config.storage.path));
-  const store = new BlobStore(paths);
+  // onQuarantine runs only when a blob is served, after `index` below exists.
+  const store = new BlobStore(paths, {
+    verifyReads: config.storage.verifyReads,
+    onQuarantine: (d, movedTo) => {
+      index.deleteBlob(d);
+      log.error({ digest: d, movedTo }, 'cached blob does not hash to its digest: quarantined, it will be fetched again');
+    },
+  });
   await store.init();
   const index = new StoreIndex(paths.database, paths.tagJournal);
   const metrics = new Metrics();
