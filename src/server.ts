@@ -77,14 +77,14 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
     },
   });
   const pins = new Pins(index.db);
-  const quota = new Quota(index, store, config.storage.maxSize, log);
+  const quota = new Quota(index, store, config.storage.maxSize, log, { fillRunning: (d) => fills.get(d) !== undefined });
   const ctx: RegistryContext = { config, store, index, pins, quota, fills, upstreams, budget, metrics, log };
   await quota.enforce();
   const manifests = new Manifests(ctx);
   const blobs = new Blobs(ctx);
   const tags = new Tags(ctx);
   const walker = new ImageWalker(upstreams, manifests);
-  const prewarmer = new Prewarmer(walker, blobs, pins);
+  const prewarmer = new Prewarmer(walker, blobs, pins, quota, store);
   const deps = { upstreams, manifests, blobs, tags, metrics, log, prewarmer };
   const auth = config.auth && (config.auth.htpasswd || config.auth.tokensFile) ? new ClientAuth(config.auth) : undefined;
   const app = createApp(deps, { registry: true, admin: !config.admin, ...(auth ? { auth } : {}) });
