@@ -22,6 +22,8 @@ import { StoragePaths } from './store/paths.ts';
 import { StoreIndex } from './store/store-index.ts';
 import { Pins } from './store/pins.ts';
 import { Quota } from './store/quota.ts';
+import { StorageLock } from './store/lock.ts';
+import { prepareStorageDir } from './store/storage-dir.ts';
 import { BandwidthBudget } from './upstream/bandwidth.ts';
 import { installUndiciWorkaround } from './upstream/undici-workaround.ts';
 import { afterFill } from './memory.ts';
@@ -43,10 +45,20 @@ export interface Berth {
   close(): Promise<void>;
 }
 
+/** How a process opens the storage (see store/lock.ts and store/storage-dir.ts). */
+export interface OpenMode {
+  /** Take the exclusive storage lock as this command (`serve`, `import`…); false for read-only commands (`ls`). */
+  lock?: string | false;
+  /** Create a missing storage directory (serve), or refuse (operator commands). */
+  createStorage?: boolean;
+}
+
 /** The composition root: everything is built here from the validated config and passed in. */
-export async function createBerth(config: Readonly<Config>, log: Logger = pino({ level: config.log.level })): Promise<Berth> {
+export async function createBerth(config: Readonly<Config>, log: Logger = pino({ level: config.log.level }), mode: OpenMode = {}): Promise<Berth> {
   installUndiciWorkaround(log);
   const paths = new StoragePaths(resolve(config.storage.path));
+  await prepareStorageDir(paths, mode.createStorage ?? true, log);
+  const lock = mode.lock === false ? undefined : await StorageLock.acquire(paths, mode.lock ?? 'serve');
   // onQuarantine runs only when a blob is served, after `index` below exists.
   const store = new BlobStore(paths, {
     verifyReads: config.storage.verifyReads,
@@ -79,7 +91,8 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   const pins = new Pins(index.db);
   const quota = new Quota(index, store, config.storage.maxSize, log, { fillRunning: (d) => fills.get(d) !== undefined });
   const ctx: RegistryContext = { config, store, index, pins, quota, fills, upstreams, budget, metrics, log };
-  await quota.enforce();
+  // A read-only command (no lock) must not evict beside a running server.
+  if (lock) await quota.enforce();
   const manifests = new Manifests(ctx);
   const blobs = new Blobs(ctx);
   const tags = new Tags(ctx);
@@ -123,10 +136,14 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
       server.timeout = idle;
       const bound = await listenOn(server, config.listen);
       log.info({ address: bound.address, port: bound.port, tls: !!config.tls, storage: paths.root, upstreams: upstreams.clients.map((c) => `${c.host}=${c.base.origin}`), offline: config.offline }, 'berth listening');
+      const url = (a: AddressInfo, tls: boolean) =>
+        `${tls ? 'https' : 'http'}://${a.address === '::' || a.address === '0.0.0.0' ? '127.0.0.1' : a.address.includes(':') ? `[${a.address}]` : a.address}:${a.port}`;
+      await lock?.setUrl(url(bound, !!config.tls));
       if (!adminApp || !config.admin) return bound;
       adminServer = createServer(adminApp.callback());
       const admin = await listenOn(adminServer, config.admin.listen);
       log.info({ address: admin.address, port: admin.port }, 'admin listener (metrics, health, prewarm)');
+      await lock?.setUrl(url(bound, !!config.tls), url(admin, false));
       return { ...bound, admin };
     },
     reloadTls() {
@@ -144,6 +161,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
       for (const f of fills.all()) f.fail(new Error('berth is shutting down'));
       await upstreams.close();
       index.close();
+      await lock?.release();
     },
   };
 }

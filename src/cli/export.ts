@@ -22,7 +22,7 @@ export function exportCommand(program: Command): void {
     run(async (opts, args) => {
       const refs = collectReferences(opts.file as string | undefined, args as string[]);
       const platforms = parsePlatforms(typeof opts.platform === 'string' ? opts.platform : undefined);
-      const berth = await openBerth(opts);
+      const berth = await openBerth(opts, { lock: 'export', createStorage: true });
       const progress = createProgress();
       const failed: string[] = [];
       try {

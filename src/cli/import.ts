@@ -15,7 +15,7 @@ export function importCommand(program: Command): void {
   ).action(
     run(async (opts, args) => {
       const sources = args as string[];
-      const berth = await openBerth(opts);
+      const berth = await openBerth(opts, { lock: 'import', createStorage: true });
       const progress = createProgress();
       let failed = 0;
       try {

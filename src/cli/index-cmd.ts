@@ -1,5 +1,6 @@
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
+import { StorageLock } from '../store/lock.ts';
 import { StoragePaths } from '../store/paths.ts';
 import { rebuildIndex } from '../store/rebuild.ts';
 import { configFrom, run, withConfigOptions } from './common.ts';
@@ -14,7 +15,14 @@ export function indexCommand(program: Command): void {
   ).action(
     run(async (opts) => {
       const config = configFrom(opts);
-      const r = await rebuildIndex(new StoragePaths(resolve(config.storage.path)), { verify: opts.verify === true });
+      const paths = new StoragePaths(resolve(config.storage.path));
+      const lock = await StorageLock.acquire(paths, 'index rebuild');
+      let r;
+      try {
+        r = await rebuildIndex(paths, { verify: opts.verify === true });
+      } finally {
+        await lock.release();
+      }
       if (r.movedAside) process.stdout.write(`old index moved to ${r.movedAside}\n`);
       process.stdout.write(`indexed ${r.blobs} blobs (${r.manifests} manifests), restored ${r.tags} tags${r.removed.length ? `, removed ${r.removed.length} corrupt files` : ''}\n`);
     }),

@@ -3,12 +3,13 @@ import { formatBytes, parseDuration } from '../config/units.ts';
 import { formatImageReference, parseImageReference } from '../oci/image-reference.ts';
 import type { Digest } from '../oci/digest.ts';
 import { collectGarbage } from '../store/gc.ts';
-import type { Berth } from '../server.ts';
+import type { Berth, OpenMode } from '../server.ts';
 import { run, withConfigOptions } from './common.ts';
 import { openBerth } from './open.ts';
+import { runningServer, viaServer } from './prewarm.ts';
 
-async function withBerth<T>(opts: Record<string, unknown>, body: (b: Berth) => Promise<T>): Promise<T> {
-  const berth = await openBerth(opts);
+async function withBerth<T>(opts: Record<string, unknown>, mode: OpenMode, body: (b: Berth) => Promise<T>): Promise<T> {
+  const berth = await openBerth(opts, mode);
   try {
     return await body(berth);
   } finally {
@@ -31,7 +32,8 @@ function closure(berth: Berth, root: Digest): Digest[] {
 export function maintenanceCommands(program: Command): void {
   withConfigOptions(program.command('ls').description('list cached repositories and tags').option('--json', 'machine-readable output')).action(
     run(async (opts) =>
-      withBerth(opts, async (berth) => {
+      // Read-only: runs beside a running server.
+      withBerth(opts, { lock: false, createStorage: false }, async (berth) => {
         const { index, pins } = berth.ctx;
         index.flushAccess();
         const pinned = new Set(pins.references());
@@ -72,7 +74,7 @@ export function maintenanceCommands(program: Command): void {
       .option('--min-age <duration>', 'leave partial downloads younger than this (a running server may own them)', '1h'),
   ).action(
     run(async (opts) =>
-      withBerth(opts, async (berth) => {
+      withBerth(opts, opts.dryRun === true ? { lock: false, createStorage: false } : { lock: 'gc', createStorage: false }, async (berth) => {
         const minAgeMs = parseDuration(String(opts.minAge));
         if (minAgeMs === undefined) throw new Error(`--min-age: "${String(opts.minAge)}" is not a duration`);
         const r = await collectGarbage(berth.ctx.index, berth.ctx.pins, berth.ctx.store, { dryRun: opts.dryRun === true, minAgeMs });
@@ -83,18 +85,26 @@ export function maintenanceCommands(program: Command): void {
   );
 
   withConfigOptions(program.command('pin').description('keep an image in the cache whatever the quota').argument('<ref>')).action(
-    run(async (opts, ref) =>
-      withBerth(opts, async (berth) => {
+    run(async (opts, ref) => {
+      // Beside a running server, pinning is a prewarm through it (which also fetches what is missing).
+      const server = await runningServer(opts);
+      if (server !== undefined) {
+        const summary = await viaServer(server, [ref as string], undefined, true, () => {});
+        for (const name of summary?.ok ?? []) process.stdout.write(`pinned ${name} (through the running berth at ${server})\n`);
+        for (const f of summary?.failed ?? []) process.stdout.write(`FAILED ${f.ref}: ${f.message}\n`);
+        return summary && summary.failed.length === 0 ? 0 : 1;
+      }
+      return withBerth(opts, { lock: 'pin', createStorage: false }, async (berth) => {
         const img = await berth.walker.walk(ref as string, undefined);
         berth.ctx.pins.pin(img.name, [...img.manifests.map((m) => m.digest), ...img.blobs.map((b) => b.digest)]);
         process.stdout.write(`pinned ${img.name} (${img.manifests.length + img.blobs.length} digests)\n`);
-      }),
-    ),
+      });
+    }),
   );
 
   withConfigOptions(program.command('unpin').description('let an image be evicted again').argument('<ref>')).action(
     run(async (opts, ref) =>
-      withBerth(opts, async (berth) => {
+      withBerth(opts, { lock: 'unpin', createStorage: false }, async (berth) => {
         const name = formatImageReference(parseImageReference(ref as string, berth.ctx.upstreams.defaultHost));
         const n = berth.ctx.pins.unpin(name);
         process.stdout.write(n > 0 ? `unpinned ${name}\n` : `${name} was not pinned\n`);
@@ -105,7 +115,7 @@ export function maintenanceCommands(program: Command): void {
 
   withConfigOptions(program.command('rm').description('remove an image (its tag, and content nothing else uses)').argument('<ref>')).action(
     run(async (opts, refText) =>
-      withBerth(opts, async (berth) => {
+      withBerth(opts, { lock: 'rm', createStorage: false }, async (berth) => {
         const { index, pins, store, upstreams } = berth.ctx;
         const ref = parseImageReference(refText as string, upstreams.defaultHost);
         const name = formatImageReference(ref);

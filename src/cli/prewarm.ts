@@ -3,7 +3,10 @@ import { request } from 'undici';
 import { formatBytes } from '../config/units.ts';
 import { parsePlatforms } from '../oci/platform.ts';
 import type { PrewarmEvent } from '../registry/prewarm.ts';
-import { run, withConfigOptions } from './common.ts';
+import { resolve } from 'node:path';
+import { StoragePaths } from '../store/paths.ts';
+import { lockHolder, StorageLockedError } from '../store/lock.ts';
+import { configFrom, run, withConfigOptions } from './common.ts';
 import { openBerth } from './open.ts';
 import { createProgress, showPrewarmEvent } from './progress.ts';
 import { collectReferences } from './references.ts';
@@ -26,10 +29,11 @@ export function prewarmCommand(program: Command): void {
       const progress = createProgress();
       const onEvent = (e: PrewarmEvent) => showPrewarmEvent(progress, e);
       let summary: (PrewarmEvent & { type: 'summary' }) | undefined;
-      if (typeof opts.server === 'string') {
-        summary = await viaServer(opts.server, refs, platforms, opts.pin !== false, onEvent);
+      const server = typeof opts.server === 'string' ? opts.server : await runningServer(opts);
+      if (server !== undefined) {
+        summary = await viaServer(server, refs, platforms, opts.pin !== false, onEvent);
       } else {
-        const berth = await openBerth(opts);
+        const berth = await openBerth(opts, { lock: 'prewarm', createStorage: true });
         try {
           summary = await berth.prewarmer.run(refs, parsePlatforms(platforms), onEvent, { pin: opts.pin !== false });
         } finally {
@@ -45,7 +49,21 @@ export function prewarmCommand(program: Command): void {
   );
 }
 
-async function viaServer(server: string, refs: string[], platforms: string | undefined, pin: boolean, onEvent: (e: PrewarmEvent) => void) {
+/**
+ * The running `berth serve` that holds this storage, if any: prewarm then goes through it (its fills,
+ * its quota), exactly as with --server, instead of writing the storage beside it.
+ */
+export async function runningServer(opts: Record<string, unknown>): Promise<string | undefined> {
+  const root = resolve(configFrom(opts).storage.path);
+  const holder = await lockHolder(new StoragePaths(root));
+  if (!holder) return undefined;
+  const url = holder.adminUrl ?? holder.url;
+  if (holder.command !== 'serve' || url === undefined) throw new StorageLockedError(root, holder);
+  process.stderr.write(`${new Date().toISOString()} storage ${root} is served by berth (pid ${holder.pid}): going through it at ${url}\n`);
+  return url;
+}
+
+export async function viaServer(server: string, refs: string[], platforms: string | undefined, pin: boolean, onEvent: (e: PrewarmEvent) => void) {
   const res = await request(new URL('/_berth/prewarm', server), {
     method: 'POST',
     headers: { 'content-type': 'application/json' },

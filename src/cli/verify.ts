@@ -14,7 +14,7 @@ export function verifyCommand(program: Command): void {
       .option('--repair', 'move bad blobs to storage/quarantine/ and forget them, so the next pull fetches them again'),
   ).action(
     run(async (opts) => {
-      const berth = await openBerth(opts);
+      const berth = await openBerth(opts, opts.repair === true ? { lock: 'verify', createStorage: false } : { lock: false, createStorage: false });
       const progress = createProgress();
       let started = false;
       try {
