@@ -256,17 +256,20 @@ describe('a cache that stays within its size and the operator commands that look
 
   test('berth hosts writes hosts.toml files containerd pulls through, and the daemon.json mirror entry', async () => {
     const out = path.join(work, 'certs.d');
-    const r = await cli(['hosts', '--url', b.url, '--out', out]);
+    const daemonFile = path.join(work, 'daemon.json');
+    const r = await cli(['hosts', '--url', b.url, '--out', out, '--docker', daemonFile]);
     assert.equal(r.code, 0, r.what);
     const hub = await readFile(path.join(out, 'docker.io', 'hosts.toml'), 'utf8');
     const quay = await readFile(path.join(out, 'quay.io', 'hosts.toml'), 'utf8');
-    assert.match(hub, /^server = "https:\/\/registry-1\.docker\.io"$/m, hub);
+    // The fallback is the upstream berth is configured with, for docker.io as for any other (issue #8 item 17).
+    assert.match(hub, new RegExp(`^server = "${up.url}"$`, 'm'), hub);
     assert.match(quay, new RegExp(`^server = "${up.url}"$`, 'm'), quay);
     for (const toml of [hub, quay]) {
       assert.ok(toml.includes(`[host."${b.url}"]`), toml);
       assert.match(toml, /capabilities = \["pull", "resolve"\]/);
     }
-    const daemon = JSON.parse(await readFile(path.join(out, 'daemon.json'), 'utf8')) as Record<string, unknown>;
+    assert.ok(!existsSync(path.join(out, 'daemon.json')), "docker's daemon.json does not belong in containerd's certs.d");
+    const daemon = JSON.parse(await readFile(daemonFile, 'utf8')) as Record<string, unknown>;
     assert.deepEqual(daemon['registry-mirrors'], [b.url]);
     assert.deepEqual(daemon['insecure-registries'], [b.host]);
 

@@ -16,11 +16,12 @@ export function exportCommand(program: Command): void {
       .description('write images as an OCI image layout archive for the two-step copy to an isolated site')
       .argument('[refs...]', 'image references, e.g. registry.k8s.io/pause:3.9')
       .option('-f, --file <file>', 'image list (as for prewarm)')
+      .option('--skip-bad-lines', 'go on when lines of the image list hold no reference (each is still named)')
       .requiredOption('-o, --output <file>', 'the archive to write, e.g. bundle.tar')
       .option('--platform <list>', 'platforms to include from an index (default: all)'),
   ).action(
     run(async (opts, args) => {
-      const refs = collectReferences(opts.file as string | undefined, args as string[]);
+      const refs = collectReferences(opts.file as string | undefined, args as string[], opts.skipBadLines === true);
       const platforms = parsePlatforms(typeof opts.platform === 'string' ? opts.platform : undefined);
       const berth = await openBerth(opts, { lock: 'export', createStorage: true });
       const progress = createProgress();

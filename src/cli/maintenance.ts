@@ -3,6 +3,7 @@ import { formatBytes, parseDuration } from '../config/units.ts';
 import { formatImageReference, parseImageReference } from '../oci/image-reference.ts';
 import type { Digest } from '../oci/digest.ts';
 import { collectGarbage } from '../store/gc.ts';
+import { imageClosure } from '../store/pins.ts';
 import type { Berth, OpenMode } from '../server.ts';
 import { run, withConfigOptions } from './common.ts';
 import { openBerth } from './open.ts';
@@ -17,18 +18,6 @@ async function withBerth<T>(opts: Record<string, unknown>, mode: OpenMode, body:
   }
 }
 
-/** Every digest an image needs, as far as the index knows: the manifest and its children, recursively. */
-function closure(berth: Berth, root: Digest): Digest[] {
-  const out = new Set<Digest>();
-  const queue = [root];
-  for (let d = queue.pop(); d; d = queue.pop()) {
-    if (out.has(d)) continue;
-    out.add(d);
-    for (const c of berth.ctx.index.childrenOf(d)) queue.push(c.digest);
-  }
-  return [...out];
-}
-
 export function maintenanceCommands(program: Command): void {
   withConfigOptions(program.command('ls').description('list cached repositories and tags').option('--json', 'machine-readable output')).action(
     run(async (opts) =>
@@ -39,7 +28,7 @@ export function maintenanceCommands(program: Command): void {
         const pinned = new Set(pins.references());
         const rows = index.allTags().map((t) => {
           const name = `${t.upstream}/${t.repository}:${t.tag}`;
-          const digests = closure(berth, t.digest);
+          const digests = imageClosure(index, t.digest);
           const cached = digests.map((d) => index.getBlob(d)).filter((r) => r !== undefined);
           const manifest = index.getBlob(t.digest);
           return {
@@ -113,7 +102,7 @@ export function maintenanceCommands(program: Command): void {
     ),
   );
 
-  withConfigOptions(program.command('rm').description('remove an image (its tag, and content nothing else uses)').argument('<ref>')).action(
+  withConfigOptions(program.command('rm').description('remove an image (its tag, and content nothing else uses)').argument('<ref>').option('--force', 'remove it even when it is pinned')).action(
     run(async (opts, refText) =>
       withBerth(opts, { lock: 'rm', createStorage: false }, async (berth) => {
         const { index, pins, store, upstreams } = berth.ctx;
@@ -123,6 +112,10 @@ export function maintenanceCommands(program: Command): void {
         const tag = ref.tag ? index.getTag(upstream, ref.repository, ref.tag) : undefined;
         const root = ref.digest ?? tag?.digest;
         if (!root) throw new Error(`${name} is not cached`);
+        // A pin is an operator's promise that the image stays: breaking it takes saying so.
+        if (opts.force !== true && (pins.references().includes(name) || (ref.digest !== undefined && pins.isPinned(root)))) {
+          throw new Error(`${name} is pinned: \`berth unpin ${name}\` first, or \`berth rm --force ${name}\``);
+        }
         if (ref.tag) index.deleteTag(upstream, ref.repository, ref.tag);
         pins.unpin(name);
         let removed = 0;

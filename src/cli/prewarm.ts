@@ -18,12 +18,13 @@ export function prewarmCommand(program: Command): void {
       .description('fetch images into the cache ahead of need (at background priority) and pin them')
       .argument('[refs...]', 'image references, e.g. registry.k8s.io/pause:3.9')
       .option('-f, --file <file>', 'image list: kubeadm/clusterctl output, helm "image:" lines, one per line (- for stdin)')
+      .option('--skip-bad-lines', 'go on when lines of the image list hold no reference (each is still named)')
       .option('--platform <list>', 'platforms to fetch from an index, e.g. linux/amd64,linux/arm64 (default: all)')
       .option('--server <url>', 'ask this running berth to do it (its own fills), e.g. http://127.0.0.1:5000')
       .option('--no-pin', 'do not pin the prewarmed images'),
   ).action(
     run(async (opts, args) => {
-      const refs = collectReferences(opts.file as string | undefined, args as string[]);
+      const refs = collectReferences(opts.file as string | undefined, args as string[], opts.skipBadLines === true);
       const platforms = typeof opts.platform === 'string' ? opts.platform : undefined;
       parsePlatforms(platforms);
       const progress = createProgress();
