@@ -26,11 +26,14 @@ export function exportCommand(program: Command): void {
       const berth = await openBerth(opts, { lock: 'export', createStorage: true });
       const progress = createProgress();
       const failed: string[] = [];
+      // What is fetched for the bundle must still be there when the bundle is written: held against the quota.
+      const holds: Array<() => void> = [];
       try {
         const images: WalkedImage[] = [];
         for (const ref of refs) {
           try {
             const img = await berth.walker.walk(ref, platforms);
+            holds.push(berth.ctx.quota.protect([...img.manifests.map((m) => m.digest), ...img.blobs.map((b) => b.digest)]));
             // Anything not cached yet is fetched on the way, as prewarm would (without pinning).
             await berth.prewarmer.warm(img, (e) => showPrewarmEvent(progress, e));
             progress.finish(img.name, true);
@@ -48,6 +51,7 @@ export function exportCommand(program: Command): void {
         for (const f of failed) process.stdout.write(`FAILED ${f}\n`);
         return failed.length > 0 ? 1 : 0;
       } finally {
+        for (const release of holds) release();
         progress.stop();
         await berth.close();
       }
