@@ -86,6 +86,8 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
       metrics.fillsActive.dec();
       afterFill(fill.extents.bytes);
       if (!ok) metrics.fillsFailed.inc();
+      // `quota` is built below; a fill cannot end before then.
+      if (!ok && (fill.error as NodeJS.ErrnoException | undefined)?.code === 'ENOSPC') void quota.diskFull().catch((err: Error) => log.error({ err }, 'could not free space'));
     },
   });
   const pins = new Pins(index.db);

@@ -19,6 +19,11 @@ import { waitUntil } from './support/links.ts';
 import { committedPath } from './support/storage.ts';
 import { describeRun, lsJson, runBerth, storedDigests, writeCliConfig } from './support/berth-cli.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
+import { unmountUnder } from './support/mounts.ts';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+
+const exec = promisify(execFile);
 import { ConfigSchema } from '../src/config/schema.ts';
 import { createBerth, type Berth } from '../src/server.ts';
 
@@ -155,6 +160,36 @@ describe('partial downloads and the quota', () => {
       assert.ok(existsSync(layerFile), 'the layer just pulled was kept');
     } finally {
       await berth.close();
+    }
+  });
+
+  test('no maxSize, a full disk: the stale partials go, and the pull that hit ENOSPC succeeds when tried again', async () => {
+    const mnt = path.join(work, 'small-fs');
+    await mkdir(mnt);
+    await exec('mount', ['-t', 'tmpfs', '-o', 'size=20m', 'tmpfs', mnt]);
+    try {
+      const storage = path.join(mnt, 'storage');
+      await mkdir(path.join(storage, 'ingest'), { recursive: true });
+      const staleData = path.join(storage, 'ingest', `${randomBytes(32).toString('hex')}.data`);
+      await writeFile(staleData, randomBytes(14 * MiB));
+      const config = ConfigSchema.parse({ listen: '127.0.0.1:0', storage: { path: storage }, retries: { attempts: 1, backoff: '10ms' }, upstreams: [{ host: 'docker.io', url: up.url }] });
+      const berth = await createBerth({ ...config, defaultUpstream: 'docker.io' }, pino({ level: 'silent' }));
+      try {
+        const base = `http://127.0.0.1:${(await berth.listen()).port}`;
+        const layer = img.layers[0]!;
+        const first = await fetchOutcome(base, `/v2/lab/ingest/blobs/${layer.digest}`);
+        assert.ok(!(first.complete && first.status === 200 && first.body.length !== layer.size), 'never a clean short body');
+        await waitUntil('the stale partial to be removed', () => !existsSync(staleData), 15_000, 100);
+        const again = await waitUntil('a pull to succeed once space was freed', async () => {
+          const r = await fetchOutcome(base, `/v2/lab/ingest/blobs/${layer.digest}`);
+          return r.complete && r.status === 200 ? r : undefined;
+        }, 15_000, 200);
+        assert.equal(again.body.length, layer.size);
+      } finally {
+        await berth.close();
+      }
+    } finally {
+      await unmountUnder(mnt);
     }
   });
 });

@@ -81,6 +81,24 @@ export class Quota {
     return this.running;
   }
 
+  /**
+   * The disk filled up (a fill failed with ENOSPC): with or without maxSize, the partial downloads no
+   * running fill owns are the first thing to give back, then the usual pass runs.
+   */
+  async diskFull(): Promise<number> {
+    let freed = 0;
+    let removed = 0;
+    for (const p of await this.partials()) {
+      if (this.opts.fillRunning?.(p.digest)) continue;
+      for (const f of p.files) await rm(f, { force: true });
+      freed += p.bytes;
+      removed++;
+    }
+    this.log.warn({ partials: removed, freed }, 'storage full: removed partial downloads no fill owns');
+    await this.enforce();
+    return freed;
+  }
+
   /** Bytes under ingest/, by partial download (data and checkpoint files together). */
   private async partials(): Promise<Partial[]> {
     const byDigest = new Map<Digest, Partial>();
