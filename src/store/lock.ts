@@ -86,6 +86,10 @@ export class StorageLock {
         const fh = await open(paths.lock, 'wx');
         try {
           await fh.writeFile(`${JSON.stringify(info)}\n`);
+        } catch (err) {
+          // A full disk may take the file but not its content: berth still starts (it must serve what
+          // it has); the empty file names no holder, so it protects nothing until space returns.
+          if ((err as NodeJS.ErrnoException).code !== 'ENOSPC') throw err;
         } finally {
           await fh.close();
         }
@@ -108,8 +112,13 @@ export class StorageLock {
   async setUrl(url: string, adminUrl?: string): Promise<void> {
     this.info = { ...this.info, url, ...(adminUrl ? { adminUrl } : {}) };
     const tmp = `${this.paths.lock}.${process.pid}.tmp`;
-    await writeFile(tmp, `${JSON.stringify(this.info)}\n`);
-    await rename(tmp, this.paths.lock);
+    try {
+      await writeFile(tmp, `${JSON.stringify(this.info)}\n`);
+      await rename(tmp, this.paths.lock);
+    } catch {
+      // Best effort (a full disk): the lock still holds; commands then refuse instead of going through.
+      await unlink(tmp).catch(() => undefined);
+    }
   }
 
   /** Removes the lock file, if it is still ours. */
