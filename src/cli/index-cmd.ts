@@ -3,7 +3,9 @@ import type { Command } from 'commander';
 import { StorageLock } from '../store/lock.ts';
 import { StoragePaths } from '../store/paths.ts';
 import { rebuildIndex } from '../store/rebuild.ts';
+import { existsSync } from 'node:fs';
 import { configFrom, run, withConfigOptions } from './common.ts';
+import { announceStorage } from './open.ts';
 
 export function indexCommand(program: Command): void {
   const index = program.command('index').description('maintain the SQLite index of the storage directory');
@@ -16,6 +18,8 @@ export function indexCommand(program: Command): void {
     run(async (opts) => {
       const config = configFrom(opts);
       const paths = new StoragePaths(resolve(config.storage.path));
+      announceStorage(opts, config);
+      if (!existsSync(paths.root)) throw new Error(`storage directory ${paths.root} does not exist (relative paths are from the current directory; set it with --storage, BERTH_STORAGE or storage.path)`);
       const lock = await StorageLock.acquire(paths, 'index rebuild');
       let r;
       try {
