@@ -6,6 +6,7 @@ import { importCommand } from './cli/import.ts';
 import { maintenanceCommands } from './cli/maintenance.ts';
 import { hostsCommand } from './cli/hosts.ts';
 import { indexCommand } from './cli/index-cmd.ts';
+import { verifyCommand } from './cli/verify.ts';
 
 /** berth's command line: `berth serve` and the operator commands, all with the same config options. */
 const program = new Command('berth')
@@ -22,5 +23,6 @@ importCommand(program);
 maintenanceCommands(program);
 hostsCommand(program);
 indexCommand(program);
+verifyCommand(program);
 
 await program.parseAsync(process.argv);

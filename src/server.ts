@@ -22,6 +22,8 @@ import { StoragePaths } from './store/paths.ts';
 import { StoreIndex } from './store/store-index.ts';
 import { Pins } from './store/pins.ts';
 import { Quota } from './store/quota.ts';
+import { StorageLock } from './store/lock.ts';
+import { prepareStorageDir } from './store/storage-dir.ts';
 import { BandwidthBudget } from './upstream/bandwidth.ts';
 import { installUndiciWorkaround } from './upstream/undici-workaround.ts';
 import { FillMemory } from './memory.ts';
@@ -44,11 +46,28 @@ export interface Berth {
   close(): Promise<void>;
 }
 
+/** How a process opens the storage (see store/lock.ts and store/storage-dir.ts). */
+export interface OpenMode {
+  /** Take the exclusive storage lock as this command (`serve`, `import`…); false for read-only commands (`ls`). */
+  lock?: string | false;
+  /** Create a missing storage directory (serve), or refuse (operator commands). */
+  createStorage?: boolean;
+}
+
 /** The composition root: everything is built here from the validated config and passed in. */
-export async function createBerth(config: Readonly<Config>, log: Logger = pino({ level: config.log.level })): Promise<Berth> {
+export async function createBerth(config: Readonly<Config>, log: Logger = pino({ level: config.log.level }), mode: OpenMode = {}): Promise<Berth> {
   installUndiciWorkaround(log);
   const paths = new StoragePaths(resolve(config.storage.path));
-  const store = new BlobStore(paths);
+  await prepareStorageDir(paths, mode.createStorage ?? true, log);
+  const lock = mode.lock === false ? undefined : await StorageLock.acquire(paths, mode.lock ?? 'serve');
+  // onQuarantine runs only when a blob is served, after `index` below exists.
+  const store = new BlobStore(paths, {
+    verifyReads: config.storage.verifyReads,
+    onQuarantine: (d, movedTo) => {
+      index.deleteBlob(d);
+      log.error({ digest: d, movedTo }, 'cached blob does not hash to its digest: quarantined, it will be fetched again');
+    },
+  });
   await store.init();
   const index = new StoreIndex(paths.database, paths.tagJournal);
   const metrics = new Metrics();
@@ -76,24 +95,30 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
       metrics.fillsActive.dec();
       memory.afterFill(fill.extents.bytes);
       if (!ok) metrics.fillsFailed.inc();
+      // `quota` is built below; a fill cannot end before then.
+      if (!ok && (fill.error as NodeJS.ErrnoException | undefined)?.code === 'ENOSPC') void quota.diskFull().catch((err: Error) => log.error({ err }, 'could not free space'));
     },
   });
   const pins = new Pins(index.db);
-  const quota = new Quota(index, store, config.storage.maxSize, log, (evicted, freed) => {
-    metrics.evictions.inc(evicted);
-    metrics.evictedBytes.inc(freed);
+  const quota = new Quota(index, store, config.storage.maxSize, log, {
+    fillRunning: (d) => fills.get(d) !== undefined,
+    onEvicted: (evicted, freed) => {
+      metrics.evictions.inc(evicted);
+      metrics.evictedBytes.inc(freed);
+    },
   });
   metrics.storageSource = async () => {
     const { total, count } = index.totals();
     return { bytes: total, blobs: count, quota: await quota.limit() };
   };
   const ctx: RegistryContext = { config, store, index, pins, quota, fills, upstreams, budget, metrics, log };
-  await quota.enforce();
+  // A read-only command (no lock) must not evict beside a running server.
+  if (lock) await quota.enforce();
   const manifests = new Manifests(ctx);
   const blobs = new Blobs(ctx);
   const tags = new Tags(ctx);
   const walker = new ImageWalker(upstreams, manifests);
-  const prewarmer = new Prewarmer(walker, blobs, pins);
+  const prewarmer = new Prewarmer(walker, blobs, pins, quota, store);
   const readiness = new Readiness(index.db, paths.tmp, upstreams.clients, config.offline);
   const deps = { upstreams, manifests, blobs, tags, metrics, log, prewarmer, readiness, index, maxPrewarmReferences: config.admin.maxPrewarmReferences };
   const a = config.auth;
@@ -136,10 +161,14 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
       server.timeout = idle;
       const bound = await listenOn(server, config.listen);
       log.info({ address: bound.address, port: bound.port, tls: !!config.tls, storage: paths.root, upstreams: upstreams.clients.map((c) => `${c.host}=${c.base.origin}`), offline: config.offline }, 'berth listening');
+      const url = (a: AddressInfo, tls: boolean) =>
+        `${tls ? 'https' : 'http'}://${a.address === '::' || a.address === '0.0.0.0' ? '127.0.0.1' : a.address.includes(':') ? `[${a.address}]` : a.address}:${a.port}`;
+      await lock?.setUrl(url(bound, !!config.tls));
       if (!adminApp || !config.admin.listen) return bound;
       adminServer = createServer(adminApp.callback());
       const admin = await listenOn(adminServer, config.admin.listen);
       log.info({ address: admin.address, port: admin.port }, 'admin listener (metrics, health, prewarm)');
+      await lock?.setUrl(url(bound, !!config.tls), url(admin, false));
       return { ...bound, admin };
     },
     reloadTls() {
@@ -158,6 +187,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
       for (const f of fills.all()) f.fail(new Error('berth is shutting down'));
       await upstreams.close();
       index.close();
+      await lock?.release();
     },
   };
 }

@@ -15,7 +15,8 @@ import { importSkopeoDirs } from './import-dirs.ts';
 
 export interface ImportResult {
   images: Array<{ name: string; digest: string }>;
-  skipped: Array<{ name: string; reason: string }>;
+  /** `incomplete`: the bundle names the image but lacks its manifest (the import failed for it). */
+  skipped: Array<{ name: string; reason: string; incomplete?: true }>;
   blobs: number;
   added: number;
   bytes: number;
@@ -53,6 +54,8 @@ export async function importBundle(ctx: RegistryContext, source: string, onBytes
       const d = pending.shift()!;
       if (done.has(d)) continue;
       done.add(d);
+      // A blob the layout lacks is not fatal to the others: register() names the images it leaves incomplete.
+      if (!existsSync(join(source, blobEntryName(d)))) continue;
       await putVerified(ctx, d, createReadStream(join(source, blobEntryName(d))), counts, onBytes);
       const bytes = await ctx.store.readBytes(d);
       const m = bytes && tryManifest(bytes);
@@ -161,7 +164,12 @@ export function register(ctx: RegistryContext, entries: IndexEntry[]): { images:
     const upstream = ctx.upstreams.get(ref.host)?.host ?? ref.host;
     const root = indexManifest(ctx, e.digest, e.mediaType, upstream, ref.repository);
     if (!root) {
-      skipped.push({ name: full, reason: `manifest ${e.digest} is missing from the bundle` });
+      skipped.push({ name: full, reason: `manifest ${e.digest} is missing from the bundle`, incomplete: true });
+      continue;
+    }
+    const absent = closureOf(ctx, e.digest).filter((d) => !ctx.index.getBlob(d));
+    if (absent.length > 0) {
+      skipped.push({ name: full, reason: `${absent.length} of its blobs are missing from the bundle (${absent.slice(0, 3).join(', ')}${absent.length > 3 ? ', …' : ''}): not tagged`, incomplete: true });
       continue;
     }
     if (ref.tag) ctx.index.putTag({ upstream, repository: ref.repository, tag: ref.tag, digest: e.digest, mediaType: root.mediaType, size: root.size, checkedAt: Date.now() });
@@ -169,6 +177,18 @@ export function register(ctx: RegistryContext, entries: IndexEntry[]): { images:
     if (!ctx.upstreams.get(ref.host)) skipped.push({ name: full, reason: `registry ${ref.host} is not a configured upstream: imported, but not routable until it is added` });
   }
   return { images, skipped };
+}
+
+/** The digests an image needs, by the children the index now records for it. */
+function closureOf(ctx: RegistryContext, root: Digest): Digest[] {
+  const out = new Set<Digest>();
+  const queue = [root];
+  for (let d = queue.pop(); d; d = queue.pop()) {
+    if (out.has(d)) continue;
+    out.add(d);
+    for (const c of ctx.index.childrenOf(d)) queue.push(c.digest);
+  }
+  return [...out];
 }
 
 /** Marks a stored blob as a manifest (media type, children, references), recursing into index children. */

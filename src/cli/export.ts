@@ -16,20 +16,24 @@ export function exportCommand(program: Command): void {
       .description('write images as an OCI image layout archive for the two-step copy to an isolated site')
       .argument('[refs...]', 'image references, e.g. registry.k8s.io/pause:3.9')
       .option('-f, --file <file>', 'image list (as for prewarm)')
+      .option('--skip-bad-lines', 'go on when lines of the image list hold no reference (each is still named)')
       .requiredOption('-o, --output <file>', 'the archive to write, e.g. bundle.tar')
       .option('--platform <list>', 'platforms to include from an index (default: all)'),
   ).action(
     run(async (opts, args) => {
-      const refs = collectReferences(opts.file as string | undefined, args as string[]);
+      const refs = collectReferences(opts.file as string | undefined, args as string[], opts.skipBadLines === true);
       const platforms = parsePlatforms(typeof opts.platform === 'string' ? opts.platform : undefined);
-      const berth = await openBerth(opts);
+      const berth = await openBerth(opts, { lock: 'export', createStorage: true });
       const progress = createProgress();
       const failed: string[] = [];
+      // What is fetched for the bundle must still be there when the bundle is written: held against the quota.
+      const holds: Array<() => void> = [];
       try {
         const images: WalkedImage[] = [];
         for (const ref of refs) {
           try {
             const img = await berth.walker.walk(ref, platforms);
+            holds.push(berth.ctx.quota.protect([...img.manifests.map((m) => m.digest), ...img.blobs.map((b) => b.digest)]));
             // Anything not cached yet is fetched on the way, as prewarm would (without pinning).
             await berth.prewarmer.warm(img, (e) => showPrewarmEvent(progress, e));
             progress.finish(img.name, true);
@@ -47,6 +51,7 @@ export function exportCommand(program: Command): void {
         for (const f of failed) process.stdout.write(`FAILED ${f}\n`);
         return failed.length > 0 ? 1 : 0;
       } finally {
+        for (const release of holds) release();
         progress.stop();
         await berth.close();
       }

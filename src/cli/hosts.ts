@@ -5,9 +5,13 @@ import type { Command } from 'commander';
 import type { Config } from '../config/schema.ts';
 import { configFrom, run, withConfigOptions } from './common.ts';
 
-/** Where a registry really lives, for a node's fallback (`server` in hosts.toml). */
-function fallbackServer(host: string, url: string): string {
-  return host === 'docker.io' ? 'https://registry-1.docker.io' : url.replace(/\/$/, '');
+/**
+ * Where a node falls back to when berth is down (`server` in hosts.toml): the upstream berth itself is
+ * configured with, for docker.io too (a site that points docker.io at its own mirror wants its nodes
+ * to fall back there, not to Docker Hub).
+ */
+function fallbackServer(url: string): string {
+  return url.replace(/\/$/, '');
 }
 
 /**
@@ -16,7 +20,7 @@ function fallbackServer(host: string, url: string): string {
  * site is isolated and a fallback could only time out.
  */
 export function hostsToml(upstreamHost: string, upstreamUrl: string, berthUrl: string, fallback: boolean): string {
-  const server = fallback ? fallbackServer(upstreamHost, upstreamUrl) : berthUrl;
+  const server = fallback ? fallbackServer(upstreamUrl) : berthUrl;
   return [
     `# ${upstreamHost} through berth. Written by \`berth hosts\`.`,
     `server = "${server}"`,
@@ -46,7 +50,8 @@ export function hostsCommand(program: Command): void {
       .description("print the containerd hosts.toml files (and docker's daemon.json mirror) that point nodes at this berth")
       .option('--url <url>', 'berth as the nodes reach it (default: http://<this hostname>:<listen port>)')
       .option('--no-fallback', 'isolated site: no fallback to the real registries')
-      .option('--out <dir>', 'write <dir>/<registry>/hosts.toml and <dir>/daemon.json instead of printing'),
+      .option('--out <dir>', 'write <dir>/<registry>/hosts.toml (containerd certs.d) instead of printing')
+      .option('--docker <file>', "write docker's daemon.json mirror entry to this file (e.g. /etc/docker/daemon.json)"),
   ).action(
     run(async (opts) => {
       const config = configFrom(opts);
@@ -64,11 +69,15 @@ export function hostsCommand(program: Command): void {
           }
         }
       }
+      // daemon.json is docker's, not containerd's: it never goes into the certs.d folder.
+      if (typeof opts.docker === 'string') {
+        await writeFile(opts.docker, daemonJson(url));
+        process.stdout.write(`wrote docker's mirror entry to ${opts.docker}\n`);
+      }
       if (typeof opts.out === 'string') {
-        await writeFile(join(opts.out, 'daemon.json'), daemonJson(url));
-        process.stdout.write(`wrote hosts.toml for ${config.upstreams.length} registries and daemon.json under ${opts.out}\n`);
-      } else {
-        process.stdout.write(`# --- /etc/docker/daemon.json (docker mirrors Docker Hub only)\n${daemonJson(url)}`);
+        process.stdout.write(`wrote hosts.toml for ${config.upstreams.length} registries under ${opts.out}\n`);
+      } else if (typeof opts.docker !== 'string') {
+        process.stdout.write(`# --- /etc/docker/daemon.json (docker mirrors Docker Hub only; --docker FILE writes it)\n${daemonJson(url)}`);
       }
     }),
   );

@@ -4,18 +4,34 @@ import { formatBytes } from '../config/units.ts';
 import { importBundle } from '../bundle/import.ts';
 import { run, withConfigOptions } from './common.ts';
 import { openBerth } from './open.ts';
+import type { Berth } from '../server.ts';
+import type { Digest } from '../oci/digest.ts';
+import { formatImageReference, parseImageReference } from '../oci/image-reference.ts';
+import { imageClosure } from '../store/pins.ts';
 import { createProgress } from './progress.ts';
+
+/** Pins an imported image under its normalised reference, as prewarm names its pins. */
+function pinImported(berth: Berth, name: string, root: Digest): void {
+  let reference = name;
+  try {
+    reference = formatImageReference(parseImageReference(name, berth.ctx.upstreams.defaultHost));
+  } catch {
+    // register() already parsed it; keep the name as written
+  }
+  berth.ctx.pins.pin(reference, imageClosure(berth.ctx.index, root));
+}
 
 export function importCommand(program: Command): void {
   withConfigOptions(
     program
       .command('import')
       .description('load an OCI image layout (archive or directory) into the cache, verifying every digest')
-      .argument('<sources...>', 'bundle.tar from `berth export` or `skopeo copy … oci-archive:`, or an OCI layout directory'),
+      .argument('<sources...>', 'bundle.tar from `berth export` or `skopeo copy … oci-archive:`, or an OCI layout directory')
+      .option('--no-pin', 'do not pin the imported images (pinned by default, as prewarm does: an isolated site cannot fetch them again)'),
   ).action(
     run(async (opts, args) => {
       const sources = args as string[];
-      const berth = await openBerth(opts);
+      const berth = await openBerth(opts, { lock: 'import', createStorage: true });
       const progress = createProgress();
       let failed = 0;
       try {
@@ -27,8 +43,14 @@ export function importCommand(program: Command): void {
             const r = await importBundle(berth.ctx, source, (n) => progress.update(source, (done += n)));
             progress.finish(source, true, `${r.images.length} images, ${r.added} of ${r.blobs} blobs new (${formatBytes(r.bytes)})`);
             progress.stop();
-            for (const img of r.images) process.stdout.write(`imported ${img.name} ${img.digest}\n`);
-            for (const s of r.skipped) process.stdout.write(`note: ${s.name}: ${s.reason}\n`);
+            for (const img of r.images) {
+              if (opts.pin !== false) pinImported(berth, img.name, img.digest as Digest);
+              process.stdout.write(`imported ${img.name} ${img.digest}${opts.pin !== false ? ' (pinned)' : ''}\n`);
+            }
+            for (const s of r.skipped) {
+              if (s.incomplete) failed++;
+              process.stdout.write(`${s.incomplete ? 'FAILED' : 'note:'} ${s.name}: ${s.reason}\n`);
+            }
           } catch (err) {
             failed++;
             progress.finish(source, false, (err as Error).message);

@@ -1,8 +1,11 @@
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
+import { StorageLock } from '../store/lock.ts';
 import { StoragePaths } from '../store/paths.ts';
 import { rebuildIndex } from '../store/rebuild.ts';
+import { existsSync } from 'node:fs';
 import { configFrom, run, withConfigOptions } from './common.ts';
+import { announceStorage } from './open.ts';
 
 export function indexCommand(program: Command): void {
   const index = program.command('index').description('maintain the SQLite index of the storage directory');
@@ -14,7 +17,16 @@ export function indexCommand(program: Command): void {
   ).action(
     run(async (opts) => {
       const config = configFrom(opts);
-      const r = await rebuildIndex(new StoragePaths(resolve(config.storage.path)), { verify: opts.verify === true });
+      const paths = new StoragePaths(resolve(config.storage.path));
+      announceStorage(opts, config);
+      if (!existsSync(paths.root)) throw new Error(`storage directory ${paths.root} does not exist (relative paths are from the current directory; set it with --storage, BERTH_STORAGE or storage.path)`);
+      const lock = await StorageLock.acquire(paths, 'index rebuild');
+      let r;
+      try {
+        r = await rebuildIndex(paths, { verify: opts.verify === true });
+      } finally {
+        await lock.release();
+      }
       if (r.movedAside) process.stdout.write(`old index moved to ${r.movedAside}\n`);
       process.stdout.write(`indexed ${r.blobs} blobs (${r.manifests} manifests), restored ${r.tags} tags${r.removed.length ? `, removed ${r.removed.length} corrupt files` : ''}\n`);
     }),

@@ -3,12 +3,14 @@ import { formatBytes, parseDuration } from '../config/units.ts';
 import { formatImageReference, parseImageReference } from '../oci/image-reference.ts';
 import type { Digest } from '../oci/digest.ts';
 import { collectGarbage } from '../store/gc.ts';
-import type { Berth } from '../server.ts';
+import { imageClosure } from '../store/pins.ts';
+import type { Berth, OpenMode } from '../server.ts';
 import { run, withConfigOptions } from './common.ts';
 import { openBerth } from './open.ts';
+import { runningServer, viaServer } from './prewarm.ts';
 
-async function withBerth<T>(opts: Record<string, unknown>, body: (b: Berth) => Promise<T>): Promise<T> {
-  const berth = await openBerth(opts);
+async function withBerth<T>(opts: Record<string, unknown>, mode: OpenMode, body: (b: Berth) => Promise<T>): Promise<T> {
+  const berth = await openBerth(opts, mode);
   try {
     return await body(berth);
   } finally {
@@ -16,28 +18,17 @@ async function withBerth<T>(opts: Record<string, unknown>, body: (b: Berth) => P
   }
 }
 
-/** Every digest an image needs, as far as the index knows: the manifest and its children, recursively. */
-function closure(berth: Berth, root: Digest): Digest[] {
-  const out = new Set<Digest>();
-  const queue = [root];
-  for (let d = queue.pop(); d; d = queue.pop()) {
-    if (out.has(d)) continue;
-    out.add(d);
-    for (const c of berth.ctx.index.childrenOf(d)) queue.push(c.digest);
-  }
-  return [...out];
-}
-
 export function maintenanceCommands(program: Command): void {
   withConfigOptions(program.command('ls').description('list cached repositories and tags').option('--json', 'machine-readable output')).action(
     run(async (opts) =>
-      withBerth(opts, async (berth) => {
+      // Read-only: runs beside a running server.
+      withBerth(opts, { lock: false, createStorage: false }, async (berth) => {
         const { index, pins } = berth.ctx;
         index.flushAccess();
         const pinned = new Set(pins.references());
         const rows = index.allTags().map((t) => {
           const name = `${t.upstream}/${t.repository}:${t.tag}`;
-          const digests = closure(berth, t.digest);
+          const digests = imageClosure(index, t.digest);
           const cached = digests.map((d) => index.getBlob(d)).filter((r) => r !== undefined);
           const manifest = index.getBlob(t.digest);
           return {
@@ -72,7 +63,7 @@ export function maintenanceCommands(program: Command): void {
       .option('--min-age <duration>', 'leave partial downloads younger than this (a running server may own them)', '1h'),
   ).action(
     run(async (opts) =>
-      withBerth(opts, async (berth) => {
+      withBerth(opts, opts.dryRun === true ? { lock: false, createStorage: false } : { lock: 'gc', createStorage: false }, async (berth) => {
         const minAgeMs = parseDuration(String(opts.minAge));
         if (minAgeMs === undefined) throw new Error(`--min-age: "${String(opts.minAge)}" is not a duration`);
         const r = await collectGarbage(berth.ctx.index, berth.ctx.pins, berth.ctx.store, { dryRun: opts.dryRun === true, minAgeMs });
@@ -83,18 +74,26 @@ export function maintenanceCommands(program: Command): void {
   );
 
   withConfigOptions(program.command('pin').description('keep an image in the cache whatever the quota').argument('<ref>')).action(
-    run(async (opts, ref) =>
-      withBerth(opts, async (berth) => {
+    run(async (opts, ref) => {
+      // Beside a running server, pinning is a prewarm through it (which also fetches what is missing).
+      const server = await runningServer(opts);
+      if (server !== undefined) {
+        const summary = await viaServer(server, [ref as string], undefined, true, () => {});
+        for (const name of summary?.ok ?? []) process.stdout.write(`pinned ${name} (through the running berth at ${server})\n`);
+        for (const f of summary?.failed ?? []) process.stdout.write(`FAILED ${f.ref}: ${f.message}\n`);
+        return summary && summary.failed.length === 0 ? 0 : 1;
+      }
+      return withBerth(opts, { lock: 'pin', createStorage: false }, async (berth) => {
         const img = await berth.walker.walk(ref as string, undefined);
         berth.ctx.pins.pin(img.name, [...img.manifests.map((m) => m.digest), ...img.blobs.map((b) => b.digest)]);
         process.stdout.write(`pinned ${img.name} (${img.manifests.length + img.blobs.length} digests)\n`);
-      }),
-    ),
+      });
+    }),
   );
 
   withConfigOptions(program.command('unpin').description('let an image be evicted again').argument('<ref>')).action(
     run(async (opts, ref) =>
-      withBerth(opts, async (berth) => {
+      withBerth(opts, { lock: 'unpin', createStorage: false }, async (berth) => {
         const name = formatImageReference(parseImageReference(ref as string, berth.ctx.upstreams.defaultHost));
         const n = berth.ctx.pins.unpin(name);
         process.stdout.write(n > 0 ? `unpinned ${name}\n` : `${name} was not pinned\n`);
@@ -103,9 +102,9 @@ export function maintenanceCommands(program: Command): void {
     ),
   );
 
-  withConfigOptions(program.command('rm').description('remove an image (its tag, and content nothing else uses)').argument('<ref>')).action(
+  withConfigOptions(program.command('rm').description('remove an image (its tag, and content nothing else uses)').argument('<ref>').option('--force', 'remove it even when it is pinned')).action(
     run(async (opts, refText) =>
-      withBerth(opts, async (berth) => {
+      withBerth(opts, { lock: 'rm', createStorage: false }, async (berth) => {
         const { index, pins, store, upstreams } = berth.ctx;
         const ref = parseImageReference(refText as string, upstreams.defaultHost);
         const name = formatImageReference(ref);
@@ -113,6 +112,10 @@ export function maintenanceCommands(program: Command): void {
         const tag = ref.tag ? index.getTag(upstream, ref.repository, ref.tag) : undefined;
         const root = ref.digest ?? tag?.digest;
         if (!root) throw new Error(`${name} is not cached`);
+        // A pin is an operator's promise that the image stays: breaking it takes saying so.
+        if (opts.force !== true && (pins.references().includes(name) || (ref.digest !== undefined && pins.isPinned(root)))) {
+          throw new Error(`${name} is pinned: \`berth unpin ${name}\` first, or \`berth rm --force ${name}\``);
+        }
         if (ref.tag) index.deleteTag(upstream, ref.repository, ref.tag);
         pins.unpin(name);
         let removed = 0;

@@ -1,13 +1,31 @@
+import { existsSync } from 'node:fs';
+import { resolve } from 'node:path';
 import pino from 'pino';
-import { createBerth, type Berth } from '../server.ts';
+import { DEFAULT_CONFIG_FILE } from '../config/load.ts';
+import type { Config } from '../config/schema.ts';
+import { createBerth, type Berth, type OpenMode } from '../server.ts';
 import { configFrom } from './common.ts';
+
+/**
+ * Says which storage directory and config file an operator command used: both default to paths
+ * relative to the current directory (./storage, config/berth.yaml), so a command run from elsewhere
+ * would otherwise quietly look at another cache. Timestamped like the progress lines, on stderr.
+ */
+export function announceStorage(opts: Record<string, unknown>, config: Readonly<Config>): void {
+  const file = typeof opts.config === 'string' ? opts.config : (process.env.BERTH_CONFIG ?? (existsSync(DEFAULT_CONFIG_FILE) ? DEFAULT_CONFIG_FILE : undefined));
+  process.stderr.write(`${new Date().toISOString()} storage ${resolve(config.storage.path)} (config: ${file ? resolve(file) : 'none, defaults'})\n`);
+}
 
 /**
  * Opens a storage directory in this process for an operator command: the same registry code as
  * `berth serve`, without listening. Logs go to stderr at warn unless --log-level says otherwise.
+ * `mode` says whether the command takes the storage lock (it writes) and whether a missing storage
+ * directory may be created (commands that bring content in) or is an error (a typo must not look like
+ * an empty cache).
  */
-export async function openBerth(opts: Record<string, unknown>): Promise<Berth> {
+export async function openBerth(opts: Record<string, unknown>, mode: OpenMode): Promise<Berth> {
   const config = configFrom(opts);
+  announceStorage(opts, config);
   const level = typeof opts.logLevel === 'string' ? opts.logLevel : 'warn';
-  return createBerth(config, pino({ level }, pino.destination(2)));
+  return createBerth(config, pino({ level }, pino.destination(2)), mode);
 }

@@ -3,7 +3,10 @@ import { request } from 'undici';
 import { formatBytes } from '../config/units.ts';
 import { parsePlatforms } from '../oci/platform.ts';
 import type { PrewarmEvent } from '../registry/prewarm.ts';
-import { run, withConfigOptions } from './common.ts';
+import { resolve } from 'node:path';
+import { StoragePaths } from '../store/paths.ts';
+import { lockHolder, StorageLockedError } from '../store/lock.ts';
+import { configFrom, run, withConfigOptions } from './common.ts';
 import { openBerth } from './open.ts';
 import { createProgress, showPrewarmEvent } from './progress.ts';
 import { collectReferences } from './references.ts';
@@ -15,21 +18,23 @@ export function prewarmCommand(program: Command): void {
       .description('fetch images into the cache ahead of need (at background priority) and pin them')
       .argument('[refs...]', 'image references, e.g. registry.k8s.io/pause:3.9')
       .option('-f, --file <file>', 'image list: kubeadm/clusterctl output, helm "image:" lines, one per line (- for stdin)')
+      .option('--skip-bad-lines', 'go on when lines of the image list hold no reference (each is still named)')
       .option('--platform <list>', 'platforms to fetch from an index, e.g. linux/amd64,linux/arm64 (default: all)')
       .option('--server <url>', 'ask this running berth to do it (its own fills), e.g. http://127.0.0.1:5000')
       .option('--no-pin', 'do not pin the prewarmed images'),
   ).action(
     run(async (opts, args) => {
-      const refs = collectReferences(opts.file as string | undefined, args as string[]);
+      const refs = collectReferences(opts.file as string | undefined, args as string[], opts.skipBadLines === true);
       const platforms = typeof opts.platform === 'string' ? opts.platform : undefined;
       parsePlatforms(platforms);
       const progress = createProgress();
       const onEvent = (e: PrewarmEvent) => showPrewarmEvent(progress, e);
       let summary: (PrewarmEvent & { type: 'summary' }) | undefined;
-      if (typeof opts.server === 'string') {
-        summary = await viaServer(opts.server, refs, platforms, opts.pin !== false, onEvent);
+      const server = typeof opts.server === 'string' ? opts.server : await runningServer(opts);
+      if (server !== undefined) {
+        summary = await viaServer(server, refs, platforms, opts.pin !== false, onEvent);
       } else {
-        const berth = await openBerth(opts);
+        const berth = await openBerth(opts, { lock: 'prewarm', createStorage: true });
         try {
           summary = await berth.prewarmer.run(refs, parsePlatforms(platforms), onEvent, { pin: opts.pin !== false });
         } finally {
@@ -45,7 +50,21 @@ export function prewarmCommand(program: Command): void {
   );
 }
 
-async function viaServer(server: string, refs: string[], platforms: string | undefined, pin: boolean, onEvent: (e: PrewarmEvent) => void) {
+/**
+ * The running `berth serve` that holds this storage, if any: prewarm then goes through it (its fills,
+ * its quota), exactly as with --server, instead of writing the storage beside it.
+ */
+export async function runningServer(opts: Record<string, unknown>): Promise<string | undefined> {
+  const root = resolve(configFrom(opts).storage.path);
+  const holder = await lockHolder(new StoragePaths(root));
+  if (!holder) return undefined;
+  const url = holder.adminUrl ?? holder.url;
+  if (holder.command !== 'serve' || url === undefined) throw new StorageLockedError(root, holder);
+  process.stderr.write(`${new Date().toISOString()} storage ${root} is served by berth (pid ${holder.pid}): going through it at ${url}\n`);
+  return url;
+}
+
+export async function viaServer(server: string, refs: string[], platforms: string | undefined, pin: boolean, onEvent: (e: PrewarmEvent) => void) {
   const res = await request(new URL('/_berth/prewarm', server), {
     method: 'POST',
     headers: { 'content-type': 'application/json' },

@@ -44,29 +44,43 @@ function bool(v: string, name: string): boolean {
   throw new ConfigError(`${name}: "${v}" is not a boolean (true/false)`);
 }
 
-/** The environment variables berth reads, documented in the README's configuration reference. */
-function applyEnv(raw: Raw, env: NodeJS.ProcessEnv): void {
-  const e = (k: string) => (env[k] !== undefined && env[k] !== '' ? env[k] : undefined);
-  if (e('BERTH_LISTEN')) raw.listen = e('BERTH_LISTEN');
-  if (e('BERTH_STORAGE')) section(raw, 'storage').path = e('BERTH_STORAGE');
-  if (e('BERTH_STORAGE_MAX_SIZE')) section(raw, 'storage').maxSize = e('BERTH_STORAGE_MAX_SIZE');
-  if (e('BERTH_OFFLINE')) raw.offline = bool(e('BERTH_OFFLINE')!, 'BERTH_OFFLINE');
-  if (e('BERTH_TAG_TTL')) raw.tagTtl = e('BERTH_TAG_TTL');
-  if (e('BERTH_FILL_TIMEOUT')) raw.fillTimeout = e('BERTH_FILL_TIMEOUT');
-  if (e('BERTH_LAZY_FILL')) raw.lazyFill = e('BERTH_LAZY_FILL');
-  if (e('BERTH_BANDWIDTH')) section(raw, 'bandwidth').limit = e('BERTH_BANDWIDTH');
-  if (e('BERTH_LOG_LEVEL')) section(raw, 'log').level = e('BERTH_LOG_LEVEL');
-  if (e('BERTH_DEFAULT_UPSTREAM')) raw.defaultUpstream = e('BERTH_DEFAULT_UPSTREAM');
-  if (e('BERTH_UPSTREAMS')) raw.upstreams = upstreamPairs(e('BERTH_UPSTREAMS')!.split(','), 'BERTH_UPSTREAMS');
+/** Where a setting came from when not from the file: config path (`listen`, `storage.path`) → `--listen` / `BERTH_LISTEN`. */
+type Origins = Map<string, string>;
+
+function put(raw: Raw, origins: Origins, path: string, value: unknown, source: string): void {
+  const keys = path.split('.');
+  let at = raw;
+  for (const k of keys.slice(0, -1)) at = section(at, k);
+  at[keys[keys.length - 1]!] = value;
+  origins.set(path, source);
 }
 
-function applyFlags(raw: Raw, f: ConfigFlags): void {
-  if (f.listen !== undefined) raw.listen = f.listen;
-  if (f.storage !== undefined) section(raw, 'storage').path = f.storage;
-  if (f.offline !== undefined) raw.offline = f.offline;
-  if (f.logLevel !== undefined) section(raw, 'log').level = f.logLevel;
-  if (f.defaultUpstream !== undefined) raw.defaultUpstream = f.defaultUpstream;
-  if (f.upstream && f.upstream.length > 0) raw.upstreams = upstreamPairs(f.upstream, '--upstream');
+/** The environment variables berth reads, documented in the README's configuration reference. */
+function applyEnv(raw: Raw, env: NodeJS.ProcessEnv, origins: Origins): void {
+  const e = (k: string) => (env[k] !== undefined && env[k] !== '' ? env[k] : undefined);
+  const vars: Array<[string, string]> = [
+    ['BERTH_LISTEN', 'listen'],
+    ['BERTH_STORAGE', 'storage.path'],
+    ['BERTH_STORAGE_MAX_SIZE', 'storage.maxSize'],
+    ['BERTH_TAG_TTL', 'tagTtl'],
+    ['BERTH_FILL_TIMEOUT', 'fillTimeout'],
+    ['BERTH_LAZY_FILL', 'lazyFill'],
+    ['BERTH_BANDWIDTH', 'bandwidth.limit'],
+    ['BERTH_LOG_LEVEL', 'log.level'],
+    ['BERTH_DEFAULT_UPSTREAM', 'defaultUpstream'],
+  ];
+  for (const [name, path] of vars) if (e(name)) put(raw, origins, path, e(name), name);
+  if (e('BERTH_OFFLINE')) put(raw, origins, 'offline', bool(e('BERTH_OFFLINE')!, 'BERTH_OFFLINE'), 'BERTH_OFFLINE');
+  if (e('BERTH_UPSTREAMS')) put(raw, origins, 'upstreams', upstreamPairs(e('BERTH_UPSTREAMS')!.split(','), 'BERTH_UPSTREAMS'), 'BERTH_UPSTREAMS');
+}
+
+function applyFlags(raw: Raw, f: ConfigFlags, origins: Origins): void {
+  if (f.listen !== undefined) put(raw, origins, 'listen', f.listen, '--listen');
+  if (f.storage !== undefined) put(raw, origins, 'storage.path', f.storage, '--storage');
+  if (f.offline !== undefined) put(raw, origins, 'offline', f.offline, '--offline');
+  if (f.logLevel !== undefined) put(raw, origins, 'log.level', f.logLevel, '--log-level');
+  if (f.defaultUpstream !== undefined) put(raw, origins, 'defaultUpstream', f.defaultUpstream, '--default-upstream');
+  if (f.upstream && f.upstream.length > 0) put(raw, origins, 'upstreams', upstreamPairs(f.upstream, '--upstream'), '--upstream');
 }
 
 /** Env key for a host's credentials: `quay.io` → `BERTH_UPSTREAM_QUAY_IO_PASSWORD`. */
@@ -78,8 +92,22 @@ function issuePath(path: PropertyKey[]): string {
   return path.map((p, i) => (typeof p === 'number' ? `[${p}]` : `${i > 0 ? '.' : ''}${String(p)}`)).join('') || '(top level)';
 }
 
-function formatIssues(err: z.ZodError, source: string): string {
-  return err.issues.map((i) => `${source}: ${issuePath(i.path)}: ${i.message}`).join('\n');
+/** Each problem under the name of where its value came from: the flag or variable that set it, else the file. */
+function formatIssues(err: z.ZodError, file: string, origins: Origins): string {
+  return err.issues
+    .map((i) => {
+      const path = issuePath(i.path);
+      let source = file;
+      let best = -1;
+      for (const [p, from] of origins) {
+        if ((path === p || path.startsWith(`${p}.`) || path.startsWith(`${p}[`)) && p.length > best) {
+          source = from;
+          best = p.length;
+        }
+      }
+      return `${source}: ${path}: ${i.message}`;
+    })
+    .join('\n');
 }
 
 /** Reads the file (when there is one), the environment and the flags into one validated, frozen Config. */
@@ -101,10 +129,11 @@ export function loadConfig(flags: ConfigFlags = {}, env: NodeJS.ProcessEnv = pro
     }
     if (typeof raw !== 'object' || Array.isArray(raw)) throw new ConfigError(`${file}: the top level must be a mapping`);
   }
-  applyEnv(raw, env);
-  applyFlags(raw, flags);
+  const origins: Origins = new Map();
+  applyEnv(raw, env, origins);
+  applyFlags(raw, flags, origins);
   const parsed = ConfigSchema.safeParse(raw);
-  if (!parsed.success) throw new ConfigError(formatIssues(parsed.error, file ?? 'configuration'));
+  if (!parsed.success) throw new ConfigError(formatIssues(parsed.error, file ?? 'configuration', origins));
   const config = parsed.data;
 
   const hosts = new Set<string>();

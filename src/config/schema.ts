@@ -96,7 +96,12 @@ export const ConfigSchema = z
   .object({
     listen: listen.default(':5000'),
     storage: z
-      .object({ path: z.string().min(1).default('./storage'), maxSize: sizeOrPercent.optional() })
+      .object({
+        path: z.string().min(1).default('./storage'),
+        maxSize: sizeOrPercent.optional(),
+        /** Re-hash whole cached blobs as they are served (and manifests as they are read); false trusts the disk. */
+        verifyReads: z.boolean().default(true),
+      })
       .strict()
       .prefault({}),
     /** Contact no upstream at all: serve what is cached, answer 404 for the rest. */

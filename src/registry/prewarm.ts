@@ -1,5 +1,9 @@
+import { formatBytes } from '../config/units.ts';
+import type { Digest } from '../oci/digest.ts';
 import type { Platform } from '../oci/manifest.ts';
+import type { BlobStore } from '../store/blob-store.ts';
 import type { Pins } from '../store/pins.ts';
+import type { Quota } from '../store/quota.ts';
 import type { Blobs } from './blobs.ts';
 import type { ImageWalker, WalkedImage } from './image-walk.ts';
 
@@ -16,12 +20,17 @@ const BLOB_CONCURRENCY = 3;
 /**
  * Prewarm: fetches whole images into the cache at background priority (a client's bytes go first) and
  * pins them. Every reference is tried; one failure does not stop the others, and the summary names each.
+ * An image in progress is held against the quota (its first layers must not be evicted to make room for
+ * its last); one that cannot fit beside what is already pinned is refused before it is fetched; "ok" is
+ * said only once every blob of the image was seen on disk.
  */
 export class Prewarmer {
   constructor(
     private readonly walker: ImageWalker,
     private readonly blobs: Blobs,
     private readonly pins: Pins,
+    private readonly quota: Quota,
+    private readonly store: BlobStore,
   ) {}
 
   async run(refs: string[], platforms: Platform[] | undefined, emit: (e: PrewarmEvent) => void, opts: { pin?: boolean } = {}): Promise<PrewarmEvent & { type: 'summary' }> {
@@ -32,8 +41,17 @@ export class Prewarmer {
     for (const ref of refs) {
       try {
         const image = await this.walker.walk(ref, platforms);
-        const r = await this.warm(image, emit);
-        if (opts.pin !== false) this.pins.pin(image.name, [...image.manifests.map((m) => m.digest), ...image.blobs.map((b) => b.digest)]);
+        const digests = [...image.manifests.map((m) => m.digest), ...image.blobs.map((b) => b.digest)];
+        const release = this.quota.protect(digests);
+        let r: { bytes: number; fetched: number };
+        try {
+          await this.ensureRoom(image, new Set(digests));
+          r = await this.warm(image, emit);
+          await this.ensureComplete(image);
+          if (opts.pin !== false) this.pins.pin(image.name, digests);
+        } finally {
+          release();
+        }
         ok.push(image.name);
         bytes += r.bytes;
         fetched += r.fetched;
@@ -47,6 +65,26 @@ export class Prewarmer {
     const summary = { type: 'summary' as const, ok, failed, bytes, fetched };
     emit(summary);
     return summary;
+  }
+
+  /** Refuses an image that storage.maxSize cannot hold beside what is pinned or being prewarmed already. */
+  private async ensureRoom(image: WalkedImage, own: Set<Digest>): Promise<void> {
+    const room = await this.quota.room(own, this.pins.digests());
+    if (!room) return;
+    const need = image.blobs.reduce((n, b) => n + Math.max(0, b.size), 0) + image.manifests.reduce((n, m) => n + m.size, 0);
+    if (room.held + need <= room.limit) return;
+    throw new Error(
+      `does not fit: it needs ${formatBytes(need)} and storage.maxSize is ${formatBytes(room.limit)}, of which ${formatBytes(room.held)} is pinned or being prewarmed (raise maxSize or unpin images)`,
+    );
+  }
+
+  /** The honest end of a prewarm: every blob of the image is on disk now. */
+  private async ensureComplete(image: WalkedImage): Promise<void> {
+    const missing: Digest[] = [];
+    for (const b of image.blobs) if ((await this.store.size(b.digest)) === undefined) missing.push(b.digest);
+    if (missing.length > 0) {
+      throw new Error(`${missing.length} of its ${image.blobs.length} blobs are not in the cache after fetching (evicted? storage.maxSize may be too small): ${missing.join(', ')}`);
+    }
   }
 
   /** Fetches whatever of one resolved image is not cached yet, at background priority, reporting progress. */

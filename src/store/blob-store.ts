@@ -3,7 +3,7 @@ import { createReadStream, type ReadStream } from 'node:fs';
 import { mkdir, open, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { RegistryError } from '../oci/errors.ts';
-import type { Digest } from '../oci/digest.ts';
+import { digestHex, type Digest } from '../oci/digest.ts';
 import type { StoragePaths } from './paths.ts';
 
 /**
@@ -13,15 +13,34 @@ import type { StoragePaths } from './paths.ts';
  */
 export const READ_CHUNK = 256 * 1024;
 
+export interface BlobStoreOptions {
+  /**
+   * storage.verifyReads: hash whole-blob sends and manifest reads against the digest, and hold the
+   * last chunk back until the hash is known, so a blob that rotted on disk is never a clean 200.
+   */
+  verifyReads?: boolean;
+  /** Told after a blob that no longer hashes to its name was moved to quarantine/ (drop its index row, log). */
+  onQuarantine?: (d: Digest, movedTo: string) => void;
+}
+
+/** A cached blob whose bytes no longer hash to its name: it has been quarantined. */
+export class CorruptBlobError extends Error {
+  override name = 'CorruptBlobError';
+}
+
 /**
  * Content-addressed blob files. Everything under blobs/ was verified before it got there; this class
- * is the only writer and it only ever renames a synced, verified file into place.
+ * is the only writer and it only ever renames a synced, verified file into place. Disks still rot, so
+ * reads of a whole blob are checked again (verifyReads) and a mismatch moves the file out of blobs/.
  */
 export class BlobStore {
   /** Open read streams per digest: the quota never removes a blob while it is being streamed. */
   private readonly reading = new Map<Digest, number>();
 
-  constructor(readonly paths: StoragePaths) {}
+  constructor(
+    readonly paths: StoragePaths,
+    private readonly opts: BlobStoreOptions = {},
+  ) {}
 
   busy(d: Digest): boolean {
     return (this.reading.get(d) ?? 0) > 0;
@@ -48,12 +67,17 @@ export class BlobStore {
    * has been handed on (the socket took it). Two buffers alternate — one read while the other is
    * written — so a stream costs 2 × READ_CHUNK however long it runs, and leaves no garbage behind: the
    * hot path of a cache is serving the same layers to many clients.
+   *
+   * With verifyReads, a send of the whole blob is hashed as it goes and its last chunk is written only
+   * once the hash matches; on a mismatch the blob is quarantined and CorruptBlobError thrown, so the
+   * caller cuts the client's transfer short of the end (a client never gets a complete wrong body).
    */
   async send(d: Digest, start: number, end: number, write: (chunk: Buffer) => Promise<void>): Promise<void> {
     this.reading.set(d, (this.reading.get(d) ?? 0) + 1);
     let fh: FileHandle | undefined;
     try {
       fh = await open(this.paths.blob(d), 'r');
+      const hash = this.opts.verifyReads && start === 0 && end === (await fh.stat()).size - 1 ? createHash('sha256') : undefined;
       const buffers = [Buffer.allocUnsafe(READ_CHUNK), Buffer.allocUnsafe(READ_CHUNK)];
       let pending: Promise<void> = Promise.resolve();
       let i = 0;
@@ -62,8 +86,17 @@ export class BlobStore {
         i ^= 1;
         const { bytesRead } = await fh.read(buf, 0, Math.min(READ_CHUNK, end + 1 - pos), pos);
         if (bytesRead === 0) throw new Error(`blob ${d} is shorter on disk than its index says`);
+        hash?.update(buf.subarray(0, bytesRead));
+        if (hash && pos + bytesRead > end && hash.digest('hex') !== digestHex(d)) {
+          await pending.catch(() => undefined);
+          await this.quarantine(d);
+          throw new CorruptBlobError(`cached blob ${d} does not hash to its digest: quarantined, the next request fetches it again`);
+        }
         await pending;
+        // The write can fail (the client reset) while the next read is in flight: mark it handled now,
+        // or the rejection is "unhandled" and ends the process; the `await pending` above still sees it.
         pending = write(buf.subarray(0, bytesRead));
+        pending.catch(() => undefined);
         pos += bytesRead;
       }
       await pending;
@@ -124,11 +157,13 @@ export class BlobStore {
     }
   }
 
+  /** A small blob (a manifest) whole; undefined when absent or, with verifyReads, when it rotted (then quarantined). */
   async readBytes(d: Digest): Promise<Buffer | undefined> {
+    let bytes: Buffer;
     try {
       const fh = await open(this.paths.blob(d), 'r');
       try {
-        return await fh.readFile();
+        bytes = await fh.readFile();
       } finally {
         await fh.close();
       }
@@ -136,6 +171,29 @@ export class BlobStore {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       throw err;
     }
+    if (this.opts.verifyReads && createHash('sha256').update(bytes).digest('hex') !== digestHex(d)) {
+      await this.quarantine(d);
+      return undefined;
+    }
+    return bytes;
+  }
+
+  /**
+   * Moves a blob that does not hash to its name out of blobs/ (kept for a post-mortem, not served).
+   * Returns where it went, or undefined when another reader moved it first. Readers that have it open
+   * keep their handle; the next open misses and refetches.
+   */
+  async quarantine(d: Digest): Promise<string | undefined> {
+    await mkdir(this.paths.quarantine, { recursive: true });
+    const to = join(this.paths.quarantine, `${digestHex(d)}.${Date.now()}`);
+    try {
+      await rename(this.paths.blob(d), to);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+    this.opts.onQuarantine?.(d, to);
+    return to;
   }
 
   async remove(d: Digest): Promise<void> {

@@ -13,6 +13,8 @@ import { digestHex, type Digest } from '../oci/digest.ts';
  *   <root>/tmp/                            small writes (manifests, imports) before their rename
  *   <root>/berth.db                        SQLite index (WAL): blobs, tags, references, pins, access times
  *   <root>/tags.jsonl                      every tag change, appended: lets `berth index rebuild` restore tags
+ *   <root>/quarantine/<64 hex>.<time>      blobs that stopped hashing to their name (found when served or by `berth verify`)
+ *   <root>/berth.lock                      who has the storage open for writing: pid, start time, URL (see store/lock.ts)
  */
 export class StoragePaths {
   constructor(readonly root: string) {}
@@ -31,6 +33,12 @@ export class StoragePaths {
   }
   get tagJournal(): string {
     return join(this.root, 'tags.jsonl');
+  }
+  get quarantine(): string {
+    return join(this.root, 'quarantine');
+  }
+  get lock(): string {
+    return join(this.root, 'berth.lock');
   }
 
   blob(d: Digest): string {

@@ -1,5 +1,18 @@
 import type Database from 'better-sqlite3';
 import type { Digest } from '../oci/digest.ts';
+import type { StoreIndex } from './store-index.ts';
+
+/** Every digest an image needs, as far as the index knows: the manifest and its children, recursively (what a pin covers). */
+export function imageClosure(index: StoreIndex, root: Digest): Digest[] {
+  const out = new Set<Digest>();
+  const queue = [root];
+  for (let d = queue.pop(); d; d = queue.pop()) {
+    if (out.has(d)) continue;
+    out.add(d);
+    for (const c of index.childrenOf(d)) queue.push(c.digest);
+  }
+  return [...out];
+}
 
 /**
  * Pinned content: never evicted by the quota. A pin is held by a reference (`registry.k8s.io/pause:3.9`)

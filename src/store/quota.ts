@@ -1,5 +1,8 @@
-import { statfs } from 'node:fs/promises';
+import { readdir, rm, stat, statfs } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { Logger } from 'pino';
+import { formatBytes } from '../config/units.ts';
+import { digestFromHex, type Digest } from '../oci/digest.ts';
 import type { BlobStore } from './blob-store.ts';
 import type { StoreIndex } from './store-index.ts';
 
@@ -8,23 +11,45 @@ const LOW_WATER = 0.9;
 
 export type MaxSize = { bytes: number } | { percent: number };
 
+export interface QuotaOptions {
+  /** Whether a fill of this digest is running in this process: its ingest files are not stale. */
+  fillRunning?: (d: Digest) => boolean;
+  /** Told after each pass that evicted something (metrics). */
+  onEvicted?: (evicted: number, freed: number) => void;
+}
+
+interface Partial {
+  digest: Digest;
+  files: string[];
+  /** Allocated bytes (st_blocks × 512): a sparse lazy fill counts what it really takes. */
+  bytes: number;
+}
+
 /**
  * storage.maxSize: least-recently-used unpinned blobs go first. A blob being streamed is skipped (its
- * reader keeps going). Manifests whose layers went are harmless: a later pull misses on those layers and
- * refetches them, and offline berth answers 404 rather than a broken body.
+ * reader keeps going), and so is content an operator command is putting in place right now (protect():
+ * a prewarm's image before it is pinned) and the newest blob (the layer a client just pulled: evicting
+ * it at once would only make the next pull fetch it again). Partial downloads under ingest/ count
+ * against the limit; those no running fill owns are removed first when over it. Manifests whose layers
+ * went are harmless: a later pull misses on those layers and refetches them, and offline berth answers
+ * 404 rather than a broken body.
  */
 export class Quota {
   private running: Promise<{ evicted: number; freed: number }> | undefined;
   private limitBytes: number | undefined;
+  /** Digests an operator command holds against eviction, with how many holders each. */
+  private readonly protectedDigests = new Map<Digest, number>();
+  private readonly newest;
 
   constructor(
     private readonly index: StoreIndex,
     private readonly store: BlobStore,
     private readonly maxSize: MaxSize | undefined,
     private readonly log: Logger,
-    /** Told after each pass that evicted something (metrics). */
-    private readonly onEvicted?: (evicted: number, freed: number) => void,
-  ) {}
+    private readonly opts: QuotaOptions = {},
+  ) {
+    this.newest = index.db.prepare('SELECT digest, size FROM blobs ORDER BY created_at DESC LIMIT 1');
+  }
 
   async limit(): Promise<number | undefined> {
     if (!this.maxSize) return undefined;
@@ -36,10 +61,63 @@ export class Quota {
     return this.limitBytes;
   }
 
+  /** Holds digests against eviction until the returned release is called (idempotent). */
+  protect(digests: Iterable<Digest>): () => void {
+    const held = [...new Set(digests)];
+    for (const d of held) this.protectedDigests.set(d, (this.protectedDigests.get(d) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      for (const d of held) {
+        const n = (this.protectedDigests.get(d) ?? 1) - 1;
+        if (n <= 0) this.protectedDigests.delete(d);
+        else this.protectedDigests.set(d, n);
+      }
+    };
+  }
+
   /** Evicts if over the limit; concurrent calls share one pass. */
   enforce(): Promise<{ evicted: number; freed: number }> {
     this.running ??= this.pass().finally(() => (this.running = undefined));
     return this.running;
+  }
+
+  /**
+   * The disk filled up (a fill failed with ENOSPC): with or without maxSize, the partial downloads no
+   * running fill owns are the first thing to give back, then the usual pass runs.
+   */
+  async diskFull(): Promise<number> {
+    let freed = 0;
+    let removed = 0;
+    for (const p of await this.partials()) {
+      if (this.opts.fillRunning?.(p.digest)) continue;
+      for (const f of p.files) await rm(f, { force: true });
+      freed += p.bytes;
+      removed++;
+    }
+    this.log.warn({ partials: removed, freed }, 'storage full: removed partial downloads no fill owns');
+    await this.enforce();
+    return freed;
+  }
+
+  /** Bytes under ingest/, by partial download (data and checkpoint files together). */
+  private async partials(): Promise<Partial[]> {
+    const byDigest = new Map<Digest, Partial>();
+    const names = await readdir(this.store.paths.ingest, { recursive: true }).catch(() => [] as string[]);
+    for (const name of names) {
+      const hex = /[0-9a-f]{64}/.exec(name)?.[0];
+      if (!hex) continue;
+      const file = join(this.store.paths.ingest, name);
+      const st = await stat(file).catch(() => undefined);
+      if (!st?.isFile()) continue;
+      const digest = digestFromHex(hex);
+      const p = byDigest.get(digest) ?? { digest, files: [], bytes: 0 };
+      p.files.push(file);
+      p.bytes += st.blocks * 512;
+      byDigest.set(digest, p);
+    }
+    return [...byDigest.values()];
   }
 
   private async pass(): Promise<{ evicted: number; freed: number }> {
@@ -47,17 +125,31 @@ export class Quota {
     let evicted = 0;
     let freed = 0;
     if (max === undefined) return { evicted, freed };
-    let { total } = this.index.totals();
+    const partials = await this.partials();
+    let total = this.index.totals().total + partials.reduce((n, p) => n + p.bytes, 0);
     if (total <= max) return { evicted, freed };
-    this.index.flushAccess();
     const target = max * LOW_WATER;
+    // Partials nobody is writing are leftovers of failed fills (or of a process that died): they can
+    // never be served whole, so they go before any complete blob.
+    let stale = 0;
+    for (const p of partials) {
+      if (total <= target) break;
+      if (this.opts.fillRunning?.(p.digest)) continue;
+      for (const f of p.files) await rm(f, { force: true });
+      total -= p.bytes;
+      freed += p.bytes;
+      stale++;
+    }
+    if (stale > 0) this.log.info({ partials: stale, total, limit: max }, 'quota: removed partial downloads no fill owns');
+    this.index.flushAccess();
+    const newest = this.newest.get() as { digest: Digest; size: number } | undefined;
     const skipped = new Set<string>();
     while (total > target) {
       const batch = this.index.evictable(200 + skipped.size).filter((b) => !skipped.has(b.digest));
       if (batch.length === 0) break;
       for (const b of batch) {
         if (total <= target) break;
-        if (this.store.busy(b.digest)) {
+        if (this.store.busy(b.digest) || this.protectedDigests.has(b.digest) || b.digest === newest?.digest) {
           skipped.add(b.digest);
           continue;
         }
@@ -68,9 +160,33 @@ export class Quota {
         evicted++;
       }
     }
-    if (evicted > 0) this.onEvicted?.(evicted, freed);
+    if (evicted > 0) this.opts.onEvicted?.(evicted, freed);
     if (evicted > 0) this.log.info({ evicted, freed, total, limit: max }, 'quota: evicted least-recently-used blobs');
-    if (total > max) this.log.warn({ total, limit: max }, 'quota: still over the limit (the rest is pinned or being read)');
+    if (total > max) {
+      if (newest && newest.size > max) {
+        this.log.warn(
+          { digest: newest.digest, size: newest.size, limit: max },
+          `quota: blob ${newest.digest} (${formatBytes(newest.size)}) is bigger than storage.maxSize (${formatBytes(max)}) by itself: kept it so it can be served, raise maxSize`,
+        );
+      } else {
+        this.log.warn({ total, limit: max }, 'quota: still over storage.maxSize (the rest is pinned, being read, being prewarmed or being downloaded)');
+      }
+    }
     return { evicted, freed };
+  }
+
+  /**
+   * Whether `bytes` more can be kept pinned: what is pinned or held outside `own` plus `bytes` must stay
+   * within the limit, since nothing of it can be evicted. A prewarm asks before fetching an image.
+   */
+  async room(own: Set<Digest>, pinned: Set<Digest>): Promise<{ limit: number; held: number } | undefined> {
+    const max = await this.limit();
+    if (max === undefined) return undefined;
+    let held = 0;
+    for (const d of new Set([...pinned, ...this.protectedDigests.keys()])) {
+      if (own.has(d)) continue;
+      held += this.index.getBlob(d)?.size ?? 0;
+    }
+    return { limit: max, held };
   }
 }

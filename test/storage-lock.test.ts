@@ -1,0 +1,106 @@
+// One writer per storage directory (issue #8 item 15): `berth serve` holds storage/berth.lock (pid, start
+// time, URL). A second serve refuses and names the PID; operator commands that write refuse the same way,
+// except those that can go through the running server (prewarm, pin), which do; read-only commands (ls)
+// run beside it. A holder killed with -9 leaves a stale file that the next start takes over.
+import assert from 'node:assert/strict';
+import { existsSync, readFileSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { stringify } from 'yaml';
+import { type Upstream, startUpstream } from './support/upstream.ts';
+import { type Image, blobsOf, buildImage, pushImage } from './support/images.ts';
+import { type BerthChild, berthConfig, startBerthChild, tryServe } from './support/berth-child.ts';
+import { describeRun, lsJson, runBerth } from './support/berth-cli.ts';
+import { freePort } from './support/ports.ts';
+import { fetchOutcome } from './support/outcome.ts';
+import { makeTempDir, removeTempDir } from './support/tmp.ts';
+
+describe('the storage lock', () => {
+  let up: Upstream;
+  let work: string;
+  let img: Image;
+  let other: Image;
+  let b: BerthChild;
+  const upstreams = () => [{ host: 'docker.io', url: up.url }];
+
+  before(async () => {
+    work = await makeTempDir('storage-lock');
+    up = await startUpstream();
+    img = await buildImage({ format: 'oci', layers: [{ files: { 'etc/lock': 'lock test\n' } }] });
+    other = await buildImage({ format: 'oci', layers: [{ files: { 'etc/other': 'other image\n' } }] });
+    await pushImage(up, 'lab/locked', '1', img);
+    await pushImage(up, 'lab/other', '1', other);
+    b = await startBerthChild({ upstreams: upstreams() });
+    const r = await fetchOutcome(b.url, '/v2/lab/locked/manifests/1', { headers: { Accept: img.mediaType } });
+    assert.equal(r.status, 200);
+  });
+
+  after(async () => {
+    await b?.stop();
+    await up?.stop();
+    if (work) await removeTempDir(work);
+  });
+
+  test('berth serve writes its pid and URL into storage/berth.lock', () => {
+    const lock = JSON.parse(readFileSync(path.join(b.storage, 'berth.lock'), 'utf8')) as { pid: number; url: string; command: string };
+    assert.equal(lock.pid, b.process.pid);
+    assert.equal(lock.command, 'serve');
+    assert.equal(lock.url, b.url);
+  });
+
+  test('a second berth serve on the same storage refuses and names the PID that holds it', async () => {
+    const port = await freePort();
+    const config = path.join(work, 'second.yaml');
+    await writeFile(config, stringify(berthConfig({ upstreams: upstreams() }, b.storage, `127.0.0.1:${port}`)));
+    const r = await tryServe(config, `http://127.0.0.1:${port}`, { logFile: path.join(work, 'second.log') });
+    if (r.kind === 'listening') {
+      await r.process.stop();
+      assert.fail('a second berth serve started on a locked storage');
+    }
+    assert.notEqual(r.code, 0);
+    assert.match(r.output, new RegExp(`in use by berth serve \\(pid ${b.process.pid}\\b`), r.output);
+  });
+
+  for (const args of [['import', '/nonexistent/bundle.tar'], ['rm', 'docker.io/lab/locked:1'], ['gc'], ['unpin', 'docker.io/lab/locked:1'], ['index', 'rebuild']]) {
+    test(`berth ${args[0]}${args[1] === 'rebuild' ? ' rebuild' : ''} beside a running server refuses, naming its PID`, async () => {
+      const full = [...args, '--config', b.configFile];
+      const r = await runBerth(full);
+      assert.equal(r.code, 1, describeRun(full, r));
+      assert.match(r.stderr, new RegExp(`in use by berth serve \\(pid ${b.process.pid}\\b`), describeRun(full, r));
+    });
+  }
+
+  test('berth ls runs beside it (read-only), and the index was not touched by the refused commands', async () => {
+    const rows = await lsJson(b.configFile);
+    assert.deepEqual(rows.map((r) => r.reference), ['docker.io/lab/locked:1']);
+  });
+
+  test('berth prewarm and pin beside it go through the running server', async () => {
+    const prewarm = ['prewarm', 'docker.io/lab/other:1', '--config', b.configFile];
+    const r = await runBerth(prewarm);
+    assert.equal(r.code, 0, describeRun(prewarm, r));
+    assert.ok(r.stderr.includes(`going through it at ${b.url}`), describeRun(prewarm, r));
+    const pin = ['pin', 'docker.io/lab/locked:1', '--config', b.configFile];
+    const p = await runBerth(pin);
+    assert.equal(p.code, 0, describeRun(pin, p));
+    assert.match(p.stdout, /pinned docker\.io\/lab\/locked:1 \(through the running berth/);
+    const rows = await lsJson(b.configFile);
+    for (const ref of ['docker.io/lab/other:1', 'docker.io/lab/locked:1']) assert.equal(rows.find((x) => x.reference === ref)?.pinned, true, `${ref} pinned`);
+    assert.ok(b.log().includes('/_berth/prewarm'), 'the server did the work');
+    for (const blob of blobsOf(other)) assert.ok(existsSync(path.join(b.storage, 'blobs', 'sha256', blob.digest.slice(7, 9), blob.digest.slice(7))));
+  });
+
+  test('after kill -9 the stale lock does not stop the next start, and commands run once it is stopped', async () => {
+    await b.kill('SIGKILL');
+    assert.ok(existsSync(path.join(b.storage, 'berth.lock')), 'kill -9 leaves the lock file behind');
+    await b.restart();
+    const lock = JSON.parse(readFileSync(path.join(b.storage, 'berth.lock'), 'utf8')) as { pid: number };
+    assert.equal(lock.pid, b.process.pid, 'the new server took the stale lock over');
+    await b.kill('SIGTERM');
+    assert.ok(!existsSync(path.join(b.storage, 'berth.lock')), 'a clean stop removes the lock');
+    const gc = ['gc', '--config', b.configFile];
+    const r = await runBerth(gc);
+    assert.equal(r.code, 0, describeRun(gc, r));
+  });
+});
