@@ -68,7 +68,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
       afterFill(fill.extents.bytes);
       if (!ok) metrics.fillsFailed.inc();
     },
-  });
+  }, config.fills);
   const pins = new Pins(index.db);
   const quota = new Quota(index, store, config.storage.maxSize, log);
   const ctx: RegistryContext = { config, store, index, pins, quota, fills, upstreams, budget, metrics, log };

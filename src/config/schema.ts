@@ -100,6 +100,19 @@ export const ConfigSchema = z
     tagTtl: duration('5m'),
     /** How long a fill may keep going after every client that wanted it has gone. */
     fillTimeout: duration('30m'),
+    /**
+     * Limits on fills (downloads from an upstream): how many run at once in all, how many one client
+     * address may have started, and how long a fill whose clients all left goes on when no background work
+     * (prewarm, lazy completion) wants it. Over a limit a new fill is a 503, so containerd falls back.
+     */
+    fills: z
+      .object({
+        maxConcurrent: z.number().int().min(1).default(64),
+        maxPerClient: z.number().int().min(1).default(16),
+        abandonGrace: duration('10s'),
+      })
+      .strict()
+      .prefault({}),
     /** Whole blobs whose first bytes were asked by Range: complete in the background or only as read. */
     lazyFill: z.enum(['background', 'on-demand']).default('background'),
     retries: z

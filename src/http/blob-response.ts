@@ -49,7 +49,8 @@ export function sendBlob(ctx: Context, blob: BlobHandle, ranges: ByteRange[] | u
   ctx.status = 206;
   if (ranges.length === 1) {
     const r = ranges[0]!;
-    ctx.body = blob.read(r.start, r.end);
+    // A range that is the whole blob (`bytes=0-`) is held back like a whole GET: last byte after the digest check.
+    ctx.body = blob.read(r.start, r.end, r.start === 0 && r.end === blob.size - 1);
     ctx.type = 'application/octet-stream';
     ctx.length = rangeLength(r);
     ctx.set('Content-Range', `bytes ${r.start}-${r.end}/${blob.size}`);

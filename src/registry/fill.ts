@@ -10,6 +10,11 @@ import { Extents } from './extents.ts';
 import { readCheckpoint, writeCheckpoint } from './checkpoint.ts';
 import { IntegrityError, hashFile } from './integrity.ts';
 import { failpoint } from '../failpoints.ts';
+import { failsFill, isCircuitOpen, isDiskFull, isTransient } from './fill-errors.ts';
+import { writeFully } from './ingest-write.ts';
+import { type LazyFetch, type ReadableFill, readFill } from './fill-reader.ts';
+import { planFetches } from './lazy-plan.ts';
+import type { ByteRange } from '../oci/range.ts';
 
 /** Where a fill gets bytes: the upstream, bound to one blob. */
 export interface BlobSource {
@@ -33,8 +38,10 @@ export interface FillOptions {
   /** The size the manifest declared, when known: an upstream that disagrees is wrong. */
   expectedSize?: number;
   retries: { attempts: number; backoff: number };
-  /** How long the fill may go on after its last reader left. */
+  /** How long the fill may go on after its last reader left, when background work wants it (prewarm, lazy completion). */
   abandonAfterMs: number;
+  /** …and when nobody else wants it: a client that walked away must not hold an upstream connection for long. */
+  abandonGraceMs: number;
   /** Moves the verified data file into the blob store and indexes it. */
   commit: (dataFile: string, size: number) => Promise<void>;
   /** Reads the committed blob (for a reader that arrives after the commit). */
@@ -43,12 +50,14 @@ export interface FillOptions {
   onUpstreamBytes?: (n: number, priority: Priority) => void;
 }
 
-const READ_CHUNK = 256 * 1024;
 /** Persist what is on disk at most this often (in bytes written), so a restart resumes near where it stopped. */
 const CHECKPOINT_BYTES = 32 * 1024 * 1024;
 /** A reader this far ahead of the sequential fill asks the upstream for its bytes directly. */
 const LAZY_DISTANCE = 2 * 1024 * 1024;
-const MAX_LAZY_SPAN = 16 * 1024 * 1024;
+/** A client's ranges closer than this are fetched by one upstream request (stargz aligns to 50,000 bytes). */
+const RANGE_COALESCE_GAP = 64 * 1024;
+/** At most this many upstream Range requests are started for one client request. */
+const MAX_FETCHES_PER_REQUEST = 8;
 
 export type FillState = 'running' | 'idle' | 'committed' | 'failed';
 
@@ -59,7 +68,7 @@ export type FillState = 'running' | 'idle' | 'committed' | 'failed';
  * the same file. When every byte is there the digest is checked over the whole and the file committed.
  * A failure destroys every reader's stream: no client ever sees a clean-looking short body.
  */
-export class Fill extends EventEmitter {
+export class Fill extends EventEmitter implements ReadableFill {
   state: FillState = 'idle';
   size: number | undefined;
   error: Error | undefined;
@@ -70,7 +79,9 @@ export class Fill extends EventEmitter {
   private hash: Hash = createHash('sha256');
   private hashedTo = 0;
   private sequential: Promise<void> | undefined;
-  private readonly lazy: Array<{ start: number; end: number }> = [];
+  private readonly lazy: LazyFetch[] = [];
+  /** Background work (prewarm, lazy completion) wants the whole blob: keep going `abandonAfterMs` without readers. */
+  private wantedInBackground = false;
   private sinceCheckpoint = 0;
   /** The upstream answered a Range request with the whole blob: only the sequential fill can help. */
   private rangeUnsupported = false;
@@ -149,6 +160,7 @@ export class Fill extends EventEmitter {
    */
   start(priority: Priority = 'foreground'): void {
     if (priority === 'foreground') this.seqPriority = 'foreground';
+    else this.wantedInBackground = true;
     if (this.sequential || this.state === 'committed' || this.state === 'failed') return;
     this.state = 'running';
     this.sequential = this.runSequential().catch((err: Error) => this.fail(err));
@@ -157,6 +169,7 @@ export class Fill extends EventEmitter {
   /** Completes the blob in the background after `ms`, unless something started it meanwhile. */
   startLater(ms: number): void {
     if (this.sequential || this.laterTimer) return;
+    this.wantedInBackground = true;
     this.laterTimer = setTimeout(() => this.start('background'), ms);
     this.laterTimer.unref();
   }
@@ -215,10 +228,10 @@ export class Fill extends EventEmitter {
       } catch (err) {
         if (this.abort.signal.aborted) throw this.abort.signal.reason as Error;
         if (err instanceof RegistryError && !['UNAVAILABLE', 'UPSTREAM_ERROR'].includes(err.code)) throw err;
-        if (err instanceof IntegrityError) throw err;
+        if (!isTransient(err)) throw err;
         // Nothing ever arrived, or the upstream is marked down: fail now, so the client hears 503 and
         // falls back, instead of waiting through every retry. Retries are for transfers that broke.
-        if (this.extents.bytes === 0 || (err instanceof RegistryError && (err.detail as { circuitOpen?: boolean } | undefined)?.circuitOpen)) throw err;
+        if (this.extents.bytes === 0 || isCircuitOpen(err)) throw err;
         failures++;
         if (failures > this.o.retries.attempts) throw err;
         const delay = this.o.retries.backoff * 2 ** (failures - 1);
@@ -243,13 +256,16 @@ export class Fill extends EventEmitter {
       if (this.size !== undefined && pos + chunk.length > this.size) {
         throw new IntegrityError(`upstream sent more than the ${this.size} bytes of blob ${this.digest}`);
       }
-      await this.fh.write(chunk, 0, chunk.length, pos);
       this.o.onUpstreamBytes?.(chunk.length, priority());
-      if (pos === this.hashedTo) {
-        this.hash.update(chunk);
-        this.hashedTo += chunk.length;
-      }
-      this.extents.add(pos, pos + chunk.length);
+      // Only what really is in the file is published and hashed: a short write (a full disk) must not
+      // leave the extents claiming bytes that a later Range would read back as zeros.
+      await writeFully(this.fh, chunk, pos, (at, piece) => {
+        if (at === this.hashedTo) {
+          this.hash.update(piece);
+          this.hashedTo += piece.length;
+        }
+        this.extents.add(at, at + piece.length);
+      }, `blob ${this.digest}`);
       pos += chunk.length;
       if (this.size !== undefined && pos * 2 >= this.size && (pos - chunk.length) * 2 < this.size) failpoint('fill.mid-body');
       this.emit('progress');
@@ -276,16 +292,31 @@ export class Fill extends EventEmitter {
   }
 
   /**
-   * Fetches [start, end] (inclusive) from the upstream with a Range request, at the reader's priority,
-   * unless a fetch already in flight covers `start`.
+   * Fetches [start, end] (inclusive) from the upstream with a Range request, at foreground priority,
+   * unless a fetch already in flight covers `start` (that one is returned). A fetch that fails sets its
+   * `error` and publishes a change, so its readers decide (retry later, or fail); a failure that dooms
+   * the blob (404, wrong bytes, disk full) fails the fill.
    */
-  private fetchRange(start: number, end: number): void {
-    if (this.lazy.some((r) => r.start <= start && start <= r.end)) return;
-    const req = { start, end };
-    this.lazy.push(req);
+  fetchRange(start: number, end: number): LazyFetch {
+    const running = this.lazy.find((r) => r.start <= start && start <= r.end);
+    if (running) return running;
+    let answered!: () => void;
+    let refused!: (err: Error) => void;
+    const f: LazyFetch = {
+      start,
+      end,
+      answered: new Promise<void>((ok, fail) => {
+        answered = ok;
+        refused = fail;
+      }),
+      done: Promise.resolve(),
+    };
+    f.answered.catch(() => {}); // nobody may be waiting on it
+    this.lazy.push(f);
     const run = async () => {
       const res = await this.source.open({ start, end }, () => 'foreground', this.abort.signal);
       this.checkSize(res.size);
+      answered();
       if (!res.partial) {
         // Without Range support the only way to these bytes is the whole blob: let the sequential fill do it.
         this.rangeUnsupported = true;
@@ -294,17 +325,54 @@ export class Fill extends EventEmitter {
         return;
       }
       await this.consume(res.body, res.start, () => 'foreground');
+      if (this.extents.availableFrom(start) === start && this.state !== 'failed' && this.state !== 'committed') {
+        throw new RegistryError('UPSTREAM_ERROR', `upstream closed the Range body of ${this.digest} at ${start} before sending anything`);
+      }
     };
-    run()
+    f.done = run()
       .catch((err: Error) => {
-        if (err instanceof IntegrityError) this.fail(err);
+        f.error = err;
+        refused(err);
+        if (failsFill(err)) this.fail(err);
         else this.o.log('range fetch failed', { digest: this.digest, start, end, error: err.message });
       })
       .finally(() => {
-        this.lazy.splice(this.lazy.indexOf(req), 1);
+        this.lazy.splice(this.lazy.indexOf(f), 1);
         this.emit('progress');
         void this.maybeFinish();
       });
+    return f;
+  }
+
+  /**
+   * Before a Range response's headers: starts the upstream requests for the missing parts of `ranges`
+   * (merged into a few, see lazy-plan.ts) and waits until the first of them answered, or the sequential
+   * fill flows. So an unreachable upstream is a 503 and a blob it does not have a 404, not a 206 followed
+   * by a cut.
+   */
+  async prefetch(ranges: ByteRange[]): Promise<void> {
+    if (this.state === 'committed') return;
+    if (this.state === 'failed') throw this.error;
+    const missing = ranges.flatMap((r) => this.extents.missingIn(r.start, r.end + 1));
+    const first: Array<Promise<void>> = [];
+    for (const [a, b] of planFetches(missing, { gap: RANGE_COALESCE_GAP, max: MAX_FETCHES_PER_REQUEST })) {
+      if (this.sequentialWillBring(a)) first.push(this.whenFlowing());
+      else first.push(this.fetchRange(a, b - 1).answered);
+    }
+    if (first.length > 0) await first[0];
+  }
+
+  /** The sequential fill will bring `pos` soon: waiting for it beats a Range request of our own. */
+  sequentialWillBring(pos: number): boolean {
+    return this.running && (pos - this.extents.availableFrom(0) < LAZY_DISTANCE || this.rangeUnsupported);
+  }
+
+  read(buf: Buffer, pos: number): Promise<number> {
+    return this.fh.read(buf, 0, buf.length, pos).then((r) => r.bytesRead);
+  }
+
+  get retries(): { attempts: number; backoff: number } {
+    return this.o.retries;
   }
 
   /** When lazily fetched ranges have covered the whole blob, verify and commit it. */
@@ -345,9 +413,11 @@ export class Fill extends EventEmitter {
     this.o.log('fill failed', { digest: this.digest, error: err.message });
     this.emit('failed', err);
     this.emit('progress');
-    const corrupt = err instanceof IntegrityError;
+    // Wrong bytes must go; so must a partial that a full disk stopped (it only holds space) and a data
+    // file with nothing in it (a GET of a digest the upstream does not have).
+    const discard = err instanceof IntegrityError || isDiskFull(err) || this.extents.bytes === 0;
     void (async () => {
-      if (corrupt) {
+      if (discard) {
         await rm(this.o.metaFile, { force: true });
         await rm(this.o.dataFile, { force: true });
       } else {
@@ -377,53 +447,22 @@ export class Fill extends EventEmitter {
   }
 
   /** Waits for the next published change (bytes landed, commit or failure). */
-  private changed(): Promise<void> {
+  changed(): Promise<void> {
     return new Promise((resolve) => this.once('progress', resolve));
   }
 
   /**
    * A stream of [start, end] (inclusive). It yields bytes as they land; bytes far ahead of the
    * sequential fill (or with no sequential fill at all) are fetched by Range at foreground priority.
+   * A whole-blob reader (`verified`) holds back the last byte until the digest is checked: if the upstream
+   * sent wrong bytes the client's connection is cut instead of ending as a clean, complete-looking body.
    */
   reader(start: number, end: number, opts: { verified?: boolean } = {}): Readable {
     if (this.state === 'committed') return this.o.readCommitted(start, end);
     this.readers++;
     this.clearAbandonTimer();
-    const self = this;
-    // A whole-blob reader holds back the last byte until the digest is checked: if the upstream sent
-    // wrong bytes the client's connection is cut instead of ending as a clean, complete-looking body.
-    const holdBack = opts.verified === true && end === (this.size ?? -1) - 1 ? 1 : 0;
-    async function* bytes(): AsyncGenerator<Buffer> {
-      let pos = start;
-      while (pos <= end) {
-        if (self.state === 'failed') throw self.error;
-        if (holdBack && pos === end && self.state !== 'committed') {
-          await self.whenDone();
-          const last = Buffer.allocUnsafe(1);
-          await self.fh.read(last, 0, 1, end);
-          pos += 1;
-          yield last;
-          continue;
-        }
-        const avail = Math.min(self.extents.availableFrom(pos), end + 1 - (self.state === 'committed' ? 0 : holdBack));
-        if (avail > pos) {
-          const n = Math.min(avail, end + 1, pos + READ_CHUNK) - pos;
-          const buf = Buffer.allocUnsafe(n);
-          const { bytesRead } = await self.fh.read(buf, 0, n, pos);
-          if (bytesRead !== n) throw new Error(`short read of ingest file at ${pos}`);
-          pos += n;
-          yield buf;
-          continue;
-        }
-        const frontier = self.extents.availableFrom(0);
-        const sequentialWillCome = self.running && (pos - frontier < LAZY_DISTANCE || self.rangeUnsupported);
-        if (!sequentialWillCome) self.fetchRange(pos, Math.min(end, pos + MAX_LAZY_SPAN - 1));
-        const wait = self.changed();
-        if (self.extents.availableFrom(pos) > pos || (self.state as FillState) === 'failed') continue;
-        await wait;
-      }
-    }
-    const stream = Readable.from(bytes(), { objectMode: false, highWaterMark: READ_CHUNK });
+    const holdBack = opts.verified === true && end === (this.size ?? -1) - 1;
+    const stream = Readable.from(readFill(this, start, end, holdBack), { objectMode: false, highWaterMark: 256 * 1024 });
     let released = false;
     const release = () => {
       if (released) return;
@@ -438,13 +477,15 @@ export class Fill extends EventEmitter {
     return stream;
   }
 
+  /** No reader left: the fill goes on for `abandonAfterMs` if background work wants it, else for the short grace. */
   private armAbandonTimer(): void {
     this.clearAbandonTimer();
+    const ms = this.wantedInBackground ? this.o.abandonAfterMs : this.o.abandonGraceMs;
     this.abandonTimer = setTimeout(() => {
       if (this.readers === 0 && this.state !== 'committed') {
-        void this.checkpoint().then(() => this.fail(new RegistryError('UNAVAILABLE', `fill of ${this.digest} abandoned: no reader for ${this.o.abandonAfterMs} ms`)));
+        void this.checkpoint().then(() => this.fail(new RegistryError('UNAVAILABLE', `fill of ${this.digest} abandoned: no reader for ${ms} ms`)));
       }
-    }, this.o.abandonAfterMs);
+    }, ms);
     this.abandonTimer.unref();
   }
 }
