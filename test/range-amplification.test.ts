@@ -97,6 +97,6 @@ describe('what one client can make berth ask of the upstream', () => {
       assert.ok(r.body.equals(bytes.subarray(start)), `${range}: the bytes from ${start} to the end`);
     }
     const huge = await fetchOutcome(b.url, `/v2/lab/clamp/blobs/${blob.digest}`, { headers: { range: 'bytes=99999999999999999999-' } });
-    assert.equal(huge.status, 416, `a first byte past the end: ${describeOutcome(huge)}`);
+    assert.ok(huge.status === 400 || huge.status === 416, `a first byte past 2^53 is a 4xx: ${describeOutcome(huge)}`);
   });
 });

@@ -39,6 +39,8 @@ export function parseRange(header: string, size: number): ByteRange[] {
       continue;
     }
     const start = Number(p[1]);
+    // No blob is that big; unlike a last byte past the end (clamped below), nothing sensible is asked.
+    if (!Number.isSafeInteger(start)) throw new RegistryError('RANGE_INVALID', `invalid range "${spec.slice(0, 40)}": first byte past 2^53`);
     const end = p[2] === '' ? size - 1 : Number(p[2]);
     if (p[2] !== '' && end < start) throw new RegistryError('RANGE_INVALID', `invalid range "${spec}": last byte before first`);
     if (start >= size) continue;
