@@ -17,6 +17,7 @@ import { describeOutcome, fetchOutcome, sha256Of } from './support/outcome.ts';
 import { type StandInOrigin, respond, startStandInOrigin } from './support/stand-in-origin.ts';
 import { startRelay } from './support/relay.ts';
 import { metricValue, waitUntil } from './support/links.ts';
+import { committed } from './support/storage.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
 
 const MB = 1_000_000;
@@ -36,6 +37,7 @@ const REPOS: Record<string, number> = {
   'lab/cold1': 4 * MB,
   'lab/cold2': 4 * MB,
   'lab/cold3': 4 * MB,
+  'lab/lazy-bg': 3 * MB,
 };
 
 before(async () => {
@@ -214,5 +216,18 @@ describe('clients that start fills and walk away', () => {
     const again = await fetchOutcome(b.url, `/v2/lab/cold3/blobs/${d3}`, { timeoutMs: 30_000 });
     assert.ok(again.complete && again.status === 200, describeOutcome(again));
     assert.equal(sha256Of(again.body), d3);
+  });
+
+  test('a lazily read blob that the background completes keeps going after its client left (fillTimeout, not the grace)', async () => {
+    const repo = 'lab/lazy-bg';
+    const { digest } = layer(repo);
+    await getManifest(b.url, repo);
+    const started = performance.now();
+    const r = await fetchOutcome(b.url, `/v2/${repo}/blobs/${digest}`, { headers: { range: 'bytes=0-99' } });
+    assert.equal(r.status, 206, describeOutcome(r));
+    // 3 MB at 1 MB/s, starting 1 s after the read: well past the 1 s grace
+    await waitUntil('the background completion to commit the blob', () => committed(b, digest), 30_000, 50);
+    const ms = performance.now() - started;
+    assert.ok(ms > 2_000, `the completion took ${Math.round(ms)} ms: too fast to show that the grace did not apply`);
   });
 });

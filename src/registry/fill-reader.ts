@@ -1,18 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Extents } from './extents.ts';
 import { isTransient } from './fill-errors.ts';
-
-/** One upstream Range request of a fill, as readers see it. */
-export interface LazyFetch {
-  start: number;
-  /** Inclusive. */
-  end: number;
-  /** Resolves when the upstream answered (headers), rejects with the error if it did not. */
-  answered: Promise<void>;
-  /** Set when the fetch ended without bringing its bytes; `done` then settles. */
-  error?: Error;
-  done: Promise<void>;
-}
+import type { LazyFetch } from './lazy-fetches.ts';
 
 /** What a reader needs of its fill (fill.ts). */
 export interface ReadableFill {

@@ -1,63 +1,20 @@
-import { createHash, type Hash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { open, rm, type FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { RegistryError } from '../oci/errors.ts';
 import type { Digest } from '../oci/digest.ts';
 import type { Priority } from '../upstream/bandwidth.ts';
-import { Extents } from './extents.ts';
-import { readCheckpoint, writeCheckpoint } from './checkpoint.ts';
-import { IntegrityError, hashFile } from './integrity.ts';
+import type { Extents } from './extents.ts';
+import { IntegrityError } from './integrity.ts';
+import { IngestFile } from './ingest-file.ts';
 import { failpoint } from '../failpoints.ts';
 import { failsFill, isCircuitOpen, isDiskFull, isTransient } from './fill-errors.ts';
-import { writeFully } from './ingest-write.ts';
-import { type LazyFetch, type ReadableFill, readFill } from './fill-reader.ts';
-import { planFetches } from './lazy-plan.ts';
+import { type ReadableFill, readFill } from './fill-reader.ts';
+import { LAZY_DISTANCE, type LazyFetch, LazyFetches, planRequest } from './lazy-fetches.ts';
 import type { ByteRange } from '../oci/range.ts';
+import type { BlobSource, FillOptions } from './fill-options.ts';
 
-/** Where a fill gets bytes: the upstream, bound to one blob. */
-export interface BlobSource {
-  /**
-   * GET the blob, or [start, end] of it. `partial` says the upstream honoured the range (206);
-   * `size` is the whole blob's size; `start` is the offset of the body's first byte.
-   */
-  open(range: { start: number; end?: number } | undefined, priority: () => Priority, signal: AbortSignal): Promise<SourceBody>;
-}
-
-export interface SourceBody {
-  partial: boolean;
-  start: number;
-  size: number;
-  body: AsyncIterable<Buffer>;
-}
-
-export interface FillOptions {
-  dataFile: string;
-  metaFile: string;
-  /** The size the manifest declared, when known: an upstream that disagrees is wrong. */
-  expectedSize?: number;
-  retries: { attempts: number; backoff: number };
-  /** How long the fill may go on after its last reader left, when background work wants it (prewarm, lazy completion). */
-  abandonAfterMs: number;
-  /** …and when nobody else wants it: a client that walked away must not hold an upstream connection for long. */
-  abandonGraceMs: number;
-  /** Moves the verified data file into the blob store and indexes it. */
-  commit: (dataFile: string, size: number) => Promise<void>;
-  /** Reads the committed blob (for a reader that arrives after the commit). */
-  readCommitted: (start: number, end: number) => Readable;
-  log: (msg: string, extra?: Record<string, unknown>) => void;
-  onUpstreamBytes?: (n: number, priority: Priority) => void;
-}
-
-/** Persist what is on disk at most this often (in bytes written), so a restart resumes near where it stopped. */
-const CHECKPOINT_BYTES = 32 * 1024 * 1024;
-/** A reader this far ahead of the sequential fill asks the upstream for its bytes directly. */
-const LAZY_DISTANCE = 2 * 1024 * 1024;
-/** A client's ranges closer than this are fetched by one upstream request (stargz aligns to 50,000 bytes). */
-const RANGE_COALESCE_GAP = 64 * 1024;
-/** At most this many upstream Range requests are started for one client request. */
-const MAX_FETCHES_PER_REQUEST = 8;
+export type { BlobSource, FillOptions, SourceBody } from './fill-options.ts';
 
 export type FillState = 'running' | 'idle' | 'committed' | 'failed';
 
@@ -75,14 +32,11 @@ export class Fill extends EventEmitter implements ReadableFill {
   readonly extents: Extents;
   readers = 0;
   private readonly abort = new AbortController();
-  private fh!: FileHandle;
-  private hash: Hash = createHash('sha256');
-  private hashedTo = 0;
+  private file!: IngestFile;
   private sequential: Promise<void> | undefined;
-  private readonly lazy: LazyFetch[] = [];
+  private readonly lazy = new LazyFetches();
   /** Background work (prewarm, lazy completion) wants the whole blob: keep going `abandonAfterMs` without readers. */
   private wantedInBackground = false;
-  private sinceCheckpoint = 0;
   /** The upstream answered a Range request with the whole blob: only the sequential fill can help. */
   private rangeUnsupported = false;
   private flowing = false;
@@ -106,21 +60,10 @@ export class Fill extends EventEmitter implements ReadableFill {
 
   /** Opens the ingest file, picking up what an earlier fill (before a restart) left on disk. */
   static async open(digest: Digest, source: BlobSource, o: FillOptions): Promise<Fill> {
-    const checkpoint = await readCheckpoint(o.metaFile, o.expectedSize);
-    let extents = checkpoint?.extents ?? new Extents();
-    let size = checkpoint?.size;
-    let fh: FileHandle;
-    try {
-      fh = await open(o.dataFile, extents.bytes > 0 ? 'r+' : 'w+');
-    } catch {
-      // The checkpoint outlived its data file (a crash after the rename into blobs/): start afresh.
-      extents = new Extents();
-      size = undefined;
-      fh = await open(o.dataFile, 'w+');
-    }
-    const fill = new Fill(digest, source, o, extents, size ?? o.expectedSize);
-    fill.fh = fh;
-    if (extents.bytes > 0) o.log('resuming fill from checkpoint', { digest, bytes: extents.bytes, size });
+    const file = await IngestFile.open(o.dataFile, o.metaFile, o.expectedSize);
+    const fill = new Fill(digest, source, o, file.extents, file.size ?? o.expectedSize);
+    fill.file = file;
+    if (file.extents.bytes > 0) o.log('resuming fill from checkpoint', { digest, bytes: file.extents.bytes, size: file.size });
     return fill;
   }
 
@@ -217,8 +160,7 @@ export class Fill extends EventEmitter implements ReadableFill {
           // The upstream ignored Range: the body is the whole blob again, so start over from zero.
           this.rangeUnsupported = true;
           this.o.log('upstream ignored Range; restarting fill from zero', { digest: this.digest });
-          this.extents.clear();
-          this.resetHash();
+          this.file.reset();
         }
         await this.consume(res.body, res.partial ? res.start : 0, this.priority.bind(this));
         if (this.size !== undefined && this.extents.gaps(this.size)[0]?.[0] === start) {
@@ -257,35 +199,21 @@ export class Fill extends EventEmitter implements ReadableFill {
         throw new IntegrityError(`upstream sent more than the ${this.size} bytes of blob ${this.digest}`);
       }
       this.o.onUpstreamBytes?.(chunk.length, priority());
-      // Only what really is in the file is published and hashed: a short write (a full disk) must not
-      // leave the extents claiming bytes that a later Range would read back as zeros.
-      await writeFully(this.fh, chunk, pos, (at, piece) => {
-        if (at === this.hashedTo) {
-          this.hash.update(piece);
-          this.hashedTo += piece.length;
-        }
-        this.extents.add(at, at + piece.length);
-      }, `blob ${this.digest}`);
+      // Only what really is in the file is published: a short write (a full disk) must not leave the
+      // extents claiming bytes that a later Range would read back as zeros.
+      const due = await this.file.write(chunk, pos, `blob ${this.digest}`);
       pos += chunk.length;
       if (this.size !== undefined && pos * 2 >= this.size && (pos - chunk.length) * 2 < this.size) failpoint('fill.mid-body');
       this.emit('progress');
-      this.sinceCheckpoint += chunk.length;
-      if (this.sinceCheckpoint >= CHECKPOINT_BYTES) await this.checkpoint();
+      if (due) await this.checkpoint();
     }
-  }
-
-  private resetHash(): void {
-    this.hash = createHash('sha256');
-    this.hashedTo = 0;
   }
 
   /** Records what is on disk, after syncing it, so a restarted berth resumes instead of starting over. */
   private async checkpoint(): Promise<void> {
-    this.sinceCheckpoint = 0;
     if (this.size === undefined || this.state === 'failed') return;
     try {
-      await this.fh.datasync();
-      await writeCheckpoint(this.o.metaFile, this.size, this.extents);
+      await this.file.checkpoint(this.size);
     } catch (err) {
       this.o.log('could not checkpoint fill', { digest: this.digest, error: (err as Error).message });
     }
@@ -298,22 +226,9 @@ export class Fill extends EventEmitter implements ReadableFill {
    * the blob (404, wrong bytes, disk full) fails the fill.
    */
   fetchRange(start: number, end: number): LazyFetch {
-    const running = this.lazy.find((r) => r.start <= start && start <= r.end);
+    const running = this.lazy.covering(start);
     if (running) return running;
-    let answered!: () => void;
-    let refused!: (err: Error) => void;
-    const f: LazyFetch = {
-      start,
-      end,
-      answered: new Promise<void>((ok, fail) => {
-        answered = ok;
-        refused = fail;
-      }),
-      done: Promise.resolve(),
-    };
-    f.answered.catch(() => {}); // nobody may be waiting on it
-    this.lazy.push(f);
-    const run = async () => {
+    const run = async (answered: () => void) => {
       const res = await this.source.open({ start, end }, () => 'foreground', this.abort.signal);
       this.checkSize(res.size);
       answered();
@@ -329,19 +244,14 @@ export class Fill extends EventEmitter implements ReadableFill {
         throw new RegistryError('UPSTREAM_ERROR', `upstream closed the Range body of ${this.digest} at ${start} before sending anything`);
       }
     };
-    f.done = run()
-      .catch((err: Error) => {
-        f.error = err;
-        refused(err);
-        if (failsFill(err)) this.fail(err);
-        else this.o.log('range fetch failed', { digest: this.digest, start, end, error: err.message });
-      })
-      .finally(() => {
-        this.lazy.splice(this.lazy.indexOf(f), 1);
-        this.emit('progress');
-        void this.maybeFinish();
-      });
-    return f;
+    const failed = (err: Error) => {
+      if (failsFill(err)) this.fail(err);
+      else this.o.log('range fetch failed', { digest: this.digest, start, end, error: err.message });
+    };
+    return this.lazy.begin(start, end, run, failed, () => {
+      this.emit('progress');
+      void this.maybeFinish();
+    });
   }
 
   /**
@@ -353,9 +263,8 @@ export class Fill extends EventEmitter implements ReadableFill {
   async prefetch(ranges: ByteRange[]): Promise<void> {
     if (this.state === 'committed') return;
     if (this.state === 'failed') throw this.error;
-    const missing = ranges.flatMap((r) => this.extents.missingIn(r.start, r.end + 1));
     const first: Array<Promise<void>> = [];
-    for (const [a, b] of planFetches(missing, { gap: RANGE_COALESCE_GAP, max: MAX_FETCHES_PER_REQUEST })) {
+    for (const [a, b] of planRequest(ranges, this.extents)) {
       if (this.sequentialWillBring(a)) first.push(this.whenFlowing());
       else first.push(this.fetchRange(a, b - 1).answered);
     }
@@ -368,7 +277,7 @@ export class Fill extends EventEmitter implements ReadableFill {
   }
 
   read(buf: Buffer, pos: number): Promise<number> {
-    return this.fh.read(buf, 0, buf.length, pos).then((r) => r.bytesRead);
+    return this.file.read(buf, pos);
   }
 
   get retries(): { attempts: number; backoff: number } {
@@ -385,15 +294,13 @@ export class Fill extends EventEmitter implements ReadableFill {
   private finish(): Promise<void> {
     this.finishing ??= (async () => {
       const size = this.size!;
-      let actual: string;
-      if (this.hashedTo === size) actual = this.hash.digest('hex');
-      else actual = await hashFile(this.fh, size);
+      const actual = await this.file.digestHex(size);
       if (`sha256:${actual}` !== this.digest) {
         throw new IntegrityError(`upstream bytes hash to sha256:${actual}, not ${this.digest}`);
       }
       failpoint('fill.before-rename');
-      await this.o.commit(this.o.dataFile, size);
-      await rm(this.o.metaFile, { force: true });
+      await this.o.commit(this.file.path, size);
+      await this.file.removeCheckpoint();
       this.state = 'committed';
       this.clearAbandonTimer();
       this.emit('progress');
@@ -417,12 +324,8 @@ export class Fill extends EventEmitter implements ReadableFill {
     // file with nothing in it (a GET of a digest the upstream does not have).
     const discard = err instanceof IntegrityError || isDiskFull(err) || this.extents.bytes === 0;
     void (async () => {
-      if (discard) {
-        await rm(this.o.metaFile, { force: true });
-        await rm(this.o.dataFile, { force: true });
-      } else {
-        await this.checkpointAfterFailure();
-      }
+      if (discard) await this.file.discard();
+      else await this.checkpointAfterFailure();
       await this.closeWhenUnread();
     })();
   }
@@ -430,14 +333,14 @@ export class Fill extends EventEmitter implements ReadableFill {
   private async checkpointAfterFailure(): Promise<void> {
     if (this.size === undefined) return;
     try {
-      await writeCheckpoint(this.o.metaFile, this.size, this.extents);
+      await this.file.checkpoint(this.size, false);
     } catch {
       // best effort: without it the next fill starts from zero
     }
   }
 
   private async closeWhenUnread(): Promise<void> {
-    if (this.readers === 0) await this.fh.close().catch(() => {});
+    if (this.readers === 0) await this.file.close();
   }
 
   private clearAbandonTimer(): void {
