@@ -4,7 +4,7 @@
 // Real docker-registry upstream, berth's storage on a small tmpfs (we are root), umounted in `after`.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdir, readFile, readdir, stat } from 'node:fs/promises';
+import { mkdir, open, readFile, readdir, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, test } from 'node:test';
@@ -24,6 +24,7 @@ let work: string;
 let mnt: string;
 let b: InProcessBerth;
 let big: Image;
+let small: Image;
 const cleanups: Array<() => Promise<unknown>> = [];
 
 before(async () => {
@@ -31,6 +32,8 @@ before(async () => {
   up = await startUpstream();
   big = await buildImage({ format: 'oci', layers: [{ randomBytes: 30 * MB, dir: work }] });
   await pushImage(up, 'lab/big', '1', big);
+  small = await buildImage({ format: 'oci', layers: [{ randomBytes: 2 * MB, dir: work }] });
+  await pushImage(up, 'lab/small', '1', small);
   mnt = path.join(work, 'fs');
   await mkdir(mnt);
   await run('mount', ['-t', 'tmpfs', '-o', 'size=20m', 'tmpfs', mnt]);
@@ -84,5 +87,27 @@ describe('a storage filesystem that fills up', () => {
     const dataFiles = async () => (await ingestFiles()).filter((n) => n.endsWith('.data'));
     const left = await waitUntil('the empty data files to be removed', async () => ((await dataFiles()).length === 0 ? [] : false), 5_000).catch(dataFiles);
     assert.deepEqual(left, [], `${left.length} empty ingest files after 50 GETs of unknown digests`);
+  });
+
+  test('on a disk already full, a GET of an uncached blob is a 503 that says "disk full", before any header of a 200', async () => {
+    const filler = path.join(mnt, 'filler');
+    const fh = await open(filler, 'w');
+    try {
+      for (;;) await fh.write(Buffer.alloc(1024 * 1024));
+    } catch (err) {
+      assert.equal((err as NodeJS.ErrnoException).code, 'ENOSPC');
+    } finally {
+      await fh.close();
+    }
+    try {
+      const layer = small.layers[0]!;
+      const r = await fetchOutcome(b.url, `/v2/lab/small/blobs/${layer.digest}`, { timeoutMs: 30_000 });
+      assert.equal(r.status, 503, describeOutcome(r));
+      assert.match(r.body.toString(), /disk full/);
+      const ranged = await fetchOutcome(b.url, `/v2/lab/small/blobs/${layer.digest}`, { headers: { range: 'bytes=1000-1999' }, timeoutMs: 30_000 });
+      assert.equal(ranged.status, 503, `a Range on a full disk: ${describeOutcome(ranged)}`);
+    } finally {
+      await rm(filler, { force: true });
+    }
   });
 });

@@ -118,9 +118,8 @@ export class Fill extends EventEmitter implements ReadableFill {
   }
 
   /**
-   * Resolves once bytes flow (some are on disk, or the upstream answered); rejects if the fill fails
-   * first. Waiting for this before sending headers turns a dead upstream into a 503 instead of a 200
-   * followed by a cut connection.
+   * Resolves once bytes flow (some are on disk); rejects if the fill fails first. Waiting for this before
+   * sending headers turns a dead upstream (or a full disk) into a 503 instead of a 200 and a cut.
    */
   whenFlowing(): Promise<void> {
     if (this.flowing || this.extents.bytes > 0 || this.state === 'committed') return Promise.resolve();
@@ -154,15 +153,14 @@ export class Fill extends EventEmitter implements ReadableFill {
         const res = await this.source.open(wanted, () => this.priority(), this.abort.signal);
         failpoint('fill.headers');
         this.checkSize(res.size);
-        this.flowing = true;
-        this.emit('flowing');
         if (wanted && !res.partial) {
           // The upstream ignored Range: the body is the whole blob again, so start over from zero.
           this.rangeUnsupported = true;
           this.o.log('upstream ignored Range; restarting fill from zero', { digest: this.digest });
           this.file.reset();
         }
-        await this.consume(res.body, res.partial ? res.start : 0, this.priority.bind(this));
+        await this.consume(res.body, res.partial ? res.start : 0, this.priority.bind(this), () => this.flow());
+        this.flow(); // an empty body
         if (this.size !== undefined && this.extents.gaps(this.size)[0]?.[0] === start) {
           throw new Error(`upstream closed the body after ${this.extents.availableFrom(start) - start} bytes`);
         }
@@ -190,8 +188,18 @@ export class Fill extends EventEmitter implements ReadableFill {
     else if (size !== this.size) throw new IntegrityError(`upstream says blob ${this.digest} has ${size} bytes, expected ${this.size}`);
   }
 
-  /** Writes a body that starts at `offset` into the file, publishing each chunk as it lands. */
-  private async consume(body: AsyncIterable<Buffer>, offset: number, priority: () => Priority): Promise<void> {
+  /**
+   * Bytes are on disk: response headers may go. Not before: a full disk is then a 503 "disk full"
+   * instead of a 200 cut before its first byte.
+   */
+  private flow(): void {
+    if (this.flowing) return;
+    this.flowing = true;
+    this.emit('flowing');
+  }
+
+  /** Writes a body that starts at `offset` into the file, publishing each chunk as it lands; `landed` after the first. */
+  private async consume(body: AsyncIterable<Buffer>, offset: number, priority: () => Priority, landed: () => void = () => {}): Promise<void> {
     let pos = offset;
     for await (const chunk of body) {
       if (this.state === 'failed' || this.state === 'committed') return;
@@ -203,6 +211,7 @@ export class Fill extends EventEmitter implements ReadableFill {
       // extents claiming bytes that a later Range would read back as zeros.
       const due = await this.file.write(chunk, pos, `blob ${this.digest}`);
       pos += chunk.length;
+      landed();
       if (this.size !== undefined && pos * 2 >= this.size && (pos - chunk.length) * 2 < this.size) failpoint('fill.mid-body');
       this.emit('progress');
       if (due) await this.checkpoint();
@@ -231,15 +240,16 @@ export class Fill extends EventEmitter implements ReadableFill {
     const run = async (answered: () => void) => {
       const res = await this.source.open({ start, end }, () => 'foreground', this.abort.signal);
       this.checkSize(res.size);
-      answered();
       if (!res.partial) {
+        answered();
         // Without Range support the only way to these bytes is the whole blob: let the sequential fill do it.
         this.rangeUnsupported = true;
         (res.body as AsyncIterable<Buffer> & { destroy?: () => void }).destroy?.();
         this.start();
         return;
       }
-      await this.consume(res.body, res.start, () => 'foreground');
+      await this.consume(res.body, res.start, () => 'foreground', answered);
+      answered();
       if (this.extents.availableFrom(start) === start && this.state !== 'failed' && this.state !== 'committed') {
         throw new RegistryError('UPSTREAM_ERROR', `upstream closed the Range body of ${this.digest} at ${start} before sending anything`);
       }
@@ -325,18 +335,10 @@ export class Fill extends EventEmitter implements ReadableFill {
     const discard = err instanceof IntegrityError || isDiskFull(err) || this.extents.bytes === 0;
     void (async () => {
       if (discard) await this.file.discard();
-      else await this.checkpointAfterFailure();
+      // best effort: without a checkpoint the next fill starts from zero
+      else if (this.size !== undefined) await this.file.checkpoint(this.size, false).catch(() => {});
       await this.closeWhenUnread();
     })();
-  }
-
-  private async checkpointAfterFailure(): Promise<void> {
-    if (this.size === undefined) return;
-    try {
-      await this.file.checkpoint(this.size, false);
-    } catch {
-      // best effort: without it the next fill starts from zero
-    }
   }
 
   private async closeWhenUnread(): Promise<void> {

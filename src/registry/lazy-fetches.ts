@@ -43,7 +43,7 @@ export interface LazyFetch {
   start: number;
   /** Inclusive. */
   end: number;
-  /** Resolves when the upstream answered (headers), rejects with the error if it did not. */
+  /** Resolves once the first bytes are on disk (or the upstream answered without Range), rejects with the error otherwise. */
   answered: Promise<void>;
   /** Set when the fetch ended without bringing its bytes (readers then retry later, or fail). */
   error?: Error;
@@ -61,8 +61,8 @@ export class LazyFetches {
   }
 
   /**
-   * Runs `run(answered)` as the fetch of [start, end]; `run` calls `answered()` once the upstream's
-   * headers are in. A failure is recorded on the fetch and given to `failed`; `ended` runs either way,
+   * Runs `run(answered)` as the fetch of [start, end]; `run` calls `answered()` once the first bytes
+   * landed. A failure is recorded on the fetch and given to `failed`; `ended` runs either way,
    * after the fetch left the list.
    */
   begin(start: number, end: number, run: (answered: () => void) => Promise<void>, failed: (err: Error) => void, ended: () => void): LazyFetch {
