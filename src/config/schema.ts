@@ -98,7 +98,7 @@ export const ConfigSchema = z
     offline: z.boolean().default(false),
     /** How long a cached tag is served without asking the upstream again. */
     tagTtl: duration('5m'),
-    /** How long a fill may keep going after every client that wanted it has gone. */
+    /** How long a fill that background work wants (prewarm, lazy completion) goes on after its last client left; others: fills.abandonGrace. */
     fillTimeout: duration('30m'),
     /**
      * Limits on fills (downloads from an upstream): how many run at once in all, how many one client
