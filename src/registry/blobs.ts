@@ -21,7 +21,7 @@ export interface BlobHandle {
   send?(start: number, end: number, write: (chunk: Buffer) => Promise<void>): Promise<void>;
   /**
    * For blobs still arriving: fetch what `ranges` need (in a few upstream requests) and resolve once the
-   * upstream answered, so its failure is an error status instead of a cut 206. Call before the headers.
+   * first bytes are on disk, so a failure is an error status instead of a cut 206. Call before the headers.
    */
   prefetch?(ranges: ByteRange[]): Promise<void>;
 }
