@@ -98,7 +98,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
       // `quota` is built below; a fill cannot end before then.
       if (!ok && (fill.error as NodeJS.ErrnoException | undefined)?.code === 'ENOSPC') void quota.diskFull().catch((err: Error) => log.error({ err }, 'could not free space'));
     },
-  });
+  }, config.fills);
   const pins = new Pins(index.db);
   const quota = new Quota(index, store, config.storage.maxSize, log, {
     fillRunning: (d) => fills.get(d) !== undefined,

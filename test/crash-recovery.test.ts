@@ -115,7 +115,7 @@ describe('berth killed (SIGKILL) in the middle of a fill', () => {
     assert.equal(clientGotWholeBlob, false, 'half a blob cannot have been served as a complete response');
     await assertBlobsVerified(b.storage, 'after the kill');
     assert.equal(await hasBlobFile(b.storage, layer.digest), false, 'a half-filled layer must not be under blobs/');
-    assert.ok(existsSync(path.join(b.storage, 'ingest', `${layer.digest.slice(7)}.json`)), 'the 32 MiB checkpoint before the middle is on disk');
+    assert.ok(existsSync(path.join(b.storage, 'ingest', `${layer.digest.slice(7)}.${encodeURIComponent(up.host)}.json`)), 'the 32 MiB checkpoint before the middle is on disk');
 
     await b.restart();
     const mark = up.logLineCount();

@@ -115,7 +115,8 @@ describe('fills over an unreliable upstream link', () => {
     const berth = await startBerthProcess({ upstreams: [{ host: relay.host, url: relay.url() }] });
     cleanups.push(() => berth.stop());
     const hex = blob.digest.slice('sha256:'.length);
-    const checkpoint = path.join(berth.storage, 'ingest', `${hex}.json`);
+    // one ingest file per (digest, upstream): storage/ingest/<hex>.<upstream host, URI-encoded>.json
+    const checkpoint = path.join(berth.storage, 'ingest', `${hex}.${encodeURIComponent(relay.host)}.json`);
 
     const mark = up.logLineCount();
     const first = httpRequest(berth.url, `/v2/lab/large/blobs/${blob.digest}`).then(

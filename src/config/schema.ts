@@ -113,8 +113,21 @@ export const ConfigSchema = z
      * a cached tag is served stale, and an uncached one is a 503.
      */
     manifestTimeout: duration('10s'),
-    /** How long a fill may keep going after every client that wanted it has gone. */
+    /** How long a fill that background work wants (prewarm, lazy completion) goes on after its last client left; others: fills.abandonGrace. */
     fillTimeout: duration('30m'),
+    /**
+     * Limits on fills (downloads from an upstream): how many run at once in all, how many one client
+     * address may have started, and how long a fill whose clients all left goes on when no background work
+     * (prewarm, lazy completion) wants it. Over a limit a new fill is a 503, so containerd falls back.
+     */
+    fills: z
+      .object({
+        maxConcurrent: z.number().int().min(1).default(64),
+        maxPerClient: z.number().int().min(1).default(16),
+        abandonGrace: duration('10s'),
+      })
+      .strict()
+      .prefault({}),
     /** Whole blobs whose first bytes were asked by Range: complete in the background or only as read. */
     lazyFill: z.enum(['background', 'on-demand']).default('background'),
     retries: z

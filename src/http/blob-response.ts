@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { Context } from 'koa';
+import { RegistryError } from '../oci/errors.ts';
 import { parseRange, rangeLength, type ByteRange } from '../oci/range.ts';
 import type { BlobHandle } from '../registry/blobs.ts';
 
@@ -49,7 +50,8 @@ export function sendBlob(ctx: Context, blob: BlobHandle, ranges: ByteRange[] | u
   ctx.status = 206;
   if (ranges.length === 1) {
     const r = ranges[0]!;
-    ctx.body = blob.read(r.start, r.end);
+    // A range that is the whole blob (`bytes=0-`) is held back like a whole GET: last byte after the digest check.
+    ctx.body = blob.read(r.start, r.end, r.start === 0 && r.end === blob.size - 1);
     ctx.type = 'application/octet-stream';
     ctx.length = rangeLength(r);
     ctx.set('Content-Range', `bytes ${r.start}-${r.end}/${blob.size}`);
@@ -90,7 +92,12 @@ export function requestedRanges(ctx: Context, digest: string, size: number): Byt
 export function checkRangeSyntax(ctx: Context): boolean {
   const h = ctx.get('Range');
   if (!h) return false;
-  parseRange(h, Number.MAX_SAFE_INTEGER);
+  try {
+    parseRange(h, Number.MAX_SAFE_INTEGER);
+  } catch (err) {
+    // Past the end of any blob (a first byte beyond 2^53): well-formed, and a 416 once the size is known.
+    if (!(err instanceof RegistryError && err.code === 'RANGE_NOT_SATISFIABLE')) throw err;
+  }
   return true;
 }
 

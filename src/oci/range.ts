@@ -9,7 +9,11 @@ export interface ByteRange {
 /** More ranges than this in one header is abuse, not lazy pulling (stargz asks for a handful). */
 export const MAX_RANGES = 256;
 
-const SPEC = /^(?:(\d{1,16})-(\d{0,16})|-(\d{1,16}))$/;
+/**
+ * Any number of digits: a last-byte-pos past the end means the end (RFC 9110 §14.1.2), however long it is;
+ * numbers beyond a safe integer only ever compare past the end of a blob, which is all they are used for.
+ */
+const SPEC = /^(?:(\d+)-(\d*)|-(\d+))$/;
 
 /**
  * Parses a Range header (RFC 9110 §14.1.2) against a blob of `size` bytes.
@@ -35,6 +39,8 @@ export function parseRange(header: string, size: number): ByteRange[] {
       continue;
     }
     const start = Number(p[1]);
+    // No blob is that big; unlike a last byte past the end (clamped below), nothing sensible is asked.
+    if (!Number.isSafeInteger(start)) throw new RegistryError('RANGE_INVALID', `invalid range "${spec.slice(0, 40)}": first byte past 2^53`);
     const end = p[2] === '' ? size - 1 : Number(p[2]);
     if (p[2] !== '' && end < start) throw new RegistryError('RANGE_INVALID', `invalid range "${spec}": last byte before first`);
     if (start >= size) continue;

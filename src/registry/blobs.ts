@@ -19,7 +19,15 @@ export interface BlobHandle {
   read(start: number, end: number, whole?: boolean): Readable;
   /** For committed blobs: send [start, end] through `write` with reused buffers (BlobStore.send). */
   send?(start: number, end: number, write: (chunk: Buffer) => Promise<void>): Promise<void>;
+  /**
+   * For blobs still arriving: fetch what `ranges` need (in a few upstream requests) and resolve once the
+   * first bytes are on disk, so a failure is an error status instead of a cut 206. Call before the headers.
+   */
+  prefetch?(ranges: ByteRange[]): Promise<void>;
 }
+
+/** How long an upstream HEAD's answer serves other HEADs of the same blob. */
+const HEAD_MEMO_MS = 5000;
 
 /** How long after a lazy Range read the background completion of the blob starts. */
 const LAZY_COMPLETION_DELAY_MS = 1000;
@@ -29,6 +37,9 @@ const LAZY_COMPLETION_DELAY_MS = 1000;
  * Requests without `ns` or a host prefix go to the upstream that referenced the digest.
  */
 export class Blobs {
+  /** Upstream HEADs in flight or just answered, by (upstream, repository, digest): concurrent HEADs of one blob share one. */
+  private readonly heads = new Map<string, Promise<number>>();
+
   constructor(private readonly ctx: RegistryContext) {}
 
   /**
@@ -62,23 +73,38 @@ export class Blobs {
   async stat(route: Route, d: Digest): Promise<{ size: number; cached: boolean }> {
     const hit = await this.cached(d);
     if (hit) return { size: hit.size, cached: true };
-    const fill = this.ctx.fills.get(d);
-    if (fill?.size !== undefined) return { size: fill.size, cached: false };
     this.ensureOnline(d);
     const r = this.routeFor(route, d);
+    const fill = this.ctx.fills.get(d, r.upstream);
+    if (fill?.size !== undefined) return { size: fill.size, cached: false };
+    const key = `${r.upstream} ${r.repository} ${d}`;
+    let size = this.heads.get(key);
+    if (!size) {
+      // A size answered is kept a few seconds (a digest's size never changes; clients arriving just after
+      // the answer would otherwise each make another HEAD); a failure is forgotten at once.
+      size = this.headUpstream(r, d);
+      const forget = () => this.heads.delete(key);
+      size.then(() => setTimeout(forget, HEAD_MEMO_MS).unref(), forget);
+      this.heads.set(key, size);
+    }
+    return { size: await size, cached: false };
+  }
+
+  private async headUpstream(r: Route, d: Digest): Promise<number> {
     const res = await this.ctx.upstreams.client(r).blob('HEAD', r.repository, d);
     await res.body.dump();
     const size = Number(header(res.headers, 'content-length'));
     if (!Number.isSafeInteger(size) || size < 0) throw new RegistryError('UPSTREAM_ERROR', `upstream ${r.upstream} sent no size for blob ${d}`);
-    return { size, cached: false };
+    return size;
   }
 
   /**
    * Opens a blob for reading. `wantsWhole` says whether the client asked for the whole blob, which
    * starts the sequential fill at foreground priority, or for ranges (parsed by the caller once the size
-   * is known), which are fetched lazily and the rest completed per `lazyFill`.
+   * is known), which are fetched lazily and the rest completed per `lazyFill`. `client` (its address) is
+   * counted against `fills.maxPerClient` if a new fill starts for it.
    */
-  async open(route: Route, d: Digest, wantsWhole: boolean): Promise<BlobHandle> {
+  async open(route: Route, d: Digest, wantsWhole: boolean, client?: string): Promise<BlobHandle> {
     const hit = await this.cached(d);
     if (hit) {
       this.ctx.metrics.hits.inc({ kind: 'blob' });
@@ -88,15 +114,15 @@ export class Blobs {
     this.ctx.metrics.misses.inc({ kind: 'blob' });
     // A Range read needs the size before anything is fetched (a suffix range, a 416): when no cached
     // manifest declared it, a HEAD asks the upstream.
-    const sizeHint = wantsWhole || this.ctx.fills.get(d) ? undefined : (this.ctx.index.descriptorSize(d, this.routeFor(route, d)) ?? (await this.stat(route, d)).size);
-    const fill = await this.fill(route, d, sizeHint);
-    if (!fill) return (await this.cached(d)) ?? this.open(route, d, wantsWhole);
+    const sizeHint = wantsWhole || this.ctx.fills.get(d, this.routeFor(route, d).upstream)?.size !== undefined ? undefined : (this.ctx.index.descriptorSize(d, this.routeFor(route, d)) ?? (await this.stat(route, d)).size);
+    const fill = await this.fill(route, d, sizeHint, client);
+    if (!fill) return (await this.cached(d)) ?? this.open(route, d, wantsWhole, client);
     if (wantsWhole) {
       fill.start('foreground');
       await fill.whenFlowing();
     } else if (this.ctx.config.lazyFill === 'background') fill.startLater(LAZY_COMPLETION_DELAY_MS);
     const size = await fill.whenSized();
-    return { digest: d, size, source: 'fill', read: (s, e, whole) => fill.reader(s, e, { verified: whole === true }) };
+    return { digest: d, size, source: 'fill', read: (s, e, whole) => fill.reader(s, e, { verified: whole === true }), prefetch: (ranges) => fill.prefetch(ranges) };
   }
 
   /** Prewarm: fetch the whole blob at background priority and wait until it is committed. */
@@ -127,7 +153,7 @@ export class Blobs {
    * that finished while this request was looking: it leaves the fill table only after its rename, so
    * a blob absent from the table and present on disk is complete, and fetching it again would be waste).
    */
-  private async fill(route: Route, d: Digest, sizeHint?: number): Promise<Fill | undefined> {
+  private async fill(route: Route, d: Digest, sizeHint?: number, clientAddress?: string): Promise<Fill | undefined> {
     const { fills, index, store, config, metrics, log } = this.ctx;
     const r = this.routeFor(route, d);
     const client = this.ctx.upstreams.client(r);
@@ -155,14 +181,15 @@ export class Blobs {
       },
     };
     const known = index.descriptorSize(d, r) ?? sizeHint;
-    if (!fills.get(d) && (await store.size(d)) !== undefined) return undefined;
+    if (!fills.get(d, r.upstream) && (await store.size(d)) !== undefined) return undefined;
     // No await between that check and acquire's own look at the table.
-    const { fill, joined } = await fills.acquire(d, source, {
-      dataFile: store.paths.ingestData(d),
-      metaFile: store.paths.ingestMeta(d),
+    const { fill, joined } = await fills.acquire(r.upstream, d, source, {
+      dataFile: store.paths.ingestData(d, r.upstream),
+      metaFile: store.paths.ingestMeta(d, r.upstream),
       ...(known !== undefined ? { expectedSize: known } : {}),
       retries: config.retries,
       abandonAfterMs: config.fillTimeout,
+      abandonGraceMs: config.fills.abandonGrace,
       commit: async (file, size) => {
         await store.commit(d, file);
         failpoint('fill.index-write');
@@ -173,7 +200,7 @@ export class Blobs {
       readCommitted: (s, e) => store.read(d, s, e),
       log: (msg, extra) => log.info({ upstream: r.upstream, ...extra }, msg),
       onUpstreamBytes: (n, priority) => metrics.upstreamBytes.inc({ upstream: r.upstream, priority }, n),
-    });
+    }, clientAddress);
     if (joined) metrics.fillJoins.inc();
     return fill;
   }

@@ -1,8 +1,8 @@
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { Extents } from './extents.ts';
 
 /**
- * A fill's checkpoint: `ingest/<hex>.json`, what of `ingest/<hex>.data` is on disk. Written only after the
+ * A fill's checkpoint: `ingest/<name>.json`, what of `ingest/<name>.data` is on disk. Written only after the
  * data it describes was synced, so it may claim less than is there, never more.
  */
 export interface Checkpoint {
@@ -22,6 +22,14 @@ export async function readCheckpoint(file: string, expectedSize: number | undefi
   }
 }
 
+/** Atomically (temp file, then rename): a full disk leaves the old checkpoint or none, never a truncated one. */
 export async function writeCheckpoint(file: string, size: number, extents: Extents): Promise<void> {
-  await writeFile(file, JSON.stringify({ size, extents: extents.toJSON() }));
+  const tmp = `${file}.tmp`;
+  try {
+    await writeFile(tmp, JSON.stringify({ size, extents: extents.toJSON() }));
+    await rename(tmp, file);
+  } catch (err) {
+    await rm(tmp, { force: true });
+    throw err;
+  }
 }

@@ -53,6 +53,21 @@ export class Extents {
     return out.filter(([a, b]) => b > a);
   }
 
+  /** The missing intervals of [start, end). */
+  missingIn(start: number, end: number): Array<[number, number]> {
+    const out: Array<[number, number]> = [];
+    let pos = start;
+    for (const [a, b] of this.list) {
+      if (b <= pos) continue;
+      if (a >= end) break;
+      if (a > pos) out.push([pos, a]);
+      pos = Math.max(pos, b);
+      if (pos >= end) break;
+    }
+    if (pos < end) out.push([pos, end]);
+    return out;
+  }
+
   covers(size: number): boolean {
     return this.gaps(size).length === 0;
   }

@@ -1,54 +1,20 @@
-import { createHash, type Hash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { open, rm, type FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { RegistryError } from '../oci/errors.ts';
 import type { Digest } from '../oci/digest.ts';
 import type { Priority } from '../upstream/bandwidth.ts';
-import { Extents } from './extents.ts';
-import { readCheckpoint, writeCheckpoint } from './checkpoint.ts';
-import { IntegrityError, hashFile } from './integrity.ts';
+import type { Extents } from './extents.ts';
+import { IntegrityError } from './integrity.ts';
+import { IngestFile } from './ingest-file.ts';
 import { failpoint } from '../failpoints.ts';
+import { failsFill, isCircuitOpen, isDiskFull, isTransient } from './fill-errors.ts';
+import { type ReadableFill, readFill } from './fill-reader.ts';
+import { LAZY_DISTANCE, type LazyFetch, LazyFetches, planRequest } from './lazy-fetches.ts';
+import type { ByteRange } from '../oci/range.ts';
+import type { BlobSource, FillOptions } from './fill-options.ts';
 
-/** Where a fill gets bytes: the upstream, bound to one blob. */
-export interface BlobSource {
-  /**
-   * GET the blob, or [start, end] of it. `partial` says the upstream honoured the range (206);
-   * `size` is the whole blob's size; `start` is the offset of the body's first byte.
-   */
-  open(range: { start: number; end?: number } | undefined, priority: () => Priority, signal: AbortSignal): Promise<SourceBody>;
-}
-
-export interface SourceBody {
-  partial: boolean;
-  start: number;
-  size: number;
-  body: AsyncIterable<Buffer>;
-}
-
-export interface FillOptions {
-  dataFile: string;
-  metaFile: string;
-  /** The size the manifest declared, when known: an upstream that disagrees is wrong. */
-  expectedSize?: number;
-  retries: { attempts: number; backoff: number };
-  /** How long the fill may go on after its last reader left. */
-  abandonAfterMs: number;
-  /** Moves the verified data file into the blob store and indexes it. */
-  commit: (dataFile: string, size: number) => Promise<void>;
-  /** Reads the committed blob (for a reader that arrives after the commit). */
-  readCommitted: (start: number, end: number) => Readable;
-  log: (msg: string, extra?: Record<string, unknown>) => void;
-  onUpstreamBytes?: (n: number, priority: Priority) => void;
-}
-
-const READ_CHUNK = 256 * 1024;
-/** Persist what is on disk at most this often (in bytes written), so a restart resumes near where it stopped. */
-const CHECKPOINT_BYTES = 32 * 1024 * 1024;
-/** A reader this far ahead of the sequential fill asks the upstream for its bytes directly. */
-const LAZY_DISTANCE = 2 * 1024 * 1024;
-const MAX_LAZY_SPAN = 16 * 1024 * 1024;
+export type { BlobSource, FillOptions, SourceBody } from './fill-options.ts';
 
 export type FillState = 'running' | 'idle' | 'committed' | 'failed';
 
@@ -59,19 +25,18 @@ export type FillState = 'running' | 'idle' | 'committed' | 'failed';
  * the same file. When every byte is there the digest is checked over the whole and the file committed.
  * A failure destroys every reader's stream: no client ever sees a clean-looking short body.
  */
-export class Fill extends EventEmitter {
+export class Fill extends EventEmitter implements ReadableFill {
   state: FillState = 'idle';
   size: number | undefined;
   error: Error | undefined;
   readonly extents: Extents;
   readers = 0;
   private readonly abort = new AbortController();
-  private fh!: FileHandle;
-  private hash: Hash = createHash('sha256');
-  private hashedTo = 0;
+  private file!: IngestFile;
   private sequential: Promise<void> | undefined;
-  private readonly lazy: Array<{ start: number; end: number }> = [];
-  private sinceCheckpoint = 0;
+  private readonly lazy = new LazyFetches();
+  /** Background work (prewarm, lazy completion) wants the whole blob: keep going `abandonAfterMs` without readers. */
+  private wantedInBackground = false;
   /** The upstream answered a Range request with the whole blob: only the sequential fill can help. */
   private rangeUnsupported = false;
   private flowing = false;
@@ -95,21 +60,10 @@ export class Fill extends EventEmitter {
 
   /** Opens the ingest file, picking up what an earlier fill (before a restart) left on disk. */
   static async open(digest: Digest, source: BlobSource, o: FillOptions): Promise<Fill> {
-    const checkpoint = await readCheckpoint(o.metaFile, o.expectedSize);
-    let extents = checkpoint?.extents ?? new Extents();
-    let size = checkpoint?.size;
-    let fh: FileHandle;
-    try {
-      fh = await open(o.dataFile, extents.bytes > 0 ? 'r+' : 'w+');
-    } catch {
-      // The checkpoint outlived its data file (a crash after the rename into blobs/): start afresh.
-      extents = new Extents();
-      size = undefined;
-      fh = await open(o.dataFile, 'w+');
-    }
-    const fill = new Fill(digest, source, o, extents, size ?? o.expectedSize);
-    fill.fh = fh;
-    if (extents.bytes > 0) o.log('resuming fill from checkpoint', { digest, bytes: extents.bytes, size });
+    const file = await IngestFile.open(o.dataFile, o.metaFile, o.expectedSize);
+    const fill = new Fill(digest, source, o, file.extents, file.size ?? o.expectedSize);
+    fill.file = file;
+    if (file.extents.bytes > 0) o.log('resuming fill from checkpoint', { digest, bytes: file.extents.bytes, size: file.size });
     return fill;
   }
 
@@ -149,6 +103,7 @@ export class Fill extends EventEmitter {
    */
   start(priority: Priority = 'foreground'): void {
     if (priority === 'foreground') this.seqPriority = 'foreground';
+    else this.wantedInBackground = true;
     if (this.sequential || this.state === 'committed' || this.state === 'failed') return;
     this.state = 'running';
     this.sequential = this.runSequential().catch((err: Error) => this.fail(err));
@@ -157,14 +112,14 @@ export class Fill extends EventEmitter {
   /** Completes the blob in the background after `ms`, unless something started it meanwhile. */
   startLater(ms: number): void {
     if (this.sequential || this.laterTimer) return;
+    this.wantedInBackground = true;
     this.laterTimer = setTimeout(() => this.start('background'), ms);
     this.laterTimer.unref();
   }
 
   /**
-   * Resolves once bytes flow (some are on disk, or the upstream answered); rejects if the fill fails
-   * first. Waiting for this before sending headers turns a dead upstream into a 503 instead of a 200
-   * followed by a cut connection.
+   * Resolves once bytes flow (some are on disk); rejects if the fill fails first. Waiting for this before
+   * sending headers turns a dead upstream (or a full disk) into a 503 instead of a 200 and a cut.
    */
   whenFlowing(): Promise<void> {
     if (this.flowing || this.extents.bytes > 0 || this.state === 'committed') return Promise.resolve();
@@ -198,16 +153,14 @@ export class Fill extends EventEmitter {
         const res = await this.source.open(wanted, () => this.priority(), this.abort.signal);
         failpoint('fill.headers');
         this.checkSize(res.size);
-        this.flowing = true;
-        this.emit('flowing');
         if (wanted && !res.partial) {
           // The upstream ignored Range: the body is the whole blob again, so start over from zero.
           this.rangeUnsupported = true;
           this.o.log('upstream ignored Range; restarting fill from zero', { digest: this.digest });
-          this.extents.clear();
-          this.resetHash();
+          this.file.reset();
         }
-        await this.consume(res.body, res.partial ? res.start : 0, this.priority.bind(this));
+        await this.consume(res.body, res.partial ? res.start : 0, this.priority.bind(this), () => this.flow());
+        this.flow(); // an empty body
         if (this.size !== undefined && this.extents.gaps(this.size)[0]?.[0] === start) {
           throw new Error(`upstream closed the body after ${this.extents.availableFrom(start) - start} bytes`);
         }
@@ -215,10 +168,10 @@ export class Fill extends EventEmitter {
       } catch (err) {
         if (this.abort.signal.aborted) throw this.abort.signal.reason as Error;
         if (err instanceof RegistryError && !['UNAVAILABLE', 'UPSTREAM_ERROR'].includes(err.code)) throw err;
-        if (err instanceof IntegrityError) throw err;
+        if (!isTransient(err)) throw err;
         // Nothing ever arrived, or the upstream is marked down: fail now, so the client hears 503 and
         // falls back, instead of waiting through every retry. Retries are for transfers that broke.
-        if (this.extents.bytes === 0 || (err instanceof RegistryError && (err.detail as { circuitOpen?: boolean } | undefined)?.circuitOpen)) throw err;
+        if (this.extents.bytes === 0 || isCircuitOpen(err)) throw err;
         failures++;
         if (failures > this.o.retries.attempts) throw err;
         const delay = this.o.retries.backoff * 2 ** (failures - 1);
@@ -235,76 +188,110 @@ export class Fill extends EventEmitter {
     else if (size !== this.size) throw new IntegrityError(`upstream says blob ${this.digest} has ${size} bytes, expected ${this.size}`);
   }
 
-  /** Writes a body that starts at `offset` into the file, publishing each chunk as it lands. */
-  private async consume(body: AsyncIterable<Buffer>, offset: number, priority: () => Priority): Promise<void> {
+  /**
+   * Bytes are on disk: response headers may go. Not before: a full disk is then a 503 "disk full"
+   * instead of a 200 cut before its first byte.
+   */
+  private flow(): void {
+    if (this.flowing) return;
+    this.flowing = true;
+    this.emit('flowing');
+  }
+
+  /** Writes a body that starts at `offset` into the file, publishing each chunk as it lands; `landed` after the first. */
+  private async consume(body: AsyncIterable<Buffer>, offset: number, priority: () => Priority, landed: () => void = () => {}): Promise<void> {
     let pos = offset;
     for await (const chunk of body) {
       if (this.state === 'failed' || this.state === 'committed') return;
       if (this.size !== undefined && pos + chunk.length > this.size) {
         throw new IntegrityError(`upstream sent more than the ${this.size} bytes of blob ${this.digest}`);
       }
-      await this.fh.write(chunk, 0, chunk.length, pos);
       this.o.onUpstreamBytes?.(chunk.length, priority());
-      if (pos === this.hashedTo) {
-        this.hash.update(chunk);
-        this.hashedTo += chunk.length;
-      }
-      this.extents.add(pos, pos + chunk.length);
+      // Only what really is in the file is published: a short write (a full disk) must not leave the
+      // extents claiming bytes that a later Range would read back as zeros.
+      const due = await this.file.write(chunk, pos, `blob ${this.digest}`);
       pos += chunk.length;
+      landed();
       if (this.size !== undefined && pos * 2 >= this.size && (pos - chunk.length) * 2 < this.size) failpoint('fill.mid-body');
       this.emit('progress');
-      this.sinceCheckpoint += chunk.length;
-      if (this.sinceCheckpoint >= CHECKPOINT_BYTES) await this.checkpoint();
+      if (due) await this.checkpoint();
     }
-  }
-
-  private resetHash(): void {
-    this.hash = createHash('sha256');
-    this.hashedTo = 0;
   }
 
   /** Records what is on disk, after syncing it, so a restarted berth resumes instead of starting over. */
   private async checkpoint(): Promise<void> {
-    this.sinceCheckpoint = 0;
     if (this.size === undefined || this.state === 'failed') return;
     try {
-      await this.fh.datasync();
-      await writeCheckpoint(this.o.metaFile, this.size, this.extents);
+      await this.file.checkpoint(this.size);
     } catch (err) {
       this.o.log('could not checkpoint fill', { digest: this.digest, error: (err as Error).message });
     }
   }
 
   /**
-   * Fetches [start, end] (inclusive) from the upstream with a Range request, at the reader's priority,
-   * unless a fetch already in flight covers `start`.
+   * Fetches [start, end] (inclusive) from the upstream with a Range request, at foreground priority,
+   * unless a fetch already in flight covers `start` (that one is returned). A fetch that fails sets its
+   * `error` and publishes a change, so its readers decide (retry later, or fail); a failure that dooms
+   * the blob (404, wrong bytes, disk full) fails the fill.
    */
-  private fetchRange(start: number, end: number): void {
-    if (this.lazy.some((r) => r.start <= start && start <= r.end)) return;
-    const req = { start, end };
-    this.lazy.push(req);
-    const run = async () => {
+  fetchRange(start: number, end: number): LazyFetch {
+    const running = this.lazy.covering(start);
+    if (running) return running;
+    const run = async (answered: () => void) => {
       const res = await this.source.open({ start, end }, () => 'foreground', this.abort.signal);
       this.checkSize(res.size);
       if (!res.partial) {
+        answered();
         // Without Range support the only way to these bytes is the whole blob: let the sequential fill do it.
         this.rangeUnsupported = true;
         (res.body as AsyncIterable<Buffer> & { destroy?: () => void }).destroy?.();
         this.start();
         return;
       }
-      await this.consume(res.body, res.start, () => 'foreground');
+      await this.consume(res.body, res.start, () => 'foreground', answered);
+      answered();
+      if (this.extents.availableFrom(start) === start && this.state !== 'failed' && this.state !== 'committed') {
+        throw new RegistryError('UPSTREAM_ERROR', `upstream closed the Range body of ${this.digest} at ${start} before sending anything`);
+      }
     };
-    run()
-      .catch((err: Error) => {
-        if (err instanceof IntegrityError) this.fail(err);
-        else this.o.log('range fetch failed', { digest: this.digest, start, end, error: err.message });
-      })
-      .finally(() => {
-        this.lazy.splice(this.lazy.indexOf(req), 1);
-        this.emit('progress');
-        void this.maybeFinish();
-      });
+    const failed = (err: Error) => {
+      if (failsFill(err)) this.fail(err);
+      else this.o.log('range fetch failed', { digest: this.digest, start, end, error: err.message });
+    };
+    return this.lazy.begin(start, end, run, failed, () => {
+      this.emit('progress');
+      void this.maybeFinish();
+    });
+  }
+
+  /**
+   * Before a Range response's headers: starts the upstream requests for the missing parts of `ranges`
+   * (merged into a few, see lazy-plan.ts) and waits until the first of them answered, or the sequential
+   * fill flows. So an unreachable upstream is a 503 and a blob it does not have a 404, not a 206 followed
+   * by a cut.
+   */
+  async prefetch(ranges: ByteRange[]): Promise<void> {
+    if (this.state === 'committed') return;
+    if (this.state === 'failed') throw this.error;
+    const first: Array<Promise<void>> = [];
+    for (const [a, b] of planRequest(ranges, this.extents)) {
+      if (this.sequentialWillBring(a)) first.push(this.whenFlowing());
+      else first.push(this.fetchRange(a, b - 1).answered);
+    }
+    if (first.length > 0) await first[0];
+  }
+
+  /** The sequential fill will bring `pos` soon: waiting for it beats a Range request of our own. */
+  sequentialWillBring(pos: number): boolean {
+    return this.running && (pos - this.extents.availableFrom(0) < LAZY_DISTANCE || this.rangeUnsupported);
+  }
+
+  read(buf: Buffer, pos: number): Promise<number> {
+    return this.file.read(buf, pos);
+  }
+
+  get retries(): { attempts: number; backoff: number } {
+    return this.o.retries;
   }
 
   /** When lazily fetched ranges have covered the whole blob, verify and commit it. */
@@ -317,15 +304,13 @@ export class Fill extends EventEmitter {
   private finish(): Promise<void> {
     this.finishing ??= (async () => {
       const size = this.size!;
-      let actual: string;
-      if (this.hashedTo === size) actual = this.hash.digest('hex');
-      else actual = await hashFile(this.fh, size);
+      const actual = await this.file.digestHex(size);
       if (`sha256:${actual}` !== this.digest) {
         throw new IntegrityError(`upstream bytes hash to sha256:${actual}, not ${this.digest}`);
       }
       failpoint('fill.before-rename');
-      await this.o.commit(this.o.dataFile, size);
-      await rm(this.o.metaFile, { force: true });
+      await this.o.commit(this.file.path, size);
+      await this.file.removeCheckpoint();
       this.state = 'committed';
       this.clearAbandonTimer();
       this.emit('progress');
@@ -345,29 +330,19 @@ export class Fill extends EventEmitter {
     this.o.log('fill failed', { digest: this.digest, error: err.message });
     this.emit('failed', err);
     this.emit('progress');
-    const corrupt = err instanceof IntegrityError;
+    // Wrong bytes must go; so must a partial that a full disk stopped (it only holds space) and a data
+    // file with nothing in it (a GET of a digest the upstream does not have).
+    const discard = err instanceof IntegrityError || isDiskFull(err) || this.extents.bytes === 0;
     void (async () => {
-      if (corrupt) {
-        await rm(this.o.metaFile, { force: true });
-        await rm(this.o.dataFile, { force: true });
-      } else {
-        await this.checkpointAfterFailure();
-      }
+      if (discard) await this.file.discard();
+      // best effort: without a checkpoint the next fill starts from zero
+      else if (this.size !== undefined) await this.file.checkpoint(this.size, false).catch(() => {});
       await this.closeWhenUnread();
     })();
   }
 
-  private async checkpointAfterFailure(): Promise<void> {
-    if (this.size === undefined) return;
-    try {
-      await writeCheckpoint(this.o.metaFile, this.size, this.extents);
-    } catch {
-      // best effort: without it the next fill starts from zero
-    }
-  }
-
   private async closeWhenUnread(): Promise<void> {
-    if (this.readers === 0) await this.fh.close().catch(() => {});
+    if (this.readers === 0) await this.file.close();
   }
 
   private clearAbandonTimer(): void {
@@ -377,53 +352,22 @@ export class Fill extends EventEmitter {
   }
 
   /** Waits for the next published change (bytes landed, commit or failure). */
-  private changed(): Promise<void> {
+  changed(): Promise<void> {
     return new Promise((resolve) => this.once('progress', resolve));
   }
 
   /**
    * A stream of [start, end] (inclusive). It yields bytes as they land; bytes far ahead of the
    * sequential fill (or with no sequential fill at all) are fetched by Range at foreground priority.
+   * A whole-blob reader (`verified`) holds back the last byte until the digest is checked: if the upstream
+   * sent wrong bytes the client's connection is cut instead of ending as a clean, complete-looking body.
    */
   reader(start: number, end: number, opts: { verified?: boolean } = {}): Readable {
     if (this.state === 'committed') return this.o.readCommitted(start, end);
     this.readers++;
     this.clearAbandonTimer();
-    const self = this;
-    // A whole-blob reader holds back the last byte until the digest is checked: if the upstream sent
-    // wrong bytes the client's connection is cut instead of ending as a clean, complete-looking body.
-    const holdBack = opts.verified === true && end === (this.size ?? -1) - 1 ? 1 : 0;
-    async function* bytes(): AsyncGenerator<Buffer> {
-      let pos = start;
-      while (pos <= end) {
-        if (self.state === 'failed') throw self.error;
-        if (holdBack && pos === end && self.state !== 'committed') {
-          await self.whenDone();
-          const last = Buffer.allocUnsafe(1);
-          await self.fh.read(last, 0, 1, end);
-          pos += 1;
-          yield last;
-          continue;
-        }
-        const avail = Math.min(self.extents.availableFrom(pos), end + 1 - (self.state === 'committed' ? 0 : holdBack));
-        if (avail > pos) {
-          const n = Math.min(avail, end + 1, pos + READ_CHUNK) - pos;
-          const buf = Buffer.allocUnsafe(n);
-          const { bytesRead } = await self.fh.read(buf, 0, n, pos);
-          if (bytesRead !== n) throw new Error(`short read of ingest file at ${pos}`);
-          pos += n;
-          yield buf;
-          continue;
-        }
-        const frontier = self.extents.availableFrom(0);
-        const sequentialWillCome = self.running && (pos - frontier < LAZY_DISTANCE || self.rangeUnsupported);
-        if (!sequentialWillCome) self.fetchRange(pos, Math.min(end, pos + MAX_LAZY_SPAN - 1));
-        const wait = self.changed();
-        if (self.extents.availableFrom(pos) > pos || (self.state as FillState) === 'failed') continue;
-        await wait;
-      }
-    }
-    const stream = Readable.from(bytes(), { objectMode: false, highWaterMark: READ_CHUNK });
+    const holdBack = opts.verified === true && end === (this.size ?? -1) - 1;
+    const stream = Readable.from(readFill(this, start, end, holdBack), { objectMode: false, highWaterMark: 256 * 1024 });
     let released = false;
     const release = () => {
       if (released) return;
@@ -438,13 +382,15 @@ export class Fill extends EventEmitter {
     return stream;
   }
 
+  /** No reader left: the fill goes on for `abandonAfterMs` if background work wants it, else for the short grace. */
   private armAbandonTimer(): void {
     this.clearAbandonTimer();
+    const ms = this.wantedInBackground ? this.o.abandonAfterMs : this.o.abandonGraceMs;
     this.abandonTimer = setTimeout(() => {
       if (this.readers === 0 && this.state !== 'committed') {
-        void this.checkpoint().then(() => this.fail(new RegistryError('UNAVAILABLE', `fill of ${this.digest} abandoned: no reader for ${this.o.abandonAfterMs} ms`)));
+        void this.checkpoint().then(() => this.fail(new RegistryError('UNAVAILABLE', `fill of ${this.digest} abandoned: no reader for ${ms} ms`)));
       }
-    }, this.o.abandonAfterMs);
+    }, ms);
     this.abandonTimer.unref();
   }
 }

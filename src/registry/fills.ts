@@ -1,42 +1,89 @@
 import type { Digest } from '../oci/digest.ts';
+import { RegistryError } from '../oci/errors.ts';
 import { Fill, type BlobSource, type FillOptions } from './fill.ts';
 
-/** At most one fill per digest: every reader of an uncached blob joins the same one. */
+export interface FillLimits {
+  /** Fills running at once, all clients together. */
+  maxConcurrent: number;
+  /** Fills one client address may have started and still running. */
+  maxPerClient: number;
+}
+
+/**
+ * At most one fill per (upstream, digest): every reader of an uncached blob through that upstream joins
+ * the same one. Unverified bytes are never shared across upstreams (one could send wrong bytes for
+ * another's digest). New fills beyond the limits are refused with 503 (containerd then falls back to the
+ * next host); joining a running fill is always allowed.
+ */
 export class Fills {
-  private readonly fills = new Map<Digest, Fill>();
-  private readonly opening = new Map<Digest, Promise<Fill>>();
+  private readonly fills = new Map<string, Fill>();
+  private readonly opening = new Map<string, Promise<Fill>>();
+  private readonly perClient = new Map<string, number>();
 
-  constructor(private readonly hooks: { started: () => void; ended: (fill: Fill, ok: boolean) => void }) {}
+  constructor(
+    private readonly hooks: { started: () => void; ended: (fill: Fill, ok: boolean) => void },
+    private readonly limits: FillLimits = { maxConcurrent: Infinity, maxPerClient: Infinity },
+  ) {}
 
-  get(d: Digest): Fill | undefined {
-    return this.fills.get(d);
+  private static key(upstream: string, d: Digest): string {
+    return `${upstream.toLowerCase()} ${d}`;
+  }
+
+  /** The fill of `d` through `upstream`; without `upstream`, any fill of `d` (for tests and introspection). */
+  get(d: Digest, upstream?: string): Fill | undefined {
+    if (upstream !== undefined) return this.fills.get(Fills.key(upstream, d));
+    for (const f of this.fills.values()) if (f.digest === d) return f;
+    return undefined;
   }
 
   get active(): number {
     return this.fills.size;
   }
 
-  /** The running fill of `d`, or a new one made from `make()`. `joined` says whether it was already there. */
-  async acquire(d: Digest, source: BlobSource, options: FillOptions): Promise<{ fill: Fill; joined: boolean }> {
-    const existing = this.fills.get(d);
+  /**
+   * The running fill of `d` through `upstream`, or a new one. `joined` says whether it was already there.
+   * `client` (an address) is counted against `maxPerClient` when a new fill starts for it.
+   */
+  async acquire(upstream: string, d: Digest, source: BlobSource, options: FillOptions, client?: string): Promise<{ fill: Fill; joined: boolean }> {
+    const k = Fills.key(upstream, d);
+    const existing = this.fills.get(k);
     if (existing) return { fill: existing, joined: true };
-    const pending = this.opening.get(d);
+    const pending = this.opening.get(k);
     if (pending) return { fill: await pending, joined: true };
+    if (this.fills.size + this.opening.size >= this.limits.maxConcurrent) {
+      throw new RegistryError('UNAVAILABLE', `berth is already fetching ${this.limits.maxConcurrent} blobs, the most it fetches at once; try again shortly`);
+    }
+    if (client !== undefined && (this.perClient.get(client) ?? 0) >= this.limits.maxPerClient) {
+      throw new RegistryError('UNAVAILABLE', `this client already has ${this.limits.maxPerClient} blob downloads starting upstream, the most one client may; try again when one is done`);
+    }
+    if (client !== undefined) this.perClient.set(client, (this.perClient.get(client) ?? 0) + 1);
+    let counted = client !== undefined;
+    const uncount = () => {
+      if (!counted || client === undefined) return;
+      counted = false;
+      const n = (this.perClient.get(client) ?? 1) - 1;
+      if (n <= 0) this.perClient.delete(client);
+      else this.perClient.set(client, n);
+    };
     const p = Fill.open(d, source, options);
-    this.opening.set(d, p);
+    this.opening.set(k, p);
     try {
       const fill = await p;
-      this.fills.set(d, fill);
+      this.fills.set(k, fill);
       this.hooks.started();
       const end = (ok: boolean) => {
-        if (this.fills.get(d) === fill) this.fills.delete(d);
+        if (this.fills.get(k) === fill) this.fills.delete(k);
+        uncount();
         this.hooks.ended(fill, ok);
       };
       fill.once('committed', () => end(true));
       fill.once('failed', () => end(false));
       return { fill, joined: false };
+    } catch (err) {
+      uncount();
+      throw err;
     } finally {
-      this.opening.delete(d);
+      this.opening.delete(k);
     }
   }
 

@@ -7,8 +7,9 @@ import { digestHex, type Digest } from '../oci/digest.ts';
  *   <root>/blobs/sha256/<2 hex>/<64 hex>   verified content only: layers, configs and manifests, byte-exact.
  *                                          A file here always hashes to its name: it arrives by rename
  *                                          after verification and fsync, so a crash leaves nothing half-written.
- *   <root>/ingest/<64 hex>.data            a fill in progress (sparse: lazily fetched ranges land at their offsets)
- *   <root>/ingest/<64 hex>.json            what of .data is on disk (extents) and the blob's size; written after
+ *   <root>/ingest/<64 hex>.<upstream>.data a fill in progress (sparse: lazily fetched ranges land at their offsets),
+ *                                          one per upstream: bytes not yet verified are never shared across upstreams
+ *   <root>/ingest/<64 hex>.<upstream>.json what of .data is on disk (extents) and the blob's size; written after
  *                                          the data it describes is synced, so it never claims bytes that are not there
  *   <root>/tmp/                            small writes (manifests, imports) before their rename
  *   <root>/berth.db                        SQLite index (WAL): blobs, tags, references, pins, access times
@@ -45,10 +46,16 @@ export class StoragePaths {
     const hex = digestHex(d);
     return join(this.blobs, hex.slice(0, 2), hex);
   }
-  ingestData(d: Digest): string {
-    return join(this.ingest, `${digestHex(d)}.data`);
+  /** Flat in ingest/ (no folder per upstream), so that tools that sweep ingest/ by age see every file. */
+  ingestData(d: Digest, upstream: string): string {
+    return join(this.ingest, `${digestHex(d)}.${ingestName(upstream)}.data`);
   }
-  ingestMeta(d: Digest): string {
-    return join(this.ingest, `${digestHex(d)}.json`);
+  ingestMeta(d: Digest, upstream: string): string {
+    return join(this.ingest, `${digestHex(d)}.${ingestName(upstream)}.json`);
   }
+}
+
+/** An upstream host as a file name part: `127.0.0.1:5001` → `127.0.0.1%3A5001` (reversible, no `/`). */
+function ingestName(upstream: string): string {
+  return encodeURIComponent(upstream.toLowerCase());
 }

@@ -1,0 +1,71 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Extents } from './extents.ts';
+import { isTransient } from './fill-errors.ts';
+import type { LazyFetch } from './lazy-fetches.ts';
+
+/** What a reader needs of its fill (fill.ts). */
+export interface ReadableFill {
+  readonly state: 'running' | 'idle' | 'committed' | 'failed';
+  readonly error: Error | undefined;
+  readonly extents: Extents;
+  /** The sequential fill will bring `pos` soon: waiting for it beats a Range request of our own. */
+  sequentialWillBring(pos: number): boolean;
+  fetchRange(start: number, end: number): LazyFetch;
+  whenDone(): Promise<void>;
+  read(buf: Buffer, pos: number): Promise<number>;
+  /** The next published change (bytes landed, a fetch ended, commit or failure). */
+  changed(): Promise<void>;
+  retries: { attempts: number; backoff: number };
+}
+
+const READ_CHUNK = 256 * 1024;
+const MAX_LAZY_SPAN = 16 * 1024 * 1024;
+
+/**
+ * The bytes [start, end] (inclusive) of a fill, as they land. Bytes nothing is bringing are fetched by
+ * Range. A fetch that failed is retried after a doubling pause only when the failure is transient, and at
+ * most `retries.attempts` times; otherwise (404, wrong bytes, an open breaker) the reader fails at once.
+ * Every wait is on a real event or timer, so a fetch that fails without I/O cannot spin the event loop.
+ * `holdBack`: the last byte waits for the digest check (a whole-blob reader: see fill.ts).
+ */
+export async function* readFill(fill: ReadableFill, start: number, end: number, holdBack: boolean): AsyncGenerator<Buffer> {
+  let pos = start;
+  let failures = 0;
+  let last: LazyFetch | undefined;
+  while (pos <= end) {
+    if (fill.state === 'failed') throw fill.error;
+    if (holdBack && pos === end && fill.state !== 'committed') {
+      await fill.whenDone();
+      const one = Buffer.allocUnsafe(1);
+      await fill.read(one, end);
+      pos += 1;
+      yield one;
+      continue;
+    }
+    const limit = end + 1 - (holdBack && fill.state !== 'committed' ? 1 : 0);
+    const avail = Math.min(fill.extents.availableFrom(pos), limit);
+    if (avail > pos) {
+      failures = 0;
+      last = undefined;
+      const n = Math.min(avail, pos + READ_CHUNK) - pos;
+      const buf = Buffer.allocUnsafe(n);
+      const got = await fill.read(buf, pos);
+      if (got !== n) throw new Error(`short read of ingest file at ${pos}`);
+      pos += n;
+      yield buf;
+      continue;
+    }
+    if (last?.error) {
+      const err = last.error;
+      last = undefined;
+      failures++;
+      if (!isTransient(err) || failures > fill.retries.attempts) throw err;
+      await sleep(fill.retries.backoff * 2 ** (failures - 1));
+      continue;
+    }
+    // No await between these checks and the wait: events are emitted only after I/O, never in between.
+    if (!fill.sequentialWillBring(pos)) last = fill.fetchRange(pos, Math.min(end, pos + MAX_LAZY_SPAN - 1));
+    if (fill.extents.availableFrom(pos) > pos || (fill.state as string) === 'failed' || last?.error) continue;
+    await fill.changed();
+  }
+}

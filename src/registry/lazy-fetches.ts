@@ -1,0 +1,94 @@
+import type { ByteRange } from '../oci/range.ts';
+import type { Extents } from './extents.ts';
+
+/** A reader this far ahead of the sequential fill asks the upstream for its bytes directly. */
+export const LAZY_DISTANCE = 2 * 1024 * 1024;
+/** A client's ranges closer than this are fetched by one upstream request (stargz aligns to 50,000 bytes). */
+const RANGE_COALESCE_GAP = 64 * 1024;
+/** At most this many upstream Range requests are started for one client request. */
+const MAX_FETCHES_PER_REQUEST = 8;
+
+/** The upstream requests (half-open spans) for what a client's `ranges` need and `extents` lack. */
+export function planRequest(ranges: ByteRange[], extents: Extents): Array<[number, number]> {
+  const missing = ranges.flatMap((r) => extents.missingIn(r.start, r.end + 1));
+  return planFetches(missing, { gap: RANGE_COALESCE_GAP, max: MAX_FETCHES_PER_REQUEST });
+}
+
+/**
+ * Which upstream Range requests serve a client's ranges of a blob still arriving: the missing parts of
+ * the ranges, merged where they overlap or lie closer than `gap` bytes, then the closest neighbours merged
+ * until at most `max` requests remain. So one request of 256 small ranges costs a few upstream GETs,
+ * at the price of some bytes between them (never more than the span from the first to the last range).
+ * Spans are half-open [start, end).
+ */
+export function planFetches(missing: Array<[number, number]>, o: { gap: number; max: number }): Array<[number, number]> {
+  const sorted = missing.filter(([a, b]) => b > a).sort((x, y) => x[0] - y[0]);
+  const out: Array<[number, number]> = [];
+  for (const [a, b] of sorted) {
+    const last = out[out.length - 1];
+    if (last && a - last[1] <= o.gap) last[1] = Math.max(last[1], b);
+    else out.push([a, b]);
+  }
+  while (out.length > o.max) {
+    let best = 1;
+    for (let i = 2; i < out.length; i++) if (out[i]![0] - out[i - 1]![1] < out[best]![0] - out[best - 1]![1]) best = i;
+    out[best - 1]![1] = Math.max(out[best - 1]![1], out[best]![1]);
+    out.splice(best, 1);
+  }
+  return out;
+}
+
+/** One upstream Range request of a fill, as readers see it. */
+export interface LazyFetch {
+  start: number;
+  /** Inclusive. */
+  end: number;
+  /** Resolves once the first bytes are on disk (or the upstream answered without Range), rejects with the error otherwise. */
+  answered: Promise<void>;
+  /** Set when the fetch ended without bringing its bytes (readers then retry later, or fail). */
+  error?: Error;
+  /** Settles (never rejects) when the fetch is over. */
+  done: Promise<void>;
+}
+
+/** The Range requests of one fill in flight: at most one per offset, each with its outcome for readers. */
+export class LazyFetches {
+  private readonly list: LazyFetch[] = [];
+
+  /** The fetch in flight whose span covers `pos`. */
+  covering(pos: number): LazyFetch | undefined {
+    return this.list.find((r) => r.start <= pos && pos <= r.end);
+  }
+
+  /**
+   * Runs `run(answered)` as the fetch of [start, end]; `run` calls `answered()` once the first bytes
+   * landed. A failure is recorded on the fetch and given to `failed`; `ended` runs either way,
+   * after the fetch left the list.
+   */
+  begin(start: number, end: number, run: (answered: () => void) => Promise<void>, failed: (err: Error) => void, ended: () => void): LazyFetch {
+    let answered!: () => void;
+    let refused!: (err: Error) => void;
+    const f: LazyFetch = {
+      start,
+      end,
+      answered: new Promise<void>((ok, fail) => {
+        answered = ok;
+        refused = fail;
+      }),
+      done: Promise.resolve(),
+    };
+    f.answered.catch(() => {}); // nobody may be waiting on it
+    this.list.push(f);
+    f.done = run(answered)
+      .catch((err: Error) => {
+        f.error = err;
+        refused(err);
+        failed(err);
+      })
+      .finally(() => {
+        this.list.splice(this.list.indexOf(f), 1);
+        ended();
+      });
+    return f;
+  }
+}
