@@ -12,6 +12,7 @@ import { ClientAuth } from './http/client-auth.ts';
 import { Blobs } from './registry/blobs.ts';
 import type { RegistryContext } from './registry/context.ts';
 import { Fills } from './registry/fills.ts';
+import { isDiskFull } from './registry/fill-errors.ts';
 import { Manifests } from './registry/manifests.ts';
 import { Tags } from './registry/tags.ts';
 import { ImageWalker } from './registry/image-walk.ts';
@@ -96,7 +97,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
       memory.afterFill(fill.extents.bytes);
       if (!ok) metrics.fillsFailed.inc();
       // `quota` is built below; a fill cannot end before then.
-      if (!ok && (fill.error as NodeJS.ErrnoException | undefined)?.code === 'ENOSPC') void quota.diskFull().catch((err: Error) => log.error({ err }, 'could not free space'));
+      if (!ok && isDiskFull(fill.error)) void quota.diskFull().catch((err: Error) => log.error({ err }, 'could not free space'));
     },
   }, config.fills);
   const pins = new Pins(index.db);

@@ -31,6 +31,8 @@ export class Fill extends EventEmitter implements ReadableFill {
   error: Error | undefined;
   readonly extents: Extents;
   readers = 0;
+  /** Clients waiting in whenFlowing for their first bytes: as good as readers for priority. */
+  private waiting = 0;
   private readonly abort = new AbortController();
   private file!: IngestFile;
   private sequential: Promise<void> | undefined;
@@ -123,7 +125,8 @@ export class Fill extends EventEmitter implements ReadableFill {
    */
   whenFlowing(): Promise<void> {
     if (this.flowing || this.extents.bytes > 0 || this.state === 'committed') return Promise.resolve();
-    return this.until('flowing');
+    this.waiting++;
+    return this.until('flowing').finally(() => this.waiting--);
   }
 
   /** Resolves when the blob is committed; rejects when the fill fails. */
@@ -138,7 +141,7 @@ export class Fill extends EventEmitter implements ReadableFill {
 
   /** Bytes of the sequential fill are foreground while a client that wants the whole blob is reading. */
   private priority(): Priority {
-    return this.readers > 0 && this.seqPriority === 'foreground' ? 'foreground' : 'background';
+    return (this.readers > 0 || this.waiting > 0) && this.seqPriority === 'foreground' ? 'foreground' : 'background';
   }
 
   private async runSequential(): Promise<void> {
