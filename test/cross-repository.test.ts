@@ -95,3 +95,21 @@ describe('a blob request without ns or host prefix', () => {
     }
   });
 });
+describe("a wrong size in the requesting repository's own manifest", () => {
+  let liar: Image;
+  before(async () => {
+    liar = lyingAboutLastLayer(await imageWithBigLayer());
+    await pushImage(up, 'evil/z', '1', liar);
+    await pullManifest('evil/z');
+  });
+
+  test('is the upstream\'s fault: 502 UPSTREAM_ERROR naming it, never a 500', async () => {
+    const layer = liar.layers.at(-1)!;
+    for (const headers of [{}, { range: 'bytes=0-99' }]) {
+      const r = await httpRequest(b.url, `/v2/evil/z/blobs/${layer.digest}`, { headers });
+      assert.equal(r.status, 502, `${JSON.stringify(headers)}: ${r.status} ${r.body.toString().slice(0, 300)}`);
+      assert.match(r.body.toString(), /UPSTREAM_ERROR/);
+      assert.match(r.body.toString(), /upstream docker\.io/);
+    }
+  });
+});

@@ -1,4 +1,5 @@
 import type { Context, Next } from 'koa';
+import { IntegrityError } from '../registry/integrity.ts';
 import { RegistryError } from '../oci/errors.ts';
 
 /**
@@ -29,6 +30,8 @@ export async function errorMiddleware(ctx: Context, next: Next): Promise<void> {
 
 function toRegistryError(err: unknown, ctx: Context): RegistryError {
   if (err instanceof RegistryError) return err;
+  // Wrong bytes or sizes come from an upstream, never from the client.
+  if (err instanceof IntegrityError) return new RegistryError('UPSTREAM_ERROR', err.message);
   const code = (err as NodeJS.ErrnoException).code;
   if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'SQLITE_FULL') return new RegistryError('UNAVAILABLE', 'berth storage is full; the content could not be cached');
   if (code?.startsWith('SQLITE_BUSY') || code === 'SQLITE_LOCKED') return new RegistryError('UNAVAILABLE', "berth's index is locked by another process; try again");

@@ -8,6 +8,7 @@ import type { Fill, BlobSource } from './fill.ts';
 import type { Route } from './upstreams.ts';
 import type { RegistryContext } from './context.ts';
 import { failpoint } from '../failpoints.ts';
+import { IntegrityError } from './integrity.ts';
 
 /** A blob ready to be served: its size and a way to read any part of it. */
 export interface BlobHandle {
@@ -117,12 +118,17 @@ export class Blobs {
     const sizeHint = wantsWhole || this.ctx.fills.get(d, this.routeFor(route, d).upstream)?.size !== undefined ? undefined : (this.ctx.index.descriptorSize(d, this.routeFor(route, d)) ?? (await this.stat(route, d)).size);
     const fill = await this.fill(route, d, sizeHint, client);
     if (!fill) return (await this.cached(d)) ?? this.open(route, d, wantsWhole, client);
+    // Wrong size or bytes found before the headers go out are the upstream's fault: a 502 naming it.
+    const blame = (err: unknown): never => {
+      if (err instanceof IntegrityError) throw new RegistryError('UPSTREAM_ERROR', `upstream ${this.routeFor(route, d).upstream}: ${err.message}`);
+      throw err;
+    };
     if (wantsWhole) {
       fill.start('foreground');
-      await fill.whenFlowing();
+      await fill.whenFlowing().catch(blame);
     } else if (this.ctx.config.lazyFill === 'background') fill.startLater(LAZY_COMPLETION_DELAY_MS);
-    const size = await fill.whenSized();
-    return { digest: d, size, source: 'fill', read: (s, e, whole) => fill.reader(s, e, { verified: whole === true }), prefetch: (ranges) => fill.prefetch(ranges) };
+    const size = await fill.whenSized().catch(blame);
+    return { digest: d, size, source: 'fill', read: (s, e, whole) => fill.reader(s, e, { verified: whole === true }), prefetch: (ranges) => fill.prefetch(ranges).catch(blame) };
   }
 
   /** Prewarm: fetch the whole blob at background priority and wait until it is committed. */
