@@ -23,7 +23,6 @@ import { StoreIndex } from './store/store-index.ts';
 import { Pins } from './store/pins.ts';
 import { Quota } from './store/quota.ts';
 import { BandwidthBudget } from './upstream/bandwidth.ts';
-import { installUndiciWorkaround } from './upstream/undici-workaround.ts';
 import { afterFill } from './memory.ts';
 
 /** How often recorded access times are written to the index. */
@@ -45,7 +44,6 @@ export interface Berth {
 
 /** The composition root: everything is built here from the validated config and passed in. */
 export async function createBerth(config: Readonly<Config>, log: Logger = pino({ level: config.log.level })): Promise<Berth> {
-  installUndiciWorkaround(log);
   const paths = new StoragePaths(resolve(config.storage.path));
   const store = new BlobStore(paths);
   await store.init();
