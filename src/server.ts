@@ -26,7 +26,6 @@ import { Quota } from './store/quota.ts';
 import { StorageLock } from './store/lock.ts';
 import { prepareStorageDir } from './store/storage-dir.ts';
 import { BandwidthBudget } from './upstream/bandwidth.ts';
-import { installUndiciWorkaround } from './upstream/undici-workaround.ts';
 import { FillMemory } from './memory.ts';
 import { Readiness } from './readiness.ts';
 
@@ -57,7 +56,6 @@ export interface OpenMode {
 
 /** The composition root: everything is built here from the validated config and passed in. */
 export async function createBerth(config: Readonly<Config>, log: Logger = pino({ level: config.log.level }), mode: OpenMode = {}): Promise<Berth> {
-  installUndiciWorkaround(log);
   const paths = new StoragePaths(resolve(config.storage.path));
   await prepareStorageDir(paths, mode.createStorage ?? true, log);
   const lock = mode.lock === false ? undefined : await StorageLock.acquire(paths, mode.lock ?? 'serve');

@@ -16,11 +16,17 @@ export function createDispatcher(u: UpstreamConfig): Dispatcher {
   return new EnvHttpProxyAgent({
     ...(u.proxy ? { httpProxy: u.proxy, httpsProxy: u.proxy } : {}),
     connect: { ...tls, timeout: u.timeouts.connect },
+    // Through a proxy, undici 8 takes the connect timeout from here (`connect` is the tunnel's own).
+    connectTimeout: u.timeouts.connect,
     requestTls: tls,
     proxyTunnel: false,
+    // undici 8 would negotiate HTTP/2 with TLS upstreams that offer it (ALPN); berth stays on HTTP/1.1,
+    // what it was built and measured on: `connections` bounds concurrent upstream transfers, and each
+    // fill's backpressure holds its own TCP connection rather than one stream of a shared one.
+    allowH2: false,
     headersTimeout: u.timeouts.header,
     bodyTimeout: u.timeouts.idle,
     keepAliveTimeout: 30_000,
     connections: 16,
-  } as ConstructorParameters<typeof EnvHttpProxyAgent>[0]);
+  });
 }
