@@ -15,7 +15,6 @@ import type { ByteRange } from '../oci/range.ts';
 import type { BlobSource, FillOptions } from './fill-options.ts';
 
 export type { BlobSource, FillOptions, SourceBody } from './fill-options.ts';
-
 export type FillState = 'running' | 'idle' | 'committed' | 'failed';
 
 /**
@@ -121,12 +120,13 @@ export class Fill extends EventEmitter implements ReadableFill {
 
   /**
    * Resolves once bytes flow (some are on disk); rejects if the fill fails first. Waiting for this before
-   * sending headers turns a dead upstream (or a full disk) into a 503 instead of a 200 and a cut.
+   * sending headers turns a dead upstream (or a full disk) into a 503 instead of a 200 and a cut. A waiter
+   * counts as a reader until the next turn of the event loop: its reader is made in the microtasks after.
    */
   whenFlowing(): Promise<void> {
     if (this.flowing || this.extents.bytes > 0 || this.state === 'committed') return Promise.resolve();
     this.waiting++;
-    return this.until('flowing').finally(() => this.waiting--);
+    return this.until('flowing').finally(() => setImmediate(() => this.waiting--));
   }
 
   /** Resolves when the blob is committed; rejects when the fill fails. */
