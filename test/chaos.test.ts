@@ -21,7 +21,7 @@ import { type BerthChild, startBerthChild } from './support/berth-child.ts';
 import { unverifiedBlobFiles } from './support/berth-cli.ts';
 import { type Outcome, describeOutcome, fetchOutcome, sha256Of } from './support/outcome.ts';
 import { type ConnectionFault, type Relay, startRelay } from './support/relay.ts';
-import { unmountUnder } from './support/mounts.ts';
+import { fillUp, mountTmpfs, unmountUnder } from './support/mounts.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
 
 const run = promisify(execFile);
@@ -100,7 +100,7 @@ describe('chaos: hostile clients, a failing upstream, a lying upstream and a ful
     evil = await startRelay({ target, plan: { all: { corruptAtByte: 4096, corruptEvery: 65_536 } } });
     mnt = path.join(work, 'disk');
     await mkdir(mnt);
-    await run('mount', ['-t', 'tmpfs', '-o', 'size=48m', 'tmpfs', mnt]);
+    await mountTmpfs(mnt, '48m');
     cleanups.push(() => unmountUnder(mnt));
     b = await startBerthChild(
       {
@@ -191,16 +191,6 @@ describe('chaos: hostile clients, a failing upstream, a lying upstream and a ful
     }
 
     const ballast = path.join(mnt, 'ballast');
-    async function fillDisk(): Promise<void> {
-      const fh = await open(ballast, 'w');
-      try {
-        for (;;) await fh.write(Buffer.alloc(MB));
-      } catch (err) {
-        assert.equal((err as NodeJS.ErrnoException).code, 'ENOSPC');
-      } finally {
-        await fh.close();
-      }
-    }
 
     const running = [...Array.from({ length: CLIENTS }, () => client()), probe()];
     // The timeline: honest, cuts, stalls, a full disk, a dead upstream, honest again.
@@ -210,7 +200,7 @@ describe('chaos: hostile clients, a failing upstream, a lying upstream and a ful
     good.setPlan(faults(() => (rand(3) === 0 ? { stallAfterBytes: 200 + rand(3 * MB) } : undefined)));
     await sleep(PHASE_MS);
     good.setPlan({});
-    await fillDisk();
+    await fillUp(ballast);
     await sleep(PHASE_MS);
     await rm(ballast);
     await up.halt();

@@ -13,7 +13,7 @@ import { type Image, MediaTypes, buildImage, pushImage } from './support/images.
 import { type InProcessBerth, startBerth } from './support/berth.ts';
 import { describeOutcome, fetchOutcome } from './support/outcome.ts';
 import { waitUntil } from './support/links.ts';
-import { unmountUnder } from './support/mounts.ts';
+import { fillUp, mountTmpfs, unmountUnder } from './support/mounts.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
 
 const run = promisify(execFile);
@@ -36,7 +36,7 @@ before(async () => {
   await pushImage(up, 'lab/small', '1', small);
   mnt = path.join(work, 'fs');
   await mkdir(mnt);
-  await run('mount', ['-t', 'tmpfs', '-o', 'size=20m', 'tmpfs', mnt]);
+  await mountTmpfs(mnt, '20m');
   cleanups.push(() => unmountUnder(mnt));
   b = await startBerth({ upstreams: [{ host: up.host, url: up.url }], storage: path.join(mnt, 'storage') });
   cleanups.push(() => b.stop());
@@ -91,14 +91,7 @@ describe('a storage filesystem that fills up', () => {
 
   test('on a disk already full, a GET of an uncached blob is a 503 that says "disk full", before any header of a 200', async () => {
     const filler = path.join(mnt, 'filler');
-    const fh = await open(filler, 'w');
-    try {
-      for (;;) await fh.write(Buffer.alloc(1024 * 1024));
-    } catch (err) {
-      assert.equal((err as NodeJS.ErrnoException).code, 'ENOSPC');
-    } finally {
-      await fh.close();
-    }
+    await fillUp(filler);
     try {
       const layer = small.layers[0]!;
       const r = await fetchOutcome(b.url, `/v2/lab/small/blobs/${layer.digest}`, { timeoutMs: 30_000 });

@@ -18,7 +18,7 @@ import { type UpstreamSpec } from './support/berth.ts';
 import { tryServe } from './support/berth-child.ts';
 import { describeRun, lsJson, runBerth, writeCliConfig } from './support/berth-cli.ts';
 import { freePort } from './support/ports.ts';
-import { unmountUnder } from './support/mounts.ts';
+import { mountTmpfs, unmountUnder } from './support/mounts.ts';
 import { waitUntil } from './support/links.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
 import { ConfigError, loadConfig } from '../src/config/load.ts';
@@ -163,7 +163,7 @@ describe('operator commands say what happened', () => {
   test('a read-only storage directory is called read-only', async () => {
     const mnt = path.join(work, 'ro');
     await mkdir(mnt);
-    await exec('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', mnt]);
+    await mountTmpfs(mnt, '4m');
     try {
       await mkdir(path.join(mnt, 'storage'));
       await exec('mount', ['-o', 'remount,ro', mnt]);

@@ -19,7 +19,7 @@ import { waitUntil } from './support/links.ts';
 import { committedPath } from './support/storage.ts';
 import { describeRun, lsJson, runBerth, storedDigests, writeCliConfig } from './support/berth-cli.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
-import { unmountUnder } from './support/mounts.ts';
+import { mountTmpfs, unmountUnder } from './support/mounts.ts';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 
@@ -166,7 +166,7 @@ describe('partial downloads and the quota', () => {
   test('no maxSize, a full disk: the stale partials go, and the pull that hit ENOSPC succeeds when tried again', async () => {
     const mnt = path.join(work, 'small-fs');
     await mkdir(mnt);
-    await exec('mount', ['-t', 'tmpfs', '-o', 'size=20m', 'tmpfs', mnt]);
+    await mountTmpfs(mnt, '20m');
     try {
       const storage = path.join(mnt, 'storage');
       await mkdir(path.join(storage, 'ingest'), { recursive: true });

@@ -23,7 +23,7 @@ import { type OriginRequest, type Reply, type StandInOrigin, respond, sha256Dige
 import { assertPulledImage } from './support/pulled-image.ts';
 import { skopeoCopy } from './support/skopeo.ts';
 import { metricValue, upstreamTrafficSince, waitUntil } from './support/links.ts';
-import { unmountUnder } from './support/mounts.ts';
+import { fillUp, mountTmpfs, unmountUnder } from './support/mounts.ts';
 import { hasBlobFile } from './support/storage.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
 
@@ -363,7 +363,7 @@ describe('a damaged, locked or full storage directory', () => {
   async function smallFilesystem(name: string): Promise<string> {
     const mnt = path.join(work, name);
     await mkdir(mnt);
-    await run('mount', ['-t', 'tmpfs', '-o', 'size=20m', 'tmpfs', mnt]);
+    await mountTmpfs(mnt, '20m');
     cleanups.push(() => unmountUnder(mnt));
     return mnt;
   }
@@ -404,14 +404,7 @@ describe('a damaged, locked or full storage directory', () => {
     await skopeoCopy(`docker://${b.host}/lab/small:1`, `dir:${path.join(work, 'full-fs-warm')}`);
     // Something else fills the filesystem to the last byte.
     const filler = path.join(mnt, 'filler');
-    const fh = await open(filler, 'w');
-    try {
-      for (;;) await fh.write(Buffer.alloc(1024 * 1024));
-    } catch (err) {
-      assert.equal((err as NodeJS.ErrnoException).code, 'ENOSPC');
-    } finally {
-      await fh.close();
-    }
+    await fillUp(filler);
     // Cached content is still served (and its access times are recorded, to be written later).
     const dir = path.join(work, 'full-fs-pull');
     await skopeoCopy(`docker://${b.host}/lab/small:1`, `dir:${dir}`);

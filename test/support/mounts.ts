@@ -1,6 +1,6 @@
-// Mounts left by containerd/dockerd (overlay snapshots, shm, netns) under a helper's own directory.
+// Mounts: small tmpfs disks for full-disk tests, and what containerd/dockerd leave (overlay snapshots, shm, netns) under a helper's own directory.
 import { execFile } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
+import { open, readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 
 const run = promisify(execFile);
@@ -27,5 +27,22 @@ export async function unmountUnder(dir: string): Promise<void> {
     } catch {
       await run('umount', ['-l', point]).catch(() => undefined);
     }
+  }
+}
+
+/** A tmpfs of `size` (`20m`) at `dir` (which must exist): a small disk that fills up for real (we are root). */
+export async function mountTmpfs(dir: string, size: string): Promise<void> {
+  await run('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', dir]);
+}
+
+/** Writes `file` until its filesystem is full (something else filled the disk); anything but ENOSPC throws. */
+export async function fillUp(file: string): Promise<void> {
+  const fh = await open(file, 'w');
+  try {
+    for (;;) await fh.write(Buffer.alloc(1024 * 1024));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOSPC') throw err;
+  } finally {
+    await fh.close();
   }
 }
