@@ -44,11 +44,11 @@ function rows(upstreamHost: string, digest: string): Row[] {
     { why: 'backslashes', path: '/v2/..%5c..%5cwindows/manifests/1', status: 400, code: 'NAME_INVALID' },
     { why: 'a NUL byte in a name', path: '/v2/lab/small%00/manifests/1', status: 400, code: 'NAME_INVALID' },
     { why: 'a malformed %-escape in a name', path: '/v2/lab/%zz/manifests/1', status: 400, code: 'NAME_INVALID' },
-    { why: 'a lone % as the tag', path: '/v2/lab/small/manifests/%', status: 400, code: 'MANIFEST_INVALID' },
+    { why: 'a lone % as the tag', path: '/v2/lab/small/manifests/%', status: 404, code: 'MANIFEST_UNKNOWN' },
     { why: '.. as the digest', path: '/v2/lab/small/blobs/..%2f..%2fberth.db', status: 400, code: 'DIGEST_INVALID' },
     { why: '.. after the algorithm', path: '/v2/lab/small/blobs/sha256:..%2f..%2f..%2fberth.db', status: 400, code: 'DIGEST_INVALID' },
-    { why: '.. as the tag', path: '/v2/lab/small/manifests/..', status: 400, code: 'MANIFEST_INVALID' },
-    { why: '%2e%2e as the tag', path: '/v2/lab/small/manifests/%2e%2e', status: 400, code: 'MANIFEST_INVALID' },
+    { why: '.. as the tag', path: '/v2/lab/small/manifests/..', status: 404, code: 'MANIFEST_UNKNOWN' },
+    { why: '%2e%2e as the tag', path: '/v2/lab/small/manifests/%2e%2e', status: 404, code: 'MANIFEST_UNKNOWN' },
     { why: 'traversal to the metrics endpoint', path: '/v2/%2e%2e/metrics', status: 404, code: 'NOT_FOUND' },
     { why: 'traversal past a blob', path: `${blob}/../../../../etc/passwd`, status: 404, code: 'NOT_FOUND' },
 
@@ -76,10 +76,11 @@ function rows(upstreamHost: string, digest: string): Row[] {
     { why: 'a non-ASCII name', path: '/v2/lab/caf%C3%A9/manifests/1', status: 400, code: 'NAME_INVALID' },
 
     // References.
-    { why: 'a tag starting with a dash', path: '/v2/lab/small/manifests/-1', status: 400, code: 'MANIFEST_INVALID' },
-    { why: 'a tag starting with a dot', path: '/v2/lab/small/manifests/.1', status: 400, code: 'MANIFEST_INVALID' },
-    { why: 'a 129-character tag', path: `/v2/lab/small/manifests/${'t'.repeat(129)}`, status: 400, code: 'MANIFEST_INVALID' },
-    { why: 'a tag with an encoded space', path: '/v2/lab/small/manifests/1%20', status: 400, code: 'MANIFEST_INVALID' },
+    { why: 'a tag starting with a dash', path: '/v2/lab/small/manifests/-1', status: 404, code: 'MANIFEST_UNKNOWN' },
+    { why: 'a tag starting with a dot', path: '/v2/lab/small/manifests/.1', status: 404, code: 'MANIFEST_UNKNOWN' },
+    { why: "the distribution-spec conformance suite's invalid reference", path: '/v2/lab/small/manifests/.INVALID_MANIFEST_NAME', status: 404, code: 'MANIFEST_UNKNOWN' },
+    { why: 'a 129-character tag', path: `/v2/lab/small/manifests/${'t'.repeat(129)}`, status: 404, code: 'MANIFEST_UNKNOWN' },
+    { why: 'a tag with an encoded space', path: '/v2/lab/small/manifests/1%20', status: 404, code: 'MANIFEST_UNKNOWN' },
     { why: 'a tag with a colon', path: '/v2/lab/small/manifests/latest:1', status: 400, code: 'DIGEST_INVALID' },
     { why: 'a tag and a digest at once', path: `/v2/lab/small/manifests/1@sha256:${HEX}`, status: 400, code: 'DIGEST_INVALID' },
 

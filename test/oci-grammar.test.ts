@@ -61,8 +61,9 @@ describe('names, digests and references', () => {
     assert.equal(code(() => parseDigest('sha256:abc')), '400 DIGEST_INVALID');
     assert.equal(code(() => parseDigest(`sha256:${'A'.repeat(64)}`)), '400 DIGEST_INVALID');
     assert.match((() => { try { parseDigest(`sha512:${'a'.repeat(128)}`); } catch (e) { return (e as Error).message; } return ''; })(), /sha256 only/);
-    assert.equal(code(() => parseReference('.hidden')), '400 MANIFEST_INVALID');
-    assert.equal(code(() => parseReference('a'.repeat(129))), '400 MANIFEST_INVALID');
+    assert.equal(code(() => parseReference('.hidden')), '404 MANIFEST_UNKNOWN');
+    assert.equal(code(() => parseReference('.INVALID_MANIFEST_NAME')), '404 MANIFEST_UNKNOWN');
+    assert.equal(code(() => parseReference('a'.repeat(129))), '404 MANIFEST_UNKNOWN');
   });
   it('reads image references the way docker does', () => {
     assert.equal(formatImageReference(parseImageReference('nginx')), 'docker.io/library/nginx:latest');

@@ -41,8 +41,10 @@ export function parseTag(s: string): Tag {
 /** A manifest reference is a tag or a digest. */
 export function parseReference(s: string): Reference {
   if (s.includes(':')) return { kind: 'digest', digest: parseDigest(s) };
+  // Not a tag and not a digest: no manifest can have that name, so it is unknown (404), as distribution
+  // answers and the distribution-spec conformance suite expects; a malformed digest above stays a 400.
   if (!TAG.test(s)) {
-    throw new RegistryError('MANIFEST_INVALID', `invalid reference "${s.slice(0, 80)}": expected a tag or a sha256 digest`);
+    throw new RegistryError('MANIFEST_UNKNOWN', `no manifest has the reference "${s.slice(0, 80)}": a reference is a tag (up to 128 of [A-Za-z0-9_.-], not starting with . or -) or a sha256 digest`);
   }
   return { kind: 'tag', tag: s as Tag };
 }
