@@ -6,6 +6,7 @@ import { type Upstream, startUpstream } from './support/upstream.ts';
 import { type Image, buildImage, pushImage } from './support/images.ts';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
 import { httpRequest, waitUntil } from './support/links.ts';
+import { respond, startStandInOrigin } from './support/stand-in-origin.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
 
 let up: Upstream;
@@ -43,4 +44,55 @@ test('lazyFill on-demand: a 416 on a cold blob does not hold a fill slot (and an
   assert.equal(ok.body.length, c.size);
   await waitUntil('ingest/ emptied', () => readdirSync(`${b.storage}/ingest`).length === 0, 5000);
   assert.equal(b.berth.ctx.fills.active, 0);
+});
+
+test('error, token and tag-list bodies from an upstream are read only up to a bound, not into memory whole', async () => {
+  const MB = 1 << 20;
+  const total = 256 * MB;
+  const chunk = Buffer.alloc(MB, 'x');
+  const written: Record<string, number> = {};
+  const origin = await startStandInOrigin(async (req, reply) => {
+    const kind = req.path.startsWith('/token') ? 'token' : req.path.includes('/tags/') ? 'tags' : req.path.includes('/blobs/') ? 'error' : 'other';
+    if (kind === 'other' || (kind === 'tags' && !req.headers.authorization)) {
+      // Every repository asks for a bearer token from this origin's /token.
+      respond(reply, 401, { 'WWW-Authenticate': `Bearer realm="http://${req.headers.host}/token",service="x"` });
+      return;
+    }
+    if (kind === 'token' && req.path.includes('x%2Ft')) {
+      respond(reply, 200, { 'Content-Type': 'application/json' }, '{"token":"t","expires_in":300}');
+      return;
+    }
+    if (kind === 'error' && !req.headers.authorization) {
+      reply.head(404, { 'Content-Length': total, 'Content-Type': 'text/plain' });
+    } else {
+      reply.head(200, { 'Content-Length': total, 'Content-Type': 'application/json' });
+    }
+    written[kind] = 0;
+    try {
+      for (let n = 0; n < total; n += MB) {
+        await reply.write(chunk);
+        written[kind]! += MB;
+      }
+      reply.end();
+    } catch {
+      // berth hung up: what we want
+    }
+  });
+  try {
+    const b = await startBerth({ upstreams: [{ host: 'hostile.example', url: origin.url }] });
+    berths.push(b);
+    const blob = await httpRequest(b.url, `/v2/x/y/blobs/sha256:${'ab'.repeat(32)}`, { timeoutMs: 60_000 });
+    assert.equal(blob.status, 404);
+    // x/y's token answer is huge; x/t gets a token, then a huge tag list.
+    const token = await httpRequest(b.url, '/v2/x/y/tags/list', { timeoutMs: 60_000 });
+    assert.equal(token.status, 502, String(token.body));
+    const tags = await httpRequest(b.url, '/v2/x/t/tags/list', { timeoutMs: 60_000 });
+    assert.equal(tags.status, 502, String(tags.body));
+    for (const kind of ['error', 'token', 'tags']) {
+      assert.ok(written[kind] !== undefined, `the origin was asked for a ${kind} body`);
+      assert.ok(written[kind]! < 64 * MB, `berth read ${written[kind]! / MB} MB of a ${kind} body`);
+    }
+  } finally {
+    await origin.close();
+  }
 });
