@@ -85,9 +85,16 @@ export function v2Handler(d: V2Deps) {
       // The client's address counts its new fills against fills.maxPerClient.
       const blob = await d.blobs.open(route, digest, !ranged, ctx.req.socket.remoteAddress);
       ctx.state.cache = blob.source === 'cache' ? 'hit' : 'miss';
-      const ranges = ranged ? requestedRanges(ctx, digest, blob.size) : undefined;
-      // Before the headers: an upstream that cannot serve these ranges is a 503/404, not a cut 206.
-      if (ranges && blob.prefetch) await blob.prefetch(ranges);
+      let ranges: ReturnType<typeof requestedRanges>;
+      try {
+        ranges = ranged ? requestedRanges(ctx, digest, blob.size) : undefined;
+        // Before the headers: an upstream that cannot serve these ranges is a 503/404, not a cut 206.
+        if (ranges && blob.prefetch) await blob.prefetch(ranges);
+      } catch (err) {
+        // A 416 (or a failed prefetch) reads nothing: the fill this request acquired must still be let go.
+        blob.unused?.();
+        throw err;
+      }
       const source = blob.source;
       sendBlob(ctx, blob, ranges, (n) => d.metrics.bytesServed.inc({ source }, n));
       return;

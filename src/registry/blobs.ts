@@ -25,6 +25,8 @@ export interface BlobHandle {
    * first bytes are on disk, so a failure is an error status instead of a cut 206. Call before the headers.
    */
   prefetch?(ranges: ByteRange[]): Promise<void>;
+  /** For blobs still arriving: the request ends without calling `read` (lets an unread fill be abandoned). */
+  unused?(): void;
 }
 
 /** How long an upstream HEAD's answer serves other HEADs of the same blob. */
@@ -128,7 +130,7 @@ export class Blobs {
       await fill.whenFlowing().catch(blame);
     } else if (this.ctx.config.lazyFill === 'background') fill.startLater(LAZY_COMPLETION_DELAY_MS);
     const size = await fill.whenSized().catch(blame);
-    return { digest: d, size, source: 'fill', read: (s, e, whole) => fill.reader(s, e, { verified: whole === true }), prefetch: (ranges) => fill.prefetch(ranges).catch(blame) };
+    return { digest: d, size, source: 'fill', read: (s, e, whole) => fill.reader(s, e, { verified: whole === true }), prefetch: (ranges) => fill.prefetch(ranges).catch(blame), unused: () => fill.unused() };
   }
 
   /** Prewarm: fetch the whole blob at background priority and wait until it is committed. */

@@ -385,6 +385,11 @@ export class Fill extends EventEmitter implements ReadableFill {
     return stream;
   }
 
+  /** Its request read nothing (a 416): no reader will release it, so arm the abandon timer now (else it holds a fill slot and an fd for good). */
+  unused(): void {
+    if (this.readers === 0 && !this.abandonTimer && (this.state === 'idle' || this.state === 'running')) this.armAbandonTimer();
+  }
+
   /** No reader left: the fill goes on for `abandonAfterMs` if background work wants it, else for the short grace. */
   private armAbandonTimer(): void {
     this.clearAbandonTimer();

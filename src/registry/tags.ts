@@ -1,5 +1,5 @@
 import { RegistryError } from '../oci/errors.ts';
-import { header } from '../upstream/client.ts';
+import { header, readBounded } from '../upstream/client.ts';
 import type { RegistryContext } from './context.ts';
 import type { Route } from './upstreams.ts';
 
@@ -37,7 +37,14 @@ export class Tags {
     if (last !== undefined) q.set('last', last);
     const qs = q.size > 0 ? `?${q}` : '';
     const res = await this.ctx.upstreams.client(route).tags(route.repository, qs);
-    const body = (await res.body.json().catch(() => undefined)) as { tags?: unknown } | undefined;
+    // Bounded: the body is the upstream's choice (a real list of 100,000 tags is about 2 MB).
+    const raw = await readBounded(res.body, 16 * 1024 * 1024).catch(() => undefined);
+    let body: { tags?: unknown } | undefined;
+    try {
+      body = raw ? (JSON.parse(raw.toString('utf8')) as { tags?: unknown } | undefined) : undefined;
+    } catch {
+      body = undefined;
+    }
     if (!body || (body.tags !== null && body.tags !== undefined && !Array.isArray(body.tags))) {
       throw new RegistryError('UPSTREAM_ERROR', `upstream ${route.upstream} sent an unreadable tag list`);
     }

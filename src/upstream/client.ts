@@ -220,7 +220,13 @@ export class UpstreamClient {
       this.observer?.warn({ upstream: this.host, realm: url.origin, status: res.status }, 'token service refused');
       throw new RegistryError('UPSTREAM_ERROR', `the token service of upstream ${this.host} answered ${res.status}${text}`);
     }
-    const body = (await res.body.json().catch(() => ({}))) as { token?: string; access_token?: string; expires_in?: number };
+    const raw = await readBounded(res.body, 64 * 1024).catch(() => undefined);
+    let body: { token?: string; access_token?: string; expires_in?: number } = {};
+    try {
+      body = raw ? (JSON.parse(raw.toString('utf8')) as typeof body) ?? {} : {};
+    } catch {
+      // no token in it: answered below
+    }
     const token = body.token ?? body.access_token;
     if (!token) throw new RegistryError('UPSTREAM_ERROR', `the token service of upstream ${this.host} sent no token`);
     this.tokens.set(key, token, typeof body.expires_in === 'number' ? body.expires_in : 60);
@@ -291,9 +297,35 @@ function clientReason(code: string | undefined, detail: string): string {
   return code && /^[A-Z_]+$/.test(code) ? code : 'network error';
 }
 
+/**
+ * At most `max` bytes of an upstream body, the rest dropped with the connection (`undefined` when it was
+ * longer). Error, token and tag-list bodies are whatever the upstream (or the realm it named) sends:
+ * read whole, one answer of a few hundred MB took that much memory.
+ */
+export async function readBounded(body: UpstreamBody, max: number): Promise<Buffer | undefined> {
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for await (const c of body) {
+    n += (c as Buffer).length;
+    if (n > max) {
+      body.destroy();
+      return undefined;
+    }
+    chunks.push(c as Buffer);
+  }
+  return Buffer.concat(chunks);
+}
+
 async function readErrorText(body: UpstreamBody): Promise<string> {
   try {
-    const text = (await body.text()).slice(0, 300).trim();
+    const chunks: Buffer[] = [];
+    let n = 0;
+    for await (const c of body) {
+      chunks.push(c as Buffer);
+      n += (c as Buffer).length;
+      if (n >= 4096) break; // leaving the loop destroys the body: the rest is not read
+    }
+    const text = Buffer.concat(chunks).toString('utf8').slice(0, 300).trim();
     if (!text) return '';
     try {
       const j = JSON.parse(text) as { errors?: Array<{ message?: string }> };
