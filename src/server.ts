@@ -87,6 +87,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   const memory = new FillMemory();
   const fills = new Fills({
     started: () => {
+      memory.fillStarted();
       metrics.fillsStarted.inc();
       metrics.fillsActive.inc();
     },

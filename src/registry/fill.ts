@@ -7,6 +7,7 @@ import type { Priority } from '../upstream/bandwidth.ts';
 import type { Extents } from './extents.ts';
 import { IntegrityError } from './integrity.ts';
 import { IngestFile } from './ingest-file.ts';
+import { AbandonTimer } from './abandon-timer.ts';
 import { failpoint } from '../failpoints.ts';
 import { failsFill, isCircuitOpen, isDiskFull, isTransient } from './fill-errors.ts';
 import { type ReadableFill, readFill } from './fill-reader.ts';
@@ -41,7 +42,11 @@ export class Fill extends EventEmitter implements ReadableFill {
   /** The upstream answered a Range request with the whole blob: only the sequential fill can help. */
   private rangeUnsupported = false;
   private flowing = false;
-  private abandonTimer: NodeJS.Timeout | undefined;
+  private readonly abandonTimer = new AbandonTimer((ms) => {
+    if (this.readers === 0 && this.state !== 'committed') {
+      void this.checkpoint().then(() => this.fail(new RegistryError('UNAVAILABLE', `fill of ${this.digest} abandoned: no reader for ${ms} ms`)));
+    }
+  });
   private finishing: Promise<void> | undefined;
   private seqPriority: Priority = 'background';
   private laterTimer: NodeJS.Timeout | undefined;
@@ -350,8 +355,7 @@ export class Fill extends EventEmitter implements ReadableFill {
 
   private clearAbandonTimer(): void {
     if (this.laterTimer && (this.state === 'committed' || this.state === 'failed')) clearTimeout(this.laterTimer);
-    if (this.abandonTimer) clearTimeout(this.abandonTimer);
-    this.abandonTimer = undefined;
+    this.abandonTimer.clear();
   }
 
   /** Waits for the next published change (bytes landed, commit or failure). */
@@ -376,30 +380,21 @@ export class Fill extends EventEmitter implements ReadableFill {
       if (released) return;
       released = true;
       this.readers--;
-      if (this.readers === 0) {
-        if (this.state === 'committed' || this.state === 'failed') void this.closeWhenUnread();
-        else this.armAbandonTimer();
-      }
+      this.unused();
     };
     stream.once('close', release);
     return stream;
   }
 
-  /** Its request read nothing (a 416): no reader will release it, so arm the abandon timer now (else it holds a fill slot and an fd for good). */
+  /**
+   * Nothing reads the fill now: its last reader left, or its request read nothing (a 416), so no reader
+   * will release it. Close the file once done, else arm the abandon timer (or it holds a slot and an fd).
+   */
   unused(): void {
-    if (this.readers === 0 && !this.abandonTimer && (this.state === 'idle' || this.state === 'running')) this.armAbandonTimer();
-  }
-
-  /** No reader left: the fill goes on for `abandonAfterMs` if background work wants it, else for the short grace. */
-  private armAbandonTimer(): void {
-    this.clearAbandonTimer();
-    const ms = this.wantedInBackground ? this.o.abandonAfterMs : this.o.abandonGraceMs;
-    this.abandonTimer = setTimeout(() => {
-      if (this.readers === 0 && this.state !== 'committed') {
-        void this.checkpoint().then(() => this.fail(new RegistryError('UNAVAILABLE', `fill of ${this.digest} abandoned: no reader for ${ms} ms`)));
-      }
-    }, ms);
-    this.abandonTimer.unref();
+    if (this.readers > 0) return;
+    if (this.state === 'committed' || this.state === 'failed') void this.closeWhenUnread();
+    // The fill goes on for `abandonAfterMs` if background work wants it, else for the short grace.
+    else if (!this.abandonTimer.armed) this.abandonTimer.arm(this.wantedInBackground ? this.o.abandonAfterMs : this.o.abandonGraceMs);
   }
 }
 
