@@ -116,8 +116,12 @@ describe('which realms may receive credentials', () => {
     assert.equal(may('https://registry-1.docker.io', 'https://auth.docker.io/token'), true);
     assert.equal(may('https://quay.io', 'https://quay.io/v2/auth'), true);
     assert.equal(may('https://registry.gitlab.com', 'https://gitlab.com/jwt/auth'), true);
-    assert.equal(may('https://registry.example.co.uk', 'https://auth.example.co.uk/token'), true);
+    assert.equal(may('https://registry.example.co.uk', 'https://auth.example.co.uk/token'), false, 'a sibling host needs tokenRealms');
+    assert.equal(may('https://registry.example.co.uk', 'https://auth.example.co.uk/token', ['https://auth.example.co.uk']), true);
     assert.equal(may('https://registry.example.co.uk', 'https://evil.co.uk/token'), false);
+    assert.equal(may('https://mysite.azurecr.io', 'https://attacker.azurecr.io/oauth2/token'), false, 'a shared domain: the sibling is someone else');
+    assert.equal(may('https://europe-docker.pkg.dev', 'https://attacker.pkg.dev/token'), false);
+    assert.equal(may('https://mysite.azurecr.io', 'https://mysite.azurecr.io/oauth2/token'), true);
     assert.equal(may('https://registry-1.docker.io', 'https://auth.docker.io.evil.test/token'), false);
     assert.equal(may('https://registry-1.docker.io', 'http://auth.docker.io/token'), false, 'not over plain HTTP');
     assert.equal(may('https://quay.io', 'https://ghcr.io/token'), false);
