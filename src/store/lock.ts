@@ -86,7 +86,9 @@ const BUSY = new Set(['SQLITE_BUSY', 'SQLITE_LOCKED']);
  * through fcntl POSIX locks, which the kernel keeps per open file on the inode (so across PID namespaces
  * on a shared volume) and drops when the process dies, kill -9 included. SQLite also keeps the locks of
  * every connection to one file in one process consistent, so a second open in this process is refused too.
- * The file stays empty: nothing is ever written to it, so a full disk does not stop it either.
+ * The file stays empty: nothing is ever written to it, so a full disk does not stop it either. Nothing in
+ * this process may open berth.lock.db other than through SQLite: closing any descriptor of a file drops
+ * the process's POSIX locks on it (SQLite's own connections account for that).
  */
 function kernelLock(paths: StoragePaths, mustExist: boolean): Database.Database | 'busy' | undefined {
   let db: Database.Database;
