@@ -19,6 +19,7 @@ import { freePort } from './support/ports.ts';
 import { fetchOutcome } from './support/outcome.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
 import { waitUntil } from './support/links.ts';
+import { fillUp, mountTmpfs, unmountUnder } from './support/mounts.ts';
 import { StorageLock, StorageLockedError } from '../src/store/lock.ts';
 import { StoragePaths } from '../src/store/paths.ts';
 
@@ -211,5 +212,26 @@ describe('the storage lock across containers and in its first instants', () => {
     const again = await StorageLock.acquire(paths, 'gc');
     await again.release();
     assert.ok(!existsSync(paths.lock), 'release removes berth.lock');
+  });
+
+  test('on a full disk the lock is still taken and still holds (berth.lock cannot be written: no name)', async () => {
+    const mnt = path.join(work, 'full-fs');
+    await mkdir(mnt);
+    await mountTmpfs(mnt, '1m');
+    try {
+      const paths = new StoragePaths(path.join(mnt, 'storage'));
+      await mkdir(paths.root);
+      await fillUp(path.join(mnt, 'filler'));
+      const lock = await StorageLock.acquire(paths, 'serve');
+      try {
+        await lock.setUrl('http://127.0.0.1:1');
+        await assert.rejects(StorageLock.acquire(paths, 'gc'), /in use by another berth \(it has not written berth\.lock yet\)/);
+      } finally {
+        await lock.release();
+      }
+      await (await StorageLock.acquire(paths, 'gc')).release();
+    } finally {
+      await unmountUnder(mnt);
+    }
   });
 });

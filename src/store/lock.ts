@@ -90,16 +90,13 @@ const BUSY = new Set(['SQLITE_BUSY', 'SQLITE_LOCKED']);
  * this process may open berth.lock.db other than through SQLite: closing any descriptor of a file drops
  * the process's POSIX locks on it (SQLite's own connections account for that).
  */
-function kernelLock(paths: StoragePaths, mustExist: boolean): Database.Database | 'busy' | undefined {
-  let db: Database.Database;
+function kernelLock(paths: StoragePaths): Database.Database | 'busy' {
+  // A short busy wait: a probe (lockHolder) holds a shared lock for a few microseconds.
+  const db = new Database(paths.lockDb, { timeout: 250 });
   try {
-    // A short busy wait: a probe (lockHolder) holds a shared lock for a few microseconds.
-    db = new Database(paths.lockDb, { timeout: 250, fileMustExist: mustExist });
-  } catch (err) {
-    if (mustExist && (err as { code?: string }).code === 'SQLITE_CANTOPEN') return undefined;
-    throw err;
-  }
-  try {
+    // No journal file: BEGIN EXCLUSIVE would otherwise create one, and fail with SQLITE_FULL on a full disk
+    // (journal_mode OFF is not taken on this build; MEMORY is, and nothing is ever written anyway).
+    db.pragma('journal_mode = MEMORY');
     db.exec('BEGIN EXCLUSIVE');
     return db;
   } catch (err) {
@@ -150,12 +147,12 @@ export class StorageLock {
   ) {}
 
   static async acquire(paths: StoragePaths, command: string): Promise<StorageLock> {
-    const held = kernelLock(paths, false);
+    const held = kernelLock(paths);
     if (held === 'busy') throw new StorageLockedError(paths.root, await describeHolder(paths));
     const info: LockInfo = { pid: process.pid, startedAt: new Date().toISOString(), command };
     const start = procStart(process.pid);
     if (start !== undefined) info.procStart = start;
-    const lock = new StorageLock(paths, held!, info);
+    const lock = new StorageLock(paths, held, info);
     await lock.write();
     return lock;
   }
