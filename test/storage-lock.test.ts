@@ -1,10 +1,13 @@
 // One writer per storage directory (issue #8 item 15): `berth serve` holds storage/berth.lock (pid, start
 // time, URL). A second serve refuses and names the PID; operator commands that write refuse the same way,
 // except those that can go through the running server (prewarm, pin), which do; read-only commands (ls)
-// run beside it. A holder killed with -9 leaves a stale file that the next start takes over.
+// run beside it. A holder killed with -9 leaves a stale file that the next start takes over. The hold
+// itself is a kernel lock (berth.lock.db, see src/store/lock.ts): it holds across containers (PID
+// namespaces) sharing the storage, where every berth is PID 1, and while berth.lock is not written yet.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { stringify } from 'yaml';
@@ -15,6 +18,13 @@ import { describeRun, lsJson, runBerth } from './support/berth-cli.ts';
 import { freePort } from './support/ports.ts';
 import { fetchOutcome } from './support/outcome.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
+import { waitUntil } from './support/links.ts';
+import { fillUp, mountTmpfs, unmountUnder } from './support/mounts.ts';
+import { StorageLock, StorageLockedError } from '../src/store/lock.ts';
+import { StoragePaths } from '../src/store/paths.ts';
+
+/** `berth serve` as in a container of its own: new user and PID namespaces (it is PID 1), same filesystem. */
+const CONTAINER = ['unshare', '--user', '--map-root-user', '--pid', '--fork', '--mount-proc', '--kill-child'];
 
 describe('the storage lock', () => {
   let up: Upstream;
@@ -102,5 +112,126 @@ describe('the storage lock', () => {
     const gc = ['gc', '--config', b.configFile];
     const r = await runBerth(gc);
     assert.equal(r.code, 0, describeRun(gc, r));
+  });
+});
+
+describe('the storage lock across containers and in its first instants', () => {
+  let up: Upstream;
+  let work: string;
+  const upstreams = () => [{ host: 'docker.io', url: up.url }];
+
+  before(async () => {
+    work = await makeTempDir('storage-lock-ns');
+    up = await startUpstream();
+  });
+
+  after(async () => {
+    await up?.stop();
+    if (work) await removeTempDir(work);
+  });
+
+  async function serveIn(storage: string, name: string, wrap?: string[]) {
+    const port = await freePort();
+    const config = path.join(work, `${name}.yaml`);
+    await writeFile(config, stringify(berthConfig({ upstreams: upstreams() }, storage, `127.0.0.1:${port}`)));
+    return { config, r: await tryServe(config, `http://127.0.0.1:${port}`, { logFile: path.join(work, `${name}.log`), ...(wrap ? { wrap } : {}) }) };
+  }
+
+  test('two berth serve in separate PID namespaces (both PID 1) on one storage: the second refuses', async () => {
+    const storage = path.join(work, 'shared-volume');
+    const first = await serveIn(storage, 'container-a', CONTAINER);
+    assert.equal(first.r.kind, 'listening', first.r.kind === 'exited' ? first.r.output : '');
+    if (first.r.kind !== 'listening') return;
+    try {
+      const lock = await waitUntil('berth.lock to name the first container\'s server', () => {
+        try {
+          const l = JSON.parse(readFileSync(path.join(storage, 'berth.lock'), 'utf8')) as { pid: number; url?: string };
+          return l.url ? l : undefined;
+        } catch {
+          return undefined;
+        }
+      }, 10_000, 50);
+      assert.equal(lock.pid, 1, 'berth is PID 1 in its container');
+      const second = await serveIn(storage, 'container-b', CONTAINER);
+      if (second.r.kind === 'listening') {
+        await second.r.process.stop('SIGKILL');
+        assert.fail('a second berth serve started, in another container, on a storage already served');
+      }
+      assert.notEqual(second.r.code, 0);
+      assert.match(second.r.output, /in use by berth serve \(pid 1\b/, second.r.output);
+      const still = JSON.parse(readFileSync(path.join(storage, 'berth.lock'), 'utf8')) as { url: string };
+      assert.equal(still.url, lock.url, 'the refused start left berth.lock alone');
+    } finally {
+      await first.r.process.stop('SIGKILL'); // unshare --kill-child takes its PID 1 along
+    }
+    // kill -9 of the whole container: the kernel dropped its lock, so the next one starts.
+    const next = await serveIn(storage, 'container-c', CONTAINER);
+    assert.equal(next.r.kind, 'listening', next.r.kind === 'exited' ? next.r.output : '');
+    if (next.r.kind === 'listening') await next.r.process.stop('SIGKILL');
+  });
+
+  test('a holder that has taken the lock but not yet written berth.lock is not taken for a dead one', async () => {
+    // What berth does in its first instants: the kernel lock is held, berth.lock is created but empty.
+    const storage = path.join(work, 'first-instants');
+    await mkdir(storage, { recursive: true });
+    const paths = new StoragePaths(storage);
+    const holder = spawn(process.execPath, ['-e', `
+      const db = new (require('better-sqlite3'))(${JSON.stringify(paths.lockDb)});
+      db.exec('BEGIN EXCLUSIVE');
+      require('fs').writeFileSync(${JSON.stringify(paths.lock)}, '');
+      process.stdout.write('held\\n');
+      setInterval(() => {}, 1000);
+    `], { cwd: path.resolve(import.meta.dirname, '..'), stdio: ['ignore', 'pipe', 'inherit'] });
+    try {
+      await new Promise<void>((ok, fail) => {
+        holder.stdout.once('data', () => ok());
+        holder.once('exit', (code) => fail(new Error(`the lock holder exited (${String(code)})`)));
+      });
+      const { r } = await serveIn(storage, 'first-instants');
+      if (r.kind === 'listening') {
+        await r.process.stop('SIGKILL');
+        assert.fail('berth serve took over a lock whose holder is alive but had not written berth.lock yet');
+      }
+      assert.notEqual(r.code, 0);
+      assert.match(r.output, /in use by another berth \(it has not written berth\.lock yet\)/, r.output);
+    } finally {
+      holder.kill('SIGKILL');
+    }
+  });
+
+  test('a second StorageLock in the same process is refused (it once counted as a restarted PID 1)', async () => {
+    const storage = path.join(work, 'same-process');
+    await mkdir(storage, { recursive: true });
+    const paths = new StoragePaths(storage);
+    const lock = await StorageLock.acquire(paths, 'serve');
+    try {
+      await assert.rejects(StorageLock.acquire(paths, 'gc'), (err: unknown) => err instanceof StorageLockedError && new RegExp(`in use by berth serve \\(pid ${process.pid}\\b`).test(err.message));
+    } finally {
+      await lock.release();
+    }
+    const again = await StorageLock.acquire(paths, 'gc');
+    await again.release();
+    assert.ok(!existsSync(paths.lock), 'release removes berth.lock');
+  });
+
+  test('on a full disk the lock is still taken and still holds (berth.lock cannot be written: no name)', async () => {
+    const mnt = path.join(work, 'full-fs');
+    await mkdir(mnt);
+    await mountTmpfs(mnt, '1m');
+    try {
+      const paths = new StoragePaths(path.join(mnt, 'storage'));
+      await mkdir(paths.root);
+      await fillUp(path.join(mnt, 'filler'));
+      const lock = await StorageLock.acquire(paths, 'serve');
+      try {
+        await lock.setUrl('http://127.0.0.1:1');
+        await assert.rejects(StorageLock.acquire(paths, 'gc'), /in use by another berth \(it has not written berth\.lock yet\)/);
+      } finally {
+        await lock.release();
+      }
+      await (await StorageLock.acquire(paths, 'gc')).release();
+    } finally {
+      await unmountUnder(mnt);
+    }
   });
 });

@@ -1,9 +1,11 @@
 import { readFileSync } from 'node:fs';
-import { open, readFile, rename, unlink, writeFile } from 'node:fs/promises';
+import { readFile, rename, unlink, writeFile } from 'node:fs/promises';
+import Database from 'better-sqlite3';
 import type { StoragePaths } from './paths.ts';
 
 /** What berth.lock says about the process that holds the storage. */
 export interface LockInfo {
+  /** The holder's PID in its own PID namespace (1 in most containers): for the message, not for the lock. */
   pid: number;
   /** The holder's start time as the kernel counts it (/proc/PID/stat field 22): tells a reused PID apart. */
   procStart?: string;
@@ -21,10 +23,10 @@ export class StorageLockedError extends Error {
   override name = 'StorageLockedError';
   constructor(
     readonly root: string,
-    readonly holder: LockInfo,
+    readonly holder: LockInfo | undefined,
   ) {
     super(
-      `storage ${root} is in use by berth ${holder.command} (pid ${holder.pid}, since ${holder.startedAt}${holder.url ? `, serving ${holder.url}` : ''}): ` +
+      `storage ${root} is in use by ${holder ? `berth ${holder.command} (pid ${holder.pid}, since ${holder.startedAt}${holder.url ? `, serving ${holder.url}` : ''})` : 'another berth (it has not written berth.lock yet)'}: ` +
         'stop it first (read-only commands such as `berth ls` may run beside it)',
     );
   }
@@ -40,95 +42,143 @@ function procStart(pid: number): string | undefined {
   }
 }
 
-/** Whether the process that wrote `info` is still running (a kill -9 leaves the file, not the process). */
-function alive(info: LockInfo): boolean {
-  // Our own PID in the file is a previous life of this process (a container restarted as PID 1) or a
-  // second open in the same process (tests): not another holder.
-  if (info.pid === process.pid) return false;
-  try {
-    process.kill(info.pid, 0);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ESRCH') return false;
-  }
+/** Whether `info` names a process of this PID namespace that is running now (us too: a second open in one process). */
+function runningHere(info: LockInfo): boolean {
   const now = procStart(info.pid);
-  return info.procStart === undefined || now === undefined || now === info.procStart;
+  return now !== undefined && (info.procStart === undefined || now === info.procStart);
 }
 
-/** The live holder of the storage, or undefined (no lock file, or a stale one). */
-export async function lockHolder(paths: StoragePaths): Promise<LockInfo | undefined> {
-  let info: LockInfo;
+async function readInfo(paths: StoragePaths): Promise<{ raw: string; info?: LockInfo }> {
   try {
-    info = JSON.parse(await readFile(paths.lock, 'utf8')) as LockInfo;
+    const raw = await readFile(paths.lock, 'utf8');
+    try {
+      const info = JSON.parse(raw) as LockInfo;
+      return typeof info.pid === 'number' ? { raw, info } : { raw };
+    } catch {
+      return { raw };
+    }
   } catch {
-    return undefined; // none, or half-written by a process that died at once: not a holder either way
+    return { raw: '' };
   }
-  return typeof info.pid === 'number' && alive(info) ? info : undefined;
+}
+
+/**
+ * Who holds the storage, once the kernel lock says someone does. The holder writes berth.lock just after
+ * it takes the lock, so for a moment the file may be missing or still a dead holder's: wait (briefly)
+ * for one that names a process running here, or that changed since we first looked; a holder in another
+ * PID namespace (another container) never looks running here, so that costs it the whole wait.
+ */
+async function describeHolder(paths: StoragePaths, waitMs = 1000): Promise<LockInfo | undefined> {
+  const first = await readInfo(paths);
+  const deadline = Date.now() + waitMs;
+  let now = first;
+  while (!(now.info && (runningHere(now.info) || now.raw !== first.raw)) && Date.now() < deadline) {
+    await new Promise((ok) => setTimeout(ok, 25));
+    now = await readInfo(paths);
+  }
+  return now.info;
+}
+
+const BUSY = new Set(['SQLITE_BUSY', 'SQLITE_LOCKED']);
+
+/**
+ * Takes the kernel lock: an open SQLite transaction on berth.lock.db under BEGIN EXCLUSIVE. SQLite locks
+ * through fcntl POSIX locks, which the kernel keeps per open file on the inode (so across PID namespaces
+ * on a shared volume) and drops when the process dies, kill -9 included. SQLite also keeps the locks of
+ * every connection to one file in one process consistent, so a second open in this process is refused too.
+ * The file stays empty: nothing is ever written to it, so a full disk does not stop it either. Nothing in
+ * this process may open berth.lock.db other than through SQLite: closing any descriptor of a file drops
+ * the process's POSIX locks on it (SQLite's own connections account for that).
+ */
+function kernelLock(paths: StoragePaths): Database.Database | 'busy' {
+  // A short busy wait: a probe (lockHolder) holds a shared lock for a few microseconds.
+  const db = new Database(paths.lockDb, { timeout: 250 });
+  try {
+    // No journal file: BEGIN EXCLUSIVE would otherwise create one, and fail with SQLITE_FULL on a full disk
+    // (journal_mode OFF is not taken on this build; MEMORY is, and nothing is ever written anyway).
+    db.pragma('journal_mode = MEMORY');
+    db.exec('BEGIN EXCLUSIVE');
+    return db;
+  } catch (err) {
+    db.close();
+    if (BUSY.has((err as { code?: string }).code ?? '')) return 'busy';
+    throw err;
+  }
+}
+
+/**
+ * The live holder of the storage, or undefined (nobody holds the kernel lock). Throws StorageLockedError
+ * when it is held by a process that has not named itself in berth.lock (yet, or for a full disk).
+ */
+export async function lockHolder(paths: StoragePaths): Promise<LockInfo | undefined> {
+  // A shared lock is enough to learn whether anyone holds the exclusive one, and taking it (for a moment)
+  // does not make a holder of the storage out of this read-only probe.
+  let db: Database.Database;
+  try {
+    db = new Database(paths.lockDb, { readonly: true, fileMustExist: true, timeout: 0 });
+  } catch {
+    return undefined; // never locked (or a storage from before berth.lock.db): nobody holds it
+  }
+  try {
+    db.prepare('SELECT count(*) FROM sqlite_master').get();
+    return undefined;
+  } catch (err) {
+    if (!BUSY.has((err as { code?: string }).code ?? '')) throw err;
+  } finally {
+    db.close();
+  }
+  const holder = await describeHolder(paths);
+  if (!holder) throw new StorageLockedError(paths.root, undefined);
+  return holder;
 }
 
 /**
  * The exclusive hold on a storage directory: one writer at a time (berth serve, or an operator command
- * that changes the index). berth.lock is created with O_EXCL and names its holder; a file left by a
- * holder that is gone (kill -9, power cut) is stale and taken over, so a crash never leaves a storage
- * that refuses to start.
+ * that changes the index). The hold itself is a kernel lock (see kernelLock), so it is released by the
+ * kernel when the holder dies and no crash leaves a storage that refuses to start; berth.lock only names
+ * the holder (pid, start time, URL) for the message and for prewarm/pin to find the running server. A
+ * berth.lock found while nobody holds the kernel lock is a dead holder's, and is simply overwritten.
  */
 export class StorageLock {
   private constructor(
     private readonly paths: StoragePaths,
+    private readonly db: Database.Database,
     private info: LockInfo,
   ) {}
 
   static async acquire(paths: StoragePaths, command: string): Promise<StorageLock> {
+    const held = kernelLock(paths);
+    if (held === 'busy') throw new StorageLockedError(paths.root, await describeHolder(paths));
     const info: LockInfo = { pid: process.pid, startedAt: new Date().toISOString(), command };
     const start = procStart(process.pid);
     if (start !== undefined) info.procStart = start;
-    for (let attempt = 0; ; attempt++) {
-      try {
-        const fh = await open(paths.lock, 'wx');
-        try {
-          await fh.writeFile(`${JSON.stringify(info)}\n`);
-        } catch (err) {
-          // A full disk may take the file but not its content: berth still starts (it must serve what
-          // it has); the empty file names no holder, so it protects nothing until space returns.
-          if ((err as NodeJS.ErrnoException).code !== 'ENOSPC') throw err;
-        } finally {
-          await fh.close();
-        }
-        return new StorageLock(paths, info);
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || attempt >= 2) throw err;
-      }
-      const holder = await lockHolder(paths);
-      if (holder) throw new StorageLockedError(paths.root, holder);
-      // Stale: move it aside by rename, then race for the O_EXCL create again; whoever wins holds the
-      // storage. (Two processes finding the same stale file in the same instant could both get past
-      // here: the window is between the read above and the rename, a few microseconds.)
-      const aside = `${paths.lock}.stale-${process.pid}`;
-      await rename(paths.lock, aside).catch(() => undefined);
-      await unlink(aside).catch(() => undefined);
-    }
+    const lock = new StorageLock(paths, held, info);
+    await lock.write();
+    return lock;
   }
 
   /** Records the URL `berth serve` answers on, for commands that go through it. */
   async setUrl(url: string, adminUrl?: string): Promise<void> {
     this.info = { ...this.info, url, ...(adminUrl ? { adminUrl } : {}) };
+    await this.write();
+  }
+
+  /** berth.lock by rename, so a reader never sees it half-written. */
+  private async write(): Promise<void> {
     const tmp = `${this.paths.lock}.${process.pid}.tmp`;
     try {
       await writeFile(tmp, `${JSON.stringify(this.info)}\n`);
       await rename(tmp, this.paths.lock);
     } catch {
-      // Best effort (a full disk): the lock still holds; commands then refuse instead of going through.
+      // Best effort (a full disk): the kernel lock still holds; others then refuse without a name, and
+      // prewarm/pin refuse instead of going through the server.
       await unlink(tmp).catch(() => undefined);
     }
   }
 
-  /** Removes the lock file, if it is still ours. */
+  /** Removes berth.lock (ours: we hold the kernel lock until the next line), then lets go of the storage. */
   async release(): Promise<void> {
-    try {
-      const now = JSON.parse(await readFile(this.paths.lock, 'utf8')) as LockInfo;
-      if (now.pid !== this.info.pid || now.startedAt !== this.info.startedAt) return;
-      await unlink(this.paths.lock);
-    } catch {
-      // already gone
-    }
+    await unlink(this.paths.lock).catch(() => undefined);
+    if (this.db.open) this.db.close();
   }
 }

@@ -16,6 +16,7 @@ import { digestHex, type Digest } from '../oci/digest.ts';
  *   <root>/tags.jsonl                      every tag change, appended: lets `berth index rebuild` restore tags
  *   <root>/quarantine/<64 hex>.<time>      blobs that stopped hashing to their name (found when served or by `berth verify`)
  *   <root>/berth.lock                      who has the storage open for writing: pid, start time, URL (see store/lock.ts)
+ *   <root>/berth.lock.db                   always empty: the kernel (fcntl) lock that one writer holds through SQLite
  */
 export class StoragePaths {
   constructor(readonly root: string) {}
@@ -40,6 +41,9 @@ export class StoragePaths {
   }
   get lock(): string {
     return join(this.root, 'berth.lock');
+  }
+  get lockDb(): string {
+    return join(this.root, 'berth.lock.db');
   }
 
   blob(d: Digest): string {

@@ -164,9 +164,12 @@ export async function startBerthChild(o: BerthOptions, start: ChildStartOptions 
 export async function tryServe(
   configFile: string,
   url: string,
-  o: { logFile: string; env?: Record<string, string>; timeoutMs?: number },
+  o: { logFile: string; env?: Record<string, string>; timeoutMs?: number; wrap?: string[] },
 ): Promise<{ kind: 'exited'; code: number | null; output: string } | { kind: 'listening'; process: ManagedProcess; output: () => string }> {
-  const p = startProcess('berth', process.execPath, ['--import', 'tsx', path.join(ROOT, 'src/main.ts'), 'serve', '--config', configFile], {
+  // `wrap` runs it under another command (`unshare … --`: berth in a container of its own).
+  const argv = [process.execPath, '--import', 'tsx', path.join(ROOT, 'src/main.ts'), 'serve', '--config', configFile];
+  const [cmd, ...args] = [...(o.wrap ?? []), ...argv] as [string, ...string[]];
+  const p = startProcess('berth', cmd, args, {
     logFile: o.logFile,
     cwd: ROOT,
     env: childEnv(o.env),
