@@ -38,6 +38,10 @@ const REPOS: Record<string, number> = {
   'lab/cold2': 4 * MB,
   'lab/cold3': 4 * MB,
   'lab/lazy-bg': 3 * MB,
+  'lab/byte1': 4 * MB,
+  'lab/byte2': 4 * MB,
+  'lab/byte3': 4 * MB,
+  'lab/byte416': 4 * MB,
 };
 
 before(async () => {
@@ -229,5 +233,47 @@ describe('clients that start fills and walk away', () => {
     await waitUntil('the background completion to commit the blob', () => committed(b, digest), 30_000, 50);
     const ms = performance.now() - started;
     assert.ok(ms > 2_000, `the completion took ${Math.round(ms)} ms: too fast to show that the grace did not apply`);
+  });
+});
+
+describe('one-byte Range reads and the fill caps', () => {
+  let b: InProcessBerth;
+  before(async () => {
+    // 300 kB/s for the whole link: two 4 MB lazy completions take about 27 s, far longer than the test.
+    const link = await startRelay({ target: { host: '127.0.0.1', port: up.port }, rateBytesPerSec: 300_000 });
+    cleanups.push(() => link.close());
+    b = await startBerth({ upstreams: [{ host: link.host, url: link.url() }], fills: { maxConcurrent: 8, maxPerClient: 2, abandonGrace: '1s' } } as never);
+    cleanups.push(() => b.stop());
+  });
+
+  test('lazy completions of two bytes=0-0 reads do not hold the client\'s fill cap once it left: a whole GET of a third layer is served', async () => {
+    for (const repo of ['lab/byte1', 'lab/byte2']) {
+      const r = await fetchOutcome(b.url, `/v2/${repo}/blobs/${layer(repo).digest}`, { headers: { range: 'bytes=0-0' } });
+      assert.equal(r.status, 206, describeOutcome(r));
+    }
+    const d3 = layer('lab/byte3').digest;
+    // Before the fix this was a 503 until one of the two completions ended (about 27 s).
+    const status = await waitUntil('a whole GET of a third layer from the same client', () =>
+      new Promise<number | undefined>((resolve, reject) => {
+        const req = http.get(`${b.url}/v2/lab/byte3/blobs/${d3}`, { agent: false }, (res) => {
+          req.destroy();
+          resolve(res.statusCode === 200 ? 200 : undefined);
+        });
+        req.on('error', reject);
+      }), 4_000, 200);
+    assert.equal(status, 200);
+    // The two completions go on in the background.
+    const running = (repo: string) => b.berth.ctx.fills.all().some((f) => f.digest === layer(repo).digest);
+    assert.ok(running('lab/byte1') && running('lab/byte2'), 'the lazy completions were dropped');
+  });
+
+  test('a 416 on a cold blob starts no background download of it', async () => {
+    const { digest } = layer('lab/byte416');
+    const mark = up.logLineCount();
+    const r = await fetchOutcome(b.url, `/v2/lab/byte416/blobs/${digest}`, { headers: { range: 'bytes=99999999-' } });
+    assert.equal(r.status, 416, describeOutcome(r));
+    // Grace 1 s; a background completion would have started after 1 s and kept the fill for about 13 s.
+    await waitUntil('the unread fill to be dropped', () => !b.berth.ctx.fills.all().some((f) => f.digest === digest), 5_000, 50);
+    assert.equal(blobGets(up.accessLogSince(mark), digest), 0, 'berth fetched a blob for a 416');
   });
 });

@@ -128,9 +128,14 @@ export class Blobs {
     if (wantsWhole) {
       fill.start('foreground');
       await fill.whenFlowing().catch(blame);
-    } else if (this.ctx.config.lazyFill === 'background') fill.startLater(LAZY_COMPLETION_DELAY_MS);
+    }
     const size = await fill.whenSized().catch(blame);
-    return { digest: d, size, source: 'fill', read: (s, e, whole) => fill.reader(s, e, { verified: whole === true }), prefetch: (ranges) => fill.prefetch(ranges).catch(blame), unused: () => fill.unused() };
+    // The background completion starts only for ranges that will be served: a 416 reads nothing and starts nothing.
+    const prefetch = (ranges: ByteRange[]) => {
+      if (this.ctx.config.lazyFill === 'background') fill.startLater(LAZY_COMPLETION_DELAY_MS);
+      return fill.prefetch(ranges).catch(blame);
+    };
+    return { digest: d, size, source: 'fill', read: (s, e, whole) => fill.reader(s, e, { verified: whole === true }), prefetch, unused: () => fill.unused() };
   }
 
   /** Prewarm: fetch the whole blob at background priority and wait until it is committed. */
