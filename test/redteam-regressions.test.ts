@@ -96,3 +96,36 @@ test('error, token and tag-list bodies from an upstream are read only up to a bo
     await origin.close();
   }
 });
+
+test('an upstream error body sent one byte every 20 s does not hold the request: berth answers within seconds', async () => {
+  let trickling = 0;
+  const origin = await startStandInOrigin(async (req, reply) => {
+    if (!req.path.includes('/blobs/')) return respond(reply, 404, { 'Content-Type': 'application/json' }, '{"errors":[{"code":"NAME_UNKNOWN","message":"no"}]}');
+    reply.head(404, { 'Content-Length': 1000, 'Content-Type': 'application/json' });
+    trickling++;
+    try {
+      for (let i = 0; i < 1000; i++) {
+        await reply.write(Buffer.from(' '));
+        await new Promise((ok) => setTimeout(ok, 20_000).unref());
+        if (reply.socket.destroyed) return;
+      }
+      reply.end();
+    } catch {
+      // berth hung up: what we want
+    }
+  });
+  const b = await startBerth({ upstreams: [{ host: origin.host, url: origin.url }] });
+  berths.push(b);
+  try {
+    const digest = images[0]!.layers[0]!.digest;
+    const started = performance.now();
+    const r = await httpRequest(b.url, `/v2/lab/rt0/blobs/${digest}`, { timeoutMs: 20_000 });
+    const ms = performance.now() - started;
+    assert.equal(r.status, 404);
+    assert.equal(trickling, 1);
+    assert.ok(ms < 10_000, `the 404 took ${Math.round(ms)} ms`);
+    await waitUntil('the fill to be released', () => b.berth.ctx.fills.active === 0, 5_000);
+  } finally {
+    await origin.close();
+  }
+});
