@@ -9,6 +9,7 @@ import type { Route } from './upstreams.ts';
 import type { RegistryContext } from './context.ts';
 import { failpoint } from '../failpoints.ts';
 import { IntegrityError } from './integrity.ts';
+import { withinClaim } from './claimed-range.ts';
 
 /** A blob ready to be served: its size and a way to read any part of it. */
 export interface BlobHandle {
@@ -175,6 +176,7 @@ export class Blobs {
       async open(range, priority: () => Priority, signal) {
         const res = await client.blob('GET', r.repository, d, range, signal);
         const partial = res.status === 206;
+        let body: AsyncIterable<Buffer> = res.body;
         let start = 0;
         let size = Number(header(res.headers, 'content-length'));
         if (partial) {
@@ -185,12 +187,20 @@ export class Blobs {
           }
           start = Number(m[1]);
           size = Number(m[3]);
+          const claimed = Number(m[2]) - start + 1;
+          const length = header(res.headers, 'content-length');
+          if (claimed <= 0 || Number(m[2]) >= size || (length !== undefined && Number(length) !== claimed)) {
+            res.body.destroy();
+            throw new IntegrityError(`upstream ${r.upstream} answered 206 for blob ${d} with Content-Range ${m[0].slice(6)} and Content-Length ${length ?? 'none'}`);
+          }
+          // A body longer than its claim fails before any of the excess is written.
+          body = withinClaim(res.body, claimed, `upstream ${r.upstream}, blob ${d}`);
         }
         if (!Number.isSafeInteger(size) || size < 0) {
           res.body.destroy();
           throw new RegistryError('UPSTREAM_ERROR', `upstream ${r.upstream} sent no Content-Length for blob ${d}`);
         }
-        return { partial, start, size, body: budget.throttle(r.upstream, res.body, priority) };
+        return { partial, start, size, body: budget.throttle(r.upstream, body, priority) };
       },
     };
     const known = index.descriptorSize(d, r) ?? sizeHint;
