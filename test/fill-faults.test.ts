@@ -174,6 +174,18 @@ describe('Range reads through an upstream that sends wrong bytes', () => {
       await waitUntil('the failed fill to end', () => b.berth.ctx.fills.all().length === 0, 10_000);
     }
   });
+
+  test('several ranges that together cover the whole blob are held back too: a lying upstream cuts them, a good one serves them', async () => {
+    const digest = layer('lab/shared').digest;
+    for (const range of ['bytes=0-0,1-', 'bytes=1-,0-0']) {
+      const r = await fetchOutcome(b.url, `/v2/lab/shared/blobs/${digest}?ns=${evil.host}`, { headers: { range }, timeoutMs: 20_000 });
+      assert.ok(!(r.complete && r.status === 206), `${range} through a lying upstream: ${describeOutcome(r)}`);
+      await waitUntil('the failed fill to end', () => b.berth.ctx.fills.all().length === 0, 10_000);
+    }
+    const good = await fetchOutcome(b.url, `/v2/lab/shared/blobs/${digest}?ns=${up.host}`, { headers: { range: 'bytes=1-,0-0' }, timeoutMs: 20_000 });
+    assert.ok(good.complete && good.status === 206, describeOutcome(good));
+    assert.ok(good.body.includes(right.subarray(1, 65536)), 'the good upstream\'s multipart lacks the blob\'s bytes');
+  });
 });
 
 describe('clients that start fills and walk away', () => {

@@ -17,7 +17,7 @@ export interface BlobHandle {
   size: number;
   /** 'cache' when committed, 'fill' while it is still arriving. */
   source: 'cache' | 'fill';
-  /** `whole`: the client asked for the entire blob, so its last byte waits for the digest check. */
+  /** `whole`: the client's request covers the entire blob, so this read's last byte waits for the digest check. */
   read(start: number, end: number, whole?: boolean): Readable;
   /** For committed blobs: send [start, end] through `write` with reused buffers (BlobStore.send). */
   send?(start: number, end: number, write: (chunk: Buffer) => Promise<void>): Promise<void>;

@@ -359,15 +359,15 @@ export class Fill extends EventEmitter implements ReadableFill {
   /**
    * A stream of [start, end] (inclusive). It yields bytes as they land; bytes far ahead of the
    * sequential fill (or with no sequential fill at all) are fetched by Range at foreground priority.
-   * A whole-blob reader (`verified`) holds back the last byte until the digest is checked: if the upstream
-   * sent wrong bytes the client's connection is cut instead of ending as a clean, complete-looking body.
+   * A reader whose request covers the whole blob (`verified`) holds back its last byte until the digest is
+   * checked: wrong bytes from the upstream cut the client's connection instead of a clean-looking body.
    */
   reader(start: number, end: number, opts: { verified?: boolean } = {}): Readable {
     if (this.state === 'committed') return this.o.readCommitted(start, end);
     this.readers++;
     this.background = false;
     this.clearAbandonTimer();
-    const holdBack = opts.verified === true && end === (this.size ?? -1) - 1;
+    const holdBack = opts.verified === true;
     const stream = Readable.from(readFill(this, start, end, holdBack), { objectMode: false, highWaterMark: 256 * 1024 });
     let released = false;
     const release = () => {
