@@ -250,9 +250,10 @@ describe('clients that start fills and walk away', () => {
 
 describe('one-byte Range reads and the fill caps', () => {
   let b: InProcessBerth;
+  let link: Awaited<ReturnType<typeof startRelay>>;
   before(async () => {
     // 300 kB/s for the whole link: two 4 MB lazy completions take about 27 s, far longer than the test.
-    const link = await startRelay({ target: { host: '127.0.0.1', port: up.port }, rateBytesPerSec: 300_000 });
+    link = await startRelay({ target: { host: '127.0.0.1', port: up.port }, rateBytesPerSec: 300_000 });
     cleanups.push(() => link.close());
     b = await startBerth({ upstreams: [{ host: link.host, url: link.url() }], fills: { maxConcurrent: 8, maxPerClient: 2, abandonGrace: '1s' } } as never);
     cleanups.push(() => b.stop());
@@ -287,5 +288,17 @@ describe('one-byte Range reads and the fill caps', () => {
     // Grace 1 s; a background completion would have started after 1 s and kept the fill for about 13 s.
     await waitUntil('the unread fill to be dropped', () => !b.berth.ctx.fills.all().some((f) => f.digest === digest), 5_000, 50);
     assert.equal(blobGets(up.accessLogSince(mark), digest), 0, 'berth fetched a blob for a 416');
+  });
+
+  test('past fills.maxBackground a lazy completion whose client left is dropped after the grace', async () => {
+    const b1 = await startBerth({ upstreams: [{ host: link.host, url: link.url() }], fills: { maxConcurrent: 8, maxPerClient: 2, abandonGrace: '500ms', maxBackground: 1 } } as never);
+    cleanups.push(() => b1.stop());
+    for (const repo of ['lab/byte3', 'lab/byte416']) {
+      const r = await fetchOutcome(b1.url, `/v2/${repo}/blobs/${layer(repo).digest}`, { headers: { range: 'bytes=0-0' } });
+      assert.equal(r.status, 206, describeOutcome(r));
+    }
+    const left = await waitUntil('one completion to be dropped', () => (b1.berth.ctx.fills.all().length === 1 ? b1.berth.ctx.fills.all() : undefined), 5_000, 50);
+    assert.equal(left[0]!.digest, layer('lab/byte3').digest);
+    assert.ok(left[0]!.background && left[0]!.running, 'the completion holding the slot is running as background work');
   });
 });

@@ -107,11 +107,10 @@ export class Fill extends EventEmitter implements ReadableFill {
     this.sequential = this.runSequential().catch((err: Error) => this.fail(err));
   }
 
-  /** Completes the blob in the background after `ms`, unless something started it meanwhile. */
+  /** Completes the blob in the background after `ms` while a reader is there (after, unused() decides). */
   startLater(ms: number): void {
     if (this.sequential || this.laterTimer) return;
     this.lazyCompletion = true;
-    // Only for a reader still there, or a background slot this fill holds: else the grace ends it.
     this.laterTimer = setTimeout(() => (this.readers > 0 || this.waiting > 0 || this.background || this.prewarmed) && this.startSequential(), ms);
     this.laterTimer.unref();
   }
@@ -393,6 +392,7 @@ export class Fill extends EventEmitter implements ReadableFill {
       if (goOn && !this.prewarmed && !this.background) {
         this.background = true;
         this.emit('background');
+        this.startSequential(); // now, if not yet: its client left, so its own reads no longer go first
       }
       this.abandonTimer.arm(goOn ? this.o.abandonAfterMs : this.o.abandonGraceMs);
     }
