@@ -38,6 +38,10 @@ const REPOS: Record<string, number> = {
   'lab/cold2': 4 * MB,
   'lab/cold3': 4 * MB,
   'lab/lazy-bg': 3 * MB,
+  'lab/byte1': 4 * MB,
+  'lab/byte2': 4 * MB,
+  'lab/byte3': 4 * MB,
+  'lab/byte416': 4 * MB,
 };
 
 before(async () => {
@@ -170,6 +174,18 @@ describe('Range reads through an upstream that sends wrong bytes', () => {
       await waitUntil('the failed fill to end', () => b.berth.ctx.fills.all().length === 0, 10_000);
     }
   });
+
+  test('several ranges that together cover the whole blob are held back too: a lying upstream cuts them, a good one serves them', async () => {
+    const digest = layer('lab/shared').digest;
+    for (const range of ['bytes=0-0,1-', 'bytes=1-,0-0']) {
+      const r = await fetchOutcome(b.url, `/v2/lab/shared/blobs/${digest}?ns=${evil.host}`, { headers: { range }, timeoutMs: 20_000 });
+      assert.ok(!(r.complete && r.status === 206), `${range} through a lying upstream: ${describeOutcome(r)}`);
+      await waitUntil('the failed fill to end', () => b.berth.ctx.fills.all().length === 0, 10_000);
+    }
+    const good = await fetchOutcome(b.url, `/v2/lab/shared/blobs/${digest}?ns=${up.host}`, { headers: { range: 'bytes=1-,0-0' }, timeoutMs: 20_000 });
+    assert.ok(good.complete && good.status === 206, describeOutcome(good));
+    assert.ok(good.body.includes(right.subarray(1, 65536)), 'the good upstream\'s multipart lacks the blob\'s bytes');
+  });
 });
 
 describe('clients that start fills and walk away', () => {
@@ -229,5 +245,60 @@ describe('clients that start fills and walk away', () => {
     await waitUntil('the background completion to commit the blob', () => committed(b, digest), 30_000, 50);
     const ms = performance.now() - started;
     assert.ok(ms > 2_000, `the completion took ${Math.round(ms)} ms: too fast to show that the grace did not apply`);
+  });
+});
+
+describe('one-byte Range reads and the fill caps', () => {
+  let b: InProcessBerth;
+  let link: Awaited<ReturnType<typeof startRelay>>;
+  before(async () => {
+    // 300 kB/s for the whole link: two 4 MB lazy completions take about 27 s, far longer than the test.
+    link = await startRelay({ target: { host: '127.0.0.1', port: up.port }, rateBytesPerSec: 300_000 });
+    cleanups.push(() => link.close());
+    b = await startBerth({ upstreams: [{ host: link.host, url: link.url() }], fills: { maxConcurrent: 8, maxPerClient: 2, abandonGrace: '1s' } } as never);
+    cleanups.push(() => b.stop());
+  });
+
+  test('lazy completions of two bytes=0-0 reads do not hold the client\'s fill cap once it left: a whole GET of a third layer is served', async () => {
+    for (const repo of ['lab/byte1', 'lab/byte2']) {
+      const r = await fetchOutcome(b.url, `/v2/${repo}/blobs/${layer(repo).digest}`, { headers: { range: 'bytes=0-0' } });
+      assert.equal(r.status, 206, describeOutcome(r));
+    }
+    const d3 = layer('lab/byte3').digest;
+    // Before the fix this was a 503 until one of the two completions ended (about 27 s).
+    const status = await waitUntil('a whole GET of a third layer from the same client', () =>
+      new Promise<number | undefined>((resolve, reject) => {
+        const req = http.get(`${b.url}/v2/lab/byte3/blobs/${d3}`, { agent: false }, (res) => {
+          req.destroy();
+          resolve(res.statusCode === 200 ? 200 : undefined);
+        });
+        req.on('error', reject);
+      }), 4_000, 200);
+    assert.equal(status, 200);
+    // The two completions go on in the background.
+    const running = (repo: string) => b.berth.ctx.fills.all().some((f) => f.digest === layer(repo).digest);
+    assert.ok(running('lab/byte1') && running('lab/byte2'), 'the lazy completions were dropped');
+  });
+
+  test('a 416 on a cold blob starts no background download of it', async () => {
+    const { digest } = layer('lab/byte416');
+    const mark = up.logLineCount();
+    const r = await fetchOutcome(b.url, `/v2/lab/byte416/blobs/${digest}`, { headers: { range: 'bytes=99999999-' } });
+    assert.equal(r.status, 416, describeOutcome(r));
+    // Grace 1 s; a background completion would have started after 1 s and kept the fill for about 13 s.
+    await waitUntil('the unread fill to be dropped', () => !b.berth.ctx.fills.all().some((f) => f.digest === digest), 5_000, 50);
+    assert.equal(blobGets(up.accessLogSince(mark), digest), 0, 'berth fetched a blob for a 416');
+  });
+
+  test('past fills.maxBackground a lazy completion whose client left is dropped after the grace', async () => {
+    const b1 = await startBerth({ upstreams: [{ host: link.host, url: link.url() }], fills: { maxConcurrent: 8, maxPerClient: 2, abandonGrace: '500ms', maxBackground: 1 } } as never);
+    cleanups.push(() => b1.stop());
+    for (const repo of ['lab/byte3', 'lab/byte416']) {
+      const r = await fetchOutcome(b1.url, `/v2/${repo}/blobs/${layer(repo).digest}`, { headers: { range: 'bytes=0-0' } });
+      assert.equal(r.status, 206, describeOutcome(r));
+    }
+    const left = await waitUntil('one completion to be dropped', () => (b1.berth.ctx.fills.all().length === 1 ? b1.berth.ctx.fills.all() : undefined), 5_000, 50);
+    assert.equal(left[0]!.digest, layer('lab/byte3').digest);
+    assert.ok(left[0]!.background && left[0]!.running, 'the completion holding the slot is running as background work');
   });
 });

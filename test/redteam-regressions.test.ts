@@ -5,7 +5,7 @@ import { after, before, test } from 'node:test';
 import { type Upstream, startUpstream } from './support/upstream.ts';
 import { type Image, buildImage, pushImage } from './support/images.ts';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
-import { httpRequest, waitUntil } from './support/links.ts';
+import { httpRequest, metricValue, waitUntil } from './support/links.ts';
 import { respond, startStandInOrigin } from './support/stand-in-origin.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
 
@@ -92,6 +92,69 @@ test('error, token and tag-list bodies from an upstream are read only up to a bo
       assert.ok(written[kind] !== undefined, `the origin was asked for a ${kind} body`);
       assert.ok(written[kind]! < 64 * MB, `berth read ${written[kind]! / MB} MB of a ${kind} body`);
     }
+  } finally {
+    await origin.close();
+  }
+});
+
+test('an upstream error body sent one byte every 20 s does not hold the request: berth answers within seconds', async () => {
+  let trickling = 0;
+  const origin = await startStandInOrigin(async (req, reply) => {
+    if (!req.path.includes('/blobs/')) return respond(reply, 404, { 'Content-Type': 'application/json' }, '{"errors":[{"code":"NAME_UNKNOWN","message":"no"}]}');
+    reply.head(404, { 'Content-Length': 1000, 'Content-Type': 'application/json' });
+    trickling++;
+    try {
+      for (let i = 0; i < 1000; i++) {
+        await reply.write(Buffer.from(' '));
+        await new Promise((ok) => setTimeout(ok, 20_000).unref());
+        if (reply.socket.destroyed) return;
+      }
+      reply.end();
+    } catch {
+      // berth hung up: what we want
+    }
+  });
+  const b = await startBerth({ upstreams: [{ host: origin.host, url: origin.url }] });
+  berths.push(b);
+  try {
+    const digest = images[0]!.layers[0]!.digest;
+    const started = performance.now();
+    const r = await httpRequest(b.url, `/v2/lab/rt0/blobs/${digest}`, { timeoutMs: 20_000 });
+    const ms = performance.now() - started;
+    assert.equal(r.status, 404);
+    assert.equal(trickling, 1);
+    assert.ok(ms < 10_000, `the 404 took ${Math.round(ms)} ms`);
+    await waitUntil('the fill to be released', () => b.berth.ctx.fills.active === 0, 5_000);
+  } finally {
+    await origin.close();
+  }
+});
+
+test('a 206 whose body runs past the Content-Range it claims is a 502 naming the upstream, and nothing past the claim is written', async () => {
+  const MB = 1 << 20;
+  const origin = await startStandInOrigin(async (req, reply) => {
+    if (!req.path.includes('/blobs/')) return respond(reply, 404, { 'Content-Type': 'application/json' }, '{"errors":[{"code":"NAME_UNKNOWN","message":"no"}]}');
+    // rt0: a Content-Length of 5 MiB; rt1: chunked (the stand-in writes raw bytes, so chunks are framed here).
+    const chunked = req.path.includes('/rt1/');
+    const framing: Record<string, string | number> = chunked ? { 'Transfer-Encoding': 'chunked' } : { 'Content-Length': 5 * MB };
+    reply.head(206, { 'Content-Type': 'application/octet-stream', 'Content-Range': 'bytes 0-99/100000', ...framing });
+    try {
+      for (let i = 0; i < 5; i++) await reply.write(chunked ? Buffer.concat([Buffer.from(`${MB.toString(16)}\r\n`), Buffer.alloc(MB, 1), Buffer.from('\r\n')]) : Buffer.alloc(MB, 1));
+      reply.end(chunked ? '0\r\n\r\n' : undefined);
+    } catch {
+      // berth hung up
+    }
+  });
+  const b = await startBerth({ upstreams: [{ host: origin.host, url: origin.url }] });
+  berths.push(b);
+  try {
+    for (const i of [0, 1]) {
+      const r = await httpRequest(b.url, `/v2/lab/rt${i}/blobs/${images[i]!.layers[0]!.digest}`, { timeoutMs: 20_000 });
+      assert.equal(r.status, 502, `rt${i}: ${r.status} ${r.body.toString().slice(0, 200)}`);
+      assert.match(r.body.toString(), new RegExp(`UPSTREAM_ERROR.*${origin.host.replace(/\./g, '\\.')}`));
+    }
+    const read = await metricValue(b.url, 'berth_upstream_bytes_total');
+    assert.ok(read <= 200, `${read} bytes of the lying bodies reached the ingest file`);
   } finally {
     await origin.close();
   }

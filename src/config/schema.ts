@@ -125,6 +125,7 @@ export const ConfigSchema = z
         maxConcurrent: z.number().int().min(1).default(64),
         maxPerClient: z.number().int().min(1).default(16),
         abandonGrace: duration('10s'),
+        maxBackground: z.number().int().min(0).default(4),
       })
       .strict()
       .prefault({}),

@@ -64,11 +64,14 @@ export function sendBlob(ctx: Context, blob: BlobHandle, ranges: ByteRange[] | u
   const tail = Buffer.from(`\r\n--${boundary}--\r\n`);
   const length = heads.reduce((n, h, i) => n + h.length + rangeLength(ranges[i]!), 0) + tail.length;
   const wanted = ranges;
+  // Parts that together cover the whole blob are a whole GET in pieces: the last byte to go out waits for
+  // the digest check (all other bytes were read by then), so wrong bytes cut the response.
+  const whole = coversWhole(ranges, blob.size);
   async function* parts(): AsyncGenerator<Buffer> {
     for (let i = 0; i < wanted.length; i++) {
       const r = wanted[i]!;
       yield heads[i]!;
-      for await (const chunk of blob.read(r.start, r.end)) yield chunk as Buffer;
+      for await (const chunk of blob.read(r.start, r.end, whole && i === wanted.length - 1)) yield chunk as Buffer;
     }
     yield tail;
   }
@@ -76,6 +79,16 @@ export function sendBlob(ctx: Context, blob: BlobHandle, ranges: ByteRange[] | u
   ctx.body = out;
   ctx.type = `multipart/byteranges; boundary=${boundary}`;
   ctx.length = length;
+}
+
+/** Whether `ranges` together cover every byte of a blob of `size` bytes. */
+export function coversWhole(ranges: ByteRange[], size: number): boolean {
+  let reach = 0;
+  for (const r of [...ranges].sort((a, b) => a.start - b.start)) {
+    if (r.start > reach) return false;
+    reach = Math.max(reach, r.end + 1);
+  }
+  return reach >= size;
 }
 
 /** Parses the client's Range header against the blob's size (throws 400 / 416 as the spec wants). */

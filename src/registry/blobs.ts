@@ -9,6 +9,7 @@ import type { Route } from './upstreams.ts';
 import type { RegistryContext } from './context.ts';
 import { failpoint } from '../failpoints.ts';
 import { IntegrityError } from './integrity.ts';
+import { withinClaim } from './claimed-range.ts';
 
 /** A blob ready to be served: its size and a way to read any part of it. */
 export interface BlobHandle {
@@ -16,7 +17,7 @@ export interface BlobHandle {
   size: number;
   /** 'cache' when committed, 'fill' while it is still arriving. */
   source: 'cache' | 'fill';
-  /** `whole`: the client asked for the entire blob, so its last byte waits for the digest check. */
+  /** `whole`: the client's request covers the entire blob, so this read's last byte waits for the digest check. */
   read(start: number, end: number, whole?: boolean): Readable;
   /** For committed blobs: send [start, end] through `write` with reused buffers (BlobStore.send). */
   send?(start: number, end: number, write: (chunk: Buffer) => Promise<void>): Promise<void>;
@@ -128,9 +129,14 @@ export class Blobs {
     if (wantsWhole) {
       fill.start('foreground');
       await fill.whenFlowing().catch(blame);
-    } else if (this.ctx.config.lazyFill === 'background') fill.startLater(LAZY_COMPLETION_DELAY_MS);
+    }
     const size = await fill.whenSized().catch(blame);
-    return { digest: d, size, source: 'fill', read: (s, e, whole) => fill.reader(s, e, { verified: whole === true }), prefetch: (ranges) => fill.prefetch(ranges).catch(blame), unused: () => fill.unused() };
+    // The background completion starts only for ranges that will be served: a 416 reads nothing and starts nothing.
+    const prefetch = (ranges: ByteRange[]) => {
+      if (this.ctx.config.lazyFill === 'background') fill.startLater(LAZY_COMPLETION_DELAY_MS);
+      return fill.prefetch(ranges).catch(blame);
+    };
+    return { digest: d, size, source: 'fill', read: (s, e, whole) => fill.reader(s, e, { verified: whole === true }), prefetch, unused: () => fill.unused() };
   }
 
   /** Prewarm: fetch the whole blob at background priority and wait until it is committed. */
@@ -170,6 +176,7 @@ export class Blobs {
       async open(range, priority: () => Priority, signal) {
         const res = await client.blob('GET', r.repository, d, range, signal);
         const partial = res.status === 206;
+        let body: AsyncIterable<Buffer> = res.body;
         let start = 0;
         let size = Number(header(res.headers, 'content-length'));
         if (partial) {
@@ -180,12 +187,20 @@ export class Blobs {
           }
           start = Number(m[1]);
           size = Number(m[3]);
+          const claimed = Number(m[2]) - start + 1;
+          const length = header(res.headers, 'content-length');
+          if (claimed <= 0 || Number(m[2]) >= size || (length !== undefined && Number(length) !== claimed)) {
+            res.body.destroy();
+            throw new IntegrityError(`upstream ${r.upstream} answered 206 for blob ${d} with Content-Range ${m[0].slice(6)} and Content-Length ${length ?? 'none'}`);
+          }
+          // A body longer than its claim fails before any of the excess is written.
+          body = withinClaim(res.body, claimed, `upstream ${r.upstream}, blob ${d}`);
         }
         if (!Number.isSafeInteger(size) || size < 0) {
           res.body.destroy();
           throw new RegistryError('UPSTREAM_ERROR', `upstream ${r.upstream} sent no Content-Length for blob ${d}`);
         }
-        return { partial, start, size, body: budget.throttle(r.upstream, res.body, priority) };
+        return { partial, start, size, body: budget.throttle(r.upstream, body, priority) };
       },
     };
     const known = index.descriptorSize(d, r) ?? sizeHint;

@@ -27,6 +27,8 @@ export interface FillOptions {
   abandonAfterMs: number;
   /** …and when nobody else wants it: a client that walked away must not hold an upstream connection for long. */
   abandonGraceMs: number;
+  /** Whether a lazy completion whose readers all left may go on as background work (fills.maxBackground). */
+  backgroundSlotFree?: () => boolean;
   /** Moves the verified data file into the blob store and indexes it. */
   commit: (dataFile: string, size: number) => Promise<void>;
   /** Reads the committed blob (for a reader that arrives after the commit). */

@@ -26,7 +26,7 @@ const MAX_LAZY_SPAN = 16 * 1024 * 1024;
  * Range. A fetch that failed is retried after a doubling pause only when the failure is transient, and at
  * most `retries.attempts` times; otherwise (404, wrong bytes, an open breaker) the reader fails at once.
  * Every wait is on a real event or timer, so a fetch that fails without I/O cannot spin the event loop.
- * `holdBack`: the last byte waits for the digest check (a whole-blob reader: see fill.ts).
+ * `holdBack`: the last byte waits for the digest check (a reader whose request covers the whole blob: see fill.ts).
  */
 export async function* readFill(fill: ReadableFill, start: number, end: number, holdBack: boolean): AsyncGenerator<Buffer> {
   let pos = start;
@@ -34,7 +34,9 @@ export async function* readFill(fill: ReadableFill, start: number, end: number, 
   let last: LazyFetch | undefined;
   while (pos <= end) {
     if (fill.state === 'failed') throw fill.error;
-    if (holdBack && pos === end && fill.state !== 'committed') {
+    // The held-back byte waits for the digest check once it is on disk (fetched below like any other byte:
+    // the last part of a multipart response may end anywhere, and nothing else may bring it).
+    if (holdBack && pos === end && fill.state !== 'committed' && fill.extents.availableFrom(end) > end) {
       await fill.whenDone();
       const one = Buffer.allocUnsafe(1);
       await fill.read(one, end);
@@ -42,7 +44,7 @@ export async function* readFill(fill: ReadableFill, start: number, end: number, 
       yield one;
       continue;
     }
-    const limit = end + 1 - (holdBack && fill.state !== 'committed' ? 1 : 0);
+    const limit = end + 1 - (holdBack && pos < end && fill.state !== 'committed' ? 1 : 0);
     const avail = Math.min(fill.extents.availableFrom(pos), limit);
     if (avail > pos) {
       failures = 0;

@@ -8,6 +8,7 @@ import type { Extents } from './extents.ts';
 import { IntegrityError } from './integrity.ts';
 import { IngestFile } from './ingest-file.ts';
 import { AbandonTimer } from './abandon-timer.ts';
+import { until } from './fill-events.ts';
 import { failpoint } from '../failpoints.ts';
 import { failsFill, isCircuitOpen, isDiskFull, isTransient } from './fill-errors.ts';
 import { type ReadableFill, readFill } from './fill-reader.ts';
@@ -37,8 +38,12 @@ export class Fill extends EventEmitter implements ReadableFill {
   private file!: IngestFile;
   private sequential: Promise<void> | undefined;
   private readonly lazy = new LazyFetches();
-  /** Background work (prewarm, lazy completion) wants the whole blob: keep going `abandonAfterMs` without readers. */
-  private wantedInBackground = false;
+  /** Prewarm wants the whole blob: keep going `abandonAfterMs` without readers. */
+  private prewarmed = false;
+  /** A lazy completion wants it: the same, if a background slot is free (FillOptions.backgroundSlotFree). */
+  private lazyCompletion = false;
+  /** Going on as a lazy completion with no reader: counts against fills.maxBackground, not the other caps. */
+  background = false;
   /** The upstream answered a Range request with the whole blob: only the sequential fill can help. */
   private rangeUnsupported = false;
   private flowing = false;
@@ -75,25 +80,8 @@ export class Fill extends EventEmitter implements ReadableFill {
 
   /** Resolves with the blob's size once it is known (from the manifest or the upstream's headers). */
   async whenSized(): Promise<number> {
-    if (this.size === undefined) await this.until('sized');
+    if (this.size === undefined) await until(this, 'sized');
     return this.size!;
-  }
-
-  /** Resolves on `event`, rejects if the fill fails first; the listeners go either way. */
-  private until(event: 'sized' | 'flowing' | 'committed'): Promise<void> {
-    if (this.state === 'failed') return Promise.reject(this.error);
-    return new Promise((resolve, reject) => {
-      const ok = () => {
-        this.off('failed', fail);
-        resolve();
-      };
-      const fail = (err: Error) => {
-        this.off(event, ok);
-        reject(err);
-      };
-      this.once(event, ok);
-      this.once('failed', fail);
-    });
   }
 
   private setSize(n: number): void {
@@ -109,17 +97,21 @@ export class Fill extends EventEmitter implements ReadableFill {
    */
   start(priority: Priority = 'foreground'): void {
     if (priority === 'foreground') this.seqPriority = 'foreground';
-    else this.wantedInBackground = true;
+    else this.prewarmed = true;
+    this.startSequential();
+  }
+
+  private startSequential(): void {
     if (this.sequential || this.state === 'committed' || this.state === 'failed') return;
     this.state = 'running';
     this.sequential = this.runSequential().catch((err: Error) => this.fail(err));
   }
 
-  /** Completes the blob in the background after `ms`, unless something started it meanwhile. */
+  /** Completes the blob in the background after `ms` while a reader is there (after, unused() decides). */
   startLater(ms: number): void {
     if (this.sequential || this.laterTimer) return;
-    this.wantedInBackground = true;
-    this.laterTimer = setTimeout(() => this.start('background'), ms);
+    this.lazyCompletion = true;
+    this.laterTimer = setTimeout(() => (this.readers > 0 || this.waiting > 0 || this.background || this.prewarmed) && this.startSequential(), ms);
     this.laterTimer.unref();
   }
 
@@ -131,13 +123,13 @@ export class Fill extends EventEmitter implements ReadableFill {
   whenFlowing(): Promise<void> {
     if (this.flowing || this.extents.bytes > 0 || this.state === 'committed') return Promise.resolve();
     this.waiting++;
-    return this.until('flowing').finally(() => setImmediate(() => this.waiting--));
+    return until(this, 'flowing').finally(() => setImmediate(() => this.waiting--));
   }
 
   /** Resolves when the blob is committed; rejects when the fill fails. */
   whenDone(): Promise<void> {
     if (this.state === 'committed') return Promise.resolve();
-    return this.until('committed');
+    return until(this, 'committed');
   }
 
   get running(): boolean {
@@ -366,14 +358,15 @@ export class Fill extends EventEmitter implements ReadableFill {
   /**
    * A stream of [start, end] (inclusive). It yields bytes as they land; bytes far ahead of the
    * sequential fill (or with no sequential fill at all) are fetched by Range at foreground priority.
-   * A whole-blob reader (`verified`) holds back the last byte until the digest is checked: if the upstream
-   * sent wrong bytes the client's connection is cut instead of ending as a clean, complete-looking body.
+   * A reader whose request covers the whole blob (`verified`) holds back its last byte until the digest is
+   * checked: wrong bytes from the upstream cut the client's connection instead of a clean-looking body.
    */
   reader(start: number, end: number, opts: { verified?: boolean } = {}): Readable {
     if (this.state === 'committed') return this.o.readCommitted(start, end);
     this.readers++;
+    this.background = false;
     this.clearAbandonTimer();
-    const holdBack = opts.verified === true && end === (this.size ?? -1) - 1;
+    const holdBack = opts.verified === true;
     const stream = Readable.from(readFill(this, start, end, holdBack), { objectMode: false, highWaterMark: 256 * 1024 });
     let released = false;
     const release = () => {
@@ -393,8 +386,15 @@ export class Fill extends EventEmitter implements ReadableFill {
   unused(): void {
     if (this.readers > 0) return;
     if (this.state === 'committed' || this.state === 'failed') void this.closeWhenUnread();
-    // The fill goes on for `abandonAfterMs` if background work wants it, else for the short grace.
-    else if (!this.abandonTimer.armed) this.abandonTimer.arm(this.wantedInBackground ? this.o.abandonAfterMs : this.o.abandonGraceMs);
+    else if (!this.abandonTimer.armed) {
+      // Prewarm keeps it `abandonAfterMs`; a lazy completion too if it gets a background slot; else the grace.
+      const goOn = this.prewarmed || (this.lazyCompletion && (this.background || this.o.backgroundSlotFree?.() !== false));
+      if (goOn && !this.prewarmed && !this.background) {
+        this.background = true;
+        this.emit('background');
+        this.startSequential(); // now, if not yet: its client left, so its own reads no longer go first
+      }
+      this.abandonTimer.arm(goOn ? this.o.abandonAfterMs : this.o.abandonGraceMs);
+    }
   }
 }
-

@@ -7,13 +7,18 @@ export interface FillLimits {
   maxConcurrent: number;
   /** Fills one client address may have started and still running. */
   maxPerClient: number;
+  /** Lazy completions going on with no reader left, at once (they count against neither cap above). */
+  maxBackground?: number;
 }
 
 /**
  * At most one fill per (upstream, digest): every reader of an uncached blob through that upstream joins
  * the same one. Unverified bytes are never shared across upstreams (one could send wrong bytes for
  * another's digest). New fills beyond the limits are refused with 503 (containerd then falls back to the
- * next host); joining a running fill is always allowed.
+ * next host); joining a running fill is always allowed. A lazy completion that goes on with no reader left
+ * (Fill.background) is background work: it no longer counts against `maxConcurrent` nor against the
+ * `maxPerClient` of the client that started it, and at most `maxBackground` of them go on at once (past
+ * that, one whose readers left is dropped after the grace like any abandoned fill).
  */
 export class Fills {
   private readonly fills = new Map<string, Fill>();
@@ -50,7 +55,7 @@ export class Fills {
     if (existing) return { fill: existing, joined: true };
     const pending = this.opening.get(k);
     if (pending) return { fill: await pending, joined: true };
-    if (this.fills.size + this.opening.size >= this.limits.maxConcurrent) {
+    if (this.foreground() + this.opening.size >= this.limits.maxConcurrent) {
       throw new RegistryError('UNAVAILABLE', `berth is already fetching ${this.limits.maxConcurrent} blobs, the most it fetches at once; try again shortly`);
     }
     if (client !== undefined && (this.perClient.get(client) ?? 0) >= this.limits.maxPerClient) {
@@ -65,7 +70,8 @@ export class Fills {
       if (n <= 0) this.perClient.delete(client);
       else this.perClient.set(client, n);
     };
-    const p = Fill.open(d, source, options);
+    const backgroundSlotFree = () => this.all().filter((f) => f.background).length < (this.limits.maxBackground ?? 4);
+    const p = Fill.open(d, source, { ...options, backgroundSlotFree });
     this.opening.set(k, p);
     try {
       const fill = await p;
@@ -78,6 +84,8 @@ export class Fills {
       };
       fill.once('committed', () => end(true));
       fill.once('failed', () => end(false));
+      // Its client left and it goes on as background work: that client may start other fills.
+      fill.once('background', uncount);
       return { fill, joined: false };
     } catch (err) {
       uncount();
@@ -85,6 +93,13 @@ export class Fills {
     } finally {
       this.opening.delete(k);
     }
+  }
+
+  /** Fills that count against maxConcurrent: all but lazy completions going on without readers. */
+  private foreground(): number {
+    let n = 0;
+    for (const f of this.fills.values()) if (!f.background) n++;
+    return n;
   }
 
   all(): Fill[] {
