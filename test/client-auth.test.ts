@@ -70,7 +70,9 @@ describe('password checks', () => {
     }
     // The fastest of each: on a loaded machine the slow samples are noise, the fast ones the real cost.
     const fastest = (xs: number[]) => Math.min(...xs);
-    assert.ok(fastest(unknown) > 0.5 * fastest(known), `unknown users answered in ${fastest(unknown).toFixed(1)} ms, known ones in ${fastest(known).toFixed(1)} ms (medians ${median(unknown).toFixed(1)}, ${median(known).toFixed(1)})`);
+    // Without the dummy check an unknown user costs a tenth of a known one (3.4 vs 25.6 ms); a loaded machine
+    // (three test files at once) adds noise either way, so the bound is a third.
+    assert.ok(fastest(unknown) > 0.33 * fastest(known), `unknown users answered in ${fastest(unknown).toFixed(1)} ms, known ones in ${fastest(known).toFixed(1)} ms (medians ${median(unknown).toFixed(1)}, ${median(known).toFixed(1)})`);
   });
 
   test('a burst of wrong passwords from one address is cut short: a bounded number of bcrypt checks, then 401 with Retry-After', async () => {

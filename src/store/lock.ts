@@ -140,6 +140,9 @@ export async function lockHolder(paths: StoragePaths): Promise<LockInfo | undefi
  * berth.lock found while nobody holds the kernel lock is a dead holder's, and is simply overwritten.
  */
 export class StorageLock {
+  private writing: Promise<void> = Promise.resolve();
+  private released = false;
+
   private constructor(
     private readonly paths: StoragePaths,
     private readonly db: Database.Database,
@@ -163,8 +166,16 @@ export class StorageLock {
     await this.write();
   }
 
-  /** berth.lock by rename, so a reader never sees it half-written. */
-  private async write(): Promise<void> {
+  /**
+   * berth.lock by rename, so a reader never sees it half-written. Writes take turns with each other and
+   * with release(): a rename landing after release's unlink would leave a lock file nobody holds.
+   */
+  private write(): Promise<void> {
+    this.writing = this.writing.then(() => (this.released ? undefined : this.writeNow()));
+    return this.writing;
+  }
+
+  private async writeNow(): Promise<void> {
     const tmp = `${this.paths.lock}.${process.pid}.tmp`;
     try {
       await writeFile(tmp, `${JSON.stringify(this.info)}\n`);
@@ -178,6 +189,8 @@ export class StorageLock {
 
   /** Removes berth.lock (ours: we hold the kernel lock until the next line), then lets go of the storage. */
   async release(): Promise<void> {
+    this.released = true;
+    await this.writing;
     await unlink(this.paths.lock).catch(() => undefined);
     if (this.db.open) this.db.close();
   }
