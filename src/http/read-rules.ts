@@ -10,7 +10,7 @@ const TAGS = /^\/v2\/(.+)\/tags\/list$/;
 
 /** What of the index read-rules needs: which repositories a digest is known from. */
 export interface DigestOrigins {
-  repositoriesOf(d: Digest): Array<{ upstream: string; repository: string }>;
+  refsOf(d: Digest): Array<{ upstream: string; repository: string }>;
 }
 
 /**
@@ -48,7 +48,7 @@ export function readRules(rules: AccessRules, upstreams: Upstreams, index: Diges
       } catch {
         return next();
       }
-      const known = index.repositoriesOf(digest);
+      const known = index.refsOf(digest);
       const here = known.some((r) => r.upstream === route.upstream && r.repository === route.repository);
       if (known.length > 0 && !here && !known.some((r) => rules.mayRead(who, `${r.upstream}/${r.repository}`))) {
         const what = named[2] === 'blobs' ? 'BLOB_UNKNOWN' : 'MANIFEST_UNKNOWN';

@@ -166,11 +166,6 @@ export class StoreIndex {
     return this.s.refsOf.all(d) as Array<{ upstream: string; repository: string }>;
   }
 
-  /** Every (upstream, repository) known to reference this digest (read-only; auth.rules checks digests with it). */
-  repositoriesOf(d: Digest): Array<{ upstream: string; repository: string }> {
-    return this.db.prepare('SELECT upstream, repository FROM refs WHERE digest = ?').all(d) as Array<{ upstream: string; repository: string }>;
-  }
-
   addChildren(parent: Digest, children: Array<{ digest: Digest; size: number; mediaType: string }>): void {
     this.db.transaction(() => {
       for (const c of children) this.s.addChild.run(parent, c.digest, c.size, c.mediaType);
