@@ -1,10 +1,8 @@
 import { createHash } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
 
-/** The bytes are wrong (digest, size): nothing of them may be kept or served. */
-export class IntegrityError extends Error {
-  override name = 'IntegrityError';
-}
+// IntegrityError lives in src/oci/integrity.ts (the upstream client throws it too); re-exported for the fill.
+export { IntegrityError } from '../oci/integrity.ts';
 
 /** sha256 (hex) of the first `size` bytes of an open file, read in 256 KiB steps. */
 export async function hashFile(fh: FileHandle, size: number): Promise<string> {
