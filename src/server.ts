@@ -10,7 +10,6 @@ import { Metrics } from './metrics.ts';
 import { createApp } from './http/app.ts';
 import { ClientAuth } from './http/client-auth.ts';
 import { Blobs } from './registry/blobs.ts';
-import type { RegistryContext } from './registry/context.ts';
 import { Fills } from './registry/fills.ts';
 import { isDiskFull } from './registry/fill-errors.ts';
 import { Manifests } from './registry/manifests.ts';
@@ -33,7 +32,16 @@ import { Readiness } from './readiness.ts';
 const ACCESS_FLUSH_MS = 30_000;
 
 export interface Berth {
-  ctx: RegistryContext;
+  config: Readonly<Config>;
+  store: BlobStore;
+  index: StoreIndex;
+  pins: Pins;
+  quota: Quota;
+  fills: Fills;
+  upstreams: Upstreams;
+  budget: BandwidthBudget;
+  metrics: Metrics;
+  log: Logger;
   manifests: Manifests;
   blobs: Blobs;
   tags: Tags;
@@ -70,18 +78,18 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   await store.init();
   const index = new StoreIndex(paths.database, paths.tagJournal);
   const metrics = new Metrics();
-  const upstreams = new Upstreams(config, (host, down) => {
-    metrics.upstreamUp.set({ upstream: host }, down ? 0 : 1);
-    log.warn({ upstream: host }, down ? 'upstream marked down after repeated failures' : 'upstream reachable again');
-  });
-  for (const c of upstreams.clients) {
-    metrics.upstreamUp.set({ upstream: c.host }, 1);
-    c.observer = {
+  const upstreams = new Upstreams(config, {
+    onHealthChange: (host, down) => {
+      metrics.upstreamUp.set({ upstream: host }, down ? 0 : 1);
+      log.warn({ upstream: host }, down ? 'upstream marked down after repeated failures' : 'upstream reachable again');
+    },
+    observer: (host) => ({
       warn: (fields, message) => log.warn(fields, message),
-      responded: (operation, seconds) => metrics.upstreamDuration.observe({ upstream: c.host, operation }, seconds),
-      failed: (kind) => metrics.upstreamErrors.inc({ upstream: c.host, kind }),
-    };
-  }
+      responded: (operation, seconds) => metrics.upstreamDuration.observe({ upstream: host, operation }, seconds),
+      failed: (kind) => metrics.upstreamErrors.inc({ upstream: host, kind }),
+    }),
+  });
+  for (const c of upstreams.clients) metrics.upstreamUp.set({ upstream: c.host }, 1);
   const budget = new BandwidthBudget(config.bandwidth.limit, config.upstreams.map((u) => [u.host, u.bandwidth] as [string, number | undefined]));
   metrics.bandwidthWaitSource = () => budget.waitedMs();
   const memory = new FillMemory();
@@ -111,12 +119,15 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
     const { total, count } = index.totals();
     return { bytes: total, blobs: count, quota: await quota.limit() };
   };
-  const ctx: RegistryContext = { config, store, index, pins, quota, fills, upstreams, budget, metrics, log };
   // A read-only command (no lock) must not evict beside a running server.
   if (lock) await quota.enforce();
-  const manifests = new Manifests(ctx);
-  const blobs = new Blobs(ctx);
-  const tags = new Tags(ctx);
+  const { offline } = config;
+  const manifests = new Manifests({ index, store, upstreams, metrics, log, offline, tagTtl: config.tagTtl });
+  const blobs = new Blobs({
+    index, store, upstreams, fills, budget, quota, metrics, log, offline,
+    lazyFill: config.lazyFill, retries: config.retries, fillTimeout: config.fillTimeout, abandonGrace: config.fills.abandonGrace,
+  });
+  const tags = new Tags({ index, upstreams, offline });
   const walker = new ImageWalker(upstreams, manifests);
   const prewarmer = new Prewarmer(walker, blobs, pins, quota, store);
   const readiness = new Readiness(index.db, paths.tmp, upstreams.clients, config.offline);
@@ -141,7 +152,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   let adminServer: Server | undefined;
 
   return {
-    ctx,
+    config, store, index, pins, quota, fills, upstreams, budget, metrics, log,
     manifests,
     blobs,
     tags,

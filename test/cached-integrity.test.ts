@@ -61,7 +61,7 @@ describe('a cached blob that no longer hashes to its name', () => {
       assert.ok(!existsSync(file), 'the rotten file left blobs/');
       const quarantined = await readdir(path.join(b.storage, 'quarantine'));
       assert.ok(quarantined.some((f) => f.startsWith(layer.digest.slice(7))), `quarantine/ holds it: ${quarantined.join(', ')}`);
-      assert.equal(b.berth.ctx.index.getBlob(layer.digest as never), undefined, 'its index row is gone');
+      assert.equal(b.berth.index.getBlob(layer.digest as never), undefined, 'its index row is gone');
 
       const mark = up.logLineCount();
       const good = await fetchOutcome(b.url, url);

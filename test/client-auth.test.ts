@@ -77,7 +77,7 @@ describe('password checks', () => {
 
   test('a burst of wrong passwords from one address is cut short: a bounded number of bcrypt checks, then 401 with Retry-After', async () => {
     const b = await berth();
-    const checks = async (result: string) => (await b.berth.ctx.metrics.clientAuth.get()).values.filter((v) => v.labels.result === result).reduce((n, v) => n + v.value, 0);
+    const checks = async (result: string) => (await b.berth.metrics.clientAuth.get()).values.filter((v) => v.labels.result === result).reduce((n, v) => n + v.value, 0);
     const rs = await Promise.all(Array.from({ length: 40 }, (_, i) => fetchOutcome(b.url, '/v2/', { headers: { authorization: basic('dev', `guess-${i}`) } })));
     for (const r of rs) assert.equal(r.status, 401, describeOutcome(r));
     const failed = await checks('failed');
@@ -98,7 +98,7 @@ describe('password checks', () => {
       const r = await fetchOutcome(b.url, '/v2/', { headers: { authorization: CI } });
       assert.equal(r.status, 200, describeOutcome(r));
     }
-    const ok = (await b.berth.ctx.metrics.clientAuth.get()).values.filter((v) => v.labels.result === 'ok').reduce((n, v) => n + v.value, 0);
+    const ok = (await b.berth.metrics.clientAuth.get()).values.filter((v) => v.labels.result === 'ok').reduce((n, v) => n + v.value, 0);
     assert.equal(ok, 1, 'one bcrypt check for 20 requests with the same credentials');
   });
 });

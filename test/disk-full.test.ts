@@ -58,7 +58,7 @@ describe('a storage filesystem that fills up', () => {
     assert.equal(m.status, 200);
     const r = await fetchOutcome(b.url, `/v2/lab/big/blobs/${layer.digest}`, { timeoutMs: 60_000 });
     assert.ok(!(r.complete && r.status === 200), `30 MB cannot fit into 20 MB, yet: ${describeOutcome(r)}`);
-    await waitUntil('the failed fill to end', () => b.berth.ctx.fills.all().length === 0, 20_000);
+    await waitUntil('the failed fill to end', () => b.berth.fills.all().length === 0, 20_000);
     // Whatever stays in ingest/ must not claim more than is there.
     for (const name of (await ingestFiles()).filter((n) => n.endsWith('.json'))) {
       const meta = JSON.parse(await readFile(path.join(b.storage, 'ingest', name), 'utf8')) as { extents: Array<[number, number]> };
@@ -83,7 +83,7 @@ describe('a storage filesystem that fills up', () => {
       const r = await fetchOutcome(b.url, `/v2/lab/big/blobs/${digest}`, { timeoutMs: 10_000 });
       assert.equal(r.status, 404, describeOutcome(r));
     }
-    await waitUntil('the failed fills to end', () => b.berth.ctx.fills.all().length === 0, 10_000);
+    await waitUntil('the failed fills to end', () => b.berth.fills.all().length === 0, 10_000);
     const dataFiles = async () => (await ingestFiles()).filter((n) => n.endsWith('.data'));
     const left = await waitUntil('the empty data files to be removed', async () => ((await dataFiles()).length === 0 ? [] : false), 5_000).catch(dataFiles);
     assert.deepEqual(left, [], `${left.length} empty ingest files after 50 GETs of unknown digests`);

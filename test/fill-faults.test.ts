@@ -171,7 +171,7 @@ describe('Range reads through an upstream that sends wrong bytes', () => {
     for (const range of ['bytes=0-', `bytes=0-${right.length - 1}`]) {
       const r = await fetchOutcome(b.url, `/v2/lab/shared/blobs/${digest}?ns=${evil.host}`, { headers: { range }, timeoutMs: 20_000 });
       assert.ok(!(r.complete && r.status === 206), `${range} through a lying upstream: ${describeOutcome(r)}`);
-      await waitUntil('the failed fill to end', () => b.berth.ctx.fills.all().length === 0, 10_000);
+      await waitUntil('the failed fill to end', () => b.berth.fills.all().length === 0, 10_000);
     }
   });
 
@@ -180,7 +180,7 @@ describe('Range reads through an upstream that sends wrong bytes', () => {
     for (const range of ['bytes=0-0,1-', 'bytes=1-,0-0']) {
       const r = await fetchOutcome(b.url, `/v2/lab/shared/blobs/${digest}?ns=${evil.host}`, { headers: { range }, timeoutMs: 20_000 });
       assert.ok(!(r.complete && r.status === 206), `${range} through a lying upstream: ${describeOutcome(r)}`);
-      await waitUntil('the failed fill to end', () => b.berth.ctx.fills.all().length === 0, 10_000);
+      await waitUntil('the failed fill to end', () => b.berth.fills.all().length === 0, 10_000);
     }
     const good = await fetchOutcome(b.url, `/v2/lab/shared/blobs/${digest}?ns=${up.host}`, { headers: { range: 'bytes=1-,0-0' }, timeoutMs: 20_000 });
     assert.ok(good.complete && good.status === 206, describeOutcome(good));
@@ -227,7 +227,7 @@ describe('clients that start fills and walk away', () => {
     first.abort();
     second.abort();
     // grace 1 s; fillTimeout (30 min by default) would keep both running
-    await waitUntil('the abandoned fills to be dropped', () => b.berth.ctx.fills.active === 0, 6_000, 50);
+    await waitUntil('the abandoned fills to be dropped', () => b.berth.fills.active === 0, 6_000, 50);
     const d3 = layer('lab/cold3').digest;
     const again = await fetchOutcome(b.url, `/v2/lab/cold3/blobs/${d3}`, { timeoutMs: 30_000 });
     assert.ok(again.complete && again.status === 200, describeOutcome(again));
@@ -276,7 +276,7 @@ describe('one-byte Range reads and the fill caps', () => {
       }), 4_000, 200);
     assert.equal(status, 200);
     // The two completions go on in the background.
-    const running = (repo: string) => b.berth.ctx.fills.all().some((f) => f.digest === layer(repo).digest);
+    const running = (repo: string) => b.berth.fills.all().some((f) => f.digest === layer(repo).digest);
     assert.ok(running('lab/byte1') && running('lab/byte2'), 'the lazy completions were dropped');
   });
 
@@ -286,7 +286,7 @@ describe('one-byte Range reads and the fill caps', () => {
     const r = await fetchOutcome(b.url, `/v2/lab/byte416/blobs/${digest}`, { headers: { range: 'bytes=99999999-' } });
     assert.equal(r.status, 416, describeOutcome(r));
     // Grace 1 s; a background completion would have started after 1 s and kept the fill for about 13 s.
-    await waitUntil('the unread fill to be dropped', () => !b.berth.ctx.fills.all().some((f) => f.digest === digest), 5_000, 50);
+    await waitUntil('the unread fill to be dropped', () => !b.berth.fills.all().some((f) => f.digest === digest), 5_000, 50);
     assert.equal(blobGets(up.accessLogSince(mark), digest), 0, 'berth fetched a blob for a 416');
   });
 
@@ -297,7 +297,7 @@ describe('one-byte Range reads and the fill caps', () => {
       const r = await fetchOutcome(b1.url, `/v2/${repo}/blobs/${layer(repo).digest}`, { headers: { range: 'bytes=0-0' } });
       assert.equal(r.status, 206, describeOutcome(r));
     }
-    const left = await waitUntil('one completion to be dropped', () => (b1.berth.ctx.fills.all().length === 1 ? b1.berth.ctx.fills.all() : undefined), 5_000, 50);
+    const left = await waitUntil('one completion to be dropped', () => (b1.berth.fills.all().length === 1 ? b1.berth.fills.all() : undefined), 5_000, 50);
     assert.equal(left[0]!.digest, layer('lab/byte3').digest);
     assert.ok(left[0]!.background && left[0]!.running, 'the completion holding the slot is running as background work');
   });

@@ -110,7 +110,7 @@ describe('prewarm and pulls under a quota too small for everything', () => {
       assert.ok(got.complete && got.status === 200);
       const file = committedPath({ storage }, layer.digest);
       await waitUntil('the layer to be committed', () => existsSync(file), 10_000);
-      await berth.ctx.quota.enforce();
+      await berth.quota.enforce();
       assert.ok(existsSync(file), 'the newest blob was evicted at once');
       const warn = lines.map((l) => JSON.parse(l) as { level: number; msg: string }).find((l) => l.level >= 40 && /maxSize/.test(l.msg));
       assert.ok(warn, `a warning names maxSize: ${lines.join('\n')}`);
@@ -155,7 +155,7 @@ describe('partial downloads and the quota', () => {
       }
       const layerFile = committedPath({ storage }, img.layers[0]!.digest);
       await waitUntil('the layer to be committed', () => existsSync(layerFile), 10_000);
-      await berth.ctx.quota.enforce();
+      await berth.quota.enforce();
       assert.ok(!existsSync(staleData) && !existsSync(staleMeta), 'the stale partial nobody owns was removed');
       assert.ok(existsSync(layerFile), 'the layer just pulled was kept');
     } finally {

@@ -296,7 +296,7 @@ describe('a cache that stays within its size and the operator commands that look
 
 /** Requests berth answered with 200 (manifests and blobs). */
 async function servedRequests(b: InProcessBerth): Promise<number> {
-  const metric = await b.berth.ctx.metrics.requests.get();
+  const metric = await b.berth.metrics.requests.get();
   return metric.values
     .filter((v) => (v.labels.route === 'manifest' || v.labels.route === 'blob') && v.labels.status === '200')
     .reduce((n, v) => n + v.value, 0);

@@ -43,7 +43,7 @@ test('lazyFill on-demand: a 416 on a cold blob does not hold a fill slot (and an
   }, 5000, 100);
   assert.equal(ok.body.length, c.size);
   await waitUntil('ingest/ emptied', () => readdirSync(`${b.storage}/ingest`).length === 0, 5000);
-  assert.equal(b.berth.ctx.fills.active, 0);
+  assert.equal(b.berth.fills.active, 0);
 });
 
 test('error, token and tag-list bodies from an upstream are read only up to a bound, not into memory whole', async () => {
@@ -124,7 +124,7 @@ test('an upstream error body sent one byte every 20 s does not hold the request:
     assert.equal(r.status, 404);
     assert.equal(trickling, 1);
     assert.ok(ms < 10_000, `the 404 took ${Math.round(ms)} ms`);
-    await waitUntil('the fill to be released', () => b.berth.ctx.fills.active === 0, 5_000);
+    await waitUntil('the fill to be released', () => b.berth.fills.active === 0, 5_000);
   } finally {
     await origin.close();
   }

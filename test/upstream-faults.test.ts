@@ -198,7 +198,7 @@ describe('an origin that sends bad blob bodies', () => {
       assertNotCleanBad(r, digest, size, c.name);
       assert.ok(blobGets(digest) >= 1, 'berth asked the origin for the blob');
 
-      await waitUntil('the failed fill to end', () => b.berth.ctx.fills.get(digest as never) === undefined, 15_000);
+      await waitUntil('the failed fill to end', () => b.berth.fills.get(digest as never) === undefined, 15_000);
       assert.equal(await hasBlobFile(b.storage, digest), false, 'the bad blob must not be cached under blobs/');
       assert.deepEqual(await unverifiedBlobFiles(b.storage), [], 'a file under blobs/ does not hash to its name');
 

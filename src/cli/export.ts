@@ -33,7 +33,7 @@ export function exportCommand(program: Command): void {
         for (const ref of refs) {
           try {
             const img = await berth.walker.walk(ref, platforms);
-            holds.push(berth.ctx.quota.protect([...img.manifests.map((m) => m.digest), ...img.blobs.map((b) => b.digest)]));
+            holds.push(berth.quota.protect([...img.manifests.map((m) => m.digest), ...img.blobs.map((b) => b.digest)]));
             // Anything not cached yet is fetched on the way, as prewarm would (without pinning).
             await berth.prewarmer.warm(img, (e) => showPrewarmEvent(progress, e));
             progress.finish(img.name, true);
@@ -45,7 +45,7 @@ export function exportCommand(program: Command): void {
         }
         if (images.length === 0) throw new Error(`nothing to export:\n${failed.join('\n')}`);
         const out = resolve(opts.output as string);
-        const r = await writeBundle(images, berth.ctx.store, out);
+        const r = await writeBundle(images, berth.store, out);
         progress.stop();
         process.stdout.write(`wrote ${out}: ${images.length} images, ${r.blobs} blobs, ${formatBytes(r.bytes)}\n`);
         for (const f of failed) process.stdout.write(`FAILED ${f}\n`);

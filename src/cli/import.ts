@@ -14,11 +14,11 @@ import { createProgress } from './progress.ts';
 function pinImported(berth: Berth, name: string, root: Digest): void {
   let reference = name;
   try {
-    reference = formatImageReference(parseImageReference(name, berth.ctx.upstreams.defaultHost));
+    reference = formatImageReference(parseImageReference(name, berth.upstreams.defaultHost));
   } catch {
     // register() already parsed it; keep the name as written
   }
-  berth.ctx.pins.pin(reference, imageClosure(berth.ctx.index, root));
+  berth.pins.pin(reference, imageClosure(berth.index, root));
 }
 
 export function importCommand(program: Command): void {
@@ -40,7 +40,7 @@ export function importCommand(program: Command): void {
             const st = await stat(source);
             progress.image(source, st.isDirectory() ? 0 : st.size);
             let done = 0;
-            const r = await importBundle(berth.ctx, source, (n) => progress.update(source, (done += n)));
+            const r = await importBundle(berth, source, (n) => progress.update(source, (done += n)));
             progress.finish(source, true, `${r.images.length} images, ${r.added} of ${r.blobs} blobs new (${formatBytes(r.bytes)})`);
             progress.stop();
             for (const img of r.images) {

@@ -23,7 +23,7 @@ export function maintenanceCommands(program: Command): void {
     run(async (opts) =>
       // Read-only: runs beside a running server.
       withBerth(opts, { lock: false, createStorage: false }, async (berth) => {
-        const { index, pins } = berth.ctx;
+        const { index, pins } = berth;
         index.flushAccess();
         const pinned = new Set(pins.references());
         const rows = index.allTags().map((t) => {
@@ -66,7 +66,7 @@ export function maintenanceCommands(program: Command): void {
       withBerth(opts, opts.dryRun === true ? { lock: false, createStorage: false } : { lock: 'gc', createStorage: false }, async (berth) => {
         const minAgeMs = parseDuration(String(opts.minAge));
         if (minAgeMs === undefined) throw new Error(`--min-age: "${String(opts.minAge)}" is not a duration`);
-        const r = await collectGarbage(berth.ctx.index, berth.ctx.pins, berth.ctx.store, { dryRun: opts.dryRun === true, minAgeMs });
+        const r = await collectGarbage(berth.index, berth.pins, berth.store, { dryRun: opts.dryRun === true, minAgeMs });
         const verb = opts.dryRun ? 'would remove' : 'removed';
         process.stdout.write(`${verb} ${r.partials.length} partial downloads, ${r.blobs.length} unreferenced blobs, ${r.orphanFiles.length} unindexed files: ${formatBytes(r.freed)}\n`);
       }),
@@ -85,7 +85,7 @@ export function maintenanceCommands(program: Command): void {
       }
       return withBerth(opts, { lock: 'pin', createStorage: false }, async (berth) => {
         const img = await berth.walker.walk(ref as string, undefined);
-        berth.ctx.pins.pin(img.name, [...img.manifests.map((m) => m.digest), ...img.blobs.map((b) => b.digest)]);
+        berth.pins.pin(img.name, [...img.manifests.map((m) => m.digest), ...img.blobs.map((b) => b.digest)]);
         process.stdout.write(`pinned ${img.name} (${img.manifests.length + img.blobs.length} digests)\n`);
       });
     }),
@@ -94,8 +94,8 @@ export function maintenanceCommands(program: Command): void {
   withConfigOptions(program.command('unpin').description('let an image be evicted again').argument('<ref>')).action(
     run(async (opts, ref) =>
       withBerth(opts, { lock: 'unpin', createStorage: false }, async (berth) => {
-        const name = formatImageReference(parseImageReference(ref as string, berth.ctx.upstreams.defaultHost));
-        const n = berth.ctx.pins.unpin(name);
+        const name = formatImageReference(parseImageReference(ref as string, berth.upstreams.defaultHost));
+        const n = berth.pins.unpin(name);
         process.stdout.write(n > 0 ? `unpinned ${name}\n` : `${name} was not pinned\n`);
         return n > 0 ? 0 : 1;
       }),
@@ -105,7 +105,7 @@ export function maintenanceCommands(program: Command): void {
   withConfigOptions(program.command('rm').description('remove an image (its tag, and content nothing else uses)').argument('<ref>').option('--force', 'remove it even when it is pinned')).action(
     run(async (opts, refText) =>
       withBerth(opts, { lock: 'rm', createStorage: false }, async (berth) => {
-        const { index, pins, store, upstreams } = berth.ctx;
+        const { index, pins, store, upstreams } = berth;
         const ref = parseImageReference(refText as string, upstreams.defaultHost);
         const name = formatImageReference(ref);
         const upstream = upstreams.get(ref.host)?.host ?? ref.host;

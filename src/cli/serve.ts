@@ -19,7 +19,7 @@ export function serveCommand(program: Command): void {
         const stop = (signal: string) => {
           if (stopping) return;
           stopping = true;
-          berth.ctx.log.info({ signal }, 'shutting down');
+          berth.log.info({ signal }, 'shutting down');
           void berth.close().then(() => {
             destination.flushSync();
             process.exit(0);
@@ -31,7 +31,7 @@ export function serveCommand(program: Command): void {
           try {
             berth.reloadTls();
           } catch (err) {
-            berth.ctx.log.error({ err }, 'TLS reload failed; keeping the old certificate');
+            berth.log.error({ err }, 'TLS reload failed; keeping the old certificate');
           }
         });
         await new Promise(() => {});

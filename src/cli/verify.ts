@@ -18,7 +18,7 @@ export function verifyCommand(program: Command): void {
       const progress = createProgress();
       let started = false;
       try {
-        const r = await scrub(berth.ctx.store, {
+        const r = await scrub(berth.store, {
           repair: opts.repair === true,
           onProgress: (done, total) => {
             if (!started) progress.image('blobs', total);

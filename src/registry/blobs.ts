@@ -2,14 +2,18 @@ import type { Readable } from 'node:stream';
 import { RegistryError } from '../oci/errors.ts';
 import type { Digest } from '../oci/digest.ts';
 import type { ByteRange } from '../oci/range.ts';
-import type { Priority } from '../upstream/bandwidth.ts';
-import { header } from '../upstream/client.ts';
+import type { Logger } from 'pino';
+import type { Metrics } from '../metrics.ts';
+import type { BlobStore } from '../store/blob-store.ts';
+import type { StoreIndex } from '../store/store-index.ts';
+import type { Quota } from '../store/quota.ts';
+import type { BandwidthBudget, Priority } from '../upstream/bandwidth.ts';
 import type { Fill, BlobSource } from './fill.ts';
-import type { Route } from './upstreams.ts';
-import type { RegistryContext } from './context.ts';
+import type { Fills } from './fills.ts';
+import type { Route, Upstreams } from './upstreams.ts';
 import { failpoint } from '../failpoints.ts';
-import { IntegrityError } from './integrity.ts';
-import { withinClaim } from './claimed-range.ts';
+import { IntegrityError } from '../oci/integrity.ts';
+import { SingleFlight } from './single-flight.ts';
 
 /** A blob ready to be served: its size and a way to read any part of it. */
 export interface BlobHandle {
@@ -30,6 +34,28 @@ export interface BlobHandle {
   unused?(): void;
 }
 
+/** What Blobs is built from (server.ts). */
+export interface BlobsOptions {
+  index: StoreIndex;
+  store: BlobStore;
+  upstreams: Upstreams;
+  fills: Fills;
+  budget: BandwidthBudget;
+  quota: Quota;
+  metrics: Metrics;
+  log: Logger;
+  /** Serve committed blobs only; never ask an upstream. */
+  offline: boolean;
+  /** After a lazy Range read: complete the blob in the background, or fetch only what is read. */
+  lazyFill: 'background' | 'on-demand';
+  /** A fill's resumes after a broken transfer, with exponential backoff from `backoff` ms. */
+  retries: { attempts: number; backoff: number };
+  /** How long a fill may go on after its last reader left, when background work wants it (ms). */
+  fillTimeout: number;
+  /** …and when nobody else wants it (ms). */
+  abandonGrace: number;
+}
+
 /** How long an upstream HEAD's answer serves other HEADs of the same blob. */
 const HEAD_MEMO_MS = 5000;
 
@@ -41,10 +67,17 @@ const LAZY_COMPLETION_DELAY_MS = 1000;
  * Requests without `ns` or a host prefix go to the upstream that referenced the digest.
  */
 export class Blobs {
-  /** Upstream HEADs in flight or just answered, by (upstream, repository, digest): concurrent HEADs of one blob share one. */
-  private readonly heads = new Map<string, Promise<number>>();
+  /**
+   * Upstream HEADs in flight or just answered, by (upstream, repository, digest): concurrent HEADs of one
+   * blob share one. A size answered is kept a few seconds (a digest's size never changes; clients arriving
+   * just after the answer would otherwise each make another HEAD); a failure is forgotten at once.
+   */
+  private readonly heads = new SingleFlight<number>(HEAD_MEMO_MS);
+  private readonly o: BlobsOptions;
 
-  constructor(private readonly ctx: RegistryContext) {}
+  constructor(o: BlobsOptions) {
+    this.o = o;
+  }
 
   /**
    * The route for a blob request: the one the client named; else (no ns, no host prefix) the upstream
@@ -53,14 +86,14 @@ export class Blobs {
    */
   routeFor(route: Route, d: Digest): Route {
     if (route.explicit) return route;
-    const same = this.ctx.index.refsOf(d).filter((r) => r.repository === route.repository && this.ctx.upstreams.get(r.upstream));
+    const same = this.o.index.refsOf(d).filter((r) => r.repository === route.repository && this.o.upstreams.get(r.upstream));
     const ref = same.find((r) => r.upstream === route.upstream) ?? same[0];
     return ref ? { upstream: ref.upstream, repository: route.repository, explicit: false } : route;
   }
 
   /** Committed blob, or undefined. A row whose file vanished is forgotten. */
   async cached(d: Digest): Promise<BlobHandle | undefined> {
-    const { index, store } = this.ctx;
+    const { index, store } = this.o;
     const row = index.getBlob(d);
     const size = await store.size(d);
     if (size === undefined) {
@@ -79,27 +112,10 @@ export class Blobs {
     if (hit) return { size: hit.size, cached: true };
     this.ensureOnline(d);
     const r = this.routeFor(route, d);
-    const fill = this.ctx.fills.get(d, r.upstream);
+    const fill = this.o.fills.get(d, r.upstream);
     if (fill?.size !== undefined) return { size: fill.size, cached: false };
-    const key = `${r.upstream} ${r.repository} ${d}`;
-    let size = this.heads.get(key);
-    if (!size) {
-      // A size answered is kept a few seconds (a digest's size never changes; clients arriving just after
-      // the answer would otherwise each make another HEAD); a failure is forgotten at once.
-      size = this.headUpstream(r, d);
-      const forget = () => this.heads.delete(key);
-      size.then(() => setTimeout(forget, HEAD_MEMO_MS).unref(), forget);
-      this.heads.set(key, size);
-    }
-    return { size: await size, cached: false };
-  }
-
-  private async headUpstream(r: Route, d: Digest): Promise<number> {
-    const res = await this.ctx.upstreams.client(r).blob('HEAD', r.repository, d);
-    await res.body.dump();
-    const size = Number(header(res.headers, 'content-length'));
-    if (!Number.isSafeInteger(size) || size < 0) throw new RegistryError('UPSTREAM_ERROR', `upstream ${r.upstream} sent no size for blob ${d}`);
-    return size;
+    const size = await this.heads.run(`${r.upstream} ${r.repository} ${d}`, async () => (await this.o.upstreams.client(r).headBlob(r.repository, d)).size);
+    return { size, cached: false };
   }
 
   /**
@@ -111,14 +127,14 @@ export class Blobs {
   async open(route: Route, d: Digest, wantsWhole: boolean, client?: string): Promise<BlobHandle> {
     const hit = await this.cached(d);
     if (hit) {
-      this.ctx.metrics.hits.inc({ kind: 'blob' });
+      this.o.metrics.hits.inc({ kind: 'blob' });
       return hit;
     }
     this.ensureOnline(d);
-    this.ctx.metrics.misses.inc({ kind: 'blob' });
+    this.o.metrics.misses.inc({ kind: 'blob' });
     // A Range read needs the size before anything is fetched (a suffix range, a 416): when no cached
     // manifest declared it, a HEAD asks the upstream.
-    const sizeHint = wantsWhole || this.ctx.fills.get(d, this.routeFor(route, d).upstream)?.size !== undefined ? undefined : (this.ctx.index.descriptorSize(d, this.routeFor(route, d)) ?? (await this.stat(route, d)).size);
+    const sizeHint = wantsWhole || this.o.fills.get(d, this.routeFor(route, d).upstream)?.size !== undefined ? undefined : (this.o.index.descriptorSize(d, this.routeFor(route, d)) ?? (await this.stat(route, d)).size);
     const fill = await this.fill(route, d, sizeHint, client);
     if (!fill) return (await this.cached(d)) ?? this.open(route, d, wantsWhole, client);
     // Wrong size or bytes found before the headers go out are the upstream's fault: a 502 naming it.
@@ -133,7 +149,7 @@ export class Blobs {
     const size = await fill.whenSized().catch(blame);
     // The background completion starts only for ranges that will be served: a 416 reads nothing and starts nothing.
     const prefetch = (ranges: ByteRange[]) => {
-      if (this.ctx.config.lazyFill === 'background') fill.startLater(LAZY_COMPLETION_DELAY_MS);
+      if (this.o.lazyFill === 'background') fill.startLater(LAZY_COMPLETION_DELAY_MS);
       return fill.prefetch(ranges).catch(blame);
     };
     return { digest: d, size, source: 'fill', read: (s, e, whole) => fill.reader(s, e, { verified: whole === true }), prefetch, unused: () => fill.unused() };
@@ -145,7 +161,7 @@ export class Blobs {
     if (hit) return { size: hit.size, fetched: false };
     this.ensureOnline(d);
     const fill = await this.fill(route, d);
-    if (!fill) return { size: (await this.ctx.store.size(d)) ?? 0, fetched: false };
+    if (!fill) return { size: (await this.o.store.size(d)) ?? 0, fetched: false };
     const progress = () => onBytes(fill.extents.bytes);
     fill.on('progress', progress);
     try {
@@ -159,7 +175,7 @@ export class Blobs {
   }
 
   private ensureOnline(d: Digest): void {
-    if (this.ctx.config.offline) throw new RegistryError('BLOB_UNKNOWN', `blob ${d} is not cached and berth is offline`);
+    if (this.o.offline) throw new RegistryError('BLOB_UNKNOWN', `blob ${d} is not cached and berth is offline`);
   }
 
   /**
@@ -168,38 +184,12 @@ export class Blobs {
    * a blob absent from the table and present on disk is complete, and fetching it again would be waste).
    */
   private async fill(route: Route, d: Digest, sizeHint?: number, clientAddress?: string): Promise<Fill | undefined> {
-    const { fills, index, store, config, metrics, log } = this.ctx;
+    const { fills, index, store, metrics, log, quota, budget } = this.o;
     const r = this.routeFor(route, d);
-    const client = this.ctx.upstreams.client(r);
-    const budget = this.ctx.budget;
+    const client = this.o.upstreams.client(r);
     const source: BlobSource = {
       async open(range, priority: () => Priority, signal) {
-        const res = await client.blob('GET', r.repository, d, range, signal);
-        const partial = res.status === 206;
-        let body: AsyncIterable<Buffer> = res.body;
-        let start = 0;
-        let size = Number(header(res.headers, 'content-length'));
-        if (partial) {
-          const m = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(header(res.headers, 'content-range') ?? '');
-          if (!m) {
-            res.body.destroy();
-            throw new RegistryError('UPSTREAM_ERROR', `upstream ${r.upstream} sent a 206 without a usable Content-Range`);
-          }
-          start = Number(m[1]);
-          size = Number(m[3]);
-          const claimed = Number(m[2]) - start + 1;
-          const length = header(res.headers, 'content-length');
-          if (claimed <= 0 || Number(m[2]) >= size || (length !== undefined && Number(length) !== claimed)) {
-            res.body.destroy();
-            throw new IntegrityError(`upstream ${r.upstream} answered 206 for blob ${d} with Content-Range ${m[0].slice(6)} and Content-Length ${length ?? 'none'}`);
-          }
-          // A body longer than its claim fails before any of the excess is written.
-          body = withinClaim(res.body, claimed, `upstream ${r.upstream}, blob ${d}`);
-        }
-        if (!Number.isSafeInteger(size) || size < 0) {
-          res.body.destroy();
-          throw new RegistryError('UPSTREAM_ERROR', `upstream ${r.upstream} sent no Content-Length for blob ${d}`);
-        }
+        const { partial, start, size, body } = await client.blob(r.repository, d, { ...(range ? { range } : {}), signal });
         return { partial, start, size, body: budget.throttle(r.upstream, body, priority) };
       },
     };
@@ -210,15 +200,15 @@ export class Blobs {
       dataFile: store.paths.ingestData(d, r.upstream),
       metaFile: store.paths.ingestMeta(d, r.upstream),
       ...(known !== undefined ? { expectedSize: known } : {}),
-      retries: config.retries,
-      abandonAfterMs: config.fillTimeout,
-      abandonGraceMs: config.fills.abandonGrace,
+      retries: this.o.retries,
+      abandonAfterMs: this.o.fillTimeout,
+      abandonGraceMs: this.o.abandonGrace,
       commit: async (file, size) => {
         await store.commit(d, file);
         failpoint('fill.index-write');
         index.putBlob(d, size, null);
         index.addRefs(r.upstream, r.repository, [d]);
-        void this.ctx.quota.enforce().catch((err: Error) => log.error({ err }, 'quota pass failed'));
+        void quota.enforce().catch((err: Error) => log.error({ err }, 'quota pass failed'));
       },
       readCommitted: (s, e) => store.read(d, s, e),
       log: (msg, extra) => log.info({ upstream: r.upstream, ...extra }, msg),

@@ -5,11 +5,13 @@ import { MAX_MANIFEST_BYTES, parseManifest } from '../oci/manifest.ts';
 import { DEFAULT_MANIFEST_ACCEPT, isManifestMediaType } from '../oci/media-types.ts';
 import { choose, storageKey } from '../oci/negotiation.ts';
 import { referenceString, type Reference } from '../oci/reference.ts';
-import type { TagRow } from '../store/store-index.ts';
-import { header } from '../upstream/client.ts';
-import type { RegistryContext } from './context.ts';
-import { readManifest, withDeadline } from './manifest-fetch.ts';
-import type { Route } from './upstreams.ts';
+import type { Logger } from 'pino';
+import type { Metrics } from '../metrics.ts';
+import type { BlobStore } from '../store/blob-store.ts';
+import type { StoreIndex, TagRow } from '../store/store-index.ts';
+import { servesStale } from './failures.ts';
+import { SingleFlight } from './single-flight.ts';
+import type { Route, Upstreams } from './upstreams.ts';
 
 export interface ManifestResult {
   digest: Digest;
@@ -22,9 +24,17 @@ export interface ManifestResult {
   cached: boolean;
 }
 
-/** Upstream failures after which a cached tag is still served (stale-if-error). */
-function isTransient(err: unknown): err is RegistryError {
-  return err instanceof RegistryError && (err.code === 'UNAVAILABLE' || err.code === 'UPSTREAM_ERROR');
+/** What Manifests is built from (server.ts). */
+export interface ManifestsOptions {
+  index: StoreIndex;
+  store: BlobStore;
+  upstreams: Upstreams;
+  metrics: Metrics;
+  log: Logger;
+  /** Answer from the cache only; never ask an upstream. */
+  offline: boolean;
+  /** How long a tag's cached answer is served without asking the upstream (ms). */
+  tagTtl: number;
 }
 
 /**
@@ -35,20 +45,25 @@ function isTransient(err: unknown): err is RegistryError {
  * byte-exact, with their own media type.
  */
 export class Manifests {
-  private readonly inflight = new Map<string, Promise<ManifestResult>>();
+  /** Identical requests in flight share one resolution (and one upstream request). */
+  private readonly inflight = new SingleFlight<ManifestResult>();
   /** Manifest bytes by digest: content-addressed, so never stale. Saves a file read per hot tag request. */
   private readonly bytes = new LRUCache<string, Buffer>({ maxSize: 32 * 1024 * 1024, sizeCalculation: (b) => b.length || 1 });
+  private readonly index: StoreIndex;
+  private readonly store: BlobStore;
+  private readonly upstreams: Upstreams;
+  private readonly metrics: Metrics;
+  private readonly log: Logger;
+  private readonly offline: boolean;
+  private readonly tagTtl: number;
 
-  constructor(private readonly ctx: RegistryContext) {}
+  constructor(o: ManifestsOptions) {
+    ({ index: this.index, store: this.store, upstreams: this.upstreams, metrics: this.metrics, log: this.log, offline: this.offline, tagTtl: this.tagTtl } = o);
+  }
 
   get(route: Route, ref: Reference, accept: string, method: 'GET' | 'HEAD'): Promise<ManifestResult> {
     const key = `${route.upstream}|${route.repository}|${referenceString(ref)}|${method}|${accept}`;
-    let p = this.inflight.get(key);
-    if (!p) {
-      p = this.resolve(route, ref, accept || DEFAULT_MANIFEST_ACCEPT, method).finally(() => this.inflight.delete(key));
-      this.inflight.set(key, p);
-    }
-    return p;
+    return this.inflight.run(key, () => this.resolve(route, ref, accept || DEFAULT_MANIFEST_ACCEPT, method));
   }
 
   private async resolve(route: Route, ref: Reference, accept: string, method: 'GET' | 'HEAD'): Promise<ManifestResult> {
@@ -56,21 +71,20 @@ export class Manifests {
       const hit = await this.fromCache(ref.digest, method);
       if (hit) return hit;
       this.ensureOnline(route, ref.digest);
-      this.ctx.metrics.misses.inc({ kind: 'manifest' });
+      this.metrics.misses.inc({ kind: 'manifest' });
       return this.fetch(route, ref.digest, accept, ref.digest, method);
     }
-    const { index, config } = this.ctx;
-    const row = choose(index.tagRows(route.upstream, route.repository, ref.tag), accept);
+    const row = choose(this.index.tagRows(route.upstream, route.repository, ref.tag), accept);
     const fromRow = async (stale?: string) => {
       const hit = row && (await this.fromCache(row.digest, method));
       return hit ? { ...hit, ...(stale ? { stale } : {}) } : undefined;
     };
-    if (config.offline) {
+    if (this.offline) {
       const hit = await fromRow();
       if (hit) return hit;
       throw new RegistryError('MANIFEST_UNKNOWN', `manifest ${route.upstream}/${route.repository}:${ref.tag} is not cached and berth is offline`);
     }
-    if (row && Date.now() - row.checkedAt < config.tagTtl) {
+    if (row && Date.now() - row.checkedAt < this.tagTtl) {
       const hit = await fromRow();
       if (hit) return hit;
     }
@@ -78,45 +92,40 @@ export class Manifests {
       try {
         return await this.revalidate(route, ref.tag, row, accept, method);
       } catch (err) {
-        if (!isTransient(err)) throw err;
+        if (!servesStale(err)) throw err;
         const hit = await fromRow(err.message);
         if (!hit) throw err;
-        this.ctx.metrics.staleServed.inc({ upstream: route.upstream, reason: err.code });
-        this.ctx.log.warn({ upstream: route.upstream, repository: route.repository, tag: ref.tag, error: err.message }, 'serving cached tag: upstream could not revalidate it');
+        this.metrics.staleServed.inc({ upstream: route.upstream, reason: err.code });
+        this.log.warn({ upstream: route.upstream, repository: route.repository, tag: ref.tag, error: err.message }, 'serving cached tag: upstream could not revalidate it');
         return hit;
       }
     }
     // A HEAD of an uncached tag fetches the (small) manifest too: the GET by digest that clients send
     // next is then a hit, and the tag is known offline.
-    this.ctx.metrics.misses.inc({ kind: 'manifest' });
+    this.metrics.misses.inc({ kind: 'manifest' });
     return this.fetch(route, undefined, accept, ref.tag, method);
   }
 
   /** Asks the upstream whether the tag still names the cached answer (a HEAD: Docker Hub does not count HEADs against the pull rate limit). */
   private async revalidate(route: Route, tag: string, row: TagRow, accept: string, method: 'GET' | 'HEAD'): Promise<ManifestResult> {
-    const client = this.ctx.upstreams.client(route);
-    const current = await withDeadline(client, this.ctx.config.manifestTimeout, `manifest ${route.repository}:${tag}`, async (signal) => {
-      const res = await client.manifest('HEAD', route.repository, tag, accept, signal);
-      await res.body.dump();
-      return header(res.headers, 'docker-content-digest');
-    });
+    const current = (await this.upstreams.client(route).headManifest(route.repository, tag, accept)).digest;
     if (current !== row.digest) {
-      this.ctx.log.info({ upstream: route.upstream, repository: route.repository, tag, from: row.digest, to: current }, 'tag moved');
+      this.log.info({ upstream: route.upstream, repository: route.repository, tag, from: row.digest, to: current }, 'tag moved');
       return this.fetch(route, undefined, accept, tag, method);
     }
     // This negotiation confirmed the answer: it refreshes its own row (never another negotiation's).
-    this.ctx.index.putTag({ ...row, accept: storageKey(accept, row.mediaType), checkedAt: Date.now() });
+    this.index.putTag({ ...row, accept: storageKey(accept, row.mediaType), checkedAt: Date.now() });
     return (await this.fromCache(row.digest, method)) ?? this.fetch(route, row.digest, accept, tag, method);
   }
 
   private ensureOnline(route: Route, d: Digest): void {
-    if (this.ctx.config.offline) {
+    if (this.offline) {
       throw new RegistryError('MANIFEST_UNKNOWN', `manifest ${route.upstream}/${route.repository}@${d} is not cached and berth is offline`);
     }
   }
 
   private async fromCache(d: Digest, method: 'GET' | 'HEAD'): Promise<ManifestResult | undefined> {
-    let row = this.ctx.index.getBlob(d);
+    let row = this.index.getBlob(d);
     if (!row) return undefined;
     if (!row.mediaType || !isManifestMediaType(row.mediaType)) {
       // Cached as a plain blob (fetched through /blobs/ first, say), or indexed with a type berth does not
@@ -124,28 +133,28 @@ export class Manifests {
       // type; if not, the digest names a layer or config, and asking the upstream would only fail.
       const mediaType = row.size <= MAX_MANIFEST_BYTES ? await this.manifestTypeOf(d) : undefined;
       if (!mediaType) throw new RegistryError('MANIFEST_UNKNOWN', `${d} is a blob in this cache, not a manifest`);
-      this.ctx.index.putBlob(d, row.size, mediaType);
+      this.index.putBlob(d, row.size, mediaType);
       row = { ...row, mediaType };
     }
     const mediaType = row.mediaType!;
     if (method === 'HEAD') {
-      this.ctx.index.touch(d);
-      this.ctx.metrics.hits.inc({ kind: 'manifest' });
+      this.index.touch(d);
+      this.metrics.hits.inc({ kind: 'manifest' });
       return { digest: d, mediaType, size: row.size, cached: true };
     }
-    const bytes = this.bytes.get(d) ?? (await this.ctx.store.readBytes(d));
+    const bytes = this.bytes.get(d) ?? (await this.store.readBytes(d));
     if (!bytes) {
-      this.ctx.index.deleteBlob(d);
+      this.index.deleteBlob(d);
       return undefined;
     }
     this.bytes.set(d, bytes);
-    this.ctx.index.touch(d);
-    this.ctx.metrics.hits.inc({ kind: 'manifest' });
+    this.index.touch(d);
+    this.metrics.hits.inc({ kind: 'manifest' });
     return { digest: d, mediaType, size: bytes.length, bytes, cached: true };
   }
 
   private async manifestTypeOf(d: Digest): Promise<string | undefined> {
-    const bytes = await this.ctx.store.readBytes(d);
+    const bytes = await this.store.readBytes(d);
     if (!bytes || bytes[0] !== 0x7b) return undefined;
     try {
       const json = JSON.parse(bytes.toString('utf8')) as { schemaVersion?: unknown };
@@ -159,14 +168,10 @@ export class Manifests {
 
   /** GETs a manifest from the upstream within the deadline, checks it, stores it byte-exact and indexes what it references. */
   private async fetch(route: Route, expected: Digest | undefined, accept: string, reference: string, method: 'GET' | 'HEAD'): Promise<ManifestResult> {
-    const client = this.ctx.upstreams.client(route);
-    const m = await withDeadline(client, this.ctx.config.manifestTimeout, `manifest ${route.repository}:${reference}`, async (signal) => {
-      const res = await client.manifest('GET', route.repository, reference, accept, signal);
-      return readManifest(res, route, reference, expected, signal);
-    });
+    const m = await this.upstreams.client(route).manifest(route.repository, reference, accept, expected ? { expected } : {});
     const { digest, mediaType, bytes, parsed } = m;
-    await this.ctx.store.putBytes(digest, bytes);
-    const { index } = this.ctx;
+    await this.store.putBytes(digest, bytes);
+    const { index } = this;
     const children = [...parsed.manifests, ...parsed.blobs];
     index.db.transaction(() => {
       index.putBlob(digest, bytes.length, mediaType);

@@ -2,7 +2,7 @@ import type { Config } from '../config/schema.ts';
 import { RegistryError } from '../oci/errors.ts';
 import { isHost, looksLikeHost, parseRepository, type Repository } from '../oci/reference.ts';
 import { DOCKER_HUB } from '../oci/image-reference.ts';
-import { UpstreamClient } from '../upstream/client.ts';
+import { UpstreamClient, type UpstreamObserver } from '../upstream/client.ts';
 import { UpstreamHealth } from '../upstream/health.ts';
 import { TokenCache } from '../upstream/token-cache.ts';
 import { EgressGuard } from '../upstream/egress-guard.ts';
@@ -25,11 +25,23 @@ export class Upstreams {
   readonly clients: UpstreamClient[];
   readonly defaultHost: string;
 
-  constructor(config: Readonly<Config>, onHealthChange: (host: string, down: boolean) => void = () => {}) {
+  /**
+   * `onHealthChange` hears an upstream's breaker open and close; `observer` gives each client what it
+   * reports to (log lines, metrics).
+   */
+  constructor(config: Readonly<Config>, o: { onHealthChange?: (host: string, down: boolean) => void; observer?: (host: string) => UpstreamObserver } = {}) {
     const tokens = new TokenCache();
     const guard = new EgressGuard(new Set(config.upstreams.map((u) => new URL(u.url).origin)));
+    const onHealthChange = o.onHealthChange ?? (() => {});
     this.clients = config.upstreams.map(
-      (u) => new UpstreamClient(u, tokens, new UpstreamHealth(5, 30_000, (down) => onHealthChange(u.host, down)), guard),
+      (u) =>
+        new UpstreamClient(u, {
+          tokens,
+          guard,
+          health: new UpstreamHealth(5, 30_000, (down) => onHealthChange(u.host, down)),
+          ...(o.observer ? { observer: o.observer(u.host) } : {}),
+          manifestTimeoutMs: config.manifestTimeout,
+        }),
     );
     config.upstreams.forEach((u, i) => {
       for (const h of [u.host, ...u.aliases]) this.byHost.set(h.toLowerCase(), this.clients[i]!);

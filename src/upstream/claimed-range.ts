@@ -1,4 +1,4 @@
-import { IntegrityError } from './integrity.ts';
+import { IntegrityError } from '../oci/integrity.ts';
 
 /**
  * The body of an upstream 206, held to the `length` bytes its Content-Range claims: a chunk that would run

@@ -2,15 +2,13 @@ import type { IncomingHttpHeaders } from 'node:http';
 import { request, type Dispatcher } from 'undici';
 import type { UpstreamConfig } from '../config/schema.ts';
 import { RegistryError, type ErrorCode } from '../oci/errors.ts';
-import type { Digest } from '../oci/digest.ts';
 import { parseChallenges } from './challenge.ts';
 import { createDispatcher } from './dispatcher.ts';
 import { TokenCache } from './token-cache.ts';
 import { UpstreamHealth } from './health.ts';
 import { EgressGuard } from './egress-guard.ts';
 import { realmMayReceiveCredentials } from './token-realm.ts';
-
-export type UpstreamBody = Dispatcher.ResponseData['body'];
+import { readBounded, readErrorText, type UpstreamBody } from './bodies.ts';
 
 export interface UpstreamResponse {
   status: number;
@@ -27,8 +25,8 @@ export interface FetchOptions {
 }
 
 /**
- * What a client reports to the composition root (log lines, metrics); set after construction, as the
- * clients are built by Upstreams. Absent in tools and tests that build a client alone.
+ * What a client reports to the composition root (log lines, metrics), given at construction. Absent in
+ * tools and tests that build a client alone.
  */
 export interface UpstreamObserver {
   warn(fields: Record<string, unknown>, message: string): void;
@@ -43,6 +41,14 @@ function operationOf(path: string): string {
   return m ? ({ manifests: 'manifest', blobs: 'blob', tags: 'tags' } as Record<string, string>)[m[1]!]! : 'other';
 }
 
+/** What one upstream's clients share with the others (tokens, the egress guard) or report to. */
+export interface TransportOptions {
+  tokens?: TokenCache;
+  health?: UpstreamHealth;
+  guard?: EgressGuard;
+  observer?: UpstreamObserver;
+}
+
 const MAX_REDIRECTS = 5;
 const USER_AGENT = 'berth/0.1 (pull-through cache)';
 
@@ -52,11 +58,12 @@ export function header(h: IncomingHttpHeaders, name: string): string | undefined
 }
 
 /**
- * A client for one upstream registry: auth (anonymous or credentialed bearer tokens, basic),
- * redirects followed by hand (Authorization never crosses to another host), identity encoding, and
- * errors turned into RegistryErrors that say which upstream failed and how.
+ * HTTP to one upstream registry, for UpstreamClient (client.ts) only: auth (anonymous or credentialed
+ * bearer tokens, basic), redirects followed by hand (Authorization never crosses to another host), the
+ * egress guard, identity encoding, the circuit breaker, and errors turned into RegistryErrors that say
+ * which upstream failed and how. Nothing outside src/upstream/ sees a header or a status.
  */
-export class UpstreamClient {
+export class UpstreamTransport {
   readonly host: string;
   readonly base: URL;
   readonly health: UpstreamHealth;
@@ -66,18 +73,21 @@ export class UpstreamClient {
   private useBasic = false;
   /** The last bearer challenge: later requests look for a cached token for their scope up front. */
   private bearer: { realm: string; service?: string } | undefined;
-  observer: UpstreamObserver | undefined;
+  private readonly tokens: TokenCache;
+  private readonly guard: EgressGuard;
+  private readonly observer: UpstreamObserver | undefined;
 
   constructor(
     readonly config: UpstreamConfig,
-    private readonly tokens: TokenCache = new TokenCache(),
-    health?: UpstreamHealth,
-    private readonly guard: EgressGuard = new EgressGuard(new Set([new URL(config.url).origin])),
+    o: TransportOptions = {},
   ) {
+    this.tokens = o.tokens ?? new TokenCache();
+    this.guard = o.guard ?? new EgressGuard(new Set([new URL(config.url).origin]));
+    this.observer = o.observer;
     this.host = config.host;
     this.base = new URL(config.url.endsWith('/') ? config.url : `${config.url}/`);
     this.dispatcher = createDispatcher(config);
-    this.health = health ?? new UpstreamHealth();
+    this.health = o.health ?? new UpstreamHealth();
     this.basicCredentials =
       config.username !== undefined ? `Basic ${Buffer.from(`${config.username}:${config.password ?? ''}`).toString('base64')}` : undefined;
   }
@@ -88,25 +98,11 @@ export class UpstreamClient {
     return p ? ` via proxy ${redactUrl(p)}` : '';
   }
 
-  async manifest(method: 'GET' | 'HEAD', repository: string, reference: string, accept: string, signal?: AbortSignal): Promise<UpstreamResponse> {
-    const res = await this.fetch(`v2/${repository}/manifests/${reference}`, { method, repository, headers: { accept }, ...(signal ? { signal } : {}) });
-    return this.expectOk(res, 'MANIFEST_UNKNOWN', `manifest ${repository}:${reference}`);
-  }
-
-  /** GET or HEAD a blob; `range` is an inclusive [start, end] or an open-ended [start]. */
-  async blob(method: 'GET' | 'HEAD', repository: string, digest: Digest, range?: { start: number; end?: number }, signal?: AbortSignal): Promise<UpstreamResponse> {
-    const headers: Record<string, string> = {};
-    if (range) headers.range = `bytes=${range.start}-${range.end ?? ''}`;
-    const res = await this.fetch(`v2/${repository}/blobs/${digest}`, { method, repository, headers, ...(signal ? { signal } : {}) });
-    return this.expectOk(res, 'BLOB_UNKNOWN', `blob ${digest} in ${repository}`);
-  }
-
-  async tags(repository: string, query: string, signal?: AbortSignal): Promise<UpstreamResponse> {
-    const res = await this.fetch(`v2/${repository}/tags/list${query}`, { method: 'GET', repository, ...(signal ? { signal } : {}) });
-    return this.expectOk(res, 'NAME_UNKNOWN', `tags of ${repository}`);
-  }
-
-  private async expectOk(res: UpstreamResponse, notFound: ErrorCode, what: string): Promise<UpstreamResponse> {
+  /**
+   * `res` when it is a success; else its status as a RegistryError naming the upstream: `notFound` for a
+   * 404 or a refusal (a private repository looks like a missing one), UNAVAILABLE for 429, and so on.
+   */
+  async expectOk(res: UpstreamResponse, notFound: ErrorCode, what: string): Promise<UpstreamResponse> {
     if (res.status >= 200 && res.status < 300) return res;
     const text = await readErrorText(res.body);
     const from = `upstream ${this.host} answered ${res.status} for ${what}`;
@@ -295,71 +291,6 @@ function clientReason(code: string | undefined, detail: string): string {
   if (code && REASONS[code]) return `${REASONS[code]} (${code})`;
   if (code && /CERT|TLS|SSL|SELF_SIGNED/i.test(code)) return `TLS handshake failed (${code})`;
   return code && /^[A-Z_]+$/.test(code) ? code : 'network error';
-}
-
-/** How long reading an error, token or tag-list body may take: a body trickled under timeouts.idle must not hold a request (and its fill) for hours. */
-export const SMALL_BODY_DEADLINE_MS = 5000;
-
-/**
- * Up to `max` bytes of `body`, read within `deadlineMs`; past either the connection is dropped and what was
- * read is returned, with `over` set when the body was longer than `max`.
- */
-async function readSome(body: UpstreamBody, max: number, deadlineMs: number): Promise<{ bytes: Buffer; over: boolean }> {
-  const chunks: Buffer[] = [];
-  let n = 0;
-  let late = false;
-  const timer = setTimeout(() => {
-    late = true;
-    body.destroy();
-  }, deadlineMs);
-  timer.unref();
-  try {
-    for await (const c of body) {
-      const room = max - n;
-      if ((c as Buffer).length > room) {
-        chunks.push((c as Buffer).subarray(0, room));
-        body.destroy();
-        return { bytes: Buffer.concat(chunks), over: true };
-      }
-      chunks.push(c as Buffer);
-      n += (c as Buffer).length;
-    }
-  } catch (err) {
-    if (!late) throw err;
-  } finally {
-    clearTimeout(timer);
-  }
-  return { bytes: Buffer.concat(chunks), over: false };
-}
-
-/**
- * At most `max` bytes of an upstream body, the rest dropped with the connection (`undefined` when it was
- * longer). Error, token and tag-list bodies are whatever the upstream (or the realm it named) sends:
- * read whole, one answer of a few hundred MB took that much memory. Reading stops after
- * SMALL_BODY_DEADLINE_MS (the connection dropped) and goes on with what arrived.
- */
-export async function readBounded(body: UpstreamBody, max: number, deadlineMs = SMALL_BODY_DEADLINE_MS): Promise<Buffer | undefined> {
-  const { bytes, over } = await readSome(body, max, deadlineMs);
-  return over ? undefined : bytes;
-}
-
-async function readErrorText(body: UpstreamBody): Promise<string> {
-  try {
-    // Only the start is shown: the rest (past 4 KiB or the deadline) is dropped with the connection.
-    const chunks = [(await readSome(body, 4096, SMALL_BODY_DEADLINE_MS)).bytes];
-    const text = Buffer.concat(chunks).toString('utf8').slice(0, 300).trim();
-    if (!text) return '';
-    try {
-      const j = JSON.parse(text) as { errors?: Array<{ message?: string }> };
-      const m = j.errors?.[0]?.message;
-      if (m) return `: ${m}`;
-    } catch {
-      // not JSON: use the text itself
-    }
-    return `: ${text.replace(/\s+/g, ' ').slice(0, 200)}`;
-  } catch {
-    return '';
-  }
 }
 
 export function redactUrl(u: string): string {

@@ -86,7 +86,7 @@ export async function startBerth(o: BerthOptions, log?: pino.Logger): Promise<In
 
 /** GETs of `route` ('blob', 'manifest') that berth answered with 200, from its own request counter. */
 export async function servedGets(b: InProcessBerth, route: string): Promise<number> {
-  const metric = await b.berth.ctx.metrics.requests.get();
+  const metric = await b.berth.metrics.requests.get();
   return metric.values
     .filter((v) => v.labels.route === route && v.labels.method === 'GET' && v.labels.status === '200')
     .reduce((n, v) => n + v.value, 0);
