@@ -1,6 +1,7 @@
 import type { Digest } from '../oci/digest.ts';
 import { RegistryError } from '../oci/errors.ts';
 import { IntegrityError } from '../oci/integrity.ts';
+import { discard } from './bodies.ts';
 import { withinClaim } from './claimed-range.ts';
 import { header, type UpstreamResponse } from './transport.ts';
 
@@ -30,7 +31,7 @@ export function blobFromResponse(res: UpstreamResponse, host: string, d: Digest)
   if (partial) {
     const m = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(header(res.headers, 'content-range') ?? '');
     if (!m) {
-      res.body.destroy();
+      discard(res.body);
       throw new RegistryError('UPSTREAM_ERROR', `upstream ${host} sent a 206 without a usable Content-Range`);
     }
     start = Number(m[1]);
@@ -38,14 +39,14 @@ export function blobFromResponse(res: UpstreamResponse, host: string, d: Digest)
     const claimed = Number(m[2]) - start + 1;
     const length = header(res.headers, 'content-length');
     if (claimed <= 0 || Number(m[2]) >= size || (length !== undefined && Number(length) !== claimed)) {
-      res.body.destroy();
+      discard(res.body);
       throw new IntegrityError(`upstream ${host} answered 206 for blob ${d} with Content-Range ${m[0].slice(6)} and Content-Length ${length ?? 'none'}`);
     }
     // A body longer than its claim fails before any of the excess is written.
     body = withinClaim(res.body, claimed, `upstream ${host}, blob ${d}`);
   }
   if (!Number.isSafeInteger(size) || size < 0) {
-    res.body.destroy();
+    discard(res.body);
     throw new RegistryError('UPSTREAM_ERROR', `upstream ${host} sent no Content-Length for blob ${d}`);
   }
   return { partial, start, size, body };

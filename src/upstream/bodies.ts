@@ -15,7 +15,7 @@ async function readSome(body: UpstreamBody, max: number, deadlineMs: number): Pr
   let late = false;
   const timer = setTimeout(() => {
     late = true;
-    body.destroy();
+    discard(body);
   }, deadlineMs);
   timer.unref();
   try {
@@ -23,7 +23,7 @@ async function readSome(body: UpstreamBody, max: number, deadlineMs: number): Pr
       const room = max - n;
       if ((c as Buffer).length > room) {
         chunks.push((c as Buffer).subarray(0, room));
-        body.destroy();
+        discard(body);
         return { bytes: Buffer.concat(chunks), over: true };
       }
       chunks.push(c as Buffer);
@@ -67,3 +67,13 @@ export async function readErrorText(body: UpstreamBody): Promise<string> {
   }
 }
 
+
+/**
+ * Drops a body berth will not read (its connection closes). undici's body, destroyed before its end,
+ * emits 'error' (RequestAbortedError); with no listener that 'error' ends the process, so one bad answer
+ * from an upstream (a 206 without a Content-Range, a manifest declared too big) took berth down.
+ */
+export function discard(body: UpstreamBody): void {
+  body.on('error', () => {});
+  body.destroy();
+}

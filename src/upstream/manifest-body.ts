@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import type { Digest } from '../oci/digest.ts';
 import { RegistryError } from '../oci/errors.ts';
 import { MAX_MANIFEST_BYTES, parseManifest, type ParsedManifest } from '../oci/manifest.ts';
+import { discard } from './bodies.ts';
 import { header, type UpstreamResponse } from './transport.ts';
 
 /** A manifest GET as the registry layer sees it: checked, byte-exact. */
@@ -22,7 +23,7 @@ export interface UpstreamManifest {
 export async function readManifest(res: UpstreamResponse, host: string, what: string, expected: Digest | undefined, signal: AbortSignal): Promise<UpstreamManifest> {
   const declared = Number(header(res.headers, 'content-length'));
   if (declared > MAX_MANIFEST_BYTES) {
-    res.body.destroy();
+    discard(res.body);
     throw new RegistryError('UPSTREAM_ERROR', `upstream ${host} sent a manifest of ${declared} bytes for ${what}; the limit is ${MAX_MANIFEST_BYTES}`);
   }
   // undici ends the request on abort, but the body loop below must stop too, whatever state it is in.
@@ -34,7 +35,7 @@ export async function readManifest(res: UpstreamResponse, host: string, what: st
     for await (const c of res.body) {
       total += (c as Buffer).length;
       if (total > MAX_MANIFEST_BYTES) {
-        res.body.destroy();
+        discard(res.body);
         throw new RegistryError('UPSTREAM_ERROR', `upstream ${host} sent more than ${MAX_MANIFEST_BYTES} bytes of manifest for ${what}`);
       }
       chunks.push(c as Buffer);
