@@ -32,6 +32,8 @@ describe('SingleFlight', () => {
     assert.equal(a.calls(), 1, 'the second caller joined the call in flight');
     assert.equal(b.calls(), 1, 'another key has its own call');
     assert.equal(first, second, 'both callers hold the same promise');
+    assert.equal(flight.has('a'), true);
+    assert.equal(flight.has('c'), false);
     a.resolve(7);
     b.resolve(8);
     assert.deepEqual(await Promise.all([first, second, other]), [7, 7, 8]);
@@ -44,6 +46,7 @@ describe('SingleFlight', () => {
     a.resolve(1);
     await p;
     assert.equal(flight.size, 0);
+    assert.equal(flight.has('k'), false);
     const again = flight.run('k', a.work);
     assert.equal(a.calls(), 2);
     a.resolve(2);

@@ -34,6 +34,11 @@ export class SingleFlight<V> {
     return p;
   }
 
+  /** Whether a call for `key` is in flight or memoised (a caller that must know it joined one). */
+  has(key: string): boolean {
+    return this.calls.has(key);
+  }
+
   /** Keys in flight or memoised. */
   get size(): number {
     return this.calls.size;
