@@ -4,7 +4,7 @@
 // every request with 401 naming a.test's realm and service. berth must key tokens by the upstream that
 // asked (not by the realm the upstream announces), and send an upstream's credentials only to its own
 // token realm: evil.test gets at most an anonymous token request, and never a.test's token.
-// src/upstream/client.ts, src/upstream/token-cache.ts, src/upstream/token-realm.ts.
+// src/upstream/transport.ts, src/upstream/token-cache.ts, src/upstream/token-realm.ts.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { type InProcessBerth, startBerth } from './support/berth.ts';

@@ -58,7 +58,13 @@ export class Manifests {
   private readonly tagTtl: number;
 
   constructor(o: ManifestsOptions) {
-    ({ index: this.index, store: this.store, upstreams: this.upstreams, metrics: this.metrics, log: this.log, offline: this.offline, tagTtl: this.tagTtl } = o);
+    this.index = o.index;
+    this.store = o.store;
+    this.upstreams = o.upstreams;
+    this.metrics = o.metrics;
+    this.log = o.log;
+    this.offline = o.offline;
+    this.tagTtl = o.tagTtl;
   }
 
   get(route: Route, ref: Reference, accept: string, method: 'GET' | 'HEAD'): Promise<ManifestResult> {
