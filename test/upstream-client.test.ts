@@ -18,7 +18,7 @@ import { type Relay, startRelay } from './support/relay.ts';
 import { type StandInOrigin, type Reply, respond, startStandInOrigin } from './support/stand-in-origin.ts';
 import { type Upstream, startUpstream } from './support/upstream.ts';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
-import { httpRequest } from './support/links.ts';
+import { httpRequest, waitUntil } from './support/links.ts';
 
 const REPO = 'test/client';
 const ORIGIN_HOST = 'origin.test';
@@ -353,4 +353,29 @@ describe('through berth: a bad answer is a 502 naming the upstream, never a cras
       assert.equal((await httpRequest(b.url, '/v2/')).status, 200);
     });
   }
+
+  test('a Range the upstream ignores (a 200 of the whole blob) is dropped, not left holding its connection', async () => {
+    // Big enough that the unread body cannot sit whole in socket buffers: an unread one keeps its
+    // connection (and, at shutdown, the dispatcher's close) waiting for good.
+    const big = randomBytes(8 * 1024 * 1024);
+    const bd = digestOf(big) as Digest;
+    let opened = 0;
+    let closed = 0;
+    routes.set(`/v2/crash/norange-support/blobs/${bd}`, (reply, method) => {
+      if (method === 'HEAD') return respond(reply, 200, { 'Content-Length': big.length }, '');
+      opened++;
+      reply.socket.once('close', () => closed++);
+      reply.head(200, { 'Content-Length': big.length });
+      void (async () => {
+        for (let off = 0; off < big.length && !reply.socket.destroyed; off += 64 * 1024) await reply.write(big.subarray(off, off + 64 * 1024));
+        reply.end();
+      })();
+    });
+    const r = await httpRequest(b.url, `/v2/${ORIGIN_HOST}/crash/norange-support/blobs/${bd}`, { headers: { range: 'bytes=0-99' } });
+    assert.equal(r.status, 206, r.body.toString());
+    assert.deepEqual(r.body, big.subarray(0, 100));
+    await waitUntil('the blob to be committed', () => b.berth.fills.all().length === 0, 20_000);
+    assert.ok(opened >= 2, `the lazy fetch and the whole-blob fill each asked (${opened})`);
+    await waitUntil(`every upstream connection to close (${closed} of ${opened})`, () => closed === opened, 5_000);
+  });
 });

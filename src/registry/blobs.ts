@@ -189,8 +189,10 @@ export class Blobs {
     const client = this.o.upstreams.client(r);
     const source: BlobSource = {
       async open(range, priority: () => Priority, signal) {
-        const { partial, start, size, body } = await client.blob(r.repository, d, { ...(range ? { range } : {}), signal });
-        return { partial, start, size, body: budget.throttle(r.upstream, body, priority) };
+        const { partial, start, size, body, cancel } = await client.blob(r.repository, d, { ...(range ? { range } : {}), signal });
+        // The fill destroys a body it will not read (a lazy fetch the upstream answered with the whole
+        // blob): the throttling generator has no destroy of its own, so it gets the upstream body's.
+        return { partial, start, size, body: Object.assign(budget.throttle(r.upstream, body, priority), { destroy: cancel }) };
       },
     };
     const known = index.descriptorSize(d, r) ?? sizeHint;

@@ -15,6 +15,8 @@ export interface UpstreamBlob {
   partial: boolean;
   /** The bytes; a 206's body is held to its claim (it fails before yielding a byte past it). */
   body: AsyncIterable<Buffer>;
+  /** Drops the body unread and frees its connection (a body nobody iterates would hold it for good). */
+  cancel(): void;
 }
 
 /**
@@ -49,5 +51,5 @@ export function blobFromResponse(res: UpstreamResponse, host: string, d: Digest)
     discard(res.body);
     throw new RegistryError('UPSTREAM_ERROR', `upstream ${host} sent no Content-Length for blob ${d}`);
   }
-  return { partial, start, size, body };
+  return { partial, start, size, body, cancel: () => discard(res.body) };
 }
