@@ -12,6 +12,7 @@ import { UpstreamSchema } from '../src/config/schema.ts';
 import type { Digest } from '../src/oci/digest.ts';
 import { RegistryError, type ErrorCode } from '../src/oci/errors.ts';
 import { IntegrityError } from '../src/oci/integrity.ts';
+import { isRetryable } from '../src/registry/failures.ts';
 import { UpstreamClient, type UpstreamClientOptions } from '../src/upstream/client.ts';
 import { type Image, ACCEPT_ALL_MANIFESTS, MediaTypes, baseLayer, buildImage, digestOf, pushImage } from './support/images.ts';
 import { type Relay, startRelay } from './support/relay.ts';
@@ -173,14 +174,15 @@ describe('through a relay that stalls or breaks', () => {
     }
   });
 
-  test('a blob cut mid-body: the headers were fine, the body fails as the transfer broke (a retryable error)', async () => {
+  test('a blob cut mid-body: the headers were fine, the body fails as UNAVAILABLE naming the upstream (retryable)', async () => {
     const layer = image.layers[2]!;
     const cut = client('cut.test', relay.url());
     relay.setPlan({ all: { cutAfterBytes: 20_000 } });
     try {
       const res = await cut.blob(REPO, layer.digest as Digest);
       assert.equal(res.size, layer.size);
-      await assert.rejects(drain(res.body), (err: unknown) => !(err instanceof RegistryError) && !(err instanceof IntegrityError));
+      await rejectsWith(drain(res.body), 'UNAVAILABLE', 'cut.test', /broke off blob sha256:[0-9a-f]{64}: connection closed/);
+      assert.equal(isRetryable(await drain((await cut.blob(REPO, layer.digest as Digest)).body).catch((e: unknown) => e)), true, 'the fill resumes after it');
     } finally {
       relay.setPlan({});
     }
@@ -351,6 +353,23 @@ describe('through berth: a bad answer is a 502 naming the upstream, never a cras
       assert.match(r.body.toString(), new RegExp(`upstream ${ORIGIN_HOST.replace('.', '\\.')}`));
       // The process is still there and serving.
       assert.equal((await httpRequest(b.url, '/v2/')).status, 200);
+    });
+  }
+
+  for (const kind of ['blob', 'manifest'] as const) {
+    test(`a ${kind} whose connection breaks after the headers is a 503 naming the upstream, not a 500`, async () => {
+      const repo = `crash/cut-${kind}`;
+      const ref = kind === 'blob' ? d : '1';
+      routes.set(`/v2/${repo}/${kind}s/${ref}`, (reply, method) => {
+        if (method === 'HEAD') return respond(reply, 200, { 'Content-Length': bytes.length }, '');
+        reply.head(200, { 'Content-Length': 4096, 'Content-Type': MediaTypes.oci.manifest });
+        // A manifest is read whole before berth answers: some of it arrives. A blob's first byte would
+        // send berth's headers (and then a cut is all that is left): none of it arrives.
+        void reply.write(Buffer.from(kind === 'manifest' ? '{"schemaVersion"' : '')).then(() => setTimeout(() => reply.destroy(), 50));
+      });
+      const r = await httpRequest(b.url, `/v2/${ORIGIN_HOST}/${repo}/${kind}s/${ref}`, { headers: { accept: ACCEPT_ALL_MANIFESTS } });
+      assert.equal(r.status, 503, r.body.toString());
+      assert.match(r.body.toString(), new RegExp(`upstream ${ORIGIN_HOST.replace('.', '\\.')}`));
     });
   }
 

@@ -1,9 +1,9 @@
 import type { Digest } from '../oci/digest.ts';
 import { RegistryError } from '../oci/errors.ts';
 import { IntegrityError } from '../oci/integrity.ts';
-import { discard } from './bodies.ts';
+import { discard, namedFailures } from './bodies.ts';
 import { withinClaim } from './claimed-range.ts';
-import { header, type UpstreamResponse } from './transport.ts';
+import { brokenOff, header, type UpstreamResponse } from './transport.ts';
 
 /** A blob GET as the registry layer sees it. */
 export interface UpstreamBlob {
@@ -25,9 +25,10 @@ export interface UpstreamBlob {
  * A 206 that contradicts itself is wrong bytes (IntegrityError); one that says too little to use is a
  * plain upstream error. The connection is dropped on any failure.
  */
-export function blobFromResponse(res: UpstreamResponse, host: string, d: Digest): UpstreamBlob {
+export function blobFromResponse(res: UpstreamResponse, host: string, d: Digest, signal?: AbortSignal): UpstreamBlob {
   const partial = res.status === 206;
-  let body: AsyncIterable<Buffer> = res.body;
+  // A transfer that breaks is UNAVAILABLE naming the upstream (the fill retries it like any other).
+  let body: AsyncIterable<Buffer> = namedFailures(res.body, (err) => brokenOff(host, `blob ${d}`, err), signal);
   let start = 0;
   let size = Number(header(res.headers, 'content-length'));
   if (partial) {
@@ -45,7 +46,7 @@ export function blobFromResponse(res: UpstreamResponse, host: string, d: Digest)
       throw new IntegrityError(`upstream ${host} answered 206 for blob ${d} with Content-Range ${m[0].slice(6)} and Content-Length ${length ?? 'none'}`);
     }
     // A body longer than its claim fails before any of the excess is written.
-    body = withinClaim(res.body, claimed, `upstream ${host}, blob ${d}`);
+    body = withinClaim(body, claimed, `upstream ${host}, blob ${d}`, () => discard(res.body));
   }
   if (!Number.isSafeInteger(size) || size < 0) {
     discard(res.body);

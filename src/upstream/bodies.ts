@@ -1,4 +1,6 @@
 import type { Dispatcher } from 'undici';
+import { RegistryError } from '../oci/errors.ts';
+import { IntegrityError } from '../oci/integrity.ts';
 
 export type UpstreamBody = Dispatcher.ResponseData['body'];
 
@@ -76,4 +78,18 @@ export async function readErrorText(body: UpstreamBody): Promise<string> {
 export function discard(body: UpstreamBody): void {
   body.on('error', () => {});
   body.destroy();
+}
+
+/**
+ * `body`, with a failure while reading it (the connection reset, the body timeout) turned into an
+ * UNAVAILABLE naming the upstream (transport.ts brokenOff). The caller's own cancellation (`signal`)
+ * passes through as it is.
+ */
+export async function* namedFailures(body: AsyncIterable<Buffer>, fail: (err: unknown) => Error, signal?: AbortSignal): AsyncGenerator<Buffer> {
+  try {
+    yield* body;
+  } catch (err) {
+    if (signal?.aborted || err instanceof RegistryError || err instanceof IntegrityError) throw err;
+    throw fail(err);
+  }
 }

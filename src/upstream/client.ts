@@ -74,7 +74,7 @@ export class UpstreamClient {
     if (o.range) headers.range = `bytes=${o.range.start}-${o.range.end ?? ''}`;
     const res = await this.http.fetch(`v2/${repository}/blobs/${digest}`, { method: 'GET', repository, headers, ...(o.signal ? { signal: o.signal } : {}) });
     await this.http.expectOk(res, 'BLOB_UNKNOWN', `blob ${digest} in ${repository}`);
-    return blobFromResponse(res, this.host, digest);
+    return blobFromResponse(res, this.host, digest, o.signal);
   }
 
   /** HEAD a blob: its size without its bytes. */

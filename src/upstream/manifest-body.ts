@@ -3,7 +3,7 @@ import type { Digest } from '../oci/digest.ts';
 import { RegistryError } from '../oci/errors.ts';
 import { MAX_MANIFEST_BYTES, parseManifest, type ParsedManifest } from '../oci/manifest.ts';
 import { discard } from './bodies.ts';
-import { header, type UpstreamResponse } from './transport.ts';
+import { brokenOff, header, type UpstreamResponse } from './transport.ts';
 
 /** A manifest GET as the registry layer sees it: checked, byte-exact. */
 export interface UpstreamManifest {
@@ -40,6 +40,10 @@ export async function readManifest(res: UpstreamResponse, host: string, what: st
       }
       chunks.push(c as Buffer);
     }
+  } catch (err) {
+    // A cut at the deadline is withinDeadline's to name; a transfer that broke is UNAVAILABLE naming the upstream.
+    if (signal.aborted || err instanceof RegistryError) throw err;
+    throw brokenOff(host, `manifest ${what}`, err);
   } finally {
     signal.removeEventListener('abort', cut);
   }

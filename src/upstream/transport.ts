@@ -293,6 +293,17 @@ function clientReason(code: string | undefined, detail: string): string {
   return code && /^[A-Z_]+$/.test(code) ? code : 'network error';
 }
 
+/**
+ * A transfer that broke after its headers (a reset, a stalled body past timeouts.idle) as the client sees
+ * it: UNAVAILABLE naming the upstream and what it was sending, in a few words. Not a RegistryError, such
+ * a failure answered 500 "internal error".
+ */
+export function brokenOff(host: string, what: string, err: unknown): RegistryError {
+  const e = err as Error & { code?: string; cause?: Error & { code?: string } };
+  const code = e.cause?.code ?? e.code;
+  return new RegistryError('UNAVAILABLE', `upstream ${host} broke off ${what}: ${clientReason(code, [code, e.message, e.cause?.message].join(': '))}`);
+}
+
 export function redactUrl(u: string): string {
   try {
     const url = new URL(u);
