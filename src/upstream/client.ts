@@ -63,8 +63,8 @@ export class UpstreamClient {
     return this.http.base;
   }
 
-  /** The circuit breaker (for readiness reports). */
-  get health(): UpstreamHealth {
+  /** The circuit breaker's state (for readiness reports); only the client's own requests move it. */
+  get health(): Pick<UpstreamHealth, 'down' | 'retryInMs'> {
     return this.http.health;
   }
 
