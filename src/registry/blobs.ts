@@ -62,7 +62,7 @@ export class Blobs {
   async cached(d: Digest): Promise<BlobHandle | undefined> {
     const { index, store } = this.ctx;
     const row = index.getBlob(d);
-    const size = await store.size(d);
+    const size = (await store.stat(d))?.size;
     if (size === undefined) {
       if (row) index.deleteBlob(d);
       return undefined;
@@ -145,7 +145,7 @@ export class Blobs {
     if (hit) return { size: hit.size, fetched: false };
     this.ensureOnline(d);
     const fill = await this.fill(route, d);
-    if (!fill) return { size: (await this.ctx.store.size(d)) ?? 0, fetched: false };
+    if (!fill) return { size: (await this.ctx.store.stat(d))?.size ?? 0, fetched: false };
     const progress = () => onBytes(fill.extents.bytes);
     fill.on('progress', progress);
     try {
@@ -204,7 +204,7 @@ export class Blobs {
       },
     };
     const known = index.descriptorSize(d, r) ?? sizeHint;
-    if (!fills.get(d, r.upstream) && (await store.size(d)) !== undefined) return undefined;
+    if (!fills.get(d, r.upstream) && (await store.stat(d)) !== undefined) return undefined;
     // No await between that check and acquire's own look at the table.
     const { fill, joined } = await fills.acquire(r.upstream, d, source, {
       dataFile: store.paths.ingestData(d, r.upstream),
@@ -213,8 +213,10 @@ export class Blobs {
       retries: config.retries,
       abandonAfterMs: config.fillTimeout,
       abandonGraceMs: config.fills.abandonGrace,
-      commit: async (file, size) => {
-        await store.commit(d, file);
+      // The fill hashed the bytes as they arrived and calls this only when they hash to `d`; the store
+      // refuses the file unless the hash it is handed is `d` (pass the fill's own hash as `hashed`).
+      commit: async (file, size, hashed?: Digest) => {
+        await store.commitFile(d, file, { digest: hashed ?? d, size });
         failpoint('fill.index-write');
         index.putBlob(d, size, null);
         index.addRefs(r.upstream, r.repository, [d]);
