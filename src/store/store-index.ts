@@ -168,7 +168,14 @@ export class StoreIndex implements RegistryIndex {
   /** A manifest's outgoing edges (rebuild, which has no repository to record; everyone else recordManifest). */
   addChildren(parent: Digest, children: readonly ChildDescriptor[]): void {
     this.db.transaction(() => {
-      for (const c of children) this.s.addChild.run(parent, c.digest, c.size, c.mediaType);
+      for (const c of children) {
+        // INSERT OR IGNORE would drop a row that breaks NOT NULL without a word: refuse it instead, so a
+        // manifest is recorded with all of its children or not at all.
+        if (typeof c.digest !== 'string' || typeof c.mediaType !== 'string' || !Number.isSafeInteger(c.size)) {
+          throw new TypeError(`manifest ${parent}: child ${String(c.digest)} is not a descriptor (digest, integer size, media type)`);
+        }
+        this.s.addChild.run(parent, c.digest, c.size, c.mediaType);
+      }
     })();
   }
 
