@@ -9,6 +9,7 @@ import type { Route } from './upstreams.ts';
 import type { RegistryContext } from './context.ts';
 import { failpoint } from '../failpoints.ts';
 import { IntegrityError } from './integrity.ts';
+import { DigestMismatchError } from '../store/roles.ts';
 import { withinClaim } from './claimed-range.ts';
 
 /** A blob ready to be served: its size and a way to read any part of it. */
@@ -214,9 +215,12 @@ export class Blobs {
       abandonAfterMs: config.fillTimeout,
       abandonGraceMs: config.fills.abandonGrace,
       // The fill hashed the bytes as they arrived and calls this only when they hash to `d`; the store
-      // refuses the file unless the hash it is handed is `d` (pass the fill's own hash as `hashed`).
+      // refuses the file unless the hash it is handed is `d` and the file is `size` bytes (pass the
+      // fill's own hash as `hashed`). A refusal is wrong bytes: an IntegrityError, the file discarded.
       commit: async (file, size, hashed?: Digest) => {
-        await store.commitFile(d, file, { digest: hashed ?? d, size });
+        await store.commitFile(d, file, { digest: hashed ?? d, size }).catch((err: unknown) => {
+          throw err instanceof DigestMismatchError ? new IntegrityError(err.message) : err;
+        });
         failpoint('fill.index-write');
         index.putBlob(d, size, null);
         index.addRefs(r.upstream, r.repository, [d]);
