@@ -3,6 +3,7 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
+import Database from 'better-sqlite3';
 import { StoreIndex } from '../src/store/store-index.ts';
 
 const MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
@@ -18,9 +19,10 @@ const digest = (): string => `sha256:${randomBytes(32).toString('hex')}`;
  */
 export async function buildIndex(storage: string, blobs: number, tags: number): Promise<void> {
   await mkdir(storage, { recursive: true });
-  const index = new StoreIndex(path.join(storage, 'berth.db'));
+  // StoreIndex creates the schema (and migrates it); the rows go in through a connection of our own.
+  new StoreIndex(path.join(storage, 'berth.db')).close();
+  const db = new Database(path.join(storage, 'berth.db'));
   try {
-    const db = index.db;
     const putBlob = db.prepare('INSERT INTO blobs (digest, size, media_type, created_at, accessed_at) VALUES (?, ?, ?, ?, ?)');
     const putTag = db.prepare('INSERT INTO tags (upstream, repository, tag, digest, media_type, size, checked_at) VALUES (?, ?, ?, ?, ?, ?, ?)');
     const putRef = db.prepare('INSERT OR IGNORE INTO refs (digest, upstream, repository) VALUES (?, ?, ?)');
@@ -48,6 +50,6 @@ export async function buildIndex(storage: string, blobs: number, tags: number): 
       }
     })();
   } finally {
-    index.close();
+    db.close();
   }
 }

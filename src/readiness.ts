@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type Database from 'better-sqlite3';
+import type { RegistryIndex } from './store/index-roles.ts';
 import type { UpstreamClient } from './upstream/client.ts';
 
 export interface ReadinessReport {
@@ -19,7 +19,7 @@ export interface ReadinessReport {
  */
 export class Readiness {
   constructor(
-    private readonly db: Database.Database,
+    private readonly index: Pick<RegistryIndex, 'probe'>,
     private readonly tmpDir: string,
     private readonly upstreams: readonly UpstreamClient[],
     private readonly offline: boolean,
@@ -37,19 +37,12 @@ export class Readiness {
   }
 
   private checkIndex(): string {
-    // better-sqlite3 waits for a lock synchronously: a probe must not hold the event loop for the
-    // connection's full busy timeout (5 s) while another process writes.
-    const timeout = this.db.pragma('busy_timeout', { simple: true }) as number;
+    // A read and a write lock taken and given back, with a short lock wait (StoreIndex.probe).
     try {
-      this.db.pragma('busy_timeout = 250');
-      this.db.prepare('SELECT 1 FROM blobs LIMIT 1').get();
-      // Takes the write lock and gives it back: fails on a read-only file, a full disk's journal, a lock held elsewhere.
-      this.db.exec('BEGIN IMMEDIATE; ROLLBACK');
+      this.index.probe();
       return 'ok';
     } catch (err) {
       return `failed: ${(err as Error).message}`;
-    } finally {
-      this.db.pragma(`busy_timeout = ${Math.floor(timeout)}`);
     }
   }
 

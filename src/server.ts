@@ -20,8 +20,8 @@ import { Upstreams } from './registry/upstreams.ts';
 import { BlobStore } from './store/blob-store.ts';
 import { StoragePaths } from './store/paths.ts';
 import { StoreIndex } from './store/store-index.ts';
-import { Pins } from './store/pins.ts';
 import { Quota } from './store/quota.ts';
+import type { Pins } from './store/pins.ts';
 import { StorageLock } from './store/lock.ts';
 import { prepareStorageDir } from './store/storage-dir.ts';
 import { BandwidthBudget } from './upstream/bandwidth.ts';
@@ -107,7 +107,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
       if (!ok && isDiskFull(fill.error)) void quota.diskFull().catch((err: Error) => log.error({ err }, 'could not free space'));
     },
   }, config.fills);
-  const pins = new Pins(index.db);
+  const pins = index.pins;
   const quota = new Quota(index, store, config.storage.maxSize, log, {
     fillRunning: (d) => fills.get(d) !== undefined,
     onEvicted: (evicted, freed) => {
@@ -130,7 +130,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   const tags = new Tags({ index, upstreams, offline });
   const walker = new ImageWalker(upstreams, manifests);
   const prewarmer = new Prewarmer(walker, blobs, pins, quota, store);
-  const readiness = new Readiness(index.db, paths.tmp, upstreams.clients, config.offline);
+  const readiness = new Readiness(index, paths.tmp, upstreams.clients, config.offline);
   const deps = { upstreams, manifests, blobs, tags, metrics, log, prewarmer, readiness, index, maxPrewarmReferences: config.admin.maxPrewarmReferences };
   const a = config.auth;
   const auth = a && (a.htpasswd || a.tokensFile || a.rules.length > 0) ? new ClientAuth({ ...a, onCheck: (result) => metrics.clientAuth.inc({ result }) }) : undefined;

@@ -219,7 +219,7 @@ describe('an index written before tags were keyed by negotiation', () => {
 
     b = await berthOn(storage, { offline: true });
     assertList(await manifestOf(b, 'migrated', FULL), list, 'containerd client, offline, old index');
-    const version = b.berth.index.db.pragma('user_version', { simple: true });
+    const version = b.berth.index.schemaVersion();
     assert.ok(Number(version) >= 1, `user_version after migration: ${version}`);
     await stop(b);
 

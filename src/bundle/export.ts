@@ -3,7 +3,7 @@ import { rename, rm } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import { MediaType } from '../oci/media-types.ts';
-import type { BlobStore } from '../store/blob-store.ts';
+import type { BlobReader } from '../store/roles.ts';
 import type { WalkedImage } from '../registry/image-walk.ts';
 import { CONTAINERD_NAME, LAYOUT_VERSION, REF_NAME, blobEntryName } from './layout.ts';
 
@@ -11,7 +11,7 @@ import { CONTAINERD_NAME, LAYOUT_VERSION, REF_NAME, blobEntryName } from './layo
  * Writes images as an OCI image layout archive (a tar), streaming each blob from the store.
  * The archive appears at `out` only when complete (written beside it, then renamed).
  */
-export async function writeBundle(images: WalkedImage[], store: BlobStore, out: string, onBytes: (n: number) => void = () => {}): Promise<{ blobs: number; bytes: number }> {
+export async function writeBundle(images: WalkedImage[], store: Pick<BlobReader, 'stat' | 'read'>, out: string, onBytes: (n: number) => void = () => {}): Promise<{ blobs: number; bytes: number }> {
   const pack = tar.pack();
   const tmp = `${out}.partial`;
   const written = pipeline(pack, createWriteStream(tmp));
@@ -30,7 +30,7 @@ export async function writeBundle(images: WalkedImage[], store: BlobStore, out: 
     for (const b of blobs) {
       if (seen.has(b.digest)) continue;
       seen.add(b.digest);
-      const size = await store.size(b.digest as never);
+      const size = (await store.stat(b.digest as never))?.size;
       if (size === undefined) throw new Error(`blob ${b.digest} is not in the cache`);
       const entry = pack.entry({ name: blobEntryName(b.digest), size, mtime: new Date(0) });
       const src = store.read(b.digest as never);

@@ -4,9 +4,8 @@ import { readFile, readdir } from 'node:fs/promises';
 import { join, relative, sep } from 'node:path';
 import { digestFromHex, type Digest } from '../oci/digest.ts';
 import { parseManifest } from '../oci/manifest.ts';
-import type { RegistryContext } from '../registry/context.ts';
 import { REF_NAME } from './layout.ts';
-import { putVerified, register, type ImportResult, type IndexEntry } from './import.ts';
+import { putVerified, register, type ImportDeps, type ImportResult, type IndexEntry } from './import.ts';
 
 /**
  * `skopeo sync --dest dir` output: one directory per image, named by its reference
@@ -15,7 +14,7 @@ import { putVerified, register, type ImportResult, type IndexEntry } from './imp
  * Each file is verified on the way in, like any bundle.
  */
 export async function importSkopeoDirs(
-  ctx: RegistryContext,
+  ctx: ImportDeps,
   root: string,
   counts: { blobs: number; added: number; bytes: number },
   onBytes: (n: number) => void,
@@ -33,7 +32,7 @@ export async function importSkopeoDirs(
     entries.push({ digest, mediaType: parseManifest(manifest).mediaType, annotations: { [REF_NAME]: name } });
   }
   if (entries.length === 0) throw new Error(`${root} holds neither an OCI layout (index.json) nor skopeo sync directories (manifest.json)`);
-  const { images, skipped } = register(ctx, entries);
+  const { images, skipped } = await register(ctx, entries);
   return { images, skipped, ...counts };
 }
 

@@ -1,15 +1,14 @@
-import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
-import { readFile, rm, stat } from 'node:fs/promises';
-import { existsSync, readFileSync } from 'node:fs';
+import { createReadStream, existsSync } from 'node:fs';
+import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import { isDigest, type Digest } from '../oci/digest.ts';
 import { parseImageReference } from '../oci/image-reference.ts';
-import { parseManifest } from '../oci/manifest.ts';
-import type { RegistryContext } from '../registry/context.ts';
+import { MAX_MANIFEST_BYTES, parseManifest } from '../oci/manifest.ts';
+import type { BlobIndex, ManifestIndex, TagIndex } from '../store/index-roles.ts';
+import { imageClosure } from '../store/pins.ts';
+import { DigestMismatchError, writeBlob, type BlobIngester, type BlobReader } from '../store/roles.ts';
 import { CONTAINERD_NAME, REF_NAME, blobEntryName, digestOfEntry } from './layout.ts';
 import { importSkopeoDirs } from './import-dirs.ts';
 
@@ -20,6 +19,14 @@ export interface ImportResult {
   blobs: number;
   added: number;
   bytes: number;
+}
+
+/** What an import writes through: the store's verified writes, the index, and the configured upstreams' names. */
+export interface ImportDeps {
+  store: BlobIngester & Pick<BlobReader, 'stat' | 'readBytes'>;
+  index: Pick<BlobIndex, 'getBlob' | 'putBlob'> & Pick<ManifestIndex, 'recordManifest' | 'childrenOf'> & Pick<TagIndex, 'putTag'>;
+  /** Resolves a reference's registry to a configured upstream (its canonical host), as pulls do. */
+  upstreams: { readonly defaultHost: string; get(host: string): { readonly host: string } | undefined };
 }
 
 export interface IndexEntry {
@@ -36,7 +43,7 @@ export interface IndexEntry {
  * Each index entry whose name is a full reference (`registry.k8s.io/pause:3.9`) becomes a cached tag of
  * that upstream, served as if it had been pulled from there.
  */
-export async function importBundle(ctx: RegistryContext, source: string, onBytes: (n: number) => void = () => {}): Promise<ImportResult> {
+export async function importBundle(ctx: ImportDeps, source: string, onBytes: (n: number) => void = () => {}): Promise<ImportResult> {
   const st = await stat(source);
   const counts = { blobs: 0, added: 0, bytes: 0 };
   let indexBytes: Buffer | undefined;
@@ -56,8 +63,9 @@ export async function importBundle(ctx: RegistryContext, source: string, onBytes
       done.add(d);
       // A blob the layout lacks is not fatal to the others: register() names the images it leaves incomplete.
       if (!existsSync(join(source, blobEntryName(d)))) continue;
-      await putVerified(ctx, d, createReadStream(join(source, blobEntryName(d))), counts, onBytes);
-      const bytes = await ctx.store.readBytes(d);
+      const size = await putVerified(ctx, d, createReadStream(join(source, blobEntryName(d))), counts, onBytes);
+      // Only what could be a manifest is read back whole: a layer is never held in memory.
+      const bytes = size <= MAX_MANIFEST_BYTES ? await ctx.store.readBytes(d) : undefined;
       const m = bytes && tryManifest(bytes);
       if (m) pending.push(...m.manifests.map((c) => c.digest), ...m.blobs.map((c) => c.digest));
     }
@@ -83,7 +91,7 @@ export async function importBundle(ctx: RegistryContext, source: string, onBytes
     if (r.status === 'rejected') throw r.reason;
   }
   if (!indexBytes) throw new Error(`${source} has no index.json: not an OCI image layout`);
-  const { images, skipped } = register(ctx, parseIndex(indexBytes));
+  const { images, skipped } = await register(ctx, parseIndex(indexBytes));
   return { images, skipped, ...counts };
 }
 
@@ -107,40 +115,33 @@ async function collect(stream: AsyncIterable<Buffer>): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
-/** Streams one blob into the store through a hash; only a matching digest is committed. */
-export async function putVerified(ctx: RegistryContext, d: Digest, body: AsyncIterable<Buffer>, counts: { blobs: number; added: number; bytes: number }, onBytes: (n: number) => void): Promise<void> {
+/**
+ * Streams one blob into the store's verified write; only a matching digest is committed, and a blob
+ * already there is only counted. Resolves with the blob's size.
+ */
+export async function putVerified(ctx: ImportDeps, d: Digest, body: AsyncIterable<Buffer>, counts: { blobs: number; added: number; bytes: number }, onBytes: (n: number) => void): Promise<number> {
   counts.blobs++;
-  if ((await ctx.store.size(d)) !== undefined) {
-    if (!ctx.index.getBlob(d)) ctx.index.putBlob(d, (await ctx.store.size(d))!, null);
+  const there = await ctx.store.stat(d);
+  if (there !== undefined) {
+    if (!ctx.index.getBlob(d)) ctx.index.putBlob(d, there.size, null);
     for await (const c of body) onBytes(c.length);
-    return;
+    return there.size;
   }
-  const tmp = join(ctx.store.paths.tmp, `${randomBytes(8).toString('hex')}.import`);
-  const hash = createHash('sha256');
-  let size = 0;
-  const tap = new Transform({
-    transform(chunk: Buffer, _enc, cb) {
-      hash.update(chunk);
-      size += chunk.length;
-      onBytes(chunk.length);
-      cb(null, chunk);
-    },
-  });
+  let size: number;
   try {
-    await pipeline(Readable.from(body), tap, createWriteStream(tmp));
-    const actual = `sha256:${hash.digest('hex')}`;
-    if (actual !== d) throw new Error(`blob ${d} in the bundle hashes to ${actual}: the bundle is damaged`);
-    await ctx.store.commit(d, tmp);
-    ctx.index.putBlob(d, size, null);
-    counts.added++;
-    counts.bytes += size;
-  } finally {
-    await rm(tmp, { force: true });
+    ({ size } = await writeBlob(ctx.store, d, body, onBytes));
+  } catch (err) {
+    if (err instanceof DigestMismatchError) throw new Error(`blob ${d} in the bundle hashes to ${err.actual}: the bundle is damaged`);
+    throw err;
   }
+  ctx.index.putBlob(d, size, null);
+  counts.added++;
+  counts.bytes += size;
+  return size;
 }
 
 /** Indexes the manifests the layout names and records each named reference as a cached tag. */
-export function register(ctx: RegistryContext, entries: IndexEntry[]): { images: ImportResult['images']; skipped: ImportResult['skipped'] } {
+export async function register(ctx: ImportDeps, entries: IndexEntry[]): Promise<{ images: ImportResult['images']; skipped: ImportResult['skipped'] }> {
   const images: ImportResult['images'] = [];
   const skipped: ImportResult['skipped'] = [];
   for (const e of entries) {
@@ -162,12 +163,12 @@ export function register(ctx: RegistryContext, entries: IndexEntry[]): { images:
       continue;
     }
     const upstream = ctx.upstreams.get(ref.host)?.host ?? ref.host;
-    const root = indexManifest(ctx, e.digest, e.mediaType, upstream, ref.repository);
+    const root = await indexManifest(ctx, e.digest, e.mediaType, upstream, ref.repository);
     if (!root) {
       skipped.push({ name: full, reason: `manifest ${e.digest} is missing from the bundle`, incomplete: true });
       continue;
     }
-    const absent = closureOf(ctx, e.digest).filter((d) => !ctx.index.getBlob(d));
+    const absent = imageClosure(ctx.index, e.digest).filter((d) => !ctx.index.getBlob(d));
     if (absent.length > 0) {
       skipped.push({ name: full, reason: `${absent.length} of its blobs are missing from the bundle (${absent.slice(0, 3).join(', ')}${absent.length > 3 ? ', …' : ''}): not tagged`, incomplete: true });
       continue;
@@ -179,39 +180,13 @@ export function register(ctx: RegistryContext, entries: IndexEntry[]): { images:
   return { images, skipped };
 }
 
-/** The digests an image needs, by the children the index now records for it. */
-function closureOf(ctx: RegistryContext, root: Digest): Digest[] {
-  const out = new Set<Digest>();
-  const queue = [root];
-  for (let d = queue.pop(); d; d = queue.pop()) {
-    if (out.has(d)) continue;
-    out.add(d);
-    for (const c of ctx.index.childrenOf(d)) queue.push(c.digest);
-  }
-  return [...out];
-}
-
 /** Marks a stored blob as a manifest (media type, children, references), recursing into index children. */
-function indexManifest(ctx: RegistryContext, d: Digest, declared: string | undefined, upstream: string, repository: string): { mediaType: string; size: number } | undefined {
-  const row = ctx.index.getBlob(d);
-  if (!row) return undefined;
-  const bytes = readSync(ctx, d);
+async function indexManifest(ctx: ImportDeps, d: Digest, declared: string | undefined, upstream: string, repository: string): Promise<{ mediaType: string; size: number } | undefined> {
+  if (!ctx.index.getBlob(d)) return undefined;
+  const bytes = await ctx.store.readBytes(d);
   if (!bytes) return undefined;
   const m = parseManifest(bytes, declared);
-  const children = [...m.manifests, ...m.blobs];
-  ctx.index.db.transaction(() => {
-    ctx.index.putBlob(d, bytes.length, m.mediaType);
-    ctx.index.addChildren(d, children.map((c) => ({ digest: c.digest, size: c.size, mediaType: c.mediaType })));
-    ctx.index.addRefs(upstream, repository, [d, ...children.map((c) => c.digest)]);
-  })();
-  for (const c of m.manifests) indexManifest(ctx, c.digest, c.mediaType, upstream, repository);
+  ctx.index.recordManifest({ upstream, repository, digest: d, size: bytes.length, mediaType: m.mediaType, children: [...m.manifests, ...m.blobs] });
+  for (const c of m.manifests) await indexManifest(ctx, c.digest, c.mediaType, upstream, repository);
   return { mediaType: m.mediaType, size: bytes.length };
-}
-
-function readSync(ctx: RegistryContext, d: Digest): Buffer | undefined {
-  try {
-    return readFileSync(ctx.store.paths.blob(d));
-  } catch {
-    return undefined;
-  }
 }

@@ -40,7 +40,8 @@ export function importCommand(program: Command): void {
             const st = await stat(source);
             progress.image(source, st.isDirectory() ? 0 : st.size);
             let done = 0;
-            const r = await importBundle(berth, source, (n) => progress.update(source, (done += n)));
+            const { store, index, upstreams } = berth;
+            const r = await importBundle({ store, index, upstreams }, source, (n) => progress.update(source, (done += n)));
             progress.finish(source, true, `${r.images.length} images, ${r.added} of ${r.blobs} blobs new (${formatBytes(r.bytes)})`);
             progress.stop();
             for (const img of r.images) {

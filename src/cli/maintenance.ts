@@ -66,9 +66,10 @@ export function maintenanceCommands(program: Command): void {
       withBerth(opts, opts.dryRun === true ? { lock: false, createStorage: false } : { lock: 'gc', createStorage: false }, async (berth) => {
         const minAgeMs = parseDuration(String(opts.minAge));
         if (minAgeMs === undefined) throw new Error(`--min-age: "${String(opts.minAge)}" is not a duration`);
-        const r = await collectGarbage(berth.index, berth.pins, berth.store, { dryRun: opts.dryRun === true, minAgeMs });
+        const { index, pins, store } = berth;
+        const r = await collectGarbage({ index, pins, store, staging: [store.paths.ingest, store.paths.tmp] }, { dryRun: opts.dryRun === true, minAgeMs });
         const verb = opts.dryRun ? 'would remove' : 'removed';
-        process.stdout.write(`${verb} ${r.partials.length} partial downloads, ${r.blobs.length} unreferenced blobs, ${r.orphanFiles.length} unindexed files: ${formatBytes(r.freed)}\n`);
+        process.stdout.write(`${verb} ${r.partials.length} partial downloads, ${r.blobs.length} unreferenced blobs, ${r.orphans.length} unindexed files: ${formatBytes(r.freed)}\n`);
       }),
     ),
   );

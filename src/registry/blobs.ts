@@ -14,6 +14,7 @@ import type { Route, Upstreams } from './upstreams.ts';
 import { failpoint } from '../failpoints.ts';
 import { IntegrityError } from '../oci/integrity.ts';
 import { SingleFlight } from './single-flight.ts';
+import { DigestMismatchError } from '../store/roles.ts';
 
 /** A blob ready to be served: its size and a way to read any part of it. */
 export interface BlobHandle {
@@ -95,7 +96,7 @@ export class Blobs {
   async cached(d: Digest): Promise<BlobHandle | undefined> {
     const { index, store } = this.o;
     const row = index.getBlob(d);
-    const size = await store.size(d);
+    const size = (await store.stat(d))?.size;
     if (size === undefined) {
       if (row) index.deleteBlob(d);
       return undefined;
@@ -161,7 +162,7 @@ export class Blobs {
     if (hit) return { size: hit.size, fetched: false };
     this.ensureOnline(d);
     const fill = await this.fill(route, d);
-    if (!fill) return { size: (await this.o.store.size(d)) ?? 0, fetched: false };
+    if (!fill) return { size: (await this.o.store.stat(d))?.size ?? 0, fetched: false };
     const progress = () => onBytes(fill.extents.bytes);
     fill.on('progress', progress);
     try {
@@ -196,7 +197,7 @@ export class Blobs {
       },
     };
     const known = index.descriptorSize(d, r) ?? sizeHint;
-    if (!fills.get(d, r.upstream) && (await store.size(d)) !== undefined) return undefined;
+    if (!fills.get(d, r.upstream) && (await store.stat(d)) !== undefined) return undefined;
     // No await between that check and acquire's own look at the table.
     const { fill, joined } = await fills.acquire(r.upstream, d, source, {
       dataFile: store.paths.ingestData(d, r.upstream),
@@ -205,8 +206,13 @@ export class Blobs {
       retries: this.o.retries,
       abandonAfterMs: this.o.fillTimeout,
       abandonGraceMs: this.o.abandonGrace,
-      commit: async (file, size) => {
-        await store.commit(d, file);
+      // The fill hashed the bytes as they arrived and calls this only when they hash to `d`; the store
+      // refuses the file unless the hash it is handed is `d` and the file is `size` bytes (pass the
+      // fill's own hash as `hashed`). A refusal is wrong bytes: an IntegrityError, the file discarded.
+      commit: async (file, size, hashed?: Digest) => {
+        await store.commitFile(d, file, { digest: hashed ?? d, size }).catch((err: unknown) => {
+          throw err instanceof DigestMismatchError ? new IntegrityError(err.message) : err;
+        });
         failpoint('fill.index-write');
         index.putBlob(d, size, null);
         index.addRefs(r.upstream, r.repository, [d]);

@@ -178,12 +178,7 @@ export class Manifests {
     const { digest, mediaType, bytes, parsed } = m;
     await this.store.putBytes(digest, bytes);
     const { index } = this;
-    const children = [...parsed.manifests, ...parsed.blobs];
-    index.db.transaction(() => {
-      index.putBlob(digest, bytes.length, mediaType);
-      index.addChildren(digest, children.map((c) => ({ digest: c.digest, size: c.size, mediaType: c.mediaType })));
-      index.addRefs(route.upstream, route.repository, [digest, ...children.map((c) => c.digest)]);
-    })();
+    index.recordManifest({ upstream: route.upstream, repository: route.repository, digest, size: bytes.length, mediaType, children: [...parsed.manifests, ...parsed.blobs] });
     if (!reference.includes(':')) {
       const tag = { upstream: route.upstream, repository: route.repository, tag: reference, digest, mediaType, size: bytes.length };
       index.putTag({ ...tag, accept: storageKey(accept, mediaType), checkedAt: Date.now() });

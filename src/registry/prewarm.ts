@@ -81,7 +81,7 @@ export class Prewarmer {
   /** The honest end of a prewarm: every blob of the image is on disk now. */
   private async ensureComplete(image: WalkedImage): Promise<void> {
     const missing: Digest[] = [];
-    for (const b of image.blobs) if ((await this.store.size(b.digest)) === undefined) missing.push(b.digest);
+    for (const b of image.blobs) if ((await this.store.stat(b.digest)) === undefined) missing.push(b.digest);
     if (missing.length > 0) {
       throw new Error(`${missing.length} of its ${image.blobs.length} blobs are not in the cache after fetching (evicted? storage.maxSize may be too small): ${missing.join(', ')}`);
     }

@@ -1,10 +1,12 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, type ReadStream } from 'node:fs';
-import { mkdir, open, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { RegistryError } from '../oci/errors.ts';
-import { digestHex, type Digest } from '../oci/digest.ts';
+import { digestFromHex, digestHex, type Digest } from '../oci/digest.ts';
+import { FsBlobWriter } from './blob-writer.ts';
 import type { StoragePaths } from './paths.ts';
+import { DigestMismatchError, writeBlob, type BlobInfo, type BlobStorage, type BlobWriter, type HashedFile } from './roles.ts';
 
 /**
  * Read buffer for serving cached blobs. Each stream holds about two of these (one being written, one
@@ -29,11 +31,12 @@ export class CorruptBlobError extends Error {
 }
 
 /**
- * Content-addressed blob files. Everything under blobs/ was verified before it got there; this class
- * is the only writer and it only ever renames a synced, verified file into place. Disks still rot, so
- * reads of a whole blob are checked again (verifyReads) and a mismatch moves the file out of blobs/.
+ * Content-addressed blob files (the filesystem implementation of src/store/roles.ts). Everything under
+ * blobs/ was verified before it got there; this class is the only writer and every write ends in
+ * install(), which renames a synced file into place only when its hash is its name. Disks still rot,
+ * so reads of a whole blob are checked again (verifyReads) and a mismatch moves the file out of blobs/.
  */
-export class BlobStore {
+export class BlobStore implements BlobStorage {
   /** Open read streams per digest: the quota never removes a blob while it is being streamed. */
   private readonly reading = new Map<Digest, number>();
 
@@ -53,9 +56,9 @@ export class BlobStore {
   }
 
   /** The blob's size on disk, or undefined when it is not there. */
-  async size(d: Digest): Promise<number | undefined> {
+  async stat(d: Digest): Promise<BlobInfo | undefined> {
     try {
-      return (await stat(this.paths.blob(d))).size;
+      return { size: (await stat(this.paths.blob(d))).size };
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       throw err;
@@ -120,41 +123,47 @@ export class BlobStore {
     return stream;
   }
 
-  /**
-   * Moves a verified ingest file into blobs/. The caller has checked the digest over every byte; the
-   * file is fsynced here, renamed, and the directory synced so the rename survives a power cut.
-   */
-  async commit(d: Digest, verifiedFile: string): Promise<void> {
-    const target = this.paths.blob(d);
-    await mkdir(dirname(target), { recursive: true });
-    const fh = await open(verifiedFile, 'r+');
-    try {
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(verifiedFile, target);
-    await syncDir(dirname(target));
+  async begin(d: Digest): Promise<BlobWriter> {
+    const file = join(this.paths.tmp, `${digestHex(d).slice(0, 12)}.${randomBytes(8).toString('hex')}.tmp`);
+    return new FsBlobWriter(d, await open(file, 'wx'), file, (digest, f, hashed) => this.install(digest, f, hashed));
   }
 
-  /** Writes a small blob (a manifest) held in memory, after checking it hashes to its digest. */
+  async commitFile(d: Digest, file: string, hashed: HashedFile): Promise<void> {
+    await this.install(d, file, hashed);
+  }
+
+  /** Writes a small blob (a manifest) held in memory, through the same verified write as any other. */
   async putBytes(d: Digest, bytes: Buffer): Promise<void> {
-    const actual = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
-    if (actual !== d) throw new RegistryError('DIGEST_INVALID', `content hashes to ${actual}, not ${d}`);
-    const tmp = join(this.paths.tmp, `${randomBytes(8).toString('hex')}.tmp`);
-    const fh = await open(tmp, 'w');
     try {
-      await fh.writeFile(bytes);
+      await writeBlob(this, d, [bytes]);
+    } catch (err) {
+      if (err instanceof DigestMismatchError) throw new RegistryError('DIGEST_INVALID', err.message);
+      throw err;
+    }
+  }
+
+  /**
+   * The one way into blobs/ (BlobWriter.commit, commitFile and so putBytes all end here): refused unless
+   * the bytes hashed to `d` and the file holds exactly the bytes that were hashed; then the file is
+   * fsynced, renamed into place and the directory synced, so the rename survives a power cut. A file
+   * refused here is left where it was (its writer removes it). Renaming over a blob another writer of
+   * the same digest committed meanwhile is harmless: both hold the same bytes, and a reader that has
+   * the old file open keeps reading it.
+   */
+  private async install(d: Digest, file: string, hashed: HashedFile): Promise<void> {
+    if (hashed.digest !== d) throw new DigestMismatchError(d, hashed.digest);
+    const fh = await open(file, 'r+');
+    try {
+      const { size } = await fh.stat();
+      if (size !== hashed.size) throw new DigestMismatchError(d, hashed.digest, `${file} holds ${size} bytes, not the ${hashed.size} that hashed to ${d}`);
       await fh.sync();
     } finally {
       await fh.close();
     }
-    try {
-      await this.commit(d, tmp);
-    } catch (err) {
-      await rm(tmp, { force: true });
-      throw err;
-    }
+    const target = this.paths.blob(d);
+    await mkdir(dirname(target), { recursive: true });
+    await rename(file, target);
+    await syncDir(dirname(target));
   }
 
   /** A small blob (a manifest) whole; undefined when absent or, with verifyReads, when it rotted (then quarantined). */
@@ -194,6 +203,22 @@ export class BlobStore {
     }
     this.opts.onQuarantine?.(d, to);
     return to;
+  }
+
+  /** Every file under blobs/ named as a digest, in digest order (files named otherwise are not blobs). */
+  async *list(): AsyncIterable<{ digest: Digest; size: number }> {
+    for (const prefix of (await readdir(this.paths.blobs).catch(() => [] as string[])).sort()) {
+      for (const hex of (await readdir(join(this.paths.blobs, prefix)).catch(() => [] as string[])).sort()) {
+        let digest: Digest;
+        try {
+          digest = digestFromHex(hex);
+        } catch {
+          continue;
+        }
+        const st = await stat(join(this.paths.blobs, prefix, hex)).catch(() => undefined);
+        if (st?.isFile()) yield { digest, size: st.size };
+      }
+    }
   }
 
   async remove(d: Digest): Promise<void> {

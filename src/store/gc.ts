@@ -1,26 +1,34 @@
 import { readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { digestFromHex, type Digest } from '../oci/digest.ts';
-import type { BlobStore } from './blob-store.ts';
-import type { Pins } from './pins.ts';
-import type { StoreIndex } from './store-index.ts';
+import type { Digest } from '../oci/digest.ts';
+import type { BlobIndex, ManifestIndex, PinIndex, TagIndex } from './index-roles.ts';
+import type { BlobEnumerator, BlobRemover } from './roles.ts';
 
 export interface GcReport {
   partials: string[];
   blobs: Array<{ digest: Digest; size: number }>;
-  orphanFiles: string[];
+  /** Blobs in the store that the index does not know. */
+  orphans: Digest[];
   freed: number;
+}
+
+export interface GcDeps {
+  index: Pick<BlobIndex, 'allDigests' | 'getBlob' | 'deleteBlob'> & Pick<ManifestIndex, 'childrenOf' | 'deleteChildren'> & Pick<TagIndex, 'allTags'>;
+  pins: Pick<PinIndex, 'digests'>;
+  store: BlobRemover & Pick<BlobEnumerator, 'list'>;
+  /** Local directories of unfinished writes (ingest/, tmp/): what is older than minAgeMs there is nobody's. */
+  staging: string[];
 }
 
 /**
  * Garbage collection of the storage directory: partial downloads and temp files nobody finished (older
- * than `minAgeMs`, so a running server's fills are left alone), blobs no tag or pin reaches, and files
- * under blobs/ the index does not know. Reachability follows manifest → children edges.
+ * than `minAgeMs`, so a running server's fills are left alone), blobs no tag or pin reaches, and blobs
+ * the index does not know. Reachability follows manifest → children edges.
  */
-export async function collectGarbage(index: StoreIndex, pins: Pins, store: BlobStore, o: { dryRun: boolean; minAgeMs: number }): Promise<GcReport> {
-  const report: GcReport = { partials: [], blobs: [], orphanFiles: [], freed: 0 };
+export async function collectGarbage({ index, pins, store, staging }: GcDeps, o: { dryRun: boolean; minAgeMs: number }): Promise<GcReport> {
+  const report: GcReport = { partials: [], blobs: [], orphans: [], freed: 0 };
   const now = Date.now();
-  for (const dir of [store.paths.ingest, store.paths.tmp]) {
+  for (const dir of staging) {
     for (const name of await readdir(dir).catch(() => [] as string[])) {
       const file = join(dir, name);
       const st = await stat(file).catch(() => undefined);
@@ -49,20 +57,11 @@ export async function collectGarbage(index: StoreIndex, pins: Pins, store: BlobS
       await store.remove(d);
     }
   }
-  for (const prefix of await readdir(store.paths.blobs).catch(() => [] as string[])) {
-    for (const hex of await readdir(join(store.paths.blobs, prefix)).catch(() => [] as string[])) {
-      let d: Digest;
-      try {
-        d = digestFromHex(hex);
-      } catch {
-        continue;
-      }
-      if (known.has(d)) continue;
-      const file = join(store.paths.blobs, prefix, hex);
-      report.orphanFiles.push(file);
-      report.freed += (await stat(file).catch(() => ({ size: 0 }))).size;
-      if (!o.dryRun) await rm(file, { force: true });
-    }
+  for await (const b of store.list()) {
+    if (known.has(b.digest)) continue;
+    report.orphans.push(b.digest);
+    report.freed += b.size;
+    if (!o.dryRun) await store.remove(b.digest);
   }
   return report;
 }

@@ -1,9 +1,9 @@
 import type Database from 'better-sqlite3';
 import type { Digest } from '../oci/digest.ts';
-import type { StoreIndex } from './store-index.ts';
+import type { ManifestIndex, PinIndex } from './index-roles.ts';
 
 /** Every digest an image needs, as far as the index knows: the manifest and its children, recursively (what a pin covers). */
-export function imageClosure(index: StoreIndex, root: Digest): Digest[] {
+export function imageClosure(index: Pick<ManifestIndex, 'childrenOf'>, root: Digest): Digest[] {
   const out = new Set<Digest>();
   const queue = [root];
   for (let d = queue.pop(); d; d = queue.pop()) {
@@ -17,9 +17,9 @@ export function imageClosure(index: StoreIndex, root: Digest): Digest[] {
 /**
  * Pinned content: never evicted by the quota. A pin is held by a reference (`registry.k8s.io/pause:3.9`)
  * and covers every digest that image needs — its manifests and blobs — so unpinning one image leaves
- * another image's pin on shared layers in place.
+ * another image's pin on shared layers in place. Built by StoreIndex on its own connection (index.pins).
  */
-export class Pins {
+export class Pins implements PinIndex {
   private readonly s;
 
   constructor(private readonly db: Database.Database) {

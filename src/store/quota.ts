@@ -3,8 +3,9 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { formatBytes } from '../config/units.ts';
 import { digestFromHex, type Digest } from '../oci/digest.ts';
-import type { BlobStore } from './blob-store.ts';
-import type { StoreIndex } from './store-index.ts';
+import type { BlobIndex } from './index-roles.ts';
+import type { StoragePaths } from './paths.ts';
+import type { BlobRemover } from './roles.ts';
 
 /** Once over the limit, evict down to this fraction of it, so one commit does not trigger the next eviction. */
 const LOW_WATER = 0.9;
@@ -39,17 +40,15 @@ export class Quota {
   private limitBytes: number | undefined;
   /** Digests an operator command holds against eviction, with how many holders each. */
   private readonly protectedDigests = new Map<Digest, number>();
-  private readonly newest;
 
   constructor(
-    private readonly index: StoreIndex,
-    private readonly store: BlobStore,
+    private readonly index: BlobIndex,
+    /** Blobs to evict, and the local directory whose ingest/ holds partial downloads (and whose disk a percent limit is of). */
+    private readonly store: BlobRemover & { readonly paths: StoragePaths },
     private readonly maxSize: MaxSize | undefined,
     private readonly log: Logger,
     private readonly opts: QuotaOptions = {},
-  ) {
-    this.newest = index.db.prepare('SELECT digest, size FROM blobs ORDER BY created_at DESC LIMIT 1');
-  }
+  ) {}
 
   async limit(): Promise<number | undefined> {
     if (!this.maxSize) return undefined;
@@ -142,7 +141,7 @@ export class Quota {
     }
     if (stale > 0) this.log.info({ partials: stale, total, limit: max }, 'quota: removed partial downloads no fill owns');
     this.index.flushAccess();
-    const newest = this.newest.get() as { digest: Digest; size: number } | undefined;
+    const newest = this.index.newest();
     const skipped = new Set<string>();
     while (total > target) {
       const batch = this.index.evictable(200 + skipped.size).filter((b) => !skipped.has(b.digest));

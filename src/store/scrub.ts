@@ -1,9 +1,6 @@
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { readdir, stat } from 'node:fs/promises';
-import { join } from 'node:path';
-import { digestFromHex, type Digest } from '../oci/digest.ts';
-import type { BlobStore } from './blob-store.ts';
+import type { Digest } from '../oci/digest.ts';
+import type { BlobEnumerator, BlobReader } from './roles.ts';
 
 export interface ScrubReport {
   blobs: number;
@@ -15,33 +12,21 @@ export interface ScrubReport {
 export type ScrubProgress = (done: number, total: number) => void;
 
 /**
- * `berth verify`: re-hashes every file under blobs/ against its name. With `repair`, a file that does
- * not match is quarantined (BlobStore.quarantine, which also drops its index row), so the next pull
- * fetches it again. Reads stream through a 1 MiB buffer: memory does not grow with blob size.
+ * `berth verify`: re-hashes every committed blob against its name. With `repair`, a blob that does not
+ * match is quarantined (which also drops its index row, through the store's onQuarantine), so the next
+ * pull fetches it again. Reads stream (the store's read buffer): memory does not grow with blob size.
  */
-export async function scrub(store: BlobStore, o: { repair: boolean; onProgress?: ScrubProgress }): Promise<ScrubReport> {
-  const files: Array<{ digest: Digest; file: string; size: number }> = [];
-  for (const prefix of (await readdir(store.paths.blobs).catch(() => [] as string[])).sort()) {
-    for (const hex of (await readdir(join(store.paths.blobs, prefix)).catch(() => [] as string[])).sort()) {
-      let digest: Digest;
-      try {
-        digest = digestFromHex(hex);
-      } catch {
-        continue; // not a blob name (gc reports such files)
-      }
-      const file = join(store.paths.blobs, prefix, hex);
-      const st = await stat(file).catch(() => undefined);
-      if (st?.isFile()) files.push({ digest, file, size: st.size });
-    }
-  }
-  const total = files.reduce((n, f) => n + f.size, 0);
+export async function scrub(store: BlobEnumerator & Pick<BlobReader, 'read'>, o: { repair: boolean; onProgress?: ScrubProgress }): Promise<ScrubReport> {
+  const blobs: Array<{ digest: Digest; size: number }> = [];
+  for await (const b of store.list()) blobs.push(b);
+  const total = blobs.reduce((n, b) => n + b.size, 0);
   const report: ScrubReport = { blobs: 0, bytes: 0, bad: [] };
   o.onProgress?.(0, total);
-  for (const f of files) {
+  for (const b of blobs) {
     const h = createHash('sha256');
     let done = report.bytes;
     try {
-      for await (const c of createReadStream(f.file, { highWaterMark: 1024 * 1024 })) {
+      for await (const c of store.read(b.digest)) {
         h.update(c as Buffer);
         done += (c as Buffer).length;
         o.onProgress?.(done, total);
@@ -51,10 +36,10 @@ export async function scrub(store: BlobStore, o: { repair: boolean; onProgress?:
       throw err;
     }
     report.blobs++;
-    report.bytes += f.size;
-    if (`sha256:${h.digest('hex')}` === f.digest) continue;
-    const quarantinedTo = o.repair ? await store.quarantine(f.digest) : undefined;
-    report.bad.push({ digest: f.digest, ...(quarantinedTo ? { quarantinedTo } : {}) });
+    report.bytes += b.size;
+    if (`sha256:${h.digest('hex')}` === b.digest) continue;
+    const quarantinedTo = o.repair ? await store.quarantine(b.digest) : undefined;
+    report.bad.push({ digest: b.digest, ...(quarantinedTo ? { quarantinedTo } : {}) });
   }
   return report;
 }

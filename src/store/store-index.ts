@@ -1,19 +1,12 @@
 import Database from 'better-sqlite3';
 import { LRUCache } from 'lru-cache';
 import type { Digest } from '../oci/digest.ts';
+import type { BlobRow, ChildDescriptor, ManifestRecord, RegistryIndex, TagInput, TagRow } from './index-roles.ts';
 import { migrate } from './migrations.ts';
-import { TagTable, type TagInput, type TagRow } from './tag-table.ts';
+import { Pins } from './pins.ts';
+import { TagTable } from './tag-table.ts';
 
-export type { TagInput, TagRow } from './tag-table.ts';
-
-export interface BlobRow {
-  digest: Digest;
-  size: number;
-  /** Set for manifests: the Content-Type the upstream sent, served back verbatim. */
-  mediaType: string | null;
-  createdAt: number;
-  accessedAt: number;
-}
+export type { BlobRow, TagInput, TagRow } from './index-roles.ts';
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS blobs (
@@ -42,12 +35,14 @@ CREATE INDEX IF NOT EXISTS blobs_accessed ON blobs(accessed_at);
 `;
 
 /**
- * The SQLite index of the storage directory (WAL, every statement prepared once). The blob files are the
- * truth about content; this index is what is known about them and can be rebuilt from them.
- * Access times are kept in memory and written in one transaction now and then, never per request.
+ * The SQLite index of the storage directory (WAL, every statement prepared once), implementing
+ * src/store/index-roles.ts. The blob files are the truth about content; this index is what is known
+ * about them and can be rebuilt from them. Access times are kept in memory and written in one
+ * transaction now and then, never per request. The database handle stays in here (and in the tables
+ * and pins it hands it to): everything outside src/store/ goes through the methods.
  */
-export class StoreIndex {
-  readonly db: Database.Database;
+export class StoreIndex implements RegistryIndex {
+  private readonly db: Database.Database;
   private readonly pendingAccess = new Map<string, number>();
   /**
    * Rows read on every hot request (a tag, its manifest's row) are kept for a second: a SQLite read in
@@ -55,7 +50,8 @@ export class StoreIndex {
    * own writes update the caches; another process's (`berth rm` beside a running server) show within 1 s.
    */
   private readonly blobRows = new LRUCache<string, BlobRow | false>({ max: 20_000, ttl: 1000 });
-  readonly tags: TagTable;
+  private readonly tags: TagTable;
+  readonly pins: Pins;
   private readonly s;
 
   /**
@@ -76,6 +72,7 @@ export class StoreIndex {
       throw indexError(file, err);
     }
     this.tags = new TagTable(this.db, tagJournal);
+    this.pins = new Pins(this.db);
     const p = (sql: string) => this.db.prepare(sql);
     this.s = {
       getBlob: p('SELECT digest, size, media_type AS mediaType, created_at AS createdAt, accessed_at AS accessedAt FROM blobs WHERE digest = ?'),
@@ -95,6 +92,8 @@ export class StoreIndex {
       deleteChildren: p('DELETE FROM children WHERE parent = ?'),
       allDigests: p('SELECT digest FROM blobs'),
       childrenOf: p('SELECT child AS digest, size, media_type AS mediaType FROM children WHERE parent = ?'),
+      newest: p('SELECT digest, size FROM blobs ORDER BY created_at DESC LIMIT 1'),
+      probe: p('SELECT 1 FROM blobs LIMIT 1'),
     };
   }
 
@@ -166,10 +165,27 @@ export class StoreIndex {
     return this.s.refsOf.all(d) as Array<{ upstream: string; repository: string }>;
   }
 
-  addChildren(parent: Digest, children: Array<{ digest: Digest; size: number; mediaType: string }>): void {
+  /** A manifest's outgoing edges (rebuild, which has no repository to record; everyone else recordManifest). */
+  addChildren(parent: Digest, children: readonly ChildDescriptor[]): void {
     this.db.transaction(() => {
-      for (const c of children) this.s.addChild.run(parent, c.digest, c.size, c.mediaType);
+      for (const c of children) {
+        // INSERT OR IGNORE would drop a row that breaks NOT NULL without a word: refuse it instead, so a
+        // manifest is recorded with all of its children or not at all.
+        if (typeof c.digest !== 'string' || typeof c.mediaType !== 'string' || !Number.isSafeInteger(c.size)) {
+          throw new TypeError(`manifest ${parent}: child ${String(c.digest)} is not a descriptor (digest, integer size, media type)`);
+        }
+        this.s.addChild.run(parent, c.digest, c.size, c.mediaType);
+      }
     })();
+  }
+
+  recordManifest(m: ManifestRecord): void {
+    this.db.transaction(() => {
+      this.putBlob(m.digest, m.size, m.mediaType);
+      this.addChildren(m.digest, m.children);
+      this.addRefs(m.upstream, m.repository, [m.digest, ...m.children.map((c) => c.digest)]);
+    })();
+    // A rolled-back putBlob already dropped its cached row: the next read sees the table as it is.
   }
 
   /**
@@ -180,8 +196,8 @@ export class StoreIndex {
     return (this.s.descriptorSize.get(d, where.upstream, where.repository) as { size: number } | undefined)?.size;
   }
 
-  childrenOf(parent: Digest): Array<{ digest: Digest; size: number; mediaType: string }> {
-    return this.s.childrenOf.all(parent) as Array<{ digest: Digest; size: number; mediaType: string }>;
+  childrenOf(parent: Digest): ChildDescriptor[] {
+    return this.s.childrenOf.all(parent) as ChildDescriptor[];
   }
 
   /** Bytes and count of everything indexed. */
@@ -192,6 +208,10 @@ export class StoreIndex {
   /** Unpinned blobs, least recently used first. */
   evictable(limit: number): Array<{ digest: Digest; size: number }> {
     return this.s.evictable.all(limit) as Array<{ digest: Digest; size: number }>;
+  }
+
+  newest(): { digest: Digest; size: number } | undefined {
+    return this.s.newest.get() as { digest: Digest; size: number } | undefined;
   }
 
   /** Every tag row, every negotiation of each tag (gc walks them all). */
@@ -216,6 +236,26 @@ export class StoreIndex {
 
   allDigests(): Digest[] {
     return (this.s.allDigests.all() as Array<{ digest: Digest }>).map((r) => r.digest);
+  }
+
+  /**
+   * Reads a row and takes the write lock and gives it back: fails on a read-only file, a full disk's
+   * journal, a lock held elsewhere. better-sqlite3 waits for a lock synchronously, so the probe must not
+   * hold the event loop for the connection's full busy timeout (5 s) while another process writes.
+   */
+  probe(): void {
+    const timeout = this.db.pragma('busy_timeout', { simple: true }) as number;
+    try {
+      this.db.pragma('busy_timeout = 250');
+      this.s.probe.get();
+      this.db.exec('BEGIN IMMEDIATE; ROLLBACK');
+    } finally {
+      this.db.pragma(`busy_timeout = ${Math.floor(timeout)}`);
+    }
+  }
+
+  schemaVersion(): number {
+    return Number(this.db.pragma('user_version', { simple: true }));
   }
 
   close(): void {

@@ -3,24 +3,9 @@ import type Database from 'better-sqlite3';
 import { LRUCache } from 'lru-cache';
 import type { Digest } from '../oci/digest.ts';
 import { UNNEGOTIATED } from '../oci/negotiation.ts';
+import type { TagInput, TagRow } from './index-roles.ts';
 
-export interface TagRow {
-  upstream: string;
-  repository: string;
-  tag: string;
-  /**
-   * The negotiation this answer came from (src/oci/negotiation.ts): the sorted manifest media types the
-   * client accepted, or `*` for the tag's own content (an index, an imported tag, a row from before keys).
-   */
-  accept: string;
-  digest: Digest;
-  mediaType: string;
-  size: number;
-  checkedAt: number;
-}
-
-/** What callers that do not negotiate (import, rebuild) hand in: no key means the tag's own content. */
-export type TagInput = Omit<TagRow, 'accept'> & { accept?: string };
+export type { TagInput, TagRow } from './index-roles.ts';
 
 const COLUMNS = 'upstream, repository, tag, accept, digest, media_type AS mediaType, size, checked_at AS checkedAt';
 

@@ -1,0 +1,123 @@
+import type { Digest } from '../oci/digest.ts';
+
+/**
+ * The tag/manifest index in roles: what is known about the blobs (their rows, manifests' children,
+ * which repositories referenced them, tags, pins). The SQLite implementation is src/store/store-index.ts
+ * and its database handle never leaves src/store/; a PostgreSQL one (issue #12) implements these and
+ * passes test/support/conformance/index.ts. Nothing here names a SQL type.
+ *
+ * Calls are synchronous today (better-sqlite3, with the hot rows cached in memory): the conformance
+ * suite awaits every call, so an implementation whose methods return promises runs the same file once
+ * the callers await them too.
+ */
+
+export interface BlobRow {
+  digest: Digest;
+  size: number;
+  /** Set for manifests: the Content-Type the upstream sent, served back verbatim. */
+  mediaType: string | null;
+  createdAt: number;
+  accessedAt: number;
+}
+
+export interface TagRow {
+  upstream: string;
+  repository: string;
+  tag: string;
+  /**
+   * The negotiation this answer came from (src/oci/negotiation.ts): the sorted manifest media types the
+   * client accepted, or `*` for the tag's own content (an index, an imported tag, a row from before keys).
+   */
+  accept: string;
+  digest: Digest;
+  mediaType: string;
+  size: number;
+  checkedAt: number;
+}
+
+/** What callers that do not negotiate (import, rebuild) hand in: no key means the tag's own content. */
+export type TagInput = Omit<TagRow, 'accept'> & { accept?: string };
+
+/** A descriptor a manifest names (a layer, its config, an index's child manifest). */
+export interface ChildDescriptor {
+  digest: Digest;
+  size: number;
+  mediaType: string;
+}
+
+/** A manifest as stored: what recordManifest() writes, all of it or nothing. */
+export interface ManifestRecord {
+  /** The repository it came from (pulled, or imported as): recorded as a reference of it and of each child. */
+  upstream: string;
+  repository: string;
+  digest: Digest;
+  size: number;
+  mediaType: string;
+  /** Only digest, size and mediaType of each are kept (descriptors with more fields are fine). */
+  children: readonly ChildDescriptor[];
+}
+
+export interface BlobIndex {
+  getBlob(d: Digest): BlobRow | undefined;
+  putBlob(d: Digest, size: number, mediaType: string | null, now?: number): void;
+  deleteBlob(d: Digest): void;
+  /** Records a read; written out by flushAccess (never per request). */
+  touch(d: Digest, now?: number): void;
+  flushAccess(): void;
+  /** Bytes and count of everything indexed. */
+  totals(): { total: number; count: number };
+  /** Unpinned blobs, least recently used first. */
+  evictable(limit: number): Array<{ digest: Digest; size: number }>;
+  /** The most recently created blob (the quota keeps it). */
+  newest(): { digest: Digest; size: number } | undefined;
+  allDigests(): Digest[];
+}
+
+export interface ManifestIndex {
+  /** The manifest's row, its children and the references to both, in one transaction. Idempotent. */
+  recordManifest(m: ManifestRecord): void;
+  childrenOf(parent: Digest): ChildDescriptor[];
+  /** Forgets a manifest's outgoing edges (when the manifest itself is removed). */
+  deleteChildren(parent: Digest): void;
+  /** Remembers that `repository` on `upstream` referenced these digests. */
+  addRefs(upstream: string, repository: string, digests: Iterable<Digest>): void;
+  /** Every (upstream, repository) whose manifests referenced `d`. */
+  refsOf(d: Digest): Array<{ upstream: string; repository: string }>;
+  /** The size a manifest of this repository declared for `d`, if one did (only its own manifests count). */
+  descriptorSize(d: Digest, where: { upstream: string; repository: string }): number | undefined;
+  /** Whether any tag or recorded manifest still points at `d`. */
+  isReferenced(d: Digest): boolean;
+}
+
+export interface TagIndex {
+  /** One answer for callers that do not negotiate: the tag's own content, else the latest checked. */
+  getTag(upstream: string, repository: string, tag: string): TagRow | undefined;
+  /** Every cached answer of a tag, one per negotiation. */
+  tagRows(upstream: string, repository: string, tag: string): TagRow[];
+  putTag(t: TagInput): void;
+  listTags(upstream: string, repository: string): string[];
+  allTags(): TagRow[];
+  /** Forgets a tag, every negotiation of it. */
+  deleteTag(upstream: string, repository: string, tag: string): void;
+}
+
+/** Pinned content is never evicted; a pin is held by a reference and covers the digests it lists. */
+export interface PinIndex {
+  /** Replaces what `reference` pins. */
+  pin(reference: string, digests: Iterable<Digest>): void;
+  /** Returns how many digests the reference held. */
+  unpin(reference: string): number;
+  isPinned(d: Digest): boolean;
+  digests(): Set<Digest>;
+  references(): string[];
+}
+
+/** Everything the index is. */
+export interface RegistryIndex extends BlobIndex, ManifestIndex, TagIndex {
+  readonly pins: PinIndex;
+  /** A tiny real read and write; throws when the index cannot answer or take writes (readiness). */
+  probe(): void;
+  /** Which schema the index is at (migrations applied). */
+  schemaVersion(): number;
+  close(): void;
+}
