@@ -2,7 +2,7 @@
 // a key share one call, a failure is never remembered, and a memoised success expires on time.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { SingleFlight } from '../src/registry/single-flight.ts';
+import { SingleFlight } from '../src/single-flight.ts';
 
 /** A call that settles when told to, counting how often it was started. */
 function gate<V>(): { work: () => Promise<V>; calls: () => number; resolve(v: V): void; reject(e: Error): void } {

@@ -13,7 +13,7 @@ import type { Fills } from './fills.ts';
 import type { Route, Upstreams } from './upstreams.ts';
 import { failpoint } from '../failpoints.ts';
 import { IntegrityError } from '../oci/integrity.ts';
-import { SingleFlight } from './single-flight.ts';
+import { SingleFlight } from '../single-flight.ts';
 import { DigestMismatchError } from '../store/roles.ts';
 
 /** A blob ready to be served: its size and a way to read any part of it. */

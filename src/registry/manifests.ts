@@ -10,7 +10,7 @@ import type { Metrics } from '../metrics.ts';
 import type { BlobStore } from '../store/blob-store.ts';
 import type { StoreIndex, TagRow } from '../store/store-index.ts';
 import { servesStale } from './failures.ts';
-import { SingleFlight } from './single-flight.ts';
+import { SingleFlight } from '../single-flight.ts';
 import type { Route, Upstreams } from './upstreams.ts';
 
 export interface ManifestResult {

@@ -17,6 +17,11 @@ export class TokenCache {
     return this.cache.get(key);
   }
 
+  /** Forgets `token` under `key` (the upstream refused it); a newer token stored meanwhile stays. */
+  delete(key: string, token: string): void {
+    if (this.cache.get(key) === token) this.cache.delete(key);
+  }
+
   /** Keeps the token for its lifetime less a margin for clock skew and the request in flight. */
   set(key: string, token: string, expiresInSeconds: number): void {
     const ttl = Math.max(1, expiresInSeconds - 10) * 1000;

@@ -5,6 +5,7 @@ import { RegistryError, type ErrorCode } from '../oci/errors.ts';
 import { parseChallenges } from './challenge.ts';
 import { createDispatcher } from './dispatcher.ts';
 import { TokenCache } from './token-cache.ts';
+import { SingleFlight } from '../single-flight.ts';
 import { UpstreamHealth } from './health.ts';
 import { EgressGuard } from './egress-guard.ts';
 import { realmMayReceiveCredentials } from './token-realm.ts';
@@ -74,6 +75,7 @@ export class UpstreamTransport {
   /** The last bearer challenge: later requests look for a cached token for their scope up front. */
   private bearer: { realm: string; service?: string } | undefined;
   private readonly tokens: TokenCache;
+  private readonly tokenFetches = new SingleFlight<string>();
   private readonly guard: EgressGuard;
   private readonly observer: UpstreamObserver | undefined;
 
@@ -165,9 +167,20 @@ export class UpstreamTransport {
 
   private async authorizedRequest(url: URL, o: FetchOptions): Promise<UpstreamResponse> {
     const headers: Record<string, string> = { 'user-agent': USER_AGENT, 'accept-encoding': 'identity', ...o.headers };
+    let sent: string | undefined;
+    let early: { realm: string; error: unknown } | undefined;
     if (this.bearer) {
-      const token = this.tokens.get(TokenCache.key(this.host, this.bearer.realm, this.bearer.service, this.scope(o.repository)));
-      if (token) headers.authorization = `Bearer ${token}`;
+      // Once the upstream's realm is known, a repository's first request fetches its token first, as
+      // containerd and docker do: sent without one, it costs a 401 round trip before the token's. If
+      // that fetch fails the request goes without (some paths of an upstream may need no token); a 401
+      // naming the same realm then fails with that error instead of asking the token service again.
+      const { realm, service } = this.bearer;
+      try {
+        sent = await this.fetchToken(realm, service, this.scope(o.repository));
+        headers.authorization = `Bearer ${sent}`;
+      } catch (error) {
+        early = { realm, error };
+      }
     } else if (this.useBasic && this.basicCredentials) {
       headers.authorization = this.basicCredentials;
     }
@@ -180,7 +193,10 @@ export class UpstreamTransport {
       await res.body.dump();
       this.bearer = { realm: bearer.params.realm!, ...(bearer.params.service ? { service: bearer.params.service } : {}) };
       const scope = this.scope(o.repository);
-      const token = await this.fetchToken(this.bearer.realm, this.bearer.service, scope, o.signal);
+      if (early && early.realm === this.bearer.realm) throw early.error;
+      // A token the upstream just refused (revoked, or expired early) is not offered again.
+      if (sent) this.tokens.delete(TokenCache.key(this.host, this.bearer.realm, this.bearer.service, scope), sent);
+      const token = await this.fetchToken(this.bearer.realm, this.bearer.service, scope);
       headers.authorization = `Bearer ${token}`;
       res = await this.follow(url, o.method, headers, o.signal);
     } else if (basic && this.basicCredentials && headers.authorization !== this.basicCredentials) {
@@ -192,10 +208,19 @@ export class UpstreamTransport {
     return res;
   }
 
-  private async fetchToken(realm: string, service: string | undefined, scope: string, signal?: AbortSignal): Promise<string> {
+  /**
+   * The token for a scope: cached, or fetched once however many requests want it at the same moment (a
+   * pull's first requests arrive together). The fetch is shared, so no one caller's signal cuts it; the
+   * dispatcher's timeouts and the bounded body read end a token service that stalls.
+   */
+  private fetchToken(realm: string, service: string | undefined, scope: string): Promise<string> {
     const key = TokenCache.key(this.host, realm, service, scope);
     const cached = this.tokens.get(key);
-    if (cached) return cached;
+    if (cached) return Promise.resolve(cached);
+    return this.tokenFetches.run(key, () => this.requestToken(key, realm, service, scope));
+  }
+
+  private async requestToken(key: string, realm: string, service: string | undefined, scope: string): Promise<string> {
     let url: URL;
     try {
       url = new URL(realm);
@@ -210,7 +235,7 @@ export class UpstreamTransport {
       if (realmMayReceiveCredentials(this.base, url, this.config.tokenRealms)) headers.authorization = this.basicCredentials;
       else this.warnForeignRealm(url);
     }
-    const res = await this.follow(url, 'GET', headers, signal);
+    const res = await this.follow(url, 'GET', headers);
     if (res.status !== 200) {
       const text = await readErrorText(res.body);
       this.observer?.warn({ upstream: this.host, realm: url.origin, status: res.status }, 'token service refused');
