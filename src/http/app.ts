@@ -40,6 +40,7 @@ function requestLog(log: Logger, metrics: Metrics) {
         if (ctx.state.cache) fields.cache = ctx.state.cache;
         if (ctx.state.errorCode) fields.error = `${ctx.state.errorCode as string}: ${ctx.state.errorMessage as string}`;
         if (ctx.state.internalError) log.error({ err: ctx.state.internalError, path: ctx.path }, 'internal error');
+        if (ctx.state.storageError) log.error({ err: ctx.state.storageError, path: ctx.path }, 'storage failure');
         log.info(fields, 'request');
       };
       if (ctx.res.writableFinished || ctx.res.destroyed) done();

@@ -4,8 +4,8 @@ import { RegistryError } from '../oci/errors.ts';
 
 /**
  * The one place errors become responses: the spec's `{"errors":[{code,message,detail}]}` envelope with
- * the status from the error table. Anything that is not a RegistryError is a bug: logged in full,
- * answered with a 500 that says nothing internal.
+ * the status from the error table. Anything that is not a RegistryError and not one of the known failure
+ * kinds below is a bug: logged in full, answered with a 500 that says nothing internal.
  */
 export async function errorMiddleware(ctx: Context, next: Next): Promise<void> {
   try {
@@ -28,13 +28,57 @@ export async function errorMiddleware(ctx: Context, next: Next): Promise<void> {
   }
 }
 
+/**
+ * Failures of a connection to an upstream that reach here unwrapped (the upstream client wraps those of
+ * connecting and of waiting for headers; a body that breaks later is read elsewhere): the upstream is
+ * unavailable, as a refused connection is. undici names them by code, on the error or on its cause
+ * (`TypeError: terminated` has the SocketError as its cause).
+ */
+const LINK_FAILURES = new Set([
+  'UND_ERR_SOCKET',
+  'UND_ERR_CLOSED',
+  'UND_ERR_CONNECT_TIMEOUT',
+  'UND_ERR_HEADERS_TIMEOUT',
+  'UND_ERR_BODY_TIMEOUT',
+  'ECONNRESET',
+  'ECONNREFUSED',
+  'ECONNABORTED',
+  'EPIPE',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+]);
+/** An upstream body that is not what its headers said: the upstream's fault. */
+const UPSTREAM_LIES = new Set(['UND_ERR_RES_CONTENT_LENGTH_MISMATCH', 'UND_ERR_RES_EXCEEDED_MAX_SIZE']);
+/** berth's own disk or index failing (not full: that is below): the operator must look, the client may retry elsewhere. */
+const STORAGE_FAILURES = /^(EIO|EROFS|EACCES|EPERM|EMFILE|ENFILE|SQLITE_IOERR.*|SQLITE_READONLY.*|SQLITE_CORRUPT.*|SQLITE_CANTOPEN.*|SQLITE_NOTADB)$/;
+
+function errorCodes(err: unknown): string[] {
+  const e = err as { code?: unknown; cause?: { code?: unknown } } | undefined;
+  return [e?.code, e?.cause?.code].filter((c): c is string => typeof c === 'string');
+}
+
 function toRegistryError(err: unknown, ctx: Context): RegistryError {
   if (err instanceof RegistryError) return err;
   // Wrong bytes or sizes come from an upstream, never from the client.
   if (err instanceof IntegrityError) return new RegistryError('UPSTREAM_ERROR', err.message);
-  const code = (err as NodeJS.ErrnoException).code;
-  if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'SQLITE_FULL') return new RegistryError('UNAVAILABLE', 'berth storage is full; the content could not be cached');
-  if (code?.startsWith('SQLITE_BUSY') || code === 'SQLITE_LOCKED') return new RegistryError('UNAVAILABLE', "berth's index is locked by another process; try again");
+  const codes = errorCodes(err);
+  const has = (test: (c: string) => boolean) => codes.find(test);
+  const upstream = typeof ctx.state.upstream === 'string' ? `upstream ${ctx.state.upstream}` : 'the upstream';
+  if (has((c) => c === 'ENOSPC' || c === 'EDQUOT' || c === 'SQLITE_FULL')) return new RegistryError('UNAVAILABLE', 'berth storage is full; the content could not be cached');
+  if (has((c) => c.startsWith('SQLITE_BUSY') || c === 'SQLITE_LOCKED')) return new RegistryError('UNAVAILABLE', "berth's index is locked by another process; try again");
+  const link = has((c) => LINK_FAILURES.has(c));
+  if (link) return new RegistryError('UNAVAILABLE', `the connection to ${upstream} failed (${link}); try again`);
+  const lie = has((c) => UPSTREAM_LIES.has(c));
+  if (lie) return new RegistryError('UPSTREAM_ERROR', `${upstream} sent a body that does not match its headers (${lie})`);
+  const storage = has((c) => STORAGE_FAILURES.test(c));
+  if (storage) {
+    // Not a bug in berth, but the operator must know: logged in full, like one.
+    ctx.state.storageError = err;
+    return new RegistryError('UNAVAILABLE', `berth's storage failed (${storage}); see the berth log`);
+  }
   const status = (err as { status?: number }).status;
   if (typeof status === 'number' && status >= 400 && status < 500) {
     return new RegistryError('QUERY_INVALID', (err as Error).message || 'bad request');

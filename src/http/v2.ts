@@ -54,6 +54,7 @@ export function v2Handler(d: V2Deps) {
     ctx.state.route = 'manifest';
     const ns = queryParam(ctx, 'ns');
     const route = d.upstreams.route(raw(ctx, 0), ns);
+    ctx.state.upstream = route.upstream;
     const ref = parseReference(raw(ctx, 1));
     if (ns !== undefined) ctx.set('OCI-Namespace', ns);
     const result = await d.manifests.get(route, ref, ctx.get('Accept'), ctx.method as 'GET' | 'HEAD');
@@ -70,6 +71,7 @@ export function v2Handler(d: V2Deps) {
     ctx.state.route = 'blob';
     const ns = queryParam(ctx, 'ns');
     const route = d.upstreams.route(raw(ctx, 0), ns);
+    ctx.state.upstream = route.upstream;
     const digest = parseDigest(raw(ctx, 1));
     if (ns !== undefined) ctx.set('OCI-Namespace', ns);
     if (ctx.method === 'HEAD') {
@@ -103,6 +105,7 @@ export function v2Handler(d: V2Deps) {
     const ns = queryParam(ctx, 'ns');
     const name = raw(ctx, 0);
     const route = d.upstreams.route(name, ns);
+    ctx.state.upstream = route.upstream;
     const nText = queryParam(ctx, 'n');
     const last = queryParam(ctx, 'last');
     let n: number | undefined;
