@@ -4,8 +4,8 @@
 // answering 502), the token service (down, 500, garbage, silent) and a full disk. For manifests
 // and blobs, each on a cold cache (the failure is met on the way in, before any header goes out).
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
@@ -17,9 +17,9 @@ import { fillUp, mountTmpfs, unmountUnder } from './support/mounts.ts';
 import { describeOutcome, fetchOutcome, type Outcome } from './support/outcome.ts';
 import { freePort } from './support/ports.ts';
 import { type Relay, startRelay } from './support/relay.ts';
-import { respond, type StandInOrigin, sha256Digest, startStandInOrigin } from './support/stand-in-origin.ts';
+import { respond, type StandInOrigin, startStandInOrigin } from './support/stand-in-origin.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
-import { type Upstream, startUpstream } from './support/upstream.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
 const run = promisify(execFile);
 const SHORT = { connect: '1s', header: '1s', idle: '1s' };
@@ -83,7 +83,9 @@ async function startTokenOrigin(realmDown: string): Promise<StandInOrigin> {
 
 /** An origin that serves a manifest whose bytes do not hash to the digest asked for (and the tag's lies about its digest header). */
 async function startLyingOrigin(): Promise<StandInOrigin> {
-  const bytes = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaTypes.oci.manifest, config: { mediaType: MediaTypes.oci.config, digest: `sha256:${'0'.repeat(64)}`, size: 2 }, layers: [] }));
+  const bytes = Buffer.from(
+    JSON.stringify({ schemaVersion: 2, mediaType: MediaTypes.oci.manifest, config: { mediaType: MediaTypes.oci.config, digest: `sha256:${'0'.repeat(64)}`, size: 2 }, layers: [] }),
+  );
   return startStandInOrigin(
     (req, reply) => {
       const p = req.path.split('?')[0]!;

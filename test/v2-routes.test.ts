@@ -8,7 +8,7 @@ import { request } from './support/http.ts';
 import { ACCEPT_ALL_MANIFESTS, pushImage, type Seeded, seedStandard } from './support/images.ts';
 import { metricValue } from './support/links.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
-import { type Upstream, startUpstream } from './support/upstream.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
 describe('the /v2 route table', () => {
   let up: Upstream;
@@ -90,7 +90,7 @@ describe('the /v2 route table', () => {
     for (const [method, p] of [
       ['POST', '/v2/lab/small/blobs/uploads/'],
       ['PUT', '/v2/lab/small/manifests/1'],
-      ['DELETE', '/v2/lab/small/blobs/sha256:' + 'a'.repeat(64)],
+      ['DELETE', `/v2/lab/small/blobs/sha256:${'a'.repeat(64)}`],
       ['PATCH', '/v2/nothing/here'],
       ['OPTIONS', '/v2/'],
     ] as const) {

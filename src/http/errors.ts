@@ -1,6 +1,6 @@
 import type { Context, Next } from 'koa';
-import { IntegrityError } from '../registry/integrity.ts';
 import { RegistryError } from '../oci/errors.ts';
+import { IntegrityError } from '../registry/integrity.ts';
 
 /**
  * The one place errors become responses: the spec's `{"errors":[{code,message,detail}]}` envelope with

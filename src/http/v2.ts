@@ -1,13 +1,13 @@
 import Router from '@koa/router';
 import type { Context, Next } from 'koa';
-import { RegistryError } from '../oci/errors.ts';
+import type { Metrics } from '../metrics.ts';
 import { parseDigest } from '../oci/digest.ts';
-import { parseReference, isTag } from '../oci/reference.ts';
+import { RegistryError } from '../oci/errors.ts';
+import { isTag, parseReference } from '../oci/reference.ts';
 import type { Blobs } from '../registry/blobs.ts';
 import type { Manifests } from '../registry/manifests.ts';
 import type { Tags } from '../registry/tags.ts';
 import type { Upstreams } from '../registry/upstreams.ts';
-import type { Metrics } from '../metrics.ts';
 import { checkRangeSyntax, requestedRanges, sendBlob, setBlobHeaders } from './blob-response.ts';
 
 export interface V2Deps {
@@ -136,9 +136,12 @@ export function v2Handler(d: V2Deps) {
     if (path.length > 2048) throw new RegistryError('NAME_INVALID', 'request path is too long');
     // A repeated ?ns= is a 400 on any path but /v2/ (the routes read it again, the same way).
     queryParam(ctx, 'ns');
-    await routes(ctx as Parameters<typeof routes>[0], (() => {
-      ctx.state.route = 'other';
-      throw new RegistryError('NOT_FOUND', `no such endpoint: ${ctx.method} ${path.slice(0, 200)}`);
-    }) as Next);
+    await routes(
+      ctx as Parameters<typeof routes>[0],
+      (() => {
+        ctx.state.route = 'other';
+        throw new RegistryError('NOT_FOUND', `no such endpoint: ${ctx.method} ${path.slice(0, 200)}`);
+      }) as Next,
+    );
   };
 }

@@ -2,8 +2,8 @@
 // sources with package.json's own build script. Built into a private directory and renamed into place, so
 // test files that build it at once never load a half-written bundle.
 import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, rename, rm } from 'node:fs/promises';
 import { mkdirSync } from 'node:fs';
+import { mkdtemp, readFile, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 
@@ -18,7 +18,10 @@ export async function buildBundle(): Promise<string> {
   try {
     const pkg = JSON.parse(await readFile(path.join(ROOT, 'package.json'), 'utf8')) as { scripts: Record<string, string> };
     const out = path.join(dir, 'berth.mjs');
-    const args = pkg.scripts.build!.replace(/^esbuild /, '').replace('--outfile=dist/berth.mjs', `--outfile=${out}`).split(' ');
+    const args = pkg.scripts
+      .build!.replace(/^esbuild /, '')
+      .replace('--outfile=dist/berth.mjs', `--outfile=${out}`)
+      .split(' ');
     await run(path.join(ROOT, 'node_modules/.bin/esbuild'), args, { cwd: ROOT });
     // The map first: a bundle in place always finds a map at least as new as itself.
     await rename(`${out}.map`, `${BUNDLE}.map`);
