@@ -13,11 +13,12 @@ import http from 'node:http';
 import { buildImage, type Image, pushImage } from '../../test/support/images.ts';
 import type { BenchContext } from '../context.ts';
 import { median } from '../measure.ts';
-import { type Row, num } from '../row.ts';
+import { num, type Row } from '../row.ts';
 import { startBerthServer } from '../systems.ts';
 import { startTap, startTokenGate, type TapEntry } from '../upstream-tap.ts';
 
-const ACCEPT = 'application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json';
+const ACCEPT =
+  'application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json';
 const KINDS = ['HEAD manifest', 'GET manifest', 'GET config', 'first Range'] as const;
 type Kind = (typeof KINDS)[number];
 
@@ -233,7 +234,13 @@ export async function coldLatency(ctx: BenchContext): Promise<Row[]> {
     try {
       const m = await measure(ctx, { berth: forBerth.url, direct: forDirect.url, ...(freshProcess ? { freshProcess } : { tap: forBerth }) }, rounds, dir);
       for (const l of m.trace) ctx.log(`coldsmall ${label}: ${l}`);
-      out.push(...rows(label, m, m.trace.map((l) => `${label}, one more round, berth's upstream requests: ${l}`)));
+      out.push(
+        ...rows(
+          label,
+          m,
+          m.trace.map((l) => `${label}, one more round, berth's upstream requests: ${l}`),
+        ),
+      );
     } finally {
       await forBerth.close();
       await forDirect.close();
