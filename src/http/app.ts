@@ -3,7 +3,7 @@ import type { Context, Middleware, Next } from 'koa';
 import type { Logger } from 'pino';
 import type { Metrics } from '../metrics.ts';
 import type { Readiness } from '../readiness.ts';
-import { errorMiddleware } from './errors.ts';
+import { answerError, errorMiddleware } from './errors.ts';
 import { v2Handler, type V2Deps } from './v2.ts';
 import { prewarmHandler } from './admin.ts';
 import { adminGuard, type AdminGuardOptions } from './admin-guard.ts';
@@ -73,6 +73,14 @@ export function createApp(deps: AppDeps, parts: AppParts): Koa {
   // Errors are answered by errorMiddleware; koa's own handler would only log them again.
   app.silent = true;
   app.on('error', () => {});
+  // A body stream koa pipes (a cached blob, a fill read) that fails before its first byte: koa's own
+  // ctx.onerror would answer a text/plain 500 (or the bare status text) outside the error table; this
+  // answers the envelope instead.
+  app.context.onerror = function onerror(this: Context, err: unknown): void {
+    // Once bytes are out, as koa does: nothing to answer (the stream's own teardown ends the response).
+    if (err == null || this.headerSent || !this.writable) return;
+    answerError(this, err);
+  };
   app.use(requestLog(deps.log, deps.metrics));
   app.use(errorMiddleware);
   const v2 = v2Handler(deps);

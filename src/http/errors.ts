@@ -11,21 +11,38 @@ export async function errorMiddleware(ctx: Context, next: Next): Promise<void> {
   try {
     await next();
   } catch (err) {
-    const e = toRegistryError(err, ctx);
-    if (ctx.headerSent || !ctx.writable) {
-      // Bytes are on the wire already: the only honest signal left is to cut the connection.
-      ctx.req.socket.destroy();
-      return;
-    }
-    ctx.status = e.status;
-    for (const [k, v] of Object.entries(e.headers)) ctx.set(k, v);
-    ctx.remove('Content-Range');
-    if (e.headers['Content-Range']) ctx.set('Content-Range', e.headers['Content-Range']);
-    ctx.type = 'application/json';
-    ctx.body = e.toJSON();
-    ctx.state.errorCode = e.code;
-    ctx.state.errorMessage = e.message;
+    answerError(ctx, err);
   }
+}
+
+/** Headers of a body that will not be sent: an error envelope must not carry them. */
+const BODY_HEADERS = ['Content-Length', 'Content-Range', 'Content-Type', 'Docker-Content-Digest', 'ETag', 'Cache-Control', 'Accept-Ranges'];
+
+/**
+ * Answers `err` as the error envelope, or, when bytes are on the wire already, cuts the connection (the only
+ * honest signal left). Also for a body that fails after the handlers returned but before its first byte
+ * (blob-response.ts, and koa's own stream piping through `ctx.onerror`, see app.ts): such a response has set
+ * blob headers and possibly `ctx.respond = false`, so the envelope is written here, not left to koa.
+ */
+export function answerError(ctx: Context, err: unknown): void {
+  const e = toRegistryError(err, ctx);
+  ctx.state.errorCode = e.code;
+  ctx.state.errorMessage = e.message;
+  if (ctx.headerSent || !ctx.writable) {
+    ctx.req.socket.destroy();
+    return;
+  }
+  for (const h of BODY_HEADERS) ctx.remove(h);
+  ctx.status = e.status;
+  for (const [k, v] of Object.entries(e.headers)) ctx.set(k, v);
+  ctx.type = 'application/json';
+  if (ctx.respond === false) {
+    const body = JSON.stringify(e.toJSON());
+    ctx.length = Buffer.byteLength(body);
+    ctx.res.end(ctx.method === 'HEAD' ? undefined : body);
+    return;
+  }
+  ctx.body = e.toJSON();
 }
 
 /**
