@@ -7,6 +7,7 @@ import { installSignalHandlers, isStopping, stopAll } from './cleanup.ts';
 import { type BenchContext, createContext } from './context.ts';
 import { cachedEightClients, cachedOneClient } from './figures/cached.ts';
 import { coldConcurrent } from './figures/cold-concurrent.ts';
+import { coldLatency } from './figures/cold-latency.ts';
 import { coldPull } from './figures/cold-pull.ts';
 import { coldRange } from './figures/cold-range.ts';
 import { bandwidth } from './figures/bandwidth.ts';
@@ -31,6 +32,7 @@ const RUNNERS: Record<FigureName, { title: string; run: (ctx: BenchContext) => P
   bandwidth: { title: 'bandwidth budget', run: bandwidth },
   rss64: { title: 'berth RSS, 64 streams', run: rss64 },
   startup: { title: 'start-up with a big index', run: startup },
+  coldsmall: { title: 'cold small-object latency', run: coldLatency },
 };
 
 async function main(): Promise<number> {

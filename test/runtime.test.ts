@@ -12,6 +12,7 @@ import { after, before, describe, test } from 'node:test';
 import { stringify } from 'yaml';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
 import { berthConfig } from './support/berth-child.ts';
+import { buildBundle } from './support/bundle.ts';
 import { request } from './support/http.ts';
 import { buildImage, type Image, pushImage } from './support/images.ts';
 import { sha256, waitUntil } from './support/links.ts';
@@ -104,6 +105,8 @@ describe('bin/berth.js started by the Node.js on PATH', () => {
   const children: number[] = [];
 
   before(async () => {
+    // bin/berth.js runs the bundle, as the package ships it (prepack builds it).
+    await buildBundle();
     up = await startUpstream();
     dir = await makeTempDir('berth-bin');
   });

@@ -3,7 +3,7 @@ import type { Context, Middleware, Next } from 'koa';
 import type { Logger } from 'pino';
 import type { Metrics } from '../metrics.ts';
 import type { Readiness } from '../readiness.ts';
-import { errorMiddleware } from './errors.ts';
+import { answerError, errorMiddleware } from './errors.ts';
 import { v2Handler, type V2Deps } from './v2.ts';
 import { prewarmHandler } from './admin.ts';
 import { adminGuard, type AdminGuardOptions } from './admin-guard.ts';
@@ -40,6 +40,7 @@ function requestLog(log: Logger, metrics: Metrics) {
         if (ctx.state.cache) fields.cache = ctx.state.cache;
         if (ctx.state.errorCode) fields.error = `${ctx.state.errorCode as string}: ${ctx.state.errorMessage as string}`;
         if (ctx.state.internalError) log.error({ err: ctx.state.internalError, path: ctx.path }, 'internal error');
+        if (ctx.state.storageError) log.error({ err: ctx.state.storageError, path: ctx.path }, 'storage failure');
         log.info(fields, 'request');
       };
       if (ctx.res.writableFinished || ctx.res.destroyed) done();
@@ -72,6 +73,14 @@ export function createApp(deps: AppDeps, parts: AppParts): Koa {
   // Errors are answered by errorMiddleware; koa's own handler would only log them again.
   app.silent = true;
   app.on('error', () => {});
+  // A body stream koa pipes (a cached blob, a fill read) that fails before its first byte: koa's own
+  // ctx.onerror would answer a text/plain 500 (or the bare status text) outside the error table; this
+  // answers the envelope instead.
+  app.context.onerror = function onerror(this: Context, err: unknown): void {
+    // Once bytes are out, as koa does: nothing to answer (the stream's own teardown ends the response).
+    if (err == null || this.headerSent || !this.writable) return;
+    answerError(this, err);
+  };
   app.use(requestLog(deps.log, deps.metrics));
   app.use(errorMiddleware);
   const v2 = v2Handler(deps);

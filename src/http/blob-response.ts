@@ -2,8 +2,9 @@ import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { Context } from 'koa';
 import { RegistryError } from '../oci/errors.ts';
-import { parseRange, rangeLength, type ByteRange } from '../oci/range.ts';
+import { type ByteRange, parseRange, rangeLength } from '../oci/range.ts';
 import type { BlobHandle } from '../registry/blobs.ts';
+import { answerError } from './errors.ts';
 
 /** Headers every blob response carries: content is immutable, so caches may keep it for good. */
 export function setBlobHeaders(ctx: Context, digest: string): void {
@@ -41,26 +42,24 @@ export function sendBlob(ctx: Context, blob: BlobHandle, ranges: ByteRange[] | u
   }
   if (!ranges) {
     ctx.status = 200;
-    ctx.body = blob.read(0, blob.size - 1, true);
     ctx.type = 'application/octet-stream';
     ctx.length = blob.size;
     if (blob.size === 0) ctx.body = Buffer.alloc(0);
+    else sendStream(ctx, blob.read(0, blob.size - 1, true));
     return;
   }
   ctx.status = 206;
   if (ranges.length === 1) {
     const r = ranges[0]!;
-    // A range that is the whole blob (`bytes=0-`) is held back like a whole GET: last byte after the digest check.
-    ctx.body = blob.read(r.start, r.end, r.start === 0 && r.end === blob.size - 1);
     ctx.type = 'application/octet-stream';
     ctx.length = rangeLength(r);
     ctx.set('Content-Range', `bytes ${r.start}-${r.end}/${blob.size}`);
+    // A range that is the whole blob (`bytes=0-`) is held back like a whole GET: last byte after the digest check.
+    sendStream(ctx, blob.read(r.start, r.end, r.start === 0 && r.end === blob.size - 1));
     return;
   }
   const boundary = `berth-${randomBytes(12).toString('hex')}`;
-  const heads = ranges.map(
-    (r, i) => Buffer.from(`${i === 0 ? '' : '\r\n'}--${boundary}\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes ${r.start}-${r.end}/${blob.size}\r\n\r\n`),
-  );
+  const heads = ranges.map((r, i) => Buffer.from(`${i === 0 ? '' : '\r\n'}--${boundary}\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes ${r.start}-${r.end}/${blob.size}\r\n\r\n`));
   const tail = Buffer.from(`\r\n--${boundary}--\r\n`);
   const length = heads.reduce((n, h, i) => n + h.length + rangeLength(ranges[i]!), 0) + tail.length;
   const wanted = ranges;
@@ -75,10 +74,25 @@ export function sendBlob(ctx: Context, blob: BlobHandle, ranges: ByteRange[] | u
     }
     yield tail;
   }
-  const out = Readable.from(parts(), { objectMode: false, highWaterMark: 256 * 1024 });
-  ctx.body = out;
   ctx.type = `multipart/byteranges; boundary=${boundary}`;
   ctx.length = length;
+  sendStream(ctx, Readable.from(parts(), { objectMode: false, highWaterMark: 256 * 1024 }));
+}
+
+/**
+ * A body stream (a fill read, a multipart body) written as sendDirect writes: a stream that fails before
+ * its first byte (a small blob whose bytes are wrong, a fill that failed at once) is still answered with a
+ * status and an error code, which koa's own piping cannot do (it destroys the socket). Leaving the loop
+ * early (a failed write: the client went away) destroys the stream, which lets its fill reader go.
+ */
+function sendStream(ctx: Context, stream: Readable): void {
+  sendDirect(ctx, async (write) => {
+    try {
+      for await (const chunk of stream) await write(chunk as Buffer);
+    } finally {
+      stream.destroy();
+    }
+  });
 }
 
 /** Whether `ranges` together cover every byte of a blob of `size` bytes. */
@@ -133,6 +147,8 @@ function sendDirect(ctx: Context, body: (write: (chunk: Buffer) => Promise<void>
     });
   body(write).then(
     () => res.end(),
-    (err: Error) => res.destroy(err),
+    // Before the first byte (a fill that failed at once: wrong bytes, a full disk) the client still gets a
+    // status and an error code; after it, a broken transfer.
+    (err: Error) => (res.headersSent || gone ? res.destroy(err) : answerError(ctx, err)),
   );
 }

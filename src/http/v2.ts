@@ -1,12 +1,13 @@
-import type { Context } from 'koa';
-import { RegistryError } from '../oci/errors.ts';
+import Router from '@koa/router';
+import type { Context, Next } from 'koa';
+import type { Metrics } from '../metrics.ts';
 import { parseDigest } from '../oci/digest.ts';
-import { parseReference, isTag } from '../oci/reference.ts';
+import { RegistryError } from '../oci/errors.ts';
+import { isTag, parseReference } from '../oci/reference.ts';
 import type { Blobs } from '../registry/blobs.ts';
 import type { Manifests } from '../registry/manifests.ts';
 import type { Tags } from '../registry/tags.ts';
 import type { Upstreams } from '../registry/upstreams.ts';
-import type { Metrics } from '../metrics.ts';
 import { checkRangeSyntax, requestedRanges, sendBlob, setBlobHeaders } from './blob-response.ts';
 
 export interface V2Deps {
@@ -17,9 +18,6 @@ export interface V2Deps {
   metrics: Metrics;
 }
 
-const MANIFEST = /^\/v2\/(.+)\/manifests\/([^/]+)$/;
-const BLOB = /^\/v2\/(.+)\/blobs\/([^/]+)$/;
-const TAGS = /^\/v2\/(.+)\/tags\/list$/;
 const MAX_PAGE = 10_000;
 
 /** A single-valued query parameter; repeated or malformed ones are a 400, not a guess. */
@@ -29,96 +27,121 @@ function queryParam(ctx: Context, name: string): string | undefined {
   return v;
 }
 
-/** The OCI distribution API, pull side. Dispatch by small predicates on the path. */
+/**
+ * A path parameter as the client sent it, percent-escapes and all (the router's `ctx.params` are decoded):
+ * `a%2Fb` is not the name `a/b`, and `sha256%3A…` is not a digest; the grammar checks see the raw text.
+ */
+function raw(ctx: Context, i: number): string {
+  return (ctx as Context & { captures: string[] }).captures[i]!;
+}
+
+/**
+ * The OCI distribution API, pull side: the whole /v2 table is the router below. Names have slashes, so
+ * `*name` is a multi-segment wildcard; it is greedy, so `a/manifests/b/manifests/latest` is the name
+ * `a/manifests/b` and the reference `latest`, as distribution reads it. The routes' last segments differ
+ * (`manifests/R`, `blobs/D`, `tags/list`), so at most one route matches any path.
+ */
 export function v2Handler(d: V2Deps) {
+  // sensitive: `/MANIFESTS/` is no route; strict: `/tags/list/` is no route (only /v2/ takes a trailing slash).
+  const router = new Router({ sensitive: true, strict: true });
+  router.get(['/v2', '/v2/'], (ctx) => {
+    ctx.state.route = 'base';
+    ctx.status = 200;
+    ctx.type = 'application/json';
+    ctx.body = '{}';
+  });
+  router.get('/v2/*name/manifests/:reference', async (ctx) => {
+    ctx.state.route = 'manifest';
+    const ns = queryParam(ctx, 'ns');
+    const route = d.upstreams.route(raw(ctx, 0), ns);
+    ctx.state.upstream = route.upstream;
+    const ref = parseReference(raw(ctx, 1));
+    if (ns !== undefined) ctx.set('OCI-Namespace', ns);
+    const result = await d.manifests.get(route, ref, ctx.get('Accept'), ctx.method as 'GET' | 'HEAD');
+    ctx.state.cache = result.cached ? 'hit' : 'miss';
+    ctx.status = 200;
+    ctx.set('Docker-Content-Digest', result.digest);
+    ctx.set('ETag', `"${result.digest}"`);
+    if (result.stale) ctx.set('Warning', `110 berth "Response is stale: ${result.stale.replace(/["\\]/g, "'").slice(0, 200)}"`);
+    if (result.bytes) ctx.body = result.bytes;
+    ctx.type = result.mediaType;
+    ctx.length = result.size;
+  });
+  router.get('/v2/*name/blobs/:digest', async (ctx) => {
+    ctx.state.route = 'blob';
+    const ns = queryParam(ctx, 'ns');
+    const route = d.upstreams.route(raw(ctx, 0), ns);
+    ctx.state.upstream = route.upstream;
+    const digest = parseDigest(raw(ctx, 1));
+    if (ns !== undefined) ctx.set('OCI-Namespace', ns);
+    if (ctx.method === 'HEAD') {
+      const { size, cached } = await d.blobs.stat(route, digest);
+      ctx.state.cache = cached ? 'hit' : 'miss';
+      setBlobHeaders(ctx, digest);
+      ctx.status = 200;
+      ctx.type = 'application/octet-stream';
+      ctx.length = size;
+      return;
+    }
+    const ranged = checkRangeSyntax(ctx);
+    // The client's address counts its new fills against fills.maxPerClient.
+    const blob = await d.blobs.open(route, digest, !ranged, ctx.req.socket.remoteAddress);
+    ctx.state.cache = blob.source === 'cache' ? 'hit' : 'miss';
+    let ranges: ReturnType<typeof requestedRanges>;
+    try {
+      ranges = ranged ? requestedRanges(ctx, digest, blob.size) : undefined;
+      // Before the headers: an upstream that cannot serve these ranges is a 503/404, not a cut 206.
+      if (ranges && blob.prefetch) await blob.prefetch(ranges);
+    } catch (err) {
+      // A 416 (or a failed prefetch) reads nothing: the fill this request acquired must still be let go.
+      blob.unused?.();
+      throw err;
+    }
+    const source = blob.source;
+    sendBlob(ctx, blob, ranges, (n) => d.metrics.bytesServed.inc({ source }, n));
+  });
+  router.get('/v2/*name/tags/list', async (ctx) => {
+    ctx.state.route = 'tags';
+    const ns = queryParam(ctx, 'ns');
+    const name = raw(ctx, 0);
+    const route = d.upstreams.route(name, ns);
+    ctx.state.upstream = route.upstream;
+    const nText = queryParam(ctx, 'n');
+    const last = queryParam(ctx, 'last');
+    let n: number | undefined;
+    if (nText !== undefined) {
+      if (!/^\d{1,6}$/.test(nText) || Number(nText) > MAX_PAGE) {
+        throw new RegistryError('PAGINATION_NUMBER_INVALID', `n must be a whole number from 0 to ${MAX_PAGE}`);
+      }
+      n = Number(nText);
+    }
+    if (last !== undefined && !isTag(last)) throw new RegistryError('QUERY_INVALID', `last "${last.slice(0, 80)}" is not a tag`);
+    const page = await d.tags.list(route, name, n, last);
+    if (page.next) ctx.set('Link', `<${ctx.path}?${ns !== undefined ? `ns=${encodeURIComponent(ns)}&` : ''}${page.next}>; rel="next"`);
+    ctx.status = 200;
+    ctx.body = { name: page.name, tags: page.tags };
+  });
+  const routes = router.routes();
+
   return async function v2(ctx: Context): Promise<void> {
     ctx.set('Docker-Distribution-API-Version', 'registry/2.0');
     // Bodies come from upstreams: a browser must never guess a type from them (script on berth's origin).
     ctx.set('X-Content-Type-Options', 'nosniff');
     const path = ctx.path;
+    // Before the table: any other method is a 405 on every path, known or not (pull only).
     if (ctx.method !== 'GET' && ctx.method !== 'HEAD') {
       ctx.state.route = path === '/v2' || path === '/v2/' ? 'base' : 'other';
       throw new RegistryError('UNSUPPORTED', `${ctx.method} is not supported: berth is a pull-through cache (pull only)`);
     }
-    if (path === '/v2' || path === '/v2/') {
-      ctx.state.route = 'base';
-      ctx.status = 200;
-      ctx.type = 'application/json';
-      ctx.body = '{}';
-      return;
-    }
     if (path.length > 2048) throw new RegistryError('NAME_INVALID', 'request path is too long');
-    const method = ctx.method;
-    const ns = queryParam(ctx, 'ns');
-    let m: RegExpExecArray | null;
-    if ((m = MANIFEST.exec(path))) {
-      ctx.state.route = 'manifest';
-      const route = d.upstreams.route(m[1]!, ns);
-      const ref = parseReference(m[2]!);
-      if (ns !== undefined) ctx.set('OCI-Namespace', ns);
-      const result = await d.manifests.get(route, ref, ctx.get('Accept'), method);
-      ctx.state.cache = result.cached ? 'hit' : 'miss';
-      ctx.status = 200;
-      ctx.set('Docker-Content-Digest', result.digest);
-      ctx.set('ETag', `"${result.digest}"`);
-      if (result.stale) ctx.set('Warning', `110 berth "Response is stale: ${result.stale.replace(/["\\]/g, "'").slice(0, 200)}"`);
-      if (result.bytes) ctx.body = result.bytes;
-      ctx.type = result.mediaType;
-      ctx.length = result.size;
-      return;
-    }
-    if ((m = BLOB.exec(path))) {
-      ctx.state.route = 'blob';
-      const route = d.upstreams.route(m[1]!, ns);
-      const digest = parseDigest(m[2]!);
-      if (ns !== undefined) ctx.set('OCI-Namespace', ns);
-      if (method === 'HEAD') {
-        const { size, cached } = await d.blobs.stat(route, digest);
-        ctx.state.cache = cached ? 'hit' : 'miss';
-        setBlobHeaders(ctx, digest);
-        ctx.status = 200;
-        ctx.type = 'application/octet-stream';
-        ctx.length = size;
-        return;
-      }
-      const ranged = checkRangeSyntax(ctx);
-      // The client's address counts its new fills against fills.maxPerClient.
-      const blob = await d.blobs.open(route, digest, !ranged, ctx.req.socket.remoteAddress);
-      ctx.state.cache = blob.source === 'cache' ? 'hit' : 'miss';
-      let ranges: ReturnType<typeof requestedRanges>;
-      try {
-        ranges = ranged ? requestedRanges(ctx, digest, blob.size) : undefined;
-        // Before the headers: an upstream that cannot serve these ranges is a 503/404, not a cut 206.
-        if (ranges && blob.prefetch) await blob.prefetch(ranges);
-      } catch (err) {
-        // A 416 (or a failed prefetch) reads nothing: the fill this request acquired must still be let go.
-        blob.unused?.();
-        throw err;
-      }
-      const source = blob.source;
-      sendBlob(ctx, blob, ranges, (n) => d.metrics.bytesServed.inc({ source }, n));
-      return;
-    }
-    if ((m = TAGS.exec(path))) {
-      ctx.state.route = 'tags';
-      const route = d.upstreams.route(m[1]!, ns);
-      const nText = queryParam(ctx, 'n');
-      const last = queryParam(ctx, 'last');
-      let n: number | undefined;
-      if (nText !== undefined) {
-        if (!/^\d{1,6}$/.test(nText) || Number(nText) > MAX_PAGE) {
-          throw new RegistryError('PAGINATION_NUMBER_INVALID', `n must be a whole number from 0 to ${MAX_PAGE}`);
-        }
-        n = Number(nText);
-      }
-      if (last !== undefined && !isTag(last)) throw new RegistryError('QUERY_INVALID', `last "${last.slice(0, 80)}" is not a tag`);
-      const page = await d.tags.list(route, m[1]!, n, last);
-      if (page.next) ctx.set('Link', `<${path}?${ns !== undefined ? `ns=${encodeURIComponent(ns)}&` : ''}${page.next}>; rel="next"`);
-      ctx.status = 200;
-      ctx.body = { name: page.name, tags: page.tags };
-      return;
-    }
-    ctx.state.route = 'other';
-    throw new RegistryError('NOT_FOUND', `no such endpoint: ${ctx.method} ${path.slice(0, 200)}`);
+    // A repeated ?ns= is a 400 on any path but /v2/ (the routes read it again, the same way).
+    queryParam(ctx, 'ns');
+    await routes(
+      ctx as Parameters<typeof routes>[0],
+      (() => {
+        ctx.state.route = 'other';
+        throw new RegistryError('NOT_FOUND', `no such endpoint: ${ctx.method} ${path.slice(0, 200)}`);
+      }) as Next,
+    );
   };
 }
