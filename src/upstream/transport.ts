@@ -114,7 +114,10 @@ export class UpstreamTransport {
     }
     if (res.status === 416) throw new RegistryError('RANGE_NOT_SATISFIABLE', `${from}${text}`);
     if (res.status === 429) throw new RegistryError('UNAVAILABLE', `${from}: rate limited${text}`);
-    throw new RegistryError('UPSTREAM_ERROR', `${from}${text}`);
+    // To an http:// upstream the request goes through the proxy without CONNECT, so a gateway error may
+    // be the proxy's own: the operator should know to look there too.
+    const gateway = (res.status === 502 || res.status === 503 || res.status === 504) && this.via !== '' ? ' (through its outbound proxy)' : '';
+    throw new RegistryError('UPSTREAM_ERROR', `${from}${gateway}${text}`);
   }
 
   /** One logical request: auth and redirects resolved, any final status returned. */
