@@ -68,7 +68,10 @@ export function parseOptions(argv: readonly string[]): BenchOptions {
     if (a === '--quick') quick = true;
     else if (a === '--no-write') write = false;
     else if (a === '--only' || a.startsWith('--only=')) {
-      const names = value().split(',').map((s) => s.trim()).filter(Boolean);
+      const names = value()
+        .split(',')
+        .map((s) => s.trim())
+        .filter(Boolean);
       for (const n of names) if (!(FIGURES as readonly string[]).includes(n)) throw new Error(`--only: unknown figure "${n}"\n${USAGE}`);
       only = new Set(names as FigureName[]);
     } else if (a === '--link-rate' || a.startsWith('--link-rate=')) linkRate = parseRateArg(value());

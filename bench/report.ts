@@ -19,7 +19,11 @@ function cellsOf(r: Row): string[] {
 export function renderTable(rows: readonly Row[]): string {
   const lines = [HEAD, ...rows.map(cellsOf)];
   const widths = HEAD.map((_, i) => Math.max(...lines.map((l) => l[i]!.length)));
-  const fmt = (l: string[]): string => l.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();
+  const fmt = (l: string[]): string =>
+    l
+      .map((c, i) => c.padEnd(widths[i]!))
+      .join('  ')
+      .trimEnd();
   return [fmt(lines[0]!), widths.map((w) => '-'.repeat(w)).join('  '), ...lines.slice(1).map(fmt)].join('\n');
 }
 
@@ -54,7 +58,9 @@ Do not edit by hand: run the bench again (bench/README.md says what each figure 
 | CPU | ${m.cpuModel} |
 | kernel | ${m.kernel} |
 | load average (1 min) at start / end | ${m.loadAtStart.toFixed(2)} / ${loadEnd.toFixed(2)} (other work on the machine competes with the servers) |
-${Object.entries(m.versions).map(([k, v]) => `| ${k} | ${v} |`).join('\n')}
+${Object.entries(m.versions)
+  .map(([k, v]) => `| ${k} | ${v} |`)
+  .join('\n')}
 
 ## Setup
 

@@ -15,11 +15,7 @@ export async function skopeoPull(host: string, repository: string, tag: string, 
   const env = { ...process.env, HTTP_PROXY: '', HTTPS_PROXY: '', http_proxy: '', https_proxy: '' };
   const t0 = performance.now();
   try {
-    await run(
-      'skopeo',
-      ['copy', '-q', '--policy', policy, '--src-tls-verify=false', `docker://${host}/${repository}:${tag}`, `dir:${dest}`],
-      { env, timeout: 600_000, maxBuffer: 1 << 20 },
-    );
+    await run('skopeo', ['copy', '-q', '--policy', policy, '--src-tls-verify=false', `docker://${host}/${repository}:${tag}`, `dir:${dest}`], { env, timeout: 600_000, maxBuffer: 1 << 20 });
     return (performance.now() - t0) / 1000;
   } finally {
     await rm(dest, { recursive: true, force: true });

@@ -107,8 +107,7 @@ export async function startRegistryProxy(upstreamUrl: string): Promise<Server> {
     url: `http://127.0.0.1:${port}`,
     host: `127.0.0.1:${port}`,
     pids: () => [p.pid],
-    hasBlob: (d, size) =>
-      fileHasSize(path.join(data, 'docker', 'registry', 'v2', 'blobs', 'sha256', hexOf(d).slice(0, 2), hexOf(d), 'data'), size),
+    hasBlob: (d, size) => fileHasSize(path.join(data, 'docker', 'registry', 'v2', 'blobs', 'sha256', hexOf(d).slice(0, 2), hexOf(d), 'data'), size),
     logFile,
     stop: () => handle.stop(),
   };

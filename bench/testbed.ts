@@ -6,7 +6,7 @@ import path from 'node:path';
 import { buildImage, type Image, pushImage, seedStandard } from '../test/support/images.ts';
 import { type Relay, startRelay } from '../test/support/relay.ts';
 import { makeTempDir, removeTempDir } from '../test/support/tmp.ts';
-import { type Upstream, startUpstream } from '../test/support/upstream.ts';
+import { startUpstream, type Upstream } from '../test/support/upstream.ts';
 import { guarded } from './cleanup.ts';
 import { sizeName } from './options.ts';
 

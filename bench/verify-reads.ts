@@ -3,7 +3,7 @@
 //   node --import tsx bench/verify-reads.ts [sizeMiB]
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync, closeSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { freePort, waitForHttp } from '../test/support/ports.ts';
@@ -29,13 +29,18 @@ try {
   for (const verifyReads of [true, false]) {
     const port = await freePort();
     const config = path.join(dir, `berth-${verifyReads}.yaml`);
-    writeFileSync(config, JSON.stringify({ listen: `127.0.0.1:${port}`, offline: true, log: { level: 'warn' }, storage: { path: storage, verifyReads }, upstreams: [{ host: 'docker.io', url: 'http://127.0.0.1:9' }] }));
+    writeFileSync(
+      config,
+      JSON.stringify({ listen: `127.0.0.1:${port}`, offline: true, log: { level: 'warn' }, storage: { path: storage, verifyReads }, upstreams: [{ host: 'docker.io', url: 'http://127.0.0.1:9' }] }),
+    );
     const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src/main.ts'), 'serve', '--config', config], { cwd: ROOT, stdio: 'inherit' });
     try {
       await waitForHttp(`http://127.0.0.1:${port}/v2/`, { timeoutMs: 20_000 });
       const rates: number[] = [];
       for (let i = 0; i < 4; i++) {
-        const out = execFileSync('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code} %{speed_download}', `http://127.0.0.1:${port}/v2/lab/x/blobs/sha256:${hex}`]).toString().split(' ');
+        const out = execFileSync('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code} %{speed_download}', `http://127.0.0.1:${port}/v2/lab/x/blobs/sha256:${hex}`])
+          .toString()
+          .split(' ');
         if (out[0] !== '200') throw new Error(`GET answered ${out[0]}`);
         if (i > 0) rates.push(Number(out[1]) / 1e6); // the first warms the page cache
       }

@@ -1,11 +1,11 @@
 import { Command } from 'commander';
-import { serveCommand } from './cli/serve.ts';
-import { prewarmCommand } from './cli/prewarm.ts';
 import { exportCommand } from './cli/export.ts';
-import { importCommand } from './cli/import.ts';
-import { maintenanceCommands } from './cli/maintenance.ts';
 import { hostsCommand } from './cli/hosts.ts';
+import { importCommand } from './cli/import.ts';
 import { indexCommand } from './cli/index-cmd.ts';
+import { maintenanceCommands } from './cli/maintenance.ts';
+import { prewarmCommand } from './cli/prewarm.ts';
+import { serveCommand } from './cli/serve.ts';
 import { verifyCommand } from './cli/verify.ts';
 
 /** berth's command line: `berth serve` and the operator commands, all with the same config options. */

@@ -24,13 +24,10 @@ export class SingleFlight<V> {
     const forget = () => {
       if (this.calls.get(key) === p) this.calls.delete(key);
     };
-    p.then(
-      () => {
-        if (this.memoMs > 0) setTimeout(forget, this.memoMs).unref();
-        else forget();
-      },
-      forget,
-    );
+    p.then(() => {
+      if (this.memoMs > 0) setTimeout(forget, this.memoMs).unref();
+      else forget();
+    }, forget);
     return p;
   }
 

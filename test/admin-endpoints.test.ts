@@ -9,13 +9,13 @@ import { execFile } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { after, before, describe, test } from 'node:test';
-import { type Upstream, startUpstream } from './support/upstream.ts';
+import { promisify } from 'node:util';
+import { isLoopbackAddress } from '../src/http/admin-guard.ts';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
 import { describeOutcome, fetchOutcome } from './support/outcome.ts';
-import { isLoopbackAddress } from '../src/http/admin-guard.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
 const run = promisify(execFile);
 const basic = (user: string, password: string): string => `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`;
@@ -30,7 +30,7 @@ before(async () => {
   up = await startUpstream();
   const htpasswd = path.join(work, 'htpasswd');
   const users = await Promise.all([run('htpasswd', ['-Bbn', 'puller', 'pull-pw']), run('htpasswd', ['-Bbn', 'operator', 'op-pw'])]);
-  await writeFile(htpasswd, users.map((u) => u.stdout.trim()).join('\n') + '\n');
+  await writeFile(htpasswd, `${users.map((u) => u.stdout.trim()).join('\n')}\n`);
   open = await startBerth({ upstreams: [{ host: up.host, url: up.url }], admin: { maxPrewarmReferences: 100 } });
   locked = await startBerth({ upstreams: [{ host: up.host, url: up.url }], auth: { htpasswd, admins: ['operator'] } });
 });
@@ -99,14 +99,24 @@ describe('prewarm limits', () => {
       assert.ok(Date.now() < deadline, 'upstream traffic did not settle');
       await new Promise((ok) => setTimeout(ok, 50));
     }
-    const repos = new Set(up.accessLogSince(mark).filter((e) => e.path.includes('/lab/hangup-')).map((e) => /hangup-\d+/.exec(e.path)![0]));
+    const repos = new Set(
+      up
+        .accessLogSince(mark)
+        .filter((e) => e.path.includes('/lab/hangup-'))
+        .map((e) => /hangup-\d+/.exec(e.path)![0]),
+    );
     assert.ok(repos.size <= 5, `berth went on through ${repos.size} of 100 references after the client hung up`);
   });
 });
 
 describe('admin endpoints with client auth', () => {
   test('/metrics, /healthz and /_berth/prewarm need credentials (401), a user who is not an admin gets 403, an admin gets in', async () => {
-    for (const [method, p] of [['GET', '/metrics'], ['GET', '/healthz'], ['GET', '/readyz'], ['POST', '/_berth/prewarm']] as const) {
+    for (const [method, p] of [
+      ['GET', '/metrics'],
+      ['GET', '/healthz'],
+      ['GET', '/readyz'],
+      ['POST', '/_berth/prewarm'],
+    ] as const) {
       const anon = await fetchOutcome(locked.url, p, { method });
       assert.equal(anon.status, 401, `${method} ${p} anonymous: ${describeOutcome(anon)}`);
       assert.match(String(anon.headers?.['www-authenticate']), /^Basic realm=/);

@@ -2,14 +2,14 @@
 // (let alone to a host that is not configured: berth is not an open proxy). DESIGN.md "Errors" and
 // "Routing a request to an upstream". Issue #2.
 import assert from 'node:assert/strict';
-import http from 'node:http';
+import type http from 'node:http';
 import { after, before, describe, test } from 'node:test';
-import { type Upstream, startUpstream } from './support/upstream.ts';
-import { type Seeded, MediaTypes, seedStandard } from './support/images.ts';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
 import { request } from './support/http.ts';
+import { MediaTypes, type Seeded, seedStandard } from './support/images.ts';
 import { upstreamTrafficSince } from './support/links.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
 interface Row {
   /** What a user would notice, in a few words. */
@@ -154,7 +154,12 @@ describe('bad requests', () => {
     seedDir = await makeTempDir('seed-bad');
     up = await startUpstream();
     seeded = await seedStandard(up, seedDir);
-    b = await startBerth({ upstreams: [{ host: 'docker.io', url: up.url }, { host: 'quay.io', url: up.url }] });
+    b = await startBerth({
+      upstreams: [
+        { host: 'docker.io', url: up.url },
+        { host: 'quay.io', url: up.url },
+      ],
+    });
     mark = up.logLineCount();
   });
 

@@ -4,12 +4,12 @@
 // behaviour (lower bounds, ordering), not speed.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { type Upstream, startUpstream } from './support/upstream.ts';
-import { type Blob, type Image, MediaTypes, buildImage, pushImage } from './support/images.ts';
-import { type InProcessBerth, type BerthOptions, startBerth } from './support/berth.ts';
+import { type BerthOptions, type InProcessBerth, startBerth } from './support/berth.ts';
+import { type Blob, buildImage, type Image, MediaTypes, pushImage } from './support/images.ts';
+import { httpRequest, metricValue, sha256, waitUntil } from './support/links.ts';
 import { committed } from './support/storage.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
-import { httpRequest, metricValue, sha256, waitUntil } from './support/links.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
 const MiB = 1024 * 1024;
 const LIMIT = 4 * MiB;

@@ -33,7 +33,10 @@ describe('the bundle npm start runs', () => {
     const out = path.join(outDir, 'berth.mjs');
     // The same esbuild invocation as `npm run build`, into a private file so parallel runs do not collide.
     const pkg = (await import('../package.json', { with: { type: 'json' } })).default as { scripts: Record<string, string> };
-    const args = pkg.scripts.build!.replace(/^esbuild /, '').replace('--outfile=dist/berth.mjs', `--outfile=${out}`).split(' ');
+    const args = pkg.scripts
+      .build!.replace(/^esbuild /, '')
+      .replace('--outfile=dist/berth.mjs', `--outfile=${out}`)
+      .split(' ');
     await run(path.join(root, 'node_modules/.bin/esbuild'), args, { cwd: root });
     const port = await freePort();
     proc = startProcess('berth-bundle', process.execPath, [out, 'serve', '--listen', `127.0.0.1:${port}`, '--storage', path.join(dir, 'storage'), '--upstream', `docker.io=http://${DEAD_ENDPOINT}`], {

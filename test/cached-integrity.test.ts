@@ -7,20 +7,19 @@ import { existsSync } from 'node:fs';
 import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { type Upstream, startUpstream } from './support/upstream.ts';
-import { type Image, buildImage, pushImage } from './support/images.ts';
-import { type InProcessBerth, startBerth } from './support/berth.ts';
-import { fetchOutcome } from './support/outcome.ts';
-import { upstreamTrafficSince } from './support/links.ts';
-import { committedPath } from './support/storage.ts';
-import { describeRun, flipByte, runBerth, writeCliConfig } from './support/berth-cli.ts';
 import pino from 'pino';
 import { ConfigSchema } from '../src/config/schema.ts';
 import { createBerth } from '../src/server.ts';
+import { type InProcessBerth, startBerth } from './support/berth.ts';
+import { describeRun, flipByte, runBerth, writeCliConfig } from './support/berth-cli.ts';
+import { buildImage, type Image, pushImage } from './support/images.ts';
+import { upstreamTrafficSince } from './support/links.ts';
+import { fetchOutcome } from './support/outcome.ts';
+import { committedPath } from './support/storage.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
-const blobGets = (entries: Array<{ method: string; path: string }>, digest: string) =>
-  entries.filter((e) => e.method === 'GET' && e.path.split('?')[0]!.endsWith(`/blobs/${digest}`)).length;
+const blobGets = (entries: Array<{ method: string; path: string }>, digest: string) => entries.filter((e) => e.method === 'GET' && e.path.split('?')[0]!.endsWith(`/blobs/${digest}`)).length;
 
 describe('a cached blob that no longer hashes to its name', () => {
   let up: Upstream;
@@ -60,7 +59,10 @@ describe('a cached blob that no longer hashes to its name', () => {
       assert.ok(bad.body.length < layer.size, 'the last byte was held back');
       assert.ok(!existsSync(file), 'the rotten file left blobs/');
       const quarantined = await readdir(path.join(b.storage, 'quarantine'));
-      assert.ok(quarantined.some((f) => f.startsWith(layer.digest.slice(7))), `quarantine/ holds it: ${quarantined.join(', ')}`);
+      assert.ok(
+        quarantined.some((f) => f.startsWith(layer.digest.slice(7))),
+        `quarantine/ holds it: ${quarantined.join(', ')}`,
+      );
       assert.equal(b.berth.index.getBlob(layer.digest as never), undefined, 'its index row is gone');
 
       const mark = up.logLineCount();

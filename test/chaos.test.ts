@@ -9,22 +9,22 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { readdirSync } from 'node:fs';
-import { mkdir, open, rm } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
-import { after, before, describe, test } from 'node:test';
-import { type Upstream, startUpstream } from './support/upstream.ts';
-import { type Image, ACCEPT_ALL_MANIFESTS, blobBytes, buildImage, pushImage } from './support/images.ts';
 import { type BerthChild, startBerthChild } from './support/berth-child.ts';
 import { unverifiedBlobFiles } from './support/berth-cli.ts';
-import { type Outcome, describeOutcome, fetchOutcome, sha256Of } from './support/outcome.ts';
-import { type ConnectionFault, type Relay, startRelay } from './support/relay.ts';
+import { ACCEPT_ALL_MANIFESTS, blobBytes, buildImage, type Image, pushImage } from './support/images.ts';
 import { fillUp, mountTmpfs, unmountUnder } from './support/mounts.ts';
+import { describeOutcome, fetchOutcome, type Outcome, sha256Of } from './support/outcome.ts';
+import { type ConnectionFault, type Relay, startRelay } from './support/relay.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
-const run = promisify(execFile);
+const _run = promisify(execFile);
 const MB = 1_000_000;
 const IMAGES = 6;
 const CLIENTS = 16;
@@ -156,7 +156,8 @@ describe('chaos: hostile clients, a failing upstream, a lying upstream and a ful
           const end = Math.min(l.bytes.length - 1, start + rand(2 * MB));
           const o = await fetchOutcome(b.url, blobPath(l, GOOD), { headers: { range: `bytes=${start}-${end}` }, timeoutMs: 20_000 });
           note('range', o);
-          if (o.complete && o.status === 206 && !o.body.equals(l.bytes.subarray(start, end + 1))) findings.push({ what: `Range ${start}-${end} of ${l.digest}: wrong bytes`, outcome: describeOutcome(o) });
+          if (o.complete && o.status === 206 && !o.body.equals(l.bytes.subarray(start, end + 1)))
+            findings.push({ what: `Range ${start}-${end} of ${l.digest}: wrong bytes`, outcome: describeOutcome(o) });
         } else if (dice < 66) {
           await abortedGet(`${b.url}${blobPath(l, GOOD)}`, dice % 2 === 0);
         } else if (dice < 74) {
@@ -168,11 +169,13 @@ describe('chaos: hostile clients, a failing upstream, a lying upstream and a ful
         } else if (dice < 90) {
           const o = await fetchOutcome(b.url, blobPath(l, EVIL), { timeoutMs: 20_000 });
           note('evil whole', o);
-          if (o.complete && o.status === 200 && sha256Of(o.body) !== l.digest) findings.push({ what: `whole GET of ${l.digest} through the lying upstream: wrong bytes served clean`, outcome: describeOutcome(o) });
+          if (o.complete && o.status === 200 && sha256Of(o.body) !== l.digest)
+            findings.push({ what: `whole GET of ${l.digest} through the lying upstream: wrong bytes served clean`, outcome: describeOutcome(o) });
         } else if (dice < 95) {
           const o = await fetchOutcome(b.url, blobPath(l, EVIL), { headers: { range: 'bytes=0-' }, timeoutMs: 20_000 });
           note('evil bytes=0-', o);
-          if (o.complete && o.status === 206 && sha256Of(o.body) !== l.digest) findings.push({ what: `bytes=0- of ${l.digest} through the lying upstream: wrong bytes served clean`, outcome: describeOutcome(o) });
+          if (o.complete && o.status === 206 && sha256Of(o.body) !== l.digest)
+            findings.push({ what: `bytes=0- of ${l.digest} through the lying upstream: wrong bytes served clean`, outcome: describeOutcome(o) });
         } else {
           const start = rand(l.bytes.length);
           note('evil range', await fetchOutcome(b.url, blobPath(l, EVIL), { headers: { range: `bytes=${start}-${start + 4095}` }, timeoutMs: 20_000 }));

@@ -4,15 +4,15 @@
 // "client-abort storm". berth runs as its own process, so a crash shows as an exit, and its open file
 // descriptors are counted from /proc.
 import assert from 'node:assert/strict';
-import { connect } from 'node:net';
 import { readdirSync } from 'node:fs';
+import { connect } from 'node:net';
 import { after, before, describe, test } from 'node:test';
-import { type Upstream, startUpstream } from './support/upstream.ts';
-import { type Image, buildImage, pushImage } from './support/images.ts';
 import { type BerthChild, startBerthChild } from './support/berth-child.ts';
 import { hashedGet } from './support/http.ts';
+import { buildImage, type Image, pushImage } from './support/images.ts';
 import { waitUntil } from './support/links.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
 const ROUNDS = 30;
 const PARALLEL = 100;

@@ -7,13 +7,13 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { after, before, describe, test } from 'node:test';
-import { type Upstream, startUpstream } from './support/upstream.ts';
-import { type Image, ACCEPT_ALL_MANIFESTS, buildImage, pushImage } from './support/images.ts';
+import { promisify } from 'node:util';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
+import { ACCEPT_ALL_MANIFESTS, buildImage, type Image, pushImage } from './support/images.ts';
 import { describeOutcome, fetchOutcome, sha256Of } from './support/outcome.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
 const run = promisify(execFile);
 const basic = (user: string, password: string): string => `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`;
@@ -33,7 +33,7 @@ before(async () => {
   htpasswd = path.join(work, 'htpasswd');
   // Cost 8: a check takes long enough (~15-30 ms in bcryptjs) that skipping it shows in the timing.
   const lines = await Promise.all([run('htpasswd', ['-nbB', '-C', '8', 'ci', 'ci-password']), run('htpasswd', ['-nbB', '-C', '8', 'dev', 'dev-password'])]);
-  await writeFile(htpasswd, lines.map((l) => l.stdout.trim()).join('\n') + '\n');
+  await writeFile(htpasswd, `${lines.map((l) => l.stdout.trim()).join('\n')}\n`);
   // A private image and a public one that shares its base layer; the private one has a secret layer too.
   priv = await buildImage({ format: 'oci', layers: [{ files: { 'etc/os-release': `base ${work}\n` } }, { files: { 'app/secret.txt': `secret ${work}\n` } }] });
   pub = await buildImage({ format: 'oci', layers: [{ files: { 'etc/os-release': `base ${work}\n` } }], config: { Cmd: ['/bin/true'] } });
@@ -72,7 +72,10 @@ describe('password checks', () => {
     const fastest = (xs: number[]) => Math.min(...xs);
     // Without the dummy check an unknown user costs a tenth of a known one (3.4 vs 25.6 ms); a loaded machine
     // (three test files at once) adds noise either way, so the bound is a third.
-    assert.ok(fastest(unknown) > 0.33 * fastest(known), `unknown users answered in ${fastest(unknown).toFixed(1)} ms, known ones in ${fastest(known).toFixed(1)} ms (medians ${median(unknown).toFixed(1)}, ${median(known).toFixed(1)})`);
+    assert.ok(
+      fastest(unknown) > 0.33 * fastest(known),
+      `unknown users answered in ${fastest(unknown).toFixed(1)} ms, known ones in ${fastest(known).toFixed(1)} ms (medians ${median(unknown).toFixed(1)}, ${median(known).toFixed(1)})`,
+    );
   });
 
   test('a burst of wrong passwords from one address is cut short: a bounded number of bcrypt checks, then 401 with Retry-After', async () => {
@@ -120,7 +123,13 @@ describe('auth.rules', () => {
   });
 
   test('a user the rule does not name gets 403 for the private repository, under every spelling of its name', async () => {
-    for (const p of ['/v2/lab/private/app/manifests/1', `/v2/lab/private/app/manifests/1?ns=${up.host}`, `/v2/${up.host}/lab/private/app/manifests/1`, `/v2/lab/private/app/blobs/${priv.layers[1]!.digest}`, '/v2/lab/private/app/tags/list']) {
+    for (const p of [
+      '/v2/lab/private/app/manifests/1',
+      `/v2/lab/private/app/manifests/1?ns=${up.host}`,
+      `/v2/${up.host}/lab/private/app/manifests/1`,
+      `/v2/lab/private/app/blobs/${priv.layers[1]!.digest}`,
+      '/v2/lab/private/app/tags/list',
+    ]) {
       const r = await get(p, DEV);
       assert.equal(r.status, 403, `${p}: ${describeOutcome(r)}`);
       assert.match(r.body.toString('utf8'), /DENIED/);

@@ -4,14 +4,14 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import { after, before, describe, test } from 'node:test';
 import { blobBytesServed } from './support/accesslog.ts';
-import { type AccessEntry, type Upstream, startUpstream } from './support/upstream.ts';
-import { type Blob, type Seeded, digestOfFile, seedStandard } from './support/images.ts';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
-import { type Relay, startRelay } from './support/relay.ts';
 import { hashedGet } from './support/http.ts';
+import { type Blob, digestOfFile, type Seeded, seedStandard } from './support/images.ts';
 import { upstreamTrafficSince, waitUntil } from './support/links.ts';
+import { type Relay, startRelay } from './support/relay.ts';
 import { committedPath, exists } from './support/storage.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
+import { type AccessEntry, startUpstream, type Upstream } from './support/upstream.ts';
 
 const BIG_BYTES = 100 * 1024 * 1024;
 const CLIENTS = 8;
@@ -77,7 +77,10 @@ describe('many clients, one upstream read', () => {
     }
     // The clients really were concurrent: every one had its headers before the first had its whole body.
     const firstDone = Math.min(...results.map((r) => r.doneAt));
-    assert.ok(results.every((r) => r.headersAt < firstDone), 'the GETs did not overlap; the test proves nothing');
+    assert.ok(
+      results.every((r) => r.headersAt < firstDone),
+      'the GETs did not overlap; the test proves nothing',
+    );
 
     const traffic = await upstreamTrafficSince(up, mark);
     const gets = traffic.filter(isGetOf(big.digest));

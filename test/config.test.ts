@@ -34,7 +34,10 @@ describe('configuration', () => {
     const c = loadConfig({ config: undefined }, {});
     assert.equal(c.listen, ':5000');
     assert.equal(c.storage.path, './storage');
-    assert.deepEqual(c.upstreams.map((u) => u.host), ['docker.io', 'quay.io', 'ghcr.io', 'registry.k8s.io', 'gcr.io']);
+    assert.deepEqual(
+      c.upstreams.map((u) => u.host),
+      ['docker.io', 'quay.io', 'ghcr.io', 'registry.k8s.io', 'gcr.io'],
+    );
     assert.equal(c.defaultUpstream, 'docker.io');
     assert.equal(c.tagTtl, 300_000);
     assert.ok(Object.isFrozen(c) && Object.isFrozen(c.upstreams[0]));
@@ -50,18 +53,26 @@ describe('configuration', () => {
     assert.equal(c.upstreams[0]!.username, 'u');
     assert.equal(c.upstreams[0]!.password, 'p');
     const flagged = loadConfig({ config: file, upstream: ['docker.io=http://127.0.0.1:2', 'ghcr.io=http://127.0.0.1:3'] }, {});
-    assert.deepEqual(flagged.upstreams.map((u) => `${u.host}=${u.url}`), ['docker.io=http://127.0.0.1:2', 'ghcr.io=http://127.0.0.1:3']);
+    assert.deepEqual(
+      flagged.upstreams.map((u) => `${u.host}=${u.url}`),
+      ['docker.io=http://127.0.0.1:2', 'ghcr.io=http://127.0.0.1:3'],
+    );
     assert.equal(flagged.defaultUpstream, 'docker.io');
   });
 
   it('reads a password from a file or a named environment variable, never only from the YAML', async () => {
     const dir = await mkdtemp(path.join(tmpdir(), 'berth-secret-'));
     await writeFile(path.join(dir, 'pw'), 's3cret\n');
-    const file = await configFile(`upstreams:\n  - host: quay.io\n    url: https://quay.io\n    username: me\n    passwordFile: ${path.join(dir, 'pw')}\n  - host: ghcr.io\n    url: https://ghcr.io\n    username: bot\n    passwordEnv: GHCR_TOKEN\n`);
+    const file = await configFile(
+      `upstreams:\n  - host: quay.io\n    url: https://quay.io\n    username: me\n    passwordFile: ${path.join(dir, 'pw')}\n  - host: ghcr.io\n    url: https://ghcr.io\n    username: bot\n    passwordEnv: GHCR_TOKEN\n`,
+    );
     const c = loadConfig({ config: file }, { GHCR_TOKEN: 'tok' });
     assert.equal(c.upstreams[0]!.password, 's3cret');
     assert.equal(c.upstreams[1]!.password, 'tok');
-    assert.match(failure(() => loadConfig({ config: file }, {})), /upstreams\[1\]\.passwordEnv: environment variable GHCR_TOKEN is not set/);
+    assert.match(
+      failure(() => loadConfig({ config: file }, {})),
+      /upstreams\[1\]\.passwordEnv: environment variable GHCR_TOKEN is not set/,
+    );
   });
 
   it('names the field and what is wrong with it', async () => {
@@ -82,7 +93,11 @@ describe('configuration', () => {
     ];
     for (const [yaml, expected] of cases) {
       const file = await configFile(yaml);
-      assert.match(failure(() => loadConfig({ config: file }, {})), expected, yaml);
+      assert.match(
+        failure(() => loadConfig({ config: file }, {})),
+        expected,
+        yaml,
+      );
     }
   });
 

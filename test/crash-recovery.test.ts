@@ -7,18 +7,18 @@
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
-import { type Upstream, startUpstream } from './support/upstream.ts';
-import { type Blob, type Image, buildImage, pushImage } from './support/images.ts';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { type BerthChild, startBerthChild } from './support/berth-child.ts';
 import { unverifiedBlobFiles } from './support/berth-cli.ts';
+import { type Blob, buildImage, type Image, pushImage } from './support/images.ts';
+import { upstreamTrafficSince, waitUntil } from './support/links.ts';
 import { describeOutcome, fetchOutcome, sha256Of } from './support/outcome.ts';
 import { assertPulledImage } from './support/pulled-image.ts';
 import { skopeoCopy } from './support/skopeo.ts';
-import { upstreamTrafficSince, waitUntil } from './support/links.ts';
 import { hasBlobFile } from './support/storage.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
 const MB = 1_000_000;
 const MiB = 1024 * 1024;
@@ -121,7 +121,10 @@ describe('berth killed (SIGKILL) in the middle of a fill', () => {
     const mark = up.logLineCount();
     await assertServedIntact(b);
     const gets = await layerGets(mark);
-    assert.ok(gets.some((e) => e.status === 206), `the restarted fill resumed with Range; upstream saw ${gets.map((e) => `${e.status}/${e.bytes}`).join(', ')}`);
+    assert.ok(
+      gets.some((e) => e.status === 206),
+      `the restarted fill resumed with Range; upstream saw ${gets.map((e) => `${e.status}/${e.bytes}`).join(', ')}`,
+    );
     const fetched = gets.reduce((n, e) => n + e.bytes, 0);
     assert.ok(fetched <= layer.size - 32 * MiB + 2 * MB, `after the restart the upstream sent ${fetched} bytes; the checkpoint held the first 32 MiB of ${layer.size}`);
     await assertSkopeoPulls(b, 'mid-body');

@@ -6,10 +6,10 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
-import { type Upstream, startUpstream } from './support/upstream.ts';
-import { type Image, ACCEPT_ALL_MANIFESTS, baseLayer, buildImage, digestOf, pushImage } from './support/images.ts';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
+import { ACCEPT_ALL_MANIFESTS, baseLayer, buildImage, digestOf, type Image, pushImage } from './support/images.ts';
 import { httpRequest, sha256 } from './support/links.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
 const LAYER_BYTES = 2_000_000;
 
@@ -103,7 +103,7 @@ describe("a wrong size in the requesting repository's own manifest", () => {
     await pullManifest('evil/z');
   });
 
-  test('is the upstream\'s fault: 502 UPSTREAM_ERROR naming it, never a 500', async () => {
+  test("is the upstream's fault: 502 UPSTREAM_ERROR naming it, never a 500", async () => {
     const layer = liar.layers.at(-1)!;
     for (const headers of [{}, { range: 'bytes=0-99' }]) {
       const r = await httpRequest(b.url, `/v2/evil/z/blobs/${layer.digest}`, { headers });

@@ -4,17 +4,17 @@
 // Real docker-registry upstream, berth's storage on a small tmpfs (we are root), umounted in `after`.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdir, open, readFile, readdir, rm, stat } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { after, before, describe, test } from 'node:test';
-import { type Upstream, startUpstream } from './support/upstream.ts';
-import { type Image, MediaTypes, buildImage, pushImage } from './support/images.ts';
+import { promisify } from 'node:util';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
-import { describeOutcome, fetchOutcome } from './support/outcome.ts';
+import { buildImage, type Image, MediaTypes, pushImage } from './support/images.ts';
 import { waitUntil } from './support/links.ts';
 import { fillUp, mountTmpfs, unmountUnder } from './support/mounts.ts';
+import { describeOutcome, fetchOutcome } from './support/outcome.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
 const run = promisify(execFile);
 const MB = 1_000_000;
@@ -73,7 +73,7 @@ describe('a storage filesystem that fills up', () => {
     const at = 19 * MB;
     const ranged = await fetchOutcome(b.url, `/v2/lab/big/blobs/${layer.digest}`, { headers: { range: `bytes=${at}-${at + 65535}` }, timeoutMs: 30_000 });
     assert.equal(ranged.status, 206, describeOutcome(ranged));
-    assert.ok(ranged.body.equals(bytes.subarray(at, at + 65536)), 'the Range after space returned has the blob\'s bytes');
+    assert.ok(ranged.body.equals(bytes.subarray(at, at + 65536)), "the Range after space returned has the blob's bytes");
     await run('mount', ['-o', 'remount,size=20m', mnt]).catch(() => undefined);
   });
 

@@ -11,7 +11,7 @@ import { after, before, beforeEach, describe, test } from 'node:test';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
 import { MediaTypes } from './support/images.ts';
 import { describeOutcome, fetchOutcome, sha256Of } from './support/outcome.ts';
-import { type ConnectionCounter, type OriginRequest, type Reply, type StandInOrigin, respond, sha256Digest, startConnectionCounter, startStandInOrigin } from './support/stand-in-origin.ts';
+import { type ConnectionCounter, type OriginRequest, type Reply, respond, type StandInOrigin, sha256Digest, startConnectionCounter, startStandInOrigin } from './support/stand-in-origin.ts';
 
 let elsewhere: ConnectionCounter; // 127.0.0.2:P2 — another loopback address, as a host on the site's network
 let sideport: ConnectionCounter; // 127.0.0.1:P1 — the upstreams' address, but a port nobody configured
@@ -83,18 +83,34 @@ before(async () => {
       const redirect = /^\/v2\/redirect\/(\d+)\//.exec(p);
       if (redirect) return respond(reply, 307, { Location: Object.values(targets)[Number(redirect[1])]! });
       const realm = /^\/v2\/realm\/(\d+)\//.exec(p);
-      if (realm) return respond(reply, 401, { 'WWW-Authenticate': `Bearer realm="${Object.values(targets)[Number(realm[1])]!}",service="a.test"`, 'Content-Type': 'application/json' }, '{"errors":[{"code":"UNAUTHORIZED","message":"token needed"}]}');
+      if (realm)
+        return respond(
+          reply,
+          401,
+          { 'WWW-Authenticate': `Bearer realm="${Object.values(targets)[Number(realm[1])]!}",service="a.test"`, 'Content-Type': 'application/json' },
+          '{"errors":[{"code":"UNAUTHORIZED","message":"token needed"}]}',
+        );
       // Positive controls: a redirect to the other configured origin, a realm on this origin itself.
       if (p.startsWith('/v2/good-hop/')) return respond(reply, 307, { Location: `${bOrigin.url}${p.replace('/v2/good-hop/', '/v2/lab/')}` });
       if (p.startsWith('/v2/hop/')) return respond(reply, 307, { Location: `${bOrigin.url}${p}` });
       if (p.startsWith('/v2/self-realm/')) {
         if (req.headers.authorization !== 'Bearer good-token') {
-          return respond(reply, 401, { 'WWW-Authenticate': `Bearer realm="${a.url}/token",service="a.test"`, 'Content-Type': 'application/json' }, '{"errors":[{"code":"UNAUTHORIZED","message":"token needed"}]}');
+          return respond(
+            reply,
+            401,
+            { 'WWW-Authenticate': `Bearer realm="${a.url}/token",service="a.test"`, 'Content-Type': 'application/json' },
+            '{"errors":[{"code":"UNAUTHORIZED","message":"token needed"}]}',
+          );
         }
         if (serveContent(req, reply, p)) return;
       }
       if (p.startsWith('/v2/realm-hop/')) {
-        return respond(reply, 401, { 'WWW-Authenticate': `Bearer realm="${bOrigin.url}/token-hop",service="a.test"`, 'Content-Type': 'application/json' }, '{"errors":[{"code":"UNAUTHORIZED","message":"token needed"}]}');
+        return respond(
+          reply,
+          401,
+          { 'WWW-Authenticate': `Bearer realm="${bOrigin.url}/token-hop",service="a.test"`, 'Content-Type': 'application/json' },
+          '{"errors":[{"code":"UNAUTHORIZED","message":"token needed"}]}',
+        );
       }
       if (serveContent(req, reply, p)) return;
       respond(reply, 404, { 'Content-Type': 'application/json' }, '{"errors":[{"code":"NAME_UNKNOWN","message":"no"}]}');
@@ -102,7 +118,13 @@ before(async () => {
     { keepAlive: true },
   );
 
-  b = await startBerth({ upstreams: [{ host: 'a.test', url: a.url }, { host: 'b.test', url: bOrigin.url }], defaultUpstream: 'a.test' });
+  b = await startBerth({
+    upstreams: [
+      { host: 'a.test', url: a.url },
+      { host: 'b.test', url: bOrigin.url },
+    ],
+    defaultUpstream: 'a.test',
+  });
 });
 
 after(async () => {

@@ -6,15 +6,8 @@ import assert from 'node:assert/strict';
 import { copyFile, truncate } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { type Upstream, startUpstream } from './support/upstream.ts';
-import { type Seeded, blobsOf, seedStandard } from './support/images.ts';
-import { type InProcessBerth, type UpstreamSpec, startBerth } from './support/berth.ts';
-import { type Containerd, imageTargets, mirrorHostsToml, startContainerd } from './support/containerd.ts';
-import { type Dockerd, startDockerd } from './support/dockerd.ts';
-import { skopeoCopy } from './support/skopeo.ts';
-import { DEAD_ENDPOINT } from './support/safety.ts';
+import { type InProcessBerth, startBerth, type UpstreamSpec } from './support/berth.ts';
 import {
-  type TarFileEntry,
   blobFiles,
   describeRun,
   flipByte,
@@ -23,11 +16,18 @@ import {
   readTarEntry,
   runBerth,
   storedDigests,
+  type TarFileEntry,
   tarFileEntries,
   unverifiedBlobFiles,
   writeCliConfig,
 } from './support/berth-cli.ts';
+import { type Containerd, imageTargets, mirrorHostsToml, startContainerd } from './support/containerd.ts';
+import { type Dockerd, startDockerd } from './support/dockerd.ts';
+import { blobsOf, type Seeded, seedStandard } from './support/images.ts';
+import { DEAD_ENDPOINT } from './support/safety.ts';
+import { skopeoCopy } from './support/skopeo.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
 const REFS = ['docker.io/lab/small:1', 'quay.io/org/multi:1', 'docker.io/library/small:1'];
 

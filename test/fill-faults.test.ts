@@ -9,16 +9,16 @@ import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import http from 'node:http';
 import { after, before, describe, test } from 'node:test';
-import { type Upstream, startUpstream } from './support/upstream.ts';
-import { type Image, MediaTypes, buildImage, pushImage } from './support/images.ts';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
 import { type BerthChild, startBerthChild } from './support/berth-child.ts';
-import { describeOutcome, fetchOutcome, sha256Of } from './support/outcome.ts';
-import { type StandInOrigin, respond, startStandInOrigin } from './support/stand-in-origin.ts';
-import { startRelay } from './support/relay.ts';
+import { buildImage, type Image, MediaTypes, pushImage } from './support/images.ts';
 import { metricValue, waitUntil } from './support/links.ts';
+import { describeOutcome, fetchOutcome, sha256Of } from './support/outcome.ts';
+import { startRelay } from './support/relay.ts';
+import { respond, type StandInOrigin, startStandInOrigin } from './support/stand-in-origin.ts';
 import { committed } from './support/storage.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
 const MB = 1_000_000;
 
@@ -67,8 +67,7 @@ async function getManifest(base: string, repo: string, host?: string): Promise<v
   assert.equal(r.status, 200, describeOutcome(r));
 }
 
-const blobGets = (entries: { method: string; path: string }[], digest: string) =>
-  entries.filter((e) => e.method === 'GET' && e.path.split('?')[0]!.endsWith(`/blobs/${digest}`)).length;
+const blobGets = (entries: { method: string; path: string }[], digest: string) => entries.filter((e) => e.method === 'GET' && e.path.split('?')[0]!.endsWith(`/blobs/${digest}`)).length;
 
 describe('a Range request while the upstream is down', () => {
   let b: BerthChild;
@@ -144,7 +143,7 @@ describe('Range reads through an upstream that sends wrong bytes', () => {
         if (!p.endsWith(`/blobs/${layer('lab/shared').digest}`)) return respond(reply, 404, { 'Content-Type': 'application/json' }, '{"errors":[{"code":"BLOB_UNKNOWN","message":"no"}]}');
         const m = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '');
         const start = m ? Number(m[1]) : 0;
-        const end = m && m[2] ? Math.min(Number(m[2]), wrong.length - 1) : wrong.length - 1;
+        const end = m?.[2] ? Math.min(Number(m[2]), wrong.length - 1) : wrong.length - 1;
         const head: Record<string, string | number> = { 'Content-Type': 'application/octet-stream', 'Content-Length': end - start + 1 };
         if (m) head['Content-Range'] = `bytes ${start}-${end}/${wrong.length}`;
         reply.head(m ? 206 : 200, head);
@@ -153,7 +152,13 @@ describe('Range reads through an upstream that sends wrong bytes', () => {
       { keepAlive: true },
     );
     cleanups.push(() => evil.close());
-    b = await startBerth({ upstreams: [{ host: up.host, url: up.url }, { host: evil.host, url: evil.url }], lazyFill: 'on-demand' });
+    b = await startBerth({
+      upstreams: [
+        { host: up.host, url: up.url },
+        { host: evil.host, url: evil.url },
+      ],
+      lazyFill: 'on-demand',
+    });
     cleanups.push(() => b.stop());
   });
 
@@ -184,7 +189,7 @@ describe('Range reads through an upstream that sends wrong bytes', () => {
     }
     const good = await fetchOutcome(b.url, `/v2/lab/shared/blobs/${digest}?ns=${up.host}`, { headers: { range: 'bytes=1-,0-0' }, timeoutMs: 20_000 });
     assert.ok(good.complete && good.status === 206, describeOutcome(good));
-    assert.ok(good.body.includes(right.subarray(1, 65536)), 'the good upstream\'s multipart lacks the blob\'s bytes');
+    assert.ok(good.body.includes(right.subarray(1, 65536)), "the good upstream's multipart lacks the blob's bytes");
   });
 });
 
@@ -259,21 +264,26 @@ describe('one-byte Range reads and the fill caps', () => {
     cleanups.push(() => b.stop());
   });
 
-  test('lazy completions of two bytes=0-0 reads do not hold the client\'s fill cap once it left: a whole GET of a third layer is served', async () => {
+  test("lazy completions of two bytes=0-0 reads do not hold the client's fill cap once it left: a whole GET of a third layer is served", async () => {
     for (const repo of ['lab/byte1', 'lab/byte2']) {
       const r = await fetchOutcome(b.url, `/v2/${repo}/blobs/${layer(repo).digest}`, { headers: { range: 'bytes=0-0' } });
       assert.equal(r.status, 206, describeOutcome(r));
     }
     const d3 = layer('lab/byte3').digest;
     // Before the fix this was a 503 until one of the two completions ended (about 27 s).
-    const status = await waitUntil('a whole GET of a third layer from the same client', () =>
-      new Promise<number | undefined>((resolve, reject) => {
-        const req = http.get(`${b.url}/v2/lab/byte3/blobs/${d3}`, { agent: false }, (res) => {
-          req.destroy();
-          resolve(res.statusCode === 200 ? 200 : undefined);
-        });
-        req.on('error', reject);
-      }), 4_000, 200);
+    const status = await waitUntil(
+      'a whole GET of a third layer from the same client',
+      () =>
+        new Promise<number | undefined>((resolve, reject) => {
+          const req = http.get(`${b.url}/v2/lab/byte3/blobs/${d3}`, { agent: false }, (res) => {
+            req.destroy();
+            resolve(res.statusCode === 200 ? 200 : undefined);
+          });
+          req.on('error', reject);
+        }),
+      4_000,
+      200,
+    );
     assert.equal(status, 200);
     // The two completions go on in the background.
     const running = (repo: string) => b.berth.fills.all().some((f) => f.digest === layer(repo).digest);

@@ -8,14 +8,14 @@ import net from 'node:net';
 import path from 'node:path';
 import { after, before, beforeEach, describe, test } from 'node:test';
 import fc from 'fast-check';
-import { type Upstream, startUpstream } from './support/upstream.ts';
-import { type Seeded, ACCEPT_ALL_MANIFESTS, blobBytes, seedStandard } from './support/images.ts';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
-import { describeOutcome, fetchOutcome, type Outcome, sha256Of } from './support/outcome.ts';
+import { ACCEPT_ALL_MANIFESTS, blobBytes, type Seeded, seedStandard } from './support/images.ts';
 import { parseByteranges } from './support/links.ts';
+import { describeOutcome, fetchOutcome, type Outcome, sha256Of } from './support/outcome.ts';
 import { assertPulledImage } from './support/pulled-image.ts';
 import { skopeoCopy } from './support/skopeo.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
 const SEED = 0x5eed5;
 const RUNS = 300;
@@ -52,7 +52,12 @@ const berths: InProcessBerth[] = [];
  */
 async function freshBerth(): Promise<void> {
   // docker.io (the default, with library/ names) and the upstream under its own host name.
-  b = await startBerth({ upstreams: [{ host: 'docker.io', url: up.url }, { host: up.host, url: up.url }] });
+  b = await startBerth({
+    upstreams: [
+      { host: 'docker.io', url: up.url },
+      { host: up.host, url: up.url },
+    ],
+  });
   berths.push(b);
   const m = await fetchOutcome(b.url, '/v2/lab/small/manifests/1', { headers: { accept: ACCEPT_ALL_MANIFESTS } });
   assert.equal(m.status, 200, describeOutcome(m));
@@ -98,9 +103,7 @@ function checkAnswer(what: string, method: string, reqPath: string, r: Outcome, 
     assert.equal(status, 206, where);
     assert.ok(range !== undefined, `${what}: a 206 without a Range: ${where}`);
     const type = String(r.headers?.['content-type'] ?? '');
-    const parts = type.startsWith('multipart/byteranges')
-      ? parseByteranges(type, r.body)
-      : [{ ...parseContentRange(String(r.headers?.['content-range'] ?? '')), body: r.body }];
+    const parts = type.startsWith('multipart/byteranges') ? parseByteranges(type, r.body) : [{ ...parseContentRange(String(r.headers?.['content-range'] ?? '')), body: r.body }];
     assert.ok(parts.length >= 1, `${what}: a 206 without parts: ${where}`);
     for (const part of parts) {
       assert.equal(part.size, bytes.length, `${what}: Content-Range names the wrong size: ${where}`);
@@ -174,7 +177,34 @@ const knownDigest = () => fc.constantFrom(...known.keys());
 
 const segment = () =>
   fc.oneof(
-    fc.constantFrom('lab', 'small', 'library', 'multi', '..', '.', '', '%2e%2e', '%2E', '%2f', '%2F', '%00', '%zz', '%', '~', 'UPPER', 'a'.repeat(300), 'docker.io', up.host, 'localhost:1', '127.0.0.2:9', '[::1]:80', 'quay.io', 'v2', 'blobs', 'manifests'),
+    fc.constantFrom(
+      'lab',
+      'small',
+      'library',
+      'multi',
+      '..',
+      '.',
+      '',
+      '%2e%2e',
+      '%2E',
+      '%2f',
+      '%2F',
+      '%00',
+      '%zz',
+      '%',
+      '~',
+      'UPPER',
+      'a'.repeat(300),
+      'docker.io',
+      up.host,
+      'localhost:1',
+      '127.0.0.2:9',
+      '[::1]:80',
+      'quay.io',
+      'v2',
+      'blobs',
+      'manifests',
+    ),
     printable(24),
     percentUnicode,
     fc.stringMatching(/^[a-z0-9]+([._-][a-z0-9]+)*$/),
@@ -201,7 +231,12 @@ const rangeSpec = () =>
 
 const rangeHeader = () =>
   fc.oneof(
-    fc.tuple(fc.constantFrom('bytes=', 'bytes =', 'Bytes=', 'BYTES= ', 'bytes= ', 'items=', 'bytes:', '', 'bytes=bytes='), fc.array(rangeSpec(), { minLength: 0, maxLength: 6 }), fc.constantFrom(',', ', ', ' ,', ',,'))
+    fc
+      .tuple(
+        fc.constantFrom('bytes=', 'bytes =', 'Bytes=', 'BYTES= ', 'bytes= ', 'items=', 'bytes:', '', 'bytes=bytes='),
+        fc.array(rangeSpec(), { minLength: 0, maxLength: 6 }),
+        fc.constantFrom(',', ', ', ' ,', ',,'),
+      )
       .map(([unit, specs, sep]) => `${unit}${specs.join(sep)}`),
     fc.array(fc.constant('0-0'), { minLength: 250, maxLength: 300 }).map((specs) => `bytes=${specs.join(',')}`),
     printable(60),
@@ -225,7 +260,10 @@ describe('malformed requests from a fuzzer', () => {
   });
 
   test('malformed repository names get a 4xx or a correct 2xx', async () => {
-    const name = fc.oneof(fc.stringMatching(/^[a-zA-Z0-9._\-/:%]{0,300}$/), fc.array(segment(), { minLength: 1, maxLength: 8 }).map((s) => s.join('/')));
+    const name = fc.oneof(
+      fc.stringMatching(/^[a-zA-Z0-9._\-/:%]{0,300}$/),
+      fc.array(segment(), { minLength: 1, maxLength: 8 }).map((s) => s.join('/')),
+    );
     await fc.assert(
       fc.asyncProperty(name, fc.constantFrom('manifests/1', 'tags/list', `blobs/${'sha256:'}${'0'.repeat(64)}`), method(), async (n, t, m) => {
         await ask('name', m, `/v2/${n}/${t}`, { accept: ACCEPT_ALL_MANIFESTS });
@@ -253,7 +291,11 @@ describe('malformed requests from a fuzzer', () => {
   });
 
   test('malformed references (tags) get a 4xx or the right manifest', async () => {
-    const ref = fc.oneof(printable(140).filter((s) => !s.includes('/')), fc.constantFrom('1', 'v2s2', '.1', '-1', '_1', 'a'.repeat(128), 'a'.repeat(129), '%31', 'latest'), percentUnicode);
+    const ref = fc.oneof(
+      printable(140).filter((s) => !s.includes('/')),
+      fc.constantFrom('1', 'v2s2', '.1', '-1', '_1', 'a'.repeat(128), 'a'.repeat(129), '%31', 'latest'),
+      percentUnicode,
+    );
     await fc.assert(
       fc.asyncProperty(ref, fc.constantFrom('GET', 'HEAD'), fc.constantFrom('lab/small', 'small', 'library/small', 'lab/multi'), async (r, m, repo) => {
         await ask('reference', m, `/v2/${repo}/manifests/${r}`, { accept: ACCEPT_ALL_MANIFESTS });
@@ -275,10 +317,17 @@ describe('malformed requests from a fuzzer', () => {
 
   test('malformed query strings (ns, n, last, repeats, bad escapes) get a 4xx or a correct 2xx', async () => {
     const key = fc.oneof(fc.constantFrom('ns', 'ns', 'n', 'last', 'digest', 'ns[]', 'NS', ''), printable(10));
-    const query = fc.array(fc.tuple(key, queryValue(), fc.boolean()), { minLength: 1, maxLength: 5 }).map((kvs) =>
-      kvs.map(([k, v, bare]) => (bare ? k : `${k}=${v}`)).join(fc.sample(fc.constantFrom('&'), 1)[0]!),
+    const query = fc
+      .array(fc.tuple(key, queryValue(), fc.boolean()), { minLength: 1, maxLength: 5 })
+      .map((kvs) => kvs.map(([k, v, bare]) => (bare ? k : `${k}=${v}`)).join(fc.sample(fc.constantFrom('&'), 1)[0]!));
+    const target = fc.constantFrom(
+      '/v2/lab/small/manifests/1',
+      '/v2/lab/small/tags/list',
+      `/v2/lab/small/blobs/${[...known.keys()][1]!}`,
+      '/v2/small/manifests/1',
+      `/v2/${up.host}/lab/small/manifests/1`,
+      '/v2/',
     );
-    const target = fc.constantFrom('/v2/lab/small/manifests/1', '/v2/lab/small/tags/list', `/v2/lab/small/blobs/${[...known.keys()][1]!}`, '/v2/small/manifests/1', `/v2/${up.host}/lab/small/manifests/1`, '/v2/');
     await fc.assert(
       fc.asyncProperty(target, query, fc.constantFrom('GET', 'HEAD'), async (t, q, m) => {
         await ask('query', m, `${t}?${q}`, { accept: ACCEPT_ALL_MANIFESTS });
@@ -307,7 +356,11 @@ describe('malformed requests from a fuzzer', () => {
 
   test('broken request lines and raw bytes get a 4xx or a close, never a 5xx or a hang', async () => {
     const target = fc.oneof(
-      fc.uint8Array({ minLength: 1, maxLength: 200 }).map((u) => Buffer.from(u).toString('latin1').replace(/[\r\n ]/g, '')),
+      fc.uint8Array({ minLength: 1, maxLength: 200 }).map((u) =>
+        Buffer.from(u)
+          .toString('latin1')
+          .replace(/[\r\n ]/g, ''),
+      ),
       fc.constantFrom('/v2/lab/small/manifests/1', '*', '//', 'http://127.0.0.2:9/v2/', '/v2/../../etc/passwd', '/v2/%00', '/v2/\x00', '/v2/\x7f'),
     );
     const version = fc.constantFrom('HTTP/1.1', 'HTTP/1.0', 'HTTP/2.0', 'HTTP/9.9', 'HTTP/1.1x', '', 'http/1.1');

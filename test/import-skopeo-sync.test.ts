@@ -5,14 +5,13 @@ import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
-import { type Upstream, startUpstream } from './support/upstream.ts';
-import { type Seeded, seedStandard } from './support/images.ts';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
 import { describeRun, runBerth, unverifiedBlobFiles, writeCliConfig } from './support/berth-cli.ts';
-import { skopeoInspectRaw } from './support/skopeo.ts';
+import { digestOf, type Seeded, seedStandard } from './support/images.ts';
 import { DEAD_ENDPOINT } from './support/safety.ts';
-import { digestOf } from './support/images.ts';
+import { skopeoInspectRaw } from './support/skopeo.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
 const run = promisify(execFile);
 

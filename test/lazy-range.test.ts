@@ -7,17 +7,17 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { open } from 'node:fs/promises';
-import zlib from 'node:zlib';
 import { after, before, describe, test } from 'node:test';
-import { type Upstream, startUpstream } from './support/upstream.ts';
-import { type Blob, type Image, MediaTypes, buildImage, pushImage } from './support/images.ts';
+import zlib from 'node:zlib';
 import { blobBytesServed } from './support/accesslog.ts';
-import { type InProcessBerth, type BerthOptions, startBerth } from './support/berth.ts';
+import { type BerthOptions, type InProcessBerth, startBerth } from './support/berth.ts';
+import { buildEstargzLayer, type EstargzLayer, estargzImage, FOOTER_SIZE, parseFooter, parseTocMember } from './support/estargz.ts';
+import { type Blob, buildImage, type Image, MediaTypes, pushImage } from './support/images.ts';
+import { httpRequest, parseByteranges, sha256, upstreamTrafficSince, waitUntil } from './support/links.ts';
 import { type Relay, type RelayOptions, startRelay } from './support/relay.ts';
 import { committed } from './support/storage.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
-import { type EstargzLayer, FOOTER_SIZE, buildEstargzLayer, estargzImage, parseFooter, parseTocMember } from './support/estargz.ts';
-import { httpRequest, parseByteranges, sha256, upstreamTrafficSince, waitUntil } from './support/links.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
 const MB = 1_000_000;
 const KiB = 1024;
@@ -177,7 +177,10 @@ describe('lazy Range reads of uncached blobs', () => {
     assert.equal(res.status, 206);
     assert.match(String(res.headers['content-type']), /^multipart\/byteranges; boundary=/);
     const parts = parseByteranges(String(res.headers['content-type']), res.body);
-    assert.deepEqual(parts.map((p) => [p.start, p.end, p.size]), ranges.map(([s, e]) => [s, e, blob.size]));
+    assert.deepEqual(
+      parts.map((p) => [p.start, p.end, p.size]),
+      ranges.map(([s, e]) => [s, e, blob.size]),
+    );
     for (const p of parts) assert.ok(p.body.equals(await slice(blob, p.start, p.end)), `part ${p.contentRange} is right`);
     const wanted = ranges.reduce((n, [s, e]) => n + e - s + 1, 0);
     const cost = link.bytesDown - before;
@@ -243,4 +246,3 @@ describe('lazy Range reads of uncached blobs', () => {
     assert.equal(committed(berth, blob.digest), false, 'on-demand: the layer was not downloaded as a whole');
   });
 });
-

@@ -8,16 +8,16 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import net from 'node:net';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
-import { type Upstream, startUpstream } from './support/upstream.ts';
-import { type Blob, type Image, ACCEPT_ALL_MANIFESTS, blobBytes, buildImage, pushImage } from './support/images.ts';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { type BerthChild, startBerthChild } from './support/berth-child.ts';
 import { blobFiles, sha256File } from './support/berth-cli.ts';
-import { describeOutcome, fetchOutcome, sha256Of } from './support/outcome.ts';
 import { type RawResponse, request } from './support/http.ts';
+import { ACCEPT_ALL_MANIFESTS, type Blob, blobBytes, buildImage, type Image, pushImage } from './support/images.ts';
 import { parseByteranges, waitUntil } from './support/links.ts';
+import { describeOutcome, fetchOutcome, sha256Of } from './support/outcome.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
 const MB = 1_000_000;
 const MiB = 1024 * 1024;
@@ -154,7 +154,7 @@ async function warmHot(): Promise<void> {
 }
 
 describe('berth under load and against hostile clients', () => {
-  test('a client that never reads a 100 MB blob holds neither berth\'s memory nor the fill: another client gets the blob meanwhile', async (t) => {
+  test("a client that never reads a 100 MB blob holds neither berth's memory nor the fill: another client gets the blob meanwhile", async (t) => {
     // First in the file, on a fresh berth: a buffered blob would show as growth over a small baseline.
     // Warm up first (one fill, one cached read) so that start-up allocations do not count as growth.
     await warmHot();
@@ -169,7 +169,12 @@ describe('berth under load and against hostile clients', () => {
     stuck.pause();
     try {
       // The fill goes on without the stuck client: the blob is verified and committed.
-      const file = await waitUntil('the blob committed under blobs/ while its first client reads nothing', async () => (await blobFiles(b.storage)).find((f) => f.digest === layer.digest), 60_000, 100);
+      const file = await waitUntil(
+        'the blob committed under blobs/ while its first client reads nothing',
+        async () => (await blobFiles(b.storage)).find((f) => f.digest === layer.digest),
+        60_000,
+        100,
+      );
       assert.equal(await sha256File(file.file), layer.digest);
       // Another client gets the whole blob.
       const other = await fetchOutcome(b.url, `/v2/lab/big/blobs/${layer.digest}`, { timeoutMs: 60_000 });
@@ -183,7 +188,10 @@ describe('berth under load and against hostile clients', () => {
     }
     const peak = maxRss(sampler.samples);
     t.diagnostic(`berth RSS baseline ${mib(baseline)}, peak ${mib(peak)} with a stuck reader of a ${mib(layer.size)} blob`);
-    assert.ok(peak - baseline <= STUCK_READER_RSS_GROWTH, `berth grew from ${mib(baseline)} to ${mib(peak)} while a client did not read a ${mib(layer.size)} blob (bound: +${mib(STUCK_READER_RSS_GROWTH)})`);
+    assert.ok(
+      peak - baseline <= STUCK_READER_RSS_GROWTH,
+      `berth grew from ${mib(baseline)} to ${mib(peak)} while a client did not read a ${mib(layer.size)} blob (bound: +${mib(STUCK_READER_RSS_GROWTH)})`,
+    );
   });
 
   test(`${CONNECTIONS} concurrent connections mixing cache hits, misses and Range reads for ${LOAD_MS / 1000} s: zero errors, and memory stays bounded`, async (t) => {
@@ -263,7 +271,9 @@ describe('berth under load and against hostile clients', () => {
     const peak = maxRss(sampler.samples);
     const firstHalf = maxRss(sampler.samples.filter((s) => s.t < LOAD_MS / 2));
     const secondHalf = maxRss(sampler.samples.filter((s) => s.t >= LOAD_MS / 2));
-    t.diagnostic(`${total} requests (${JSON.stringify(counts)}), peak in flight ${peakInFlight}; berth RSS baseline ${mib(baseline)}, peak ${mib(peak)}, first half ${mib(firstHalf)}, second half ${mib(secondHalf)}`);
+    t.diagnostic(
+      `${total} requests (${JSON.stringify(counts)}), peak in flight ${peakInFlight}; berth RSS baseline ${mib(baseline)}, peak ${mib(peak)}, first half ${mib(firstHalf)}, second half ${mib(secondHalf)}`,
+    );
 
     assert.equal(errorCount, 0, `${errorCount} errors under load, e.g.:\n${errors.join('\n')}`);
     assert.ok(b.process.running, 'berth died under load');
@@ -272,7 +282,10 @@ describe('berth under load and against hostile clients', () => {
     assert.ok(counts.miss >= 100, `only ${counts.miss} cache misses under load`);
     assert.ok(total >= 2 * CONNECTIONS, `only ${total} requests in ${LOAD_MS} ms`);
     // (the sampler shares this busy event loop with the load: it gets fewer ticks than asked for)
-    assert.ok(sampler.samples.filter((s) => s.t < LOAD_MS / 2).length >= 3 && sampler.samples.filter((s) => s.t >= LOAD_MS / 2).length >= 3, `memory was sampled throughout (${sampler.samples.length} samples)`);
+    assert.ok(
+      sampler.samples.filter((s) => s.t < LOAD_MS / 2).length >= 3 && sampler.samples.filter((s) => s.t >= LOAD_MS / 2).length >= 3,
+      `memory was sampled throughout (${sampler.samples.length} samples)`,
+    );
     assert.ok(peak - baseline <= LOAD_RSS_GROWTH, `berth grew from ${mib(baseline)} to ${mib(peak)} under load (bound: +${mib(LOAD_RSS_GROWTH)})`);
     assert.ok(secondHalf <= firstHalf * 1.25 + 32 * MiB, `berth kept growing under a steady load: ${mib(firstHalf)} in the first half, ${mib(secondHalf)} in the second`);
   });

@@ -9,15 +9,15 @@
 // else is a real docker-registry, reached directly or through the test relay.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { type Upstream, startUpstream } from './support/upstream.ts';
-import { type Image, ACCEPT_ALL_MANIFESTS, MediaTypes, baseLayer, buildImage, digestOf, pushImage } from './support/images.ts';
+import type { Digest } from '../src/oci/digest.ts';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
-import { type Relay, startRelay } from './support/relay.ts';
-import { type StandInOrigin, respond, startStandInOrigin } from './support/stand-in-origin.ts';
+import { ACCEPT_ALL_MANIFESTS, baseLayer, buildImage, digestOf, type Image, MediaTypes, pushImage } from './support/images.ts';
 import { httpRequest, type TimedResponse } from './support/links.ts';
 import { fetchOutcome, type Outcome } from './support/outcome.ts';
+import { type Relay, startRelay } from './support/relay.ts';
+import { respond, type StandInOrigin, startStandInOrigin } from './support/stand-in-origin.ts';
 import { committed } from './support/storage.ts';
-import type { Digest } from '../src/oci/digest.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
 const FULL = `${ACCEPT_ALL_MANIFESTS}, */*`;
 const EVIL = 'evil.test';
@@ -82,7 +82,12 @@ after(async () => {
 describe('manifest types come from the manifest, not from the upstream', () => {
   let b: InProcessBerth;
   before(async () => {
-    b = await startBerth({ upstreams: [{ host: 'docker.io', url: up.url }, { host: EVIL, url: origin.url }] });
+    b = await startBerth({
+      upstreams: [
+        { host: 'docker.io', url: up.url },
+        { host: EVIL, url: origin.url },
+      ],
+    });
     cleanups.push(() => b.stop());
   });
 
@@ -189,9 +194,7 @@ describe('an upstream that answers manifests slowly', () => {
   test('clients of a cached tag get it stale within the deadline, not when the manifest has crawled in', async () => {
     const mark = up.logLineCount();
     const started = performance.now();
-    const rs: Outcome[] = await Promise.all(
-      [1, 2, 3].map(() => fetchOutcome(b.url, '/v2/slow.test/lab/slow/manifests/1', { headers: { accept: FULL }, timeoutMs: 15_000 })),
-    );
+    const rs: Outcome[] = await Promise.all([1, 2, 3].map(() => fetchOutcome(b.url, '/v2/slow.test/lab/slow/manifests/1', { headers: { accept: FULL }, timeoutMs: 15_000 })));
     const ms = performance.now() - started;
     for (const r of rs) {
       assert.equal(r.status, 200, `${r.status} ${r.error ?? ''} ${r.body.toString().slice(0, 200)}`);

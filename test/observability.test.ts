@@ -7,14 +7,14 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
 import Database from 'better-sqlite3';
 import pino from 'pino';
-import { after, before, describe, test } from 'node:test';
-import { type Upstream, startUpstream } from './support/upstream.ts';
-import { type Image, ACCEPT_ALL_MANIFESTS, buildImage, pushImage } from './support/images.ts';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
-import { describeOutcome, fetchOutcome, sha256Of } from './support/outcome.ts';
+import { ACCEPT_ALL_MANIFESTS, buildImage, type Image, pushImage } from './support/images.ts';
 import { metricValue, waitUntil } from './support/links.ts';
+import { describeOutcome, fetchOutcome, sha256Of } from './support/outcome.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
 let up: Upstream;
 let b: InProcessBerth;

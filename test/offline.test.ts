@@ -6,15 +6,15 @@ import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { type Upstream, startUpstream } from './support/upstream.ts';
-import { type Seeded, ACCEPT_ALL_MANIFESTS, seedStandard } from './support/images.ts';
-import { type InProcessBerth, type UpstreamSpec, servedGets, startBerth } from './support/berth.ts';
+import { type InProcessBerth, servedGets, startBerth, type UpstreamSpec } from './support/berth.ts';
+import { ociLayoutManifests } from './support/berth-cli.ts';
 import { type Containerd, imageTargets, mirrorHostsToml, startContainerd } from './support/containerd.ts';
+import { ACCEPT_ALL_MANIFESTS, type Seeded, seedStandard } from './support/images.ts';
+import { httpRequest, metricValue, sha256, waitUntil } from './support/links.ts';
 import { type CountingListener, startCountingListener } from './support/relay.ts';
 import { skopeoCopy } from './support/skopeo.ts';
-import { httpRequest, metricValue, sha256, waitUntil } from './support/links.ts';
-import { ociLayoutManifests } from './support/berth-cli.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
 /** Removes every image from containerd and waits for its garbage collection: the next pull fetches everything again. */
 async function forgetAllImages(c: Containerd): Promise<void> {

@@ -12,16 +12,16 @@ import { copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
-import { type Upstream, startUpstream } from './support/upstream.ts';
-import { type Image, blobsOf, buildImage, pushImage } from './support/images.ts';
-import { type UpstreamSpec } from './support/berth.ts';
+import { ConfigError, loadConfig } from '../src/config/load.ts';
+import type { UpstreamSpec } from './support/berth.ts';
 import { tryServe } from './support/berth-child.ts';
 import { describeRun, lsJson, runBerth, writeCliConfig } from './support/berth-cli.ts';
-import { freePort } from './support/ports.ts';
-import { mountTmpfs, unmountUnder } from './support/mounts.ts';
+import { blobsOf, buildImage, type Image, pushImage } from './support/images.ts';
 import { waitUntil } from './support/links.ts';
+import { mountTmpfs, unmountUnder } from './support/mounts.ts';
+import { freePort } from './support/ports.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
-import { ConfigError, loadConfig } from '../src/config/load.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
 const exec = promisify(execFile);
 
@@ -68,7 +68,10 @@ describe('operator commands say what happened', () => {
     const storage = path.join(work, 'list');
     const config = await writeCliConfig(path.join(work, 'list.yaml'), { storage, upstreams });
     const list = path.join(work, 'images.txt');
-    await writeFile(list, ['docker.io/lab/msg:1', '    image: "{{ .Values.image.repository }}:{{ .Values.image.tag }}"', 'docker.io/lab/a:1 docker.io/lab/b:1', 'Not/A!Reference', '# a comment', ''].join('\n'));
+    await writeFile(
+      list,
+      ['docker.io/lab/msg:1', '    image: "{{ .Values.image.repository }}:{{ .Values.image.tag }}"', 'docker.io/lab/a:1 docker.io/lab/b:1', 'Not/A!Reference', '# a comment', ''].join('\n'),
+    );
     const args = ['prewarm', '-f', list, '--config', config];
     const r = await runBerth(args);
     assert.notEqual(r.code, 0, describeRun(args, r));
@@ -106,7 +109,10 @@ describe('operator commands say what happened', () => {
     const refused = await runBerth(rm);
     assert.equal(refused.code, 1, describeRun(rm, refused));
     assert.match(refused.stderr, /is pinned/, describeRun(rm, refused));
-    assert.ok((await lsJson(config)).some((x) => x.reference === 'docker.io/lab/imported:1'), 'a refused rm removed nothing');
+    assert.ok(
+      (await lsJson(config)).some((x) => x.reference === 'docker.io/lab/imported:1'),
+      'a refused rm removed nothing',
+    );
     const forced = await runBerth([...rm, '--force']);
     assert.equal(forced.code, 0, describeRun([...rm, '--force'], forced));
     assert.ok(!(await lsJson(config)).some((x) => x.reference === 'docker.io/lab/imported:1'));
@@ -130,9 +136,18 @@ describe('operator commands say what happened', () => {
       }
       return assert.fail('expected a ConfigError');
     };
-    assert.match(message(() => loadConfig({ config: file, listen: 'nonsense' }, {})), /^--listen: listen: /);
-    assert.match(message(() => loadConfig({ config: file }, { BERTH_LISTEN: 'nonsense' })), /^BERTH_LISTEN: listen: /);
-    assert.match(message(() => loadConfig({ config: file }, { BERTH_STORAGE_MAX_SIZE: 'lots' })), /^BERTH_STORAGE_MAX_SIZE: storage\.maxSize: /);
+    assert.match(
+      message(() => loadConfig({ config: file, listen: 'nonsense' }, {})),
+      /^--listen: listen: /,
+    );
+    assert.match(
+      message(() => loadConfig({ config: file }, { BERTH_LISTEN: 'nonsense' })),
+      /^BERTH_LISTEN: listen: /,
+    );
+    assert.match(
+      message(() => loadConfig({ config: file }, { BERTH_STORAGE_MAX_SIZE: 'lots' })),
+      /^BERTH_STORAGE_MAX_SIZE: storage\.maxSize: /,
+    );
     await writeFile(file, `listen: nonsense\nupstreams:\n  - host: docker.io\n    url: ${up.url}\n`);
     assert.ok(message(() => loadConfig({ config: file }, {})).startsWith(`${file}: listen: `), 'a bad value in the file is still the file');
   });

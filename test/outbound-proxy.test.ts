@@ -7,17 +7,17 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import pino from 'pino';
 import { after, before, describe, test } from 'node:test';
-import { type Upstream, startUpstream } from './support/upstream.ts';
-import { type Image, buildImage, pushImage } from './support/images.ts';
-import { type InProcessBerth, type BerthOptions, startBerth } from './support/berth.ts';
-import { skopeoCopy } from './support/skopeo.ts';
-import { makeTempDir, removeTempDir } from './support/tmp.ts';
+import pino from 'pino';
+import { type BerthOptions, type InProcessBerth, startBerth } from './support/berth.ts';
+import { buildImage, type Image, pushImage } from './support/images.ts';
+import { httpRequest, metricValue, upstreamTrafficSince, waitUntil } from './support/links.ts';
 import { type ForwardProxy, type ProxyRequest, startSquid, startTinyproxy } from './support/proxies.ts';
 import { type Relay, startRelay } from './support/relay.ts';
 import { DEAD_ENDPOINT } from './support/safety.ts';
-import { httpRequest, metricValue, upstreamTrafficSince, waitUntil } from './support/links.ts';
+import { skopeoCopy } from './support/skopeo.ts';
+import { makeTempDir, removeTempDir } from './support/tmp.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
 const PROXY_AUTH = { username: 'site-proxy-user', password: `pw-${randomUUID()}` };
 const MANIFEST_ACCEPT = 'application/vnd.oci.image.manifest.v1+json';
@@ -40,14 +40,7 @@ async function image(tag: string): Promise<Image> {
 
 before(async () => {
   work = await makeTempDir('outbound-proxy');
-  [plain, tls, squid, tiny, small, other] = await Promise.all([
-    startUpstream(),
-    startUpstream({ tls: true }),
-    startSquid({ auth: PROXY_AUTH }),
-    startTinyproxy(),
-    image('small'),
-    image('other'),
-  ]);
+  [plain, tls, squid, tiny, small, other] = await Promise.all([startUpstream(), startUpstream({ tls: true }), startSquid({ auth: PROXY_AUTH }), startTinyproxy(), image('small'), image('other')]);
   for (const up of [plain, tls]) {
     await pushImage(up, 'lab/small', '1', small);
     await pushImage(up, 'lab/other', '1', other);
@@ -138,7 +131,10 @@ describe('berth behind an outbound proxy', () => {
     const proxiedBefore = squid.requests().length;
     assert.equal(await pull(berth, 'lab/small:1'), small.manifestDigest);
     const upstream = await upstreamTrafficSince(plain, mark);
-    assert.ok(upstream.some((e) => /\/blobs\/sha256:/.test(e.path)), 'the pull fetched blobs from the upstream');
+    assert.ok(
+      upstream.some((e) => /\/blobs\/sha256:/.test(e.path)),
+      'the pull fetched blobs from the upstream',
+    );
     // squid writes a line once a request is complete: wait until it has one for each upstream request
     const proxied = await squid.waitFor((rs) => rs.slice(proxiedBefore).filter((r) => r.target.startsWith(plain.url)).length >= upstream.length);
     const mine = proxied.slice(proxiedBefore).filter((r) => r.target.startsWith(plain.url));
@@ -158,7 +154,10 @@ describe('berth behind an outbound proxy', () => {
     const tunnels = await assertEveryConnectionTunnelled(squid, relay, since);
     const tunnelled = tunnels.reduce((n, r) => n + (r.bytes ?? 0), 0);
     assert.ok(tunnelled >= relay.bytesDown, `squid carried ${tunnelled} bytes in its tunnels, the upstream sent ${relay.bytesDown}`);
-    assert.ok(tunnels.every((r) => r.user === PROXY_AUTH.username), 'every tunnel was authenticated');
+    assert.ok(
+      tunnels.every((r) => r.user === PROXY_AUTH.username),
+      'every tunnel was authenticated',
+    );
   });
 
   test('a pull from a plain-HTTP upstream sends every upstream request through the configured proxy (tinyproxy)', async () => {
@@ -243,7 +242,10 @@ describe('berth behind an outbound proxy', () => {
       }
     });
     const upstream = await upstreamTrafficSince(plain, mark);
-    assert.ok(upstream.some((e) => /\/blobs\/sha256:/.test(e.path)), 'berth went to the upstream directly');
+    assert.ok(
+      upstream.some((e) => /\/blobs\/sha256:/.test(e.path)),
+      'berth went to the upstream directly',
+    );
   });
 
   test('with the proxy down, a cold pull fails at once with a message saying a proxy is in the way (its address in the log), and a cached image still pulls', async () => {

@@ -4,28 +4,29 @@
 // evicted the moment it committed, and partial downloads under ingest/ count against storage.maxSize, the
 // stale ones (no running fill owns them) removed when over it.
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
-import pino from 'pino';
-import { type Upstream, startUpstream } from './support/upstream.ts';
-import { type Image, blobsOf, buildImage, pushImage } from './support/images.ts';
-import { type UpstreamSpec } from './support/berth.ts';
-import { fetchOutcome } from './support/outcome.ts';
-import { waitUntil } from './support/links.ts';
-import { committedPath } from './support/storage.ts';
-import { describeRun, lsJson, runBerth, storedDigests, writeCliConfig } from './support/berth-cli.ts';
-import { makeTempDir, removeTempDir } from './support/tmp.ts';
-import { mountTmpfs, unmountUnder } from './support/mounts.ts';
-import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
+import pino from 'pino';
+import type { UpstreamSpec } from './support/berth.ts';
+import { describeRun, lsJson, runBerth, storedDigests, writeCliConfig } from './support/berth-cli.ts';
+import { blobsOf, buildImage, type Image, pushImage } from './support/images.ts';
+import { waitUntil } from './support/links.ts';
+import { mountTmpfs, unmountUnder } from './support/mounts.ts';
+import { fetchOutcome } from './support/outcome.ts';
+import { committedPath } from './support/storage.ts';
+import { makeTempDir, removeTempDir } from './support/tmp.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
-const exec = promisify(execFile);
+const _exec = promisify(execFile);
+
 import { ConfigSchema } from '../src/config/schema.ts';
-import { createBerth, type Berth } from '../src/server.ts';
+import { type Berth, createBerth } from '../src/server.ts';
 
 const MiB = 1024 * 1024;
 
@@ -180,10 +181,15 @@ describe('partial downloads and the quota', () => {
         const first = await fetchOutcome(base, `/v2/lab/ingest/blobs/${layer.digest}`);
         assert.ok(!(first.complete && first.status === 200 && first.body.length !== layer.size), 'never a clean short body');
         await waitUntil('the stale partial to be removed', () => !existsSync(staleData), 15_000, 100);
-        const again = await waitUntil('a pull to succeed once space was freed', async () => {
-          const r = await fetchOutcome(base, `/v2/lab/ingest/blobs/${layer.digest}`);
-          return r.complete && r.status === 200 ? r : undefined;
-        }, 15_000, 200);
+        const again = await waitUntil(
+          'a pull to succeed once space was freed',
+          async () => {
+            const r = await fetchOutcome(base, `/v2/lab/ingest/blobs/${layer.digest}`);
+            return r.complete && r.status === 200 ? r : undefined;
+          },
+          15_000,
+          200,
+        );
         assert.equal(again.body.length, layer.size);
       } finally {
         await berth.close();

@@ -5,16 +5,15 @@ import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { type AccessEntry, type Upstream, startUpstream } from './support/upstream.ts';
-import { type Seeded, blobsOf, seedStandard } from './support/images.ts';
-import { type ChildBerth, type UpstreamSpec, startBerthProcess } from './support/berth.ts';
-import { skopeoCopy } from './support/skopeo.ts';
-import { upstreamTrafficSince } from './support/links.ts';
+import { type ChildBerth, startBerthProcess, type UpstreamSpec } from './support/berth.ts';
 import { describeRun, lsJson, ociLayoutManifests, runBerth, storedDigests, unverifiedBlobFiles, writeCliConfig } from './support/berth-cli.ts';
+import { blobsOf, type Seeded, seedStandard } from './support/images.ts';
+import { upstreamTrafficSince } from './support/links.ts';
+import { skopeoCopy } from './support/skopeo.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
+import { type AccessEntry, startUpstream, type Upstream } from './support/upstream.ts';
 
-const blobGets = (entries: AccessEntry[]): string[] =>
-  entries.filter((e) => e.method === 'GET' && /\/blobs\/sha256:/.test(e.path)).map((e) => e.path.split('?')[0]!);
+const blobGets = (entries: AccessEntry[]): string[] => entries.filter((e) => e.method === 'GET' && /\/blobs\/sha256:/.test(e.path)).map((e) => e.path.split('?')[0]!);
 
 /** The "<ISO time> <message>" lines the non-TTY progress writes (berth's own JSON log lines aside). */
 function progressLines(stderr: string): string[] {
@@ -129,11 +128,17 @@ describe('berth prewarm', () => {
     assert.equal(r.code, 1, describeRun(args, r));
     assert.match(r.stdout, /prewarmed 1 of 5 images/, describeRun(args, r));
     for (const ref of bad) {
-      assert.ok(r.stdout.split('\n').some((l) => l.startsWith(`FAILED ${ref}: `)), `no FAILED line names ${ref}:\n${r.stdout}`);
+      assert.ok(
+        r.stdout.split('\n').some((l) => l.startsWith(`FAILED ${ref}: `)),
+        `no FAILED line names ${ref}:\n${r.stdout}`,
+      );
     }
     assert.ok(!r.stdout.includes('FAILED docker.io/lab/small:1'), 'the good reference is reported as failed');
     const rows = await lsJson(site.config);
-    assert.deepEqual(rows.map((x) => [x.reference, x.pinned]), [['docker.io/lab/small:1', true]]);
+    assert.deepEqual(
+      rows.map((x) => [x.reference, x.pinned]),
+      [['docker.io/lab/small:1', true]],
+    );
     // An unconfigured registry is never contacted (nor is anything else but the one upstream).
     const traffic = await upstreamTrafficSince(up, mark);
     assert.ok(!traffic.some((e) => e.path.includes('/not/configured/')), 'berth asked its upstream for the ghcr.io image');
@@ -150,7 +155,10 @@ describe('berth prewarm', () => {
     const lines = progressLines(r.stderr);
     for (const l of lines) assert.match(l, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z \S/, `not a log line: ${JSON.stringify(l)}`);
     for (const ref of ['docker.io/lab/small:1', 'quay.io/org/multi:1']) {
-      assert.ok(lines.some((l) => l.includes(`${ref}: done`)), `no "done" line for ${ref}:\n${r.stderr}`);
+      assert.ok(
+        lines.some((l) => l.includes(`${ref}: done`)),
+        `no "done" line for ${ref}:\n${r.stderr}`,
+      );
     }
   });
 

@@ -3,14 +3,14 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
-import { type Upstream, startUpstream } from './support/upstream.ts';
-import { type Image, type Seeded, MediaTypes, seedStandard } from './support/images.ts';
 import { type InProcessBerth, servedGets, startBerth } from './support/berth.ts';
 import { type Containerd, imageTargets, mirrorHostsToml, startContainerd } from './support/containerd.ts';
 import { type Dockerd, startDockerd } from './support/dockerd.ts';
 import { request } from './support/http.ts';
+import { type Image, MediaTypes, type Seeded, seedStandard } from './support/images.ts';
 import { waitUntil } from './support/links.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
 /** The snapshot key containerd gives an unpacked image's top layer (image-spec "ChainID"). */
 function chainId(image: Image): string {
@@ -24,7 +24,11 @@ function chainId(image: Image): string {
 
 async function snapshotKeys(c: Containerd): Promise<string[]> {
   const { stdout } = await c.ctr(['snapshots', 'ls']);
-  return stdout.split('\n').slice(1).map((l) => l.trim().split(/\s+/)[0]!).filter(Boolean);
+  return stdout
+    .split('\n')
+    .slice(1)
+    .map((l) => l.trim().split(/\s+/)[0]!)
+    .filter(Boolean);
 }
 
 describe('containerd and dockerd pulling through berth', () => {
@@ -40,7 +44,12 @@ describe('containerd and dockerd pulling through berth', () => {
     seedDir = await makeTempDir('seed-containerd');
     up = await startUpstream();
     seeded = await seedStandard(up, seedDir);
-    b = await startBerth({ upstreams: [{ host: 'docker.io', url: up.url }, { host: 'quay.io', url: up.url }] });
+    b = await startBerth({
+      upstreams: [
+        { host: 'docker.io', url: up.url },
+        { host: 'quay.io', url: up.url },
+      ],
+    });
     containerd = await startContainerd();
     await containerd.writeHosts('docker.io', mirrorHostsToml(b.url));
     await containerd.writeHosts('quay.io', mirrorHostsToml(`${b.url}/v2/quay.io`, { overridePath: true }));

@@ -6,12 +6,12 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
-import { type Upstream, startUpstream } from './support/upstream.ts';
-import { type Seeded, seedStandard } from './support/images.ts';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
-import { DEAD_ENDPOINT, DEAD_PROXY_ENV } from './support/safety.ts';
+import { type Seeded, seedStandard } from './support/images.ts';
 import { unmountUnder } from './support/mounts.ts';
+import { DEAD_ENDPOINT, DEAD_PROXY_ENV } from './support/safety.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
 const run = promisify(execFile);
 
@@ -22,8 +22,7 @@ describe('podman pulling through berth', () => {
   let dir: string;
   let env: NodeJS.ProcessEnv;
 
-  const podman = async (...args: string[]) =>
-    run('podman', ['--cgroup-manager=cgroupfs', '--events-backend=file', ...args], { env, timeout: 120_000, maxBuffer: 16 * 1024 * 1024 });
+  const podman = async (...args: string[]) => run('podman', ['--cgroup-manager=cgroupfs', '--events-backend=file', ...args], { env, timeout: 120_000, maxBuffer: 16 * 1024 * 1024 });
 
   before(async () => {
     dir = await makeTempDir('podman');
@@ -91,6 +90,9 @@ describe('podman pulling through berth', () => {
     assert.equal(stdout.trim(), seed.multi.digest);
     // berth asked the upstream for org/multi: the prefix was stripped and routed to quay.io's upstream.
     const entries = await up.waitForAccess((es) => es.some((e) => e.path.startsWith('/v2/org/multi/manifests/')), { since });
-    assert.ok(entries.every((e) => !e.path.includes('quay.io')), 'the host prefix reached the upstream');
+    assert.ok(
+      entries.every((e) => !e.path.includes('quay.io')),
+      'the host prefix reached the upstream',
+    );
   });
 });

@@ -4,17 +4,17 @@
 // and basic-auth upstreams work. Issue #2.
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { readFile, readdir } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { type AccessEntry, type Upstream, startUpstream } from './support/upstream.ts';
-import { type Image, type Index, type Seeded, MediaTypes, blobsOf, buildImage, buildIndex, digestOfFile, pushImage, pushIndex, seedStandard } from './support/images.ts';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
-import { skopeoCopy } from './support/skopeo.ts';
 import { request } from './support/http.ts';
+import { blobsOf, buildImage, buildIndex, digestOfFile, type Image, type Index, MediaTypes, pushImage, pushIndex, type Seeded, seedStandard } from './support/images.ts';
 import { upstreamTrafficSince } from './support/links.ts';
+import { skopeoCopy } from './support/skopeo.ts';
 import { committedPath, exists } from './support/storage.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
+import { type AccessEntry, startUpstream, type Upstream } from './support/upstream.ts';
 
 const BIG_BYTES = 100 * 1024 * 1024;
 const AUTH = { username: 'berth-test', password: `pw-${randomUUID()}` };
@@ -73,11 +73,7 @@ describe('pulling through berth with skopeo', () => {
     seedDir = await makeTempDir('seed-skopeo');
     work = await makeTempDir('pull-skopeo');
     // Each assigned as soon as it runs, so after() stops it even if another one failed to start.
-    await Promise.all([
-      startUpstream().then((u) => (up = u)),
-      startUpstream({ tls: true }).then((u) => (tlsUp = u)),
-      startUpstream({ auth: AUTH }).then((u) => (authUp = u)),
-    ]);
+    await Promise.all([startUpstream().then((u) => (up = u)), startUpstream({ tls: true }).then((u) => (tlsUp = u)), startUpstream({ auth: AUTH }).then((u) => (authUp = u))]);
     seeded = await seedStandard(up, seedDir, { bigBytes: BIG_BYTES });
     dockerList = buildIndex({ format: 'docker', images: [seeded.v2s2] });
     await pushIndex(up, 'lab/list', '1', dockerList);
@@ -119,7 +115,10 @@ describe('pulling through berth with skopeo', () => {
     const dir = dest('index');
     await skopeoCopy(`docker://${b.host}/lab/multi:1`, `oci:${dir}`, { all: true });
     const { blobs, index } = await readOciLayout(dir);
-    assert.deepEqual(index.manifests.map((m) => m.digest), [seeded.multi.digest]);
+    assert.deepEqual(
+      index.manifests.map((m) => m.digest),
+      [seeded.multi.digest],
+    );
     assert.ok((await readFile(blobs.get(seeded.multi.digest)!)).equals(seeded.multi.index), 'index bytes differ');
     for (const image of seeded.multi.images) {
       assert.ok(blobs.has(image.manifestDigest), `manifest of ${image.platform.architecture} missing`);
@@ -141,7 +140,10 @@ describe('pulling through berth with skopeo', () => {
     const dir = dest('quay');
     await skopeoCopy(`docker://${b.host}/quay.io/org/multi:1`, `oci:${dir}`, { all: true });
     const { blobs, index } = await readOciLayout(dir);
-    assert.deepEqual(index.manifests.map((m) => m.digest), [seeded.multi.digest]);
+    assert.deepEqual(
+      index.manifests.map((m) => m.digest),
+      [seeded.multi.digest],
+    );
     for (const image of seeded.multi.images) assert.ok(blobs.has(image.manifestDigest));
     for (const blob of blobsOf(seeded.multi)) assert.ok(blobs.has(blob.digest));
     // quay.io's repository is org/multi: the prefix names the upstream and is not part of the name there.
@@ -195,7 +197,11 @@ describe('pulling through berth with skopeo', () => {
     // Nor did it start a download whose log line is still to come (storage/ingest/<hex>.<upstream>.data).
     const hex = layer.digest.slice('sha256:'.length);
     const ingest = await readdir(path.join(b.storage, 'ingest')).catch(() => [] as string[]);
-    assert.deepEqual(ingest.filter((n) => n.startsWith(hex)), [], 'HEAD started a fill of the blob');
+    assert.deepEqual(
+      ingest.filter((n) => n.startsWith(hex)),
+      [],
+      'HEAD started a fill of the blob',
+    );
     assert.equal(await exists(committedPath(b, layer.digest)), false, 'HEAD downloaded the blob');
   });
 

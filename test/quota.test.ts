@@ -8,31 +8,21 @@ import { existsSync } from 'node:fs';
 import { mkdir, readFile, utimes, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { type AccessEntry, type Upstream, startUpstream } from './support/upstream.ts';
-import { type Image, type LayerSpec, blobsOf, buildImage, pushImage } from './support/images.ts';
-import { type InProcessBerth, type UpstreamSpec, startBerth } from './support/berth.ts';
+import { type InProcessBerth, startBerth, type UpstreamSpec } from './support/berth.ts';
+import { blobBytesOnDisk, describeRun, lsJson, ociLayoutManifests, runBerth, storedDigests, unverifiedBlobFiles, writeCliConfig } from './support/berth-cli.ts';
 import { type Containerd, imageTargets, startContainerd } from './support/containerd.ts';
-import { skopeoCopy } from './support/skopeo.ts';
+import { blobsOf, buildImage, type Image, type LayerSpec, pushImage } from './support/images.ts';
 import { upstreamTrafficSince, waitUntil } from './support/links.ts';
 import { DEAD_ENDPOINT } from './support/safety.ts';
-import {
-  blobBytesOnDisk,
-  describeRun,
-  lsJson,
-  ociLayoutManifests,
-  runBerth,
-  storedDigests,
-  unverifiedBlobFiles,
-  writeCliConfig,
-} from './support/berth-cli.ts';
+import { skopeoCopy } from './support/skopeo.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
+import { type AccessEntry, startUpstream, type Upstream } from './support/upstream.ts';
 
 const MiB = 1024 * 1024;
 const LIMIT = 30 * MiB;
 const LAYER = 8 * MiB;
 
-const blobGetsOf = (entries: AccessEntry[], digest: string): AccessEntry[] =>
-  entries.filter((e) => e.method === 'GET' && e.path.split('?')[0]!.endsWith(`/blobs/${digest}`));
+const blobGetsOf = (entries: AccessEntry[], digest: string): AccessEntry[] => entries.filter((e) => e.method === 'GET' && e.path.split('?')[0]!.endsWith(`/blobs/${digest}`));
 
 describe('a cache that stays within its size and the operator commands that look after it', () => {
   let up: Upstream;
@@ -83,10 +73,15 @@ describe('a cache that stays within its size and the operator commands that look
   }
 
   async function underLimit(): Promise<number> {
-    return waitUntil(`the blobs under storage to shrink to ${LIMIT} bytes`, async () => {
-      const total = await blobBytesOnDisk(storage);
-      return total <= LIMIT ? total : undefined;
-    }, 30_000, 100);
+    return waitUntil(
+      `the blobs under storage to shrink to ${LIMIT} bytes`,
+      async () => {
+        const total = await blobBytesOnDisk(storage);
+        return total <= LIMIT ? total : undefined;
+      },
+      30_000,
+      100,
+    );
   }
 
   before(async () => {
@@ -297,7 +292,5 @@ describe('a cache that stays within its size and the operator commands that look
 /** Requests berth answered with 200 (manifests and blobs). */
 async function servedRequests(b: InProcessBerth): Promise<number> {
   const metric = await b.berth.metrics.requests.get();
-  return metric.values
-    .filter((v) => (v.labels.route === 'manifest' || v.labels.route === 'blob') && v.labels.status === '200')
-    .reduce((n, v) => n + v.value, 0);
+  return metric.values.filter((v) => (v.labels.route === 'manifest' || v.labels.route === 'blob') && v.labels.status === '200').reduce((n, v) => n + v.value, 0);
 }

@@ -5,12 +5,12 @@
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { after, before, describe, test } from 'node:test';
-import { type Upstream, startUpstream } from './support/upstream.ts';
-import { type Image, MediaTypes, buildImage, pushImage } from './support/images.ts';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
-import { describeOutcome, fetchOutcome } from './support/outcome.ts';
+import { buildImage, type Image, MediaTypes, pushImage } from './support/images.ts';
 import { parseByteranges } from './support/links.ts';
+import { describeOutcome, fetchOutcome } from './support/outcome.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
 const MB = 1_000_000;
 
@@ -39,8 +39,7 @@ after(async () => {
 });
 
 const layer = (repo: string) => images[repo]!.layers[0]!;
-const blobRequests = (mark: number, method: string, digest: string) =>
-  up.accessLogSince(mark).filter((e) => e.method === method && e.path.split('?')[0]!.endsWith(`/blobs/${digest}`));
+const blobRequests = (mark: number, method: string, digest: string) => up.accessLogSince(mark).filter((e) => e.method === method && e.path.split('?')[0]!.endsWith(`/blobs/${digest}`));
 
 describe('what one client can make berth ask of the upstream', () => {
   test('500 concurrent HEADs of one uncached blob make one upstream HEAD (or a few), and all answer its size', async () => {
@@ -72,7 +71,7 @@ describe('what one client can make berth ask of the upstream', () => {
     assert.equal(r.status, 206, describeOutcome(r));
     const parts = parseByteranges(String(r.headers!['content-type']), r.body);
     assert.equal(parts.length, 256);
-    parts.forEach((p, i) => assert.ok(p.body.equals(bytes.subarray(ranges[i]![0], ranges[i]![1] + 1)), `part ${i} has the blob's bytes`));
+    for (const [i, p] of parts.entries()) assert.ok(p.body.equals(bytes.subarray(ranges[i]![0], ranges[i]![1] + 1)), `part ${i} has the blob's bytes`);
     await new Promise((ok) => setTimeout(ok, 300));
     const gets = blobRequests(mark, 'GET', blob.digest).length;
     assert.ok(gets >= 1 && gets <= 16, `one 256-range request made ${gets} upstream GETs`);

@@ -5,14 +5,14 @@ import assert from 'node:assert/strict';
 import { open } from 'node:fs/promises';
 import type http from 'node:http';
 import { after, before, describe, test } from 'node:test';
-import { type Upstream, startUpstream } from './support/upstream.ts';
-import { type Blob, type Seeded, seedStandard } from './support/images.ts';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
-import { type RawResponse, hashedGet, request } from './support/http.ts';
+import { hashedGet, type RawResponse, request } from './support/http.ts';
+import { type Blob, type Seeded, seedStandard } from './support/images.ts';
 import { waitUntil } from './support/links.ts';
-import { committedPath, exists } from './support/storage.ts';
 import { type Relay, startRelay } from './support/relay.ts';
+import { committedPath, exists } from './support/storage.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
 const BIG_BYTES = 24 * 1024 * 1024;
 /** The fill of the big layer takes about 3 s over this link: long enough to ask it for ranges meanwhile. */

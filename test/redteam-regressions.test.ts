@@ -2,12 +2,12 @@
 import assert from 'node:assert/strict';
 import { readdirSync } from 'node:fs';
 import { after, before, test } from 'node:test';
-import { type Upstream, startUpstream } from './support/upstream.ts';
-import { type Image, buildImage, pushImage } from './support/images.ts';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
+import { buildImage, type Image, pushImage } from './support/images.ts';
 import { httpRequest, metricValue, waitUntil } from './support/links.ts';
 import { respond, startStandInOrigin } from './support/stand-in-origin.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
 let up: Upstream;
 let work: string;
@@ -37,10 +37,15 @@ test('lazyFill on-demand: a 416 on a cold blob does not hold a fill slot (and an
   const r = await httpRequest(b.url, `/v2/lab/rt0/blobs/${a.digest}`, { headers: { Range: 'bytes=99999999-' } });
   assert.equal(r.status, 416);
   // The fill the 416 acquired is let go after the grace: this client may start another, and nothing stays in ingest/.
-  const ok = await waitUntil('a new fill for the same client', async () => {
-    const res = await httpRequest(b.url, `/v2/lab/rt1/blobs/${c.digest}`);
-    return res.status === 200 ? res : undefined;
-  }, 5000, 100);
+  const ok = await waitUntil(
+    'a new fill for the same client',
+    async () => {
+      const res = await httpRequest(b.url, `/v2/lab/rt1/blobs/${c.digest}`);
+      return res.status === 200 ? res : undefined;
+    },
+    5000,
+    100,
+  );
   assert.equal(ok.body.length, c.size);
   await waitUntil('ingest/ emptied', () => readdirSync(`${b.storage}/ingest`).length === 0, 5000);
   assert.equal(b.berth.fills.active, 0);

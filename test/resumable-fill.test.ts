@@ -11,12 +11,12 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { type Upstream, startUpstream } from './support/upstream.ts';
-import { type Blob, type Image, buildImage, pushImage } from './support/images.ts';
-import { type InProcessBerth, type BerthOptions, startBerth, startBerthProcess } from './support/berth.ts';
+import { type BerthOptions, type InProcessBerth, startBerth, startBerthProcess } from './support/berth.ts';
+import { type Blob, buildImage, type Image, pushImage } from './support/images.ts';
+import { httpRequest, sha256, upstreamTrafficSince, waitUntil } from './support/links.ts';
 import { type Relay, type RelayOptions, startRelay } from './support/relay.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
-import { httpRequest, sha256, upstreamTrafficSince, waitUntil } from './support/links.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
 const MB = 1_000_000;
 const MiB = 1024 * 1024;
@@ -104,7 +104,10 @@ describe('fills over an unreliable upstream link', () => {
     assert.ok(ms >= 1_900, `the download waited out the idle timeout (${Math.round(ms)} ms)`);
     assert.ok(ms < 20_000, `…and then went on instead of hanging (${Math.round(ms)} ms)`);
     const gets = await blobGets(mark, blob.digest);
-    assert.ok(gets.some((e) => e.status === 206), `the fill resumed with Range; upstream saw ${gets.map((e) => e.status).join(',')}`);
+    assert.ok(
+      gets.some((e) => e.status === 206),
+      `the fill resumed with Range; upstream saw ${gets.map((e) => e.status).join(',')}`,
+    );
     assert.ok(relay.bytesDown < blob.size + 3 * MB, `upstream sent ${relay.bytesDown} bytes for ${blob.size}`);
   });
 
@@ -137,12 +140,12 @@ describe('fills over an unreliable upstream link', () => {
     await getBlobIntact(berth.url, 'lab/large', blob);
     const total = relay.bytesDown;
     assert.ok(total < 2 * blob.size, `the upstream sent ${total} bytes in all for a ${blob.size}-byte blob`);
-    assert.ok(
-      total - atKill <= blob.size - kept + 2 * MB,
-      `after the restart the upstream sent ${total - atKill} bytes; only the ${blob.size - kept} bytes after the checkpoint were missing`,
-    );
+    assert.ok(total - atKill <= blob.size - kept + 2 * MB, `after the restart the upstream sent ${total - atKill} bytes; only the ${blob.size - kept} bytes after the checkpoint were missing`);
     const gets = await blobGets(mark, blob.digest);
-    assert.ok(gets.some((e) => e.status === 206), `the restarted fill asked for the rest with Range; upstream saw ${gets.map((e) => e.status).join(',')}`);
+    assert.ok(
+      gets.some((e) => e.status === 206),
+      `the restarted fill asked for the rest with Range; upstream saw ${gets.map((e) => e.status).join(',')}`,
+    );
   });
 
   test('an origin that ignores Range is fetched again from byte zero and the blob is still verified', async () => {
@@ -158,7 +161,13 @@ describe('fills over an unreliable upstream link', () => {
     assert.equal(gets[0]!.range, undefined, 'the first request asks for the whole blob');
     assert.match(gets[1]!.range ?? '', /^bytes=[1-9]\d*-(\d+)?$/, 'berth first tries to resume from where the cut left it (Range: bytes=N-)');
     assert.ok(relay.bytesDown >= blob.size + 7 * MB, `the whole blob came again after the cut (${relay.bytesDown} bytes)`);
-    assert.ok(gets.length <= 4, `berth asked a Range-ignoring origin ${gets.length} times for one blob (ranges: ${gets.slice(0, 8).map((g) => g.range).join(' ')} …)`);
+    assert.ok(
+      gets.length <= 4,
+      `berth asked a Range-ignoring origin ${gets.length} times for one blob (ranges: ${gets
+        .slice(0, 8)
+        .map((g) => g.range)
+        .join(' ')} …)`,
+    );
   });
 });
 

@@ -19,7 +19,7 @@ import { sha256, waitUntil } from './support/links.ts';
 import { freePort, waitForHttp } from './support/ports.ts';
 import { type ManagedProcess, startProcess } from './support/process.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
-import { type Upstream, startUpstream } from './support/upstream.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const require = createRequire(import.meta.url);

@@ -8,22 +8,22 @@ import { execFile } from 'node:child_process';
 import { readFile, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
 import tls from 'node:tls';
 import { promisify } from 'node:util';
-import { after, before, describe, test } from 'node:test';
-import { type Upstream, startUpstream } from './support/upstream.ts';
-import { type Seeded, ACCEPT_ALL_MANIFESTS, seedStandard } from './support/images.ts';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
 import { type BerthChild, startBerthChild } from './support/berth-child.ts';
 import { type Containerd, mirrorHostsToml, startContainerd } from './support/containerd.ts';
-import { describeOutcome, fetchOutcome, sha256Of } from './support/outcome.ts';
-import { assertPulledImage } from './support/pulled-image.ts';
-import { skopeoCopy } from './support/skopeo.ts';
-import { freePort } from './support/ports.ts';
-import { DEAD_ENDPOINT } from './support/safety.ts';
+import { ACCEPT_ALL_MANIFESTS, type Seeded, seedStandard } from './support/images.ts';
 import { upstreamTrafficSince, waitUntil } from './support/links.ts';
-import { type TestCa, issueServerCert, makeCa } from './support/tls-ca.ts';
+import { describeOutcome, fetchOutcome, sha256Of } from './support/outcome.ts';
+import { freePort } from './support/ports.ts';
+import { assertPulledImage } from './support/pulled-image.ts';
+import { DEAD_ENDPOINT } from './support/safety.ts';
+import { skopeoCopy } from './support/skopeo.ts';
+import { issueServerCert, makeCa, type TestCa } from './support/tls-ca.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
 const run = promisify(execFile);
 
@@ -83,7 +83,13 @@ describe('HTTPS from the config', () => {
     certFile = path.join(work, 'berth.crt');
     keyFile = path.join(work, 'berth.key');
     first = (await issueServerCert(ca, certFile, keyFile)).fingerprint256;
-    b = await startBerthChild({ upstreams: [{ host: 'docker.io', url: up.url }, { host: up.host, url: up.url }], tls: { certificate: certFile, key: keyFile } });
+    b = await startBerthChild({
+      upstreams: [
+        { host: 'docker.io', url: up.url },
+        { host: up.host, url: up.url },
+      ],
+      tls: { certificate: certFile, key: keyFile },
+    });
     cleanups.push(() => b.stop());
   });
 
@@ -107,7 +113,7 @@ describe('HTTPS from the config', () => {
     const { stdout } = await c.ctr(['images', 'ls']);
     const row = stdout.split('\n').find((l) => l.startsWith('docker.io/lab/multi:1'));
     assert.ok(row, `containerd has the image:\n${stdout}`);
-    assert.equal(row.trim().split(/\s+/)[2], seeded.multi.digest, 'containerd resolved the upstream\'s index digest');
+    assert.equal(row.trim().split(/\s+/)[2], seeded.multi.digest, "containerd resolved the upstream's index digest");
   });
 
   test('SIGHUP makes berth serve a replaced certificate without a restart; pulls go on working', async () => {
@@ -234,7 +240,11 @@ describe('a separate admin listener', () => {
   });
 
   test('with admin.listen, /metrics, /healthz and /_berth/prewarm answer 404 on the registry port', async () => {
-    for (const [method, p] of [['GET', '/metrics'], ['GET', '/healthz'], ['POST', '/_berth/prewarm']] as const) {
+    for (const [method, p] of [
+      ['GET', '/metrics'],
+      ['GET', '/healthz'],
+      ['POST', '/_berth/prewarm'],
+    ] as const) {
       const r = await fetchOutcome(b.url, p, { method, headers: { 'content-type': 'application/json' } });
       assert.equal(r.status, 404, `${method} ${p} on the registry port: ${describeOutcome(r)}`);
     }
@@ -257,17 +267,23 @@ describe('a separate admin listener', () => {
     const body = JSON.stringify({ references: [ref] });
     const r = await new Promise<{ status: number; text: string }>((resolve, reject) => {
       const u = new URL(admin);
-      const req = http.request({ host: u.hostname, port: u.port, path: '/_berth/prewarm', method: 'POST', headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }, agent: false }, (res) => {
-        let text = '';
-        res.on('data', (c: Buffer) => (text += c.toString('utf8')));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
-        res.on('error', reject);
-      });
+      const req = http.request(
+        { host: u.hostname, port: u.port, path: '/_berth/prewarm', method: 'POST', headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }, agent: false },
+        (res) => {
+          let text = '';
+          res.on('data', (c: Buffer) => (text += c.toString('utf8')));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
+          res.on('error', reject);
+        },
+      );
       req.on('error', reject);
       req.end(body);
     });
     assert.equal(r.status, 200, r.text);
-    const events = r.text.trim().split('\n').map((l) => JSON.parse(l) as { type: string; ok?: string[]; failed?: unknown[] });
+    const events = r.text
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { type: string; ok?: string[]; failed?: unknown[] });
     const summary = events.at(-1)!;
     assert.equal(summary.type, 'summary', r.text);
     assert.deepEqual(summary.failed, [], r.text);

@@ -98,4 +98,3 @@ describe('SingleFlight', () => {
     assert.equal(await fresh, 43);
   });
 });
-

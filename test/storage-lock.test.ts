@@ -11,17 +11,17 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { stringify } from 'yaml';
-import { type Upstream, startUpstream } from './support/upstream.ts';
-import { type Image, blobsOf, buildImage, pushImage } from './support/images.ts';
-import { type BerthChild, berthConfig, startBerthChild, tryServe } from './support/berth-child.ts';
-import { describeRun, lsJson, runBerth } from './support/berth-cli.ts';
-import { freePort } from './support/ports.ts';
-import { fetchOutcome } from './support/outcome.ts';
-import { makeTempDir, removeTempDir } from './support/tmp.ts';
-import { waitUntil } from './support/links.ts';
-import { fillUp, mountTmpfs, unmountUnder } from './support/mounts.ts';
 import { StorageLock, StorageLockedError } from '../src/store/lock.ts';
 import { StoragePaths } from '../src/store/paths.ts';
+import { type BerthChild, berthConfig, startBerthChild, tryServe } from './support/berth-child.ts';
+import { describeRun, lsJson, runBerth } from './support/berth-cli.ts';
+import { blobsOf, buildImage, type Image, pushImage } from './support/images.ts';
+import { waitUntil } from './support/links.ts';
+import { fillUp, mountTmpfs, unmountUnder } from './support/mounts.ts';
+import { fetchOutcome } from './support/outcome.ts';
+import { freePort } from './support/ports.ts';
+import { makeTempDir, removeTempDir } from './support/tmp.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
 /** `berth serve` as in a container of its own: new user and PID namespaces (it is PID 1), same filesystem. */
 const CONTAINER = ['unshare', '--user', '--map-root-user', '--pid', '--fork', '--mount-proc', '--kill-child'];
@@ -83,7 +83,10 @@ describe('the storage lock', () => {
 
   test('berth ls runs beside it (read-only), and the index was not touched by the refused commands', async () => {
     const rows = await lsJson(b.configFile);
-    assert.deepEqual(rows.map((r) => r.reference), ['docker.io/lab/locked:1']);
+    assert.deepEqual(
+      rows.map((r) => r.reference),
+      ['docker.io/lab/locked:1'],
+    );
   });
 
   test('berth prewarm and pin beside it go through the running server', async () => {
@@ -143,14 +146,19 @@ describe('the storage lock across containers and in its first instants', () => {
     assert.equal(first.r.kind, 'listening', first.r.kind === 'exited' ? first.r.output : '');
     if (first.r.kind !== 'listening') return;
     try {
-      const lock = await waitUntil('berth.lock to name the first container\'s server', () => {
-        try {
-          const l = JSON.parse(readFileSync(path.join(storage, 'berth.lock'), 'utf8')) as { pid: number; url?: string };
-          return l.url ? l : undefined;
-        } catch {
-          return undefined;
-        }
-      }, 10_000, 50);
+      const lock = await waitUntil(
+        "berth.lock to name the first container's server",
+        () => {
+          try {
+            const l = JSON.parse(readFileSync(path.join(storage, 'berth.lock'), 'utf8')) as { pid: number; url?: string };
+            return l.url ? l : undefined;
+          } catch {
+            return undefined;
+          }
+        },
+        10_000,
+        50,
+      );
       assert.equal(lock.pid, 1, 'berth is PID 1 in its container');
       const second = await serveIn(storage, 'container-b', CONTAINER);
       if (second.r.kind === 'listening') {
@@ -175,13 +183,20 @@ describe('the storage lock across containers and in its first instants', () => {
     const storage = path.join(work, 'first-instants');
     await mkdir(storage, { recursive: true });
     const paths = new StoragePaths(storage);
-    const holder = spawn(process.execPath, ['-e', `
+    const holder = spawn(
+      process.execPath,
+      [
+        '-e',
+        `
       const db = new (require('better-sqlite3'))(${JSON.stringify(paths.lockDb)});
       db.exec('BEGIN EXCLUSIVE');
       require('fs').writeFileSync(${JSON.stringify(paths.lock)}, '');
       process.stdout.write('held\\n');
       setInterval(() => {}, 1000);
-    `], { cwd: path.resolve(import.meta.dirname, '..'), stdio: ['ignore', 'pipe', 'inherit'] });
+    `,
+      ],
+      { cwd: path.resolve(import.meta.dirname, '..'), stdio: ['ignore', 'pipe', 'inherit'] },
+    );
     try {
       await new Promise<void>((ok, fail) => {
         holder.stdout.once('data', () => ok());

@@ -2,15 +2,15 @@
 // berth has today: the filesystem BlobStore on a temp directory and StoreIndex on SQLite. No upstream,
 // no server: seconds. Issue #12's S3 store and PostgreSQL index add their factories here.
 import assert from 'node:assert/strict';
-import Database from 'better-sqlite3';
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, test } from 'node:test';
+import Database from 'better-sqlite3';
 import { BlobStore } from '../src/store/blob-store.ts';
 import { collectGarbage } from '../src/store/gc.ts';
-import { writeBlob } from '../src/store/roles.ts';
 import type { RegistryIndex } from '../src/store/index-roles.ts';
 import { StoragePaths } from '../src/store/paths.ts';
+import { writeBlob } from '../src/store/roles.ts';
 import { StoreIndex } from '../src/store/store-index.ts';
 import { blobStoreConformance, digestOf } from './support/conformance/blob-store.ts';
 import { indexConformance, someDigest } from './support/conformance/index.ts';
@@ -115,7 +115,14 @@ describe('collectGarbage over a BlobStore and a StoreIndex', () => {
       const layer = await put('layer');
       const manifest = await put('manifest');
       index.putBlob(layer.d, layer.size, null);
-      index.recordManifest({ upstream: 'docker.io', repository: 'lab/app', digest: manifest.d, size: manifest.size, mediaType: 'application/vnd.oci.image.manifest.v1+json', children: [{ digest: layer.d, size: layer.size, mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip' }] });
+      index.recordManifest({
+        upstream: 'docker.io',
+        repository: 'lab/app',
+        digest: manifest.d,
+        size: manifest.size,
+        mediaType: 'application/vnd.oci.image.manifest.v1+json',
+        children: [{ digest: layer.d, size: layer.size, mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip' }],
+      });
       index.putTag({ upstream: 'docker.io', repository: 'lab/app', tag: '1', digest: manifest.d, mediaType: 'application/vnd.oci.image.manifest.v1+json', size: manifest.size, checkedAt: 1 });
       const pinned = await put('pinned');
       index.putBlob(pinned.d, pinned.size, null);

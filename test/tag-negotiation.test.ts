@@ -9,16 +9,16 @@ import assert from 'node:assert/strict';
 import { appendFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import Database from 'better-sqlite3';
 import { after, before, describe, test } from 'node:test';
+import Database from 'better-sqlite3';
 import fc from 'fast-check';
-import { type Upstream, startUpstream } from './support/upstream.ts';
-import { type Image, type Index, ACCEPT_ALL_MANIFESTS, MediaTypes, baseLayer, buildImage, buildIndex, pushIndex } from './support/images.ts';
+import { StoragePaths } from '../src/store/paths.ts';
+import { rebuildIndex } from '../src/store/rebuild.ts';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
+import { ACCEPT_ALL_MANIFESTS, baseLayer, buildImage, buildIndex, type Image, type Index, MediaTypes, pushIndex } from './support/images.ts';
 import { httpRequest, type TimedResponse } from './support/links.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
-import { rebuildIndex } from '../src/store/rebuild.ts';
-import { StoragePaths } from '../src/store/paths.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
 const NARROW = MediaTypes.docker.manifest;
 /** What containerd sends. */
@@ -145,14 +145,20 @@ describe('a shared tag under different Accept lists', () => {
 });
 
 describe('any sequence of Accept lists (property, seeded)', () => {
-  const TYPES = [MediaTypes.oci.manifest, MediaTypes.oci.index, MediaTypes.docker.manifest, MediaTypes.docker.index,
-    'application/vnd.docker.distribution.manifest.v1+prettyjws', 'application/vnd.docker.distribution.manifest.v1+json', '*/*', 'application/json'];
-  const acceptList = fc
-    .record({ types: fc.shuffledSubarray(TYPES, { minLength: 1 }), params: fc.boolean(), lines: fc.boolean() })
-    .map(({ types, params, lines }) => {
-      const parts = types.map((t, i) => (params && i % 2 === 1 ? `${t}; q=0.${9 - i}` : t));
-      return lines ? parts : parts.join(', ');
-    });
+  const TYPES = [
+    MediaTypes.oci.manifest,
+    MediaTypes.oci.index,
+    MediaTypes.docker.manifest,
+    MediaTypes.docker.index,
+    'application/vnd.docker.distribution.manifest.v1+prettyjws',
+    'application/vnd.docker.distribution.manifest.v1+json',
+    '*/*',
+    'application/json',
+  ];
+  const acceptList = fc.record({ types: fc.shuffledSubarray(TYPES, { minLength: 1 }), params: fc.boolean(), lines: fc.boolean() }).map(({ types, params, lines }) => {
+    const parts = types.map((t, i) => (params && i % 2 === 1 ? `${t}; q=0.${9 - i}` : t));
+    return lines ? parts : parts.join(', ');
+  });
 
   test('berth answers each one as the upstream does, whatever came before', async () => {
     const b = await berthOn(path.join(work, 'fuzzed'));

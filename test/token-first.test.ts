@@ -9,10 +9,12 @@ import { after, before, beforeEach, describe, test } from 'node:test';
 import { UpstreamSchema } from '../src/config/schema.ts';
 import { UpstreamClient } from '../src/upstream/client.ts';
 import { MediaTypes } from './support/images.ts';
-import { type OriginRequest, type StandInOrigin, respond, sha256Digest, startStandInOrigin } from './support/stand-in-origin.ts';
+import { type OriginRequest, respond, type StandInOrigin, sha256Digest, startStandInOrigin } from './support/stand-in-origin.ts';
 
 const config = Buffer.from('{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}');
-const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaTypes.oci.manifest, config: { mediaType: MediaTypes.oci.config, digest: sha256Digest(config), size: config.length }, layers: [] }));
+const manifest = Buffer.from(
+  JSON.stringify({ schemaVersion: 2, mediaType: MediaTypes.oci.manifest, config: { mediaType: MediaTypes.oci.config, digest: sha256Digest(config), size: config.length }, layers: [] }),
+);
 
 let origin: StandInOrigin;
 let issued = 0;
@@ -35,7 +37,12 @@ before(async () => {
         const repo = /^\/v2\/(.+)\/manifests\//.exec(path)?.[1];
         const token = (req.headers.authorization ?? '').replace(/^Bearer /, '');
         if (!token.endsWith(`|repository:${repo}:pull`) || revoked.has(token)) {
-          return respond(reply, 401, { 'WWW-Authenticate': `Bearer realm="${origin.url}/token",service="origin.test"`, 'Content-Type': 'application/json' }, '{"errors":[{"code":"UNAUTHORIZED","message":"token"}]}');
+          return respond(
+            reply,
+            401,
+            { 'WWW-Authenticate': `Bearer realm="${origin.url}/token",service="origin.test"`, 'Content-Type': 'application/json' },
+            '{"errors":[{"code":"UNAUTHORIZED","message":"token"}]}',
+          );
         }
       }
       reply.head(200, { 'Content-Type': MediaTypes.oci.manifest, 'Content-Length': manifest.length, 'Docker-Content-Digest': sha256Digest(manifest) });

@@ -7,11 +7,11 @@
 // src/upstream/transport.ts, src/upstream/token-cache.ts, src/upstream/token-realm.ts.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import { realmMayReceiveCredentials } from '../src/upstream/token-realm.ts';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
 import { MediaTypes } from './support/images.ts';
 import { describeOutcome, fetchOutcome, sha256Of } from './support/outcome.ts';
-import { realmMayReceiveCredentials } from '../src/upstream/token-realm.ts';
-import { type OriginRequest, type StandInOrigin, respond, sha256Digest, startStandInOrigin } from './support/stand-in-origin.ts';
+import { type OriginRequest, respond, type StandInOrigin, sha256Digest, startStandInOrigin } from './support/stand-in-origin.ts';
 
 const A_USER = 'alice';
 const A_PASSWORD = 'a-site-password';
@@ -21,7 +21,9 @@ const EVIL_PASSWORD = 'evil-password';
 const aBasic = `Basic ${Buffer.from(`${A_USER}:${A_PASSWORD}`).toString('base64')}`;
 
 const config = Buffer.from('{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}');
-const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaTypes.oci.manifest, config: { mediaType: MediaTypes.oci.config, digest: sha256Digest(config), size: config.length }, layers: [] }));
+const manifest = Buffer.from(
+  JSON.stringify({ schemaVersion: 2, mediaType: MediaTypes.oci.manifest, config: { mediaType: MediaTypes.oci.config, digest: sha256Digest(config), size: config.length }, layers: [] }),
+);
 const manifestDigest = sha256Digest(manifest);
 
 let a: StandInOrigin;
@@ -53,9 +55,21 @@ before(async () => {
   // The hostile upstream: every request is 401 with a.test's realm and service, in the hope that berth
   // fetches (or has cached) a.test's token and then presents it here.
   evil = await startStandInOrigin((_req, reply) => respond(reply, 401, unauthorized(`${a.url}/token`), denied), { keepAlive: true });
-  b = await startBerth({ upstreams: [{ host: 'a.test', url: a.url, username: A_USER, password: A_PASSWORD }, { host: 'evil.test', url: evil.url }], defaultUpstream: 'a.test' });
+  b = await startBerth({
+    upstreams: [
+      { host: 'a.test', url: a.url, username: A_USER, password: A_PASSWORD },
+      { host: 'evil.test', url: evil.url },
+    ],
+    defaultUpstream: 'a.test',
+  });
   // The same, with credentials configured for evil.test: they must not go to a.test's realm either.
-  evilBerth = await startBerth({ upstreams: [{ host: 'a.test', url: a.url, username: A_USER, password: A_PASSWORD }, { host: 'evil.test', url: evil.url, username: EVIL_USER, password: EVIL_PASSWORD }], defaultUpstream: 'a.test' });
+  evilBerth = await startBerth({
+    upstreams: [
+      { host: 'a.test', url: a.url, username: A_USER, password: A_PASSWORD },
+      { host: 'evil.test', url: evil.url, username: EVIL_USER, password: EVIL_PASSWORD },
+    ],
+    defaultUpstream: 'a.test',
+  });
 });
 
 after(async () => {

@@ -10,16 +10,16 @@ import { createHash, randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import { UpstreamSchema } from '../src/config/schema.ts';
 import type { Digest } from '../src/oci/digest.ts';
-import { RegistryError, type ErrorCode } from '../src/oci/errors.ts';
+import { type ErrorCode, RegistryError } from '../src/oci/errors.ts';
 import { IntegrityError } from '../src/oci/integrity.ts';
 import { isRetryable } from '../src/registry/failures.ts';
 import { UpstreamClient, type UpstreamClientOptions } from '../src/upstream/client.ts';
-import { type Image, ACCEPT_ALL_MANIFESTS, MediaTypes, baseLayer, buildImage, digestOf, pushImage } from './support/images.ts';
-import { type Relay, startRelay } from './support/relay.ts';
-import { type StandInOrigin, type Reply, respond, startStandInOrigin } from './support/stand-in-origin.ts';
-import { type Upstream, startUpstream } from './support/upstream.ts';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
+import { ACCEPT_ALL_MANIFESTS, baseLayer, buildImage, digestOf, type Image, MediaTypes, pushImage } from './support/images.ts';
 import { httpRequest, waitUntil } from './support/links.ts';
+import { type Relay, startRelay } from './support/relay.ts';
+import { type Reply, respond, type StandInOrigin, startStandInOrigin } from './support/stand-in-origin.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
 const REPO = 'test/client';
 const ORIGIN_HOST = 'origin.test';
@@ -117,7 +117,7 @@ describe('against a real registry', () => {
     await up.waitForAccess((e) => e.some((x) => x.method === 'HEAD' && x.path.includes(image.config.digest)), { since: mark });
   });
 
-  test('headManifest() and manifest(): the digest, the manifest\'s own media type, the exact bytes', async () => {
+  test("headManifest() and manifest(): the digest, the manifest's own media type, the exact bytes", async () => {
     const d = await c.headManifest(REPO, '1', ACCEPT_ALL_MANIFESTS);
     assert.equal(d.digest, image.manifestDigest);
     assert.equal(d.mediaType, MediaTypes.oci.manifest);
@@ -140,7 +140,7 @@ describe('against a real registry', () => {
     await rejectsWith(c.tags('test/none'), 'NAME_UNKNOWN', up.host, /not found/);
   });
 
-  test('tags(): the list, paged by berth\'s caller when the upstream sends no Link', async () => {
+  test("tags(): the list, paged by berth's caller when the upstream sends no Link", async () => {
     const page = await c.tags(REPO);
     assert.deepEqual([...page.tags].sort(), ['1', '2']);
     assert.equal(page.next, undefined);
@@ -281,7 +281,7 @@ describe('against an origin that answers wrongly', () => {
     await rejectsWith(c.manifest('bad/wrongdigest', wanted, ACCEPT_ALL_MANIFESTS, { expected: wanted }), 'UPSTREAM_ERROR', ORIGIN_HOST, new RegExp(`hashing to ${digestOf(good)} for ${wanted}`));
   });
 
-  test('a manifest by tag must hash to the upstream\'s own Docker-Content-Digest label', async () => {
+  test("a manifest by tag must hash to the upstream's own Docker-Content-Digest label", async () => {
     const repo = serveManifest('mislabelled', { 'Content-Length': good.length, 'Content-Type': MediaTypes.oci.manifest, 'Docker-Content-Digest': fakeDigest('b') }, good);
     await rejectsWith(c.manifest(repo, '1', ACCEPT_ALL_MANIFESTS), 'UPSTREAM_ERROR', ORIGIN_HOST, /but labelled sha256:b{64}/);
   });
@@ -333,7 +333,12 @@ describe('through berth: a bad answer is a 502 naming the upstream, never a cras
   const bytes = randomBytes(64);
   const d = digestOf(bytes) as Digest;
   before(async () => {
-    b = await startBerth({ upstreams: [{ host: 'docker.io', url: up.url }, { host: ORIGIN_HOST, url: origin.url }] });
+    b = await startBerth({
+      upstreams: [
+        { host: 'docker.io', url: up.url },
+        { host: ORIGIN_HOST, url: origin.url },
+      ],
+    });
     cleanups.push(() => b.stop());
   });
 

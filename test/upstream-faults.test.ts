@@ -9,23 +9,23 @@ import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdir, open, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { promisify } from 'node:util';
-import { setTimeout as sleep } from 'node:timers/promises';
-import Database from 'better-sqlite3';
 import { after, before, describe, test } from 'node:test';
-import { type Upstream, startUpstream } from './support/upstream.ts';
-import { type Image, type Seeded, MediaTypes, buildImage, pushImage, seedStandard } from './support/images.ts';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { promisify } from 'node:util';
+import Database from 'better-sqlite3';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
 import { type BerthChild, startBerthChild, tryServe } from './support/berth-child.ts';
 import { describeRun, runBerth, unverifiedBlobFiles } from './support/berth-cli.ts';
-import { describeOutcome, fetchOutcome, type Outcome, sha256Of } from './support/outcome.ts';
-import { type OriginRequest, type Reply, type StandInOrigin, respond, sha256Digest, startStandInOrigin } from './support/stand-in-origin.ts';
-import { assertPulledImage } from './support/pulled-image.ts';
-import { skopeoCopy } from './support/skopeo.ts';
+import { buildImage, type Image, MediaTypes, pushImage, type Seeded, seedStandard } from './support/images.ts';
 import { metricValue, upstreamTrafficSince, waitUntil } from './support/links.ts';
 import { fillUp, mountTmpfs, unmountUnder } from './support/mounts.ts';
+import { describeOutcome, fetchOutcome, type Outcome, sha256Of } from './support/outcome.ts';
+import { assertPulledImage } from './support/pulled-image.ts';
+import { skopeoCopy } from './support/skopeo.ts';
+import { type OriginRequest, type Reply, respond, type StandInOrigin, sha256Digest, startStandInOrigin } from './support/stand-in-origin.ts';
 import { hasBlobFile } from './support/storage.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
 const run = promisify(execFile);
 const MB = 1_000_000;
@@ -48,7 +48,9 @@ after(async () => {
 function assertNotCleanBad(r: Outcome, digest: string, size: number, what: string): void {
   if (r.complete && r.status !== undefined && r.status < 300) {
     const right = r.body.length === size && sha256Of(r.body) === digest;
-    assert.fail(`${what}: the client got a clean ${r.status} with ${right ? 'the right' : 'WRONG'} content (${r.body.length} bytes${right ? '' : `, hashing to ${sha256Of(r.body)}`}) although the origin misbehaved`);
+    assert.fail(
+      `${what}: the client got a clean ${r.status} with ${right ? 'the right' : 'WRONG'} content (${r.body.length} bytes${right ? '' : `, hashing to ${sha256Of(r.body)}`}) although the origin misbehaved`,
+    );
   }
   assert.ok(!r.complete || (r.status !== undefined && r.status >= 400), `${what}: ${describeOutcome(r)}`);
 }
@@ -239,7 +241,12 @@ describe('an origin that closes the connection after every response', () => {
       const r = await fetchOutcome(b.url, `/v2/lab/close/blobs/${digest}`, { timeoutMs: 30_000 });
       if (!(r.complete && r.status === 200 && sha256Of(r.body) === digest)) failures.push(`blob ${i}: ${describeOutcome(r)}`);
     }
-    const crash = b.log().split('\n').filter((l) => /AssertionError|assert\(|Error:/.test(l)).slice(0, 6).join('\n');
+    const crash = b
+      .log()
+      .split('\n')
+      .filter((l) => /AssertionError|assert\(|Error:/.test(l))
+      .slice(0, 6)
+      .join('\n');
     assert.ok(b.process.running, `berth died while pulling from an origin that closes its connections:\n${crash}`);
     assert.deepEqual(failures, []);
   });
@@ -411,7 +418,12 @@ describe('a damaged, locked or full storage directory', () => {
     await assertPulledImage(dir, seeded.small);
     // berth writes access times every 30 s (src/server.ts): watch it through one flush on a full disk.
     const exit = await Promise.race([b.process.exited.then((code) => `exited (${String(code)})`), sleep(35_000, 'running')]);
-    const crash = b.log().split('\n').filter((l) => /Error|SQLITE|    at /.test(l)).slice(0, 8).join('\n');
+    const crash = b
+      .log()
+      .split('\n')
+      .filter((l) => /Error|SQLITE| {4}at /.test(l))
+      .slice(0, 8)
+      .join('\n');
     assert.equal(exit, 'running', `berth died while its storage was full:\n${crash}`);
     const again = path.join(work, 'full-fs-pull-2');
     await skopeoCopy(`docker://${b.host}/lab/small:1`, `dir:${again}`);

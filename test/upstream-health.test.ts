@@ -5,12 +5,12 @@
 // headers as soon as berth knows the blob's size and digest, not after the body.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { type Upstream, startUpstream } from './support/upstream.ts';
-import { type Image, MediaTypes, buildImage, pushImage } from './support/images.ts';
-import { type InProcessBerth, type BerthOptions, startBerth } from './support/berth.ts';
+import { type BerthOptions, type InProcessBerth, startBerth } from './support/berth.ts';
+import { buildImage, type Image, MediaTypes, pushImage } from './support/images.ts';
+import { httpRequest, metricValue, sha256, waitUntil } from './support/links.ts';
 import { type Relay, type RelayOptions, startRelay } from './support/relay.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
-import { httpRequest, metricValue, sha256, waitUntil } from './support/links.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
 
 const MB = 1_000_000;
 
@@ -81,7 +81,10 @@ describe('a failing or slow upstream', () => {
       open = res.status === 503 && /marked down/.test(res.body.toString());
     }
     assert.ok(open, `the circuit breaker opened after repeated failures; statuses ${statuses.join(',')}`);
-    assert.ok(statuses.every((s) => s === 503 || s === 502), `failures are 5xx, never 429: ${statuses.join(',')}`);
+    assert.ok(
+      statuses.every((s) => s === 503 || s === 502),
+      `failures are 5xx, never 429: ${statuses.join(',')}`,
+    );
     assert.equal(await metricValue(berth.url, 'berth_upstream_up', { upstream: link.host }), 0, '/metrics: berth_upstream_up is 0');
 
     // the upstream comes back hung (connections accepted, nothing answered): each request would now cost
@@ -101,7 +104,11 @@ describe('a failing or slow upstream', () => {
     const layer = await httpRequest(berth.url, `/v2/lab/cached/blobs/${cached.layers[0]!.digest}`, { timeoutMs: 5_000 });
     assert.equal(layer.status, 200, 'cached blobs are served as ever');
 
-    const blob = await httpRequest(berth.url, `/v2/lab/uncached/blobs/${uncached.layers[0]!.digest}`, { timeoutMs: 3_000 }).catch((err: Error) => ({ status: 0, totalMs: Infinity, error: err.message }));
+    const blob = await httpRequest(berth.url, `/v2/lab/uncached/blobs/${uncached.layers[0]!.digest}`, { timeoutMs: 3_000 }).catch((err: Error) => ({
+      status: 0,
+      totalMs: Infinity,
+      error: err.message,
+    }));
     assert.equal(blob.status, 503, `an uncached blob is a 503 too (${'error' in blob ? blob.error : ''})`);
     assert.ok(blob.totalMs < 2_000, `an uncached blob failed in ${Math.round(blob.totalMs)} ms, not after retrying a dead upstream`);
     assert.equal(link.connections, connections, 'no request tried the upstream while the breaker was open');

@@ -4,7 +4,7 @@
 import { request } from 'undici';
 import type { BenchContext } from '../context.ts';
 import { blobUrl, curl } from '../measure.ts';
-import { type Row, num } from '../row.ts';
+import { num, type Row } from '../row.ts';
 import { startBerthServer } from '../systems.ts';
 
 const ACCEPT = 'application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json';
@@ -52,7 +52,10 @@ export async function bandwidth(ctx: BenchContext): Promise<Row[]> {
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ references: [`docker.io/${huge.repository}:1`] }),
       bodyTimeout: 0,
-    }).then((r) => r.body.dump(), () => undefined);
+    }).then(
+      (r) => r.body.dump(),
+      () => undefined,
+    );
     await new Promise((r) => setTimeout(r, 2000));
     const t0 = performance.now();
     const res = await request(`${one.url}/v2/${small.repository}/manifests/1`, { headers: { accept: ACCEPT } });

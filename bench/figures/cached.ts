@@ -2,8 +2,8 @@
 // (aggregate), from every warm cache and from nginx; plus each server's peak RSS during the 8-client test.
 import type { BenchContext } from '../context.ts';
 import { blobUrl, curl, curlMany, expectComplete, median, upstreamBlobBytes, warmBlob } from '../measure.ts';
+import { mb, mbps, num, type Row, times } from '../row.ts';
 import { cpuSeconds, peakOf, procStatusBytes, sampleRss } from '../rss.ts';
-import { type Row, mb, mbps, num, times } from '../row.ts';
 import type { Server } from '../systems.ts';
 import type { BenchImage } from '../testbed.ts';
 

@@ -2,7 +2,7 @@
 // sent it (its access log) and how long until the last client has it, against one GET on the link.
 import type { BenchContext, CacheName } from '../context.ts';
 import { blobUrl, curlMany, expectComplete, upstreamBlobBytes } from '../measure.ts';
-import { type Row, mb, num, times } from '../row.ts';
+import { mb, num, type Row, times } from '../row.ts';
 
 const CLIENTS = 8;
 

@@ -1,7 +1,7 @@
 // Cold pull of the 200 MB image with skopeo: directly from the upstream through the link (relay), and
 // through each cache, fresh and empty each time, which itself reaches the upstream through the link.
 import type { BenchContext, CacheName } from '../context.ts';
-import { type Row, mb, num, times } from '../row.ts';
+import { num, type Row, times } from '../row.ts';
 import { skopeoPull } from '../skopeo.ts';
 
 export async function coldPull(ctx: BenchContext): Promise<Row[]> {

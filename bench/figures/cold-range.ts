@@ -4,7 +4,7 @@ import { open, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { BenchContext, CacheName } from '../context.ts';
 import { blobUrl, curl, upstreamBlobBytes } from '../measure.ts';
-import { type Row, bytesText, num } from '../row.ts';
+import { bytesText, num, type Row } from '../row.ts';
 
 const TAIL = 1024;
 

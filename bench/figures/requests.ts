@@ -4,7 +4,7 @@ import { ACCEPT_ALL_MANIFESTS } from '../../test/support/images.ts';
 import { abHead } from '../ab.ts';
 import type { BenchContext } from '../context.ts';
 import { blobUrl, curl, warmBlob } from '../measure.ts';
-import { type Row, num, times } from '../row.ts';
+import { num, type Row, times } from '../row.ts';
 import type { Server } from '../systems.ts';
 import { type LoadResult, wrk } from '../wrk.ts';
 
@@ -24,11 +24,8 @@ async function requestRate(ctx: BenchContext, kind: Kind): Promise<Row[]> {
   const dir = await ctx.scratch(`load-${kind}`);
   const conns = ctx.opts.wrkConnections;
   const load = (url: string, seconds: number): Promise<LoadResult> =>
-    kind === 'manifest'
-      ? wrk(url, { method: 'GET', headers: { Accept: ACCEPT_ALL_MANIFESTS }, connections: conns, threads: 2, seconds, dir })
-      : abHead(url, { connections: conns, seconds, dir });
-  const urlOf = (s: Server): string =>
-    kind === 'manifest' ? `${s.url}/v2/${img.repository}/manifests/${img.tag}` : blobUrl(s, img.repository, img.layer.digest);
+    kind === 'manifest' ? wrk(url, { method: 'GET', headers: { Accept: ACCEPT_ALL_MANIFESTS }, connections: conns, threads: 2, seconds, dir }) : abHead(url, { connections: conns, seconds, dir });
+  const urlOf = (s: Server): string => (kind === 'manifest' ? `${s.url}/v2/${img.repository}/manifests/${img.tag}` : blobUrl(s, img.repository, img.layer.digest));
   const results: Record<string, LoadResult> = {};
   for (const s of w.all) {
     // Warm: the manifest (and its tag) or the blob is in the cache before the clock starts.

@@ -2,8 +2,8 @@
 // (curl --limit-rate), so berth has to hold back rather than buffer: RSS should stay low and flat.
 import type { BenchContext } from '../context.ts';
 import { blobUrl, curlMany, warmBlob } from '../measure.ts';
+import { mb, num, type Row } from '../row.ts';
 import { peakOf, procStatusBytes, type RssSample, sampleRss } from '../rss.ts';
-import { type Row, mb, num } from '../row.ts';
 
 const RSS_LIMIT = 150 * 1e6;
 

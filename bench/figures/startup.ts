@@ -4,13 +4,13 @@ import http from 'node:http';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { freePort } from '../../test/support/ports.ts';
-import { buildIndex } from '../big-index.ts';
 import { spawnBerth, writeBerthConfig } from '../berth-process.ts';
+import { buildIndex } from '../big-index.ts';
 import { guarded } from '../cleanup.ts';
 import type { BenchContext } from '../context.ts';
 import { median } from '../measure.ts';
+import { num, type Row } from '../row.ts';
 import { procStatusBytes } from '../rss.ts';
-import { type Row, num } from '../row.ts';
 
 export async function startup(ctx: BenchContext): Promise<Row[]> {
   const { startupBlobs: blobs, startupTags: tags, startupRuns: runs } = ctx.opts;

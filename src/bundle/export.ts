@@ -3,9 +3,9 @@ import { rename, rm } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import { MediaType } from '../oci/media-types.ts';
-import type { BlobReader } from '../store/roles.ts';
 import type { WalkedImage } from '../registry/image-walk.ts';
-import { CONTAINERD_NAME, LAYOUT_VERSION, REF_NAME, blobEntryName } from './layout.ts';
+import type { BlobReader } from '../store/roles.ts';
+import { blobEntryName, CONTAINERD_NAME, LAYOUT_VERSION, REF_NAME } from './layout.ts';
 
 /**
  * Writes images as an OCI image layout archive (a tar), streaming each blob from the store.
@@ -60,4 +60,3 @@ export async function writeBundle(images: WalkedImage[], store: Pick<BlobReader,
     throw err;
   }
 }
-

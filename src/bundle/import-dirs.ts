@@ -1,11 +1,11 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { readFile, readdir } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import { join, relative, sep } from 'node:path';
-import { digestFromHex, type Digest } from '../oci/digest.ts';
+import { type Digest, digestFromHex } from '../oci/digest.ts';
 import { parseManifest } from '../oci/manifest.ts';
+import { type ImportDeps, type ImportResult, type IndexEntry, putVerified, register } from './import.ts';
 import { REF_NAME } from './layout.ts';
-import { putVerified, register, type ImportDeps, type ImportResult, type IndexEntry } from './import.ts';
 
 /**
  * `skopeo sync --dest dir` output: one directory per image, named by its reference
@@ -13,12 +13,7 @@ import { putVerified, register, type ImportDeps, type ImportResult, type IndexEn
  * manifests of an index as `<hex>.manifest.json`, and every blob as a file named by its hex digest.
  * Each file is verified on the way in, like any bundle.
  */
-export async function importSkopeoDirs(
-  ctx: ImportDeps,
-  root: string,
-  counts: { blobs: number; added: number; bytes: number },
-  onBytes: (n: number) => void,
-): Promise<ImportResult> {
+export async function importSkopeoDirs(ctx: ImportDeps, root: string, counts: { blobs: number; added: number; bytes: number }, onBytes: (n: number) => void): Promise<ImportResult> {
   const entries: IndexEntry[] = [];
   for (const dir of await imageDirs(root)) {
     const manifest = await readFile(join(dir, 'manifest.json'));

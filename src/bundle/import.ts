@@ -3,14 +3,14 @@ import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
-import { isDigest, type Digest } from '../oci/digest.ts';
-import { parseImageReference } from '../oci/image-reference.ts';
+import { type Digest, isDigest } from '../oci/digest.ts';
+import { type ImageReference, parseImageReference } from '../oci/image-reference.ts';
 import { MAX_MANIFEST_BYTES, parseManifest } from '../oci/manifest.ts';
 import type { BlobIndex, ManifestIndex, TagIndex } from '../store/index-roles.ts';
 import { imageClosure } from '../store/pins.ts';
-import { DigestMismatchError, writeBlob, type BlobIngester, type BlobReader } from '../store/roles.ts';
-import { CONTAINERD_NAME, REF_NAME, blobEntryName, digestOfEntry } from './layout.ts';
+import { type BlobIngester, type BlobReader, DigestMismatchError, writeBlob } from '../store/roles.ts';
 import { importSkopeoDirs } from './import-dirs.ts';
+import { blobEntryName, CONTAINERD_NAME, digestOfEntry, REF_NAME } from './layout.ts';
 
 export interface ImportResult {
   images: Array<{ name: string; digest: string }>;
@@ -155,7 +155,7 @@ export async function register(ctx: ImportDeps, entries: IndexEntry[]): Promise<
       skipped.push({ name: name ?? e.digest, reason: 'not named by a full reference (registry/repository:tag); blobs imported, no tag recorded' });
       continue;
     }
-    let ref;
+    let ref: ImageReference;
     try {
       ref = parseImageReference(full, ctx.upstreams.defaultHost);
     } catch (err) {
@@ -170,7 +170,11 @@ export async function register(ctx: ImportDeps, entries: IndexEntry[]): Promise<
     }
     const absent = imageClosure(ctx.index, e.digest).filter((d) => !ctx.index.getBlob(d));
     if (absent.length > 0) {
-      skipped.push({ name: full, reason: `${absent.length} of its blobs are missing from the bundle (${absent.slice(0, 3).join(', ')}${absent.length > 3 ? ', …' : ''}): not tagged`, incomplete: true });
+      skipped.push({
+        name: full,
+        reason: `${absent.length} of its blobs are missing from the bundle (${absent.slice(0, 3).join(', ')}${absent.length > 3 ? ', …' : ''}): not tagged`,
+        incomplete: true,
+      });
       continue;
     }
     if (ref.tag) ctx.index.putTag({ upstream, repository: ref.repository, tag: ref.tag, digest: e.digest, mediaType: root.mediaType, size: root.size, checkedAt: Date.now() });

@@ -1,5 +1,5 @@
-import { Command, Option } from 'commander';
-import { ConfigError, loadConfig, type ConfigFlags } from '../config/load.ts';
+import { type Command, Option } from 'commander';
+import { ConfigError, type ConfigFlags, loadConfig } from '../config/load.ts';
 import type { Config } from '../config/schema.ts';
 
 /** The options every berth command takes, so an operator writes them the same way everywhere. */
@@ -26,6 +26,7 @@ export function configFrom(opts: Record<string, unknown>): Readonly<Config> {
 }
 
 /** Runs a command body; configuration errors end the process with exit code 2 and the message alone. */
+// biome-ignore lint/suspicious/noConfusingVoidType: commands that exit 0 return nothing, others a status
 export function run(body: (opts: Record<string, unknown>, ...args: unknown[]) => Promise<number | void>) {
   return async (...args: unknown[]) => {
     const cmd = args[args.length - 1] as Command;

@@ -1,8 +1,8 @@
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
+import { writeBundle } from '../bundle/export.ts';
 import { formatBytes } from '../config/units.ts';
 import { parsePlatforms } from '../oci/platform.ts';
-import { writeBundle } from '../bundle/export.ts';
 import type { WalkedImage } from '../registry/image-walk.ts';
 import { run, withConfigOptions } from './common.ts';
 import { openBerth } from './open.ts';

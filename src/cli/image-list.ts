@@ -18,24 +18,34 @@ export interface BadLine {
 export function readImageList(text: string): { refs: string[]; bad: BadLine[] } {
   const refs: string[] = [];
   const bad: BadLine[] = [];
-  text.split(/\r?\n/).forEach((raw, i) => {
+  for (const [i, raw] of text.split(/\r?\n/).entries()) {
     let line = raw.replace(/(^|\s)#.*$/, '').trim();
-    if (!line) return;
+    if (!line) continue;
     const no = (reason: string) => bad.push({ line: i + 1, text: raw.trim(), reason });
     line = line.replace(/^-\s+/, '');
     const yaml = /^(?:-\s*)?["']?image["']?\s*:\s*(.*)$/i.exec(line);
     if (yaml) line = yaml[1]!.trim();
     line = line.replace(/^["']|["'],?$/g, '').trim();
-    if (!line) return void no('no reference after "image:"');
-    if (/\{\{|\}\}|\$\{/.test(line)) return void no('a template placeholder, not a reference (render the chart first)');
-    if (/\s/.test(line)) return void no('more than one word: one reference per line');
+    if (!line) {
+      no('no reference after "image:"');
+      continue;
+    }
+    if (/\{\{|\}\}|\$\{/.test(line)) {
+      no('a template placeholder, not a reference (render the chart first)');
+      continue;
+    }
+    if (/\s/.test(line)) {
+      no('more than one word: one reference per line');
+      continue;
+    }
     try {
       parseImageReference(line);
     } catch (err) {
-      return void no((err as Error).message);
+      no((err as Error).message);
+      continue;
     }
     if (!refs.includes(line)) refs.push(line);
-  });
+  }
   return { refs, bad };
 }
 

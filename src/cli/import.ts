@@ -1,13 +1,13 @@
-import type { Command } from 'commander';
 import { stat } from 'node:fs/promises';
-import { formatBytes } from '../config/units.ts';
+import type { Command } from 'commander';
 import { importBundle } from '../bundle/import.ts';
-import { run, withConfigOptions } from './common.ts';
-import { openBerth } from './open.ts';
-import type { Berth } from '../server.ts';
+import { formatBytes } from '../config/units.ts';
 import type { Digest } from '../oci/digest.ts';
 import { formatImageReference, parseImageReference } from '../oci/image-reference.ts';
+import type { Berth } from '../server.ts';
 import { imageClosure } from '../store/pins.ts';
+import { run, withConfigOptions } from './common.ts';
+import { openBerth } from './open.ts';
 import { createProgress } from './progress.ts';
 
 /** Pins an imported image under its normalised reference, as prewarm names its pins. */

@@ -1,10 +1,10 @@
 import type { Command } from 'commander';
 import { formatBytes, parseDuration } from '../config/units.ts';
-import { formatImageReference, parseImageReference } from '../oci/image-reference.ts';
 import type { Digest } from '../oci/digest.ts';
+import { formatImageReference, parseImageReference } from '../oci/image-reference.ts';
+import type { Berth, OpenMode } from '../server.ts';
 import { collectGarbage } from '../store/gc.ts';
 import { imageClosure } from '../store/pins.ts';
-import type { Berth, OpenMode } from '../server.ts';
 import { run, withConfigOptions } from './common.ts';
 import { openBerth } from './open.ts';
 import { runningServer, viaServer } from './prewarm.ts';

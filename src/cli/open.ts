@@ -3,7 +3,7 @@ import { resolve } from 'node:path';
 import pino from 'pino';
 import { DEFAULT_CONFIG_FILE } from '../config/load.ts';
 import type { Config } from '../config/schema.ts';
-import { createBerth, type Berth, type OpenMode } from '../server.ts';
+import { type Berth, createBerth, type OpenMode } from '../server.ts';
 import { configFrom } from './common.ts';
 
 /**

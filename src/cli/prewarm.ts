@@ -1,11 +1,11 @@
+import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { request } from 'undici';
 import { formatBytes } from '../config/units.ts';
 import { parsePlatforms } from '../oci/platform.ts';
 import type { PrewarmEvent } from '../registry/prewarm.ts';
-import { resolve } from 'node:path';
-import { StoragePaths } from '../store/paths.ts';
 import { lockHolder, StorageLockedError } from '../store/lock.ts';
+import { StoragePaths } from '../store/paths.ts';
 import { configFrom, run, withConfigOptions } from './common.ts';
 import { openBerth } from './open.ts';
 import { createProgress, showPrewarmEvent } from './progress.ts';

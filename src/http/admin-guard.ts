@@ -1,7 +1,7 @@
 import { isIP } from 'node:net';
 import type { Context, Next } from 'koa';
 import { RegistryError } from '../oci/errors.ts';
-import { unauthorized, type ClientAuth } from './client-auth.ts';
+import { type ClientAuth, unauthorized } from './client-auth.ts';
 
 /** Whether a client address is this machine's loopback (127.0.0.0/8, ::1, and IPv4-mapped 127.x). */
 export function isLoopbackAddress(address: string | undefined): boolean {

@@ -1,9 +1,9 @@
-import type { Context } from 'koa';
 import { PassThrough } from 'node:stream';
+import type { Context } from 'koa';
 import { RegistryError } from '../oci/errors.ts';
+import type { Platform } from '../oci/manifest.ts';
 import { parsePlatforms } from '../oci/platform.ts';
 import type { PrewarmEvent, Prewarmer } from '../registry/prewarm.ts';
-import type { Platform } from '../oci/manifest.ts';
 
 const MAX_BODY = 1024 * 1024;
 
@@ -66,7 +66,14 @@ export function prewarmHandler(prewarmer: Prewarmer, maxReferences: number) {
 }
 
 /** Prewarmer.run one reference at a time, so that a hang-up is noticed between references; one summary. */
-async function runEach(prewarmer: Prewarmer, refs: string[], platforms: Platform[] | undefined, emit: (e: PrewarmEvent) => void, pin: boolean, stopped: () => boolean): Promise<PrewarmEvent & { type: 'summary' }> {
+async function runEach(
+  prewarmer: Prewarmer,
+  refs: string[],
+  platforms: Platform[] | undefined,
+  emit: (e: PrewarmEvent) => void,
+  pin: boolean,
+  stopped: () => boolean,
+): Promise<PrewarmEvent & { type: 'summary' }> {
   const total: PrewarmEvent & { type: 'summary' } = { type: 'summary', ok: [], failed: [], bytes: 0, fetched: 0 };
   for (const ref of refs) {
     if (stopped()) break;

@@ -1,15 +1,15 @@
-import Koa from 'koa';
 import type { Context, Middleware, Next } from 'koa';
+import Koa from 'koa';
 import type { Logger } from 'pino';
 import type { Metrics } from '../metrics.ts';
 import type { Readiness } from '../readiness.ts';
-import { answerError, errorMiddleware } from './errors.ts';
-import { v2Handler, type V2Deps } from './v2.ts';
-import { prewarmHandler } from './admin.ts';
-import { adminGuard, type AdminGuardOptions } from './admin-guard.ts';
 import type { Prewarmer } from '../registry/prewarm.ts';
+import { prewarmHandler } from './admin.ts';
+import { type AdminGuardOptions, adminGuard } from './admin-guard.ts';
 import type { ClientAuth } from './client-auth.ts';
-import { readRules, type DigestOrigins } from './read-rules.ts';
+import { answerError, errorMiddleware } from './errors.ts';
+import { type DigestOrigins, readRules } from './read-rules.ts';
+import { type V2Deps, v2Handler } from './v2.ts';
 
 /** Bytes sent in the response body, counted at the socket so aborted streams count what really left. */
 function requestLog(log: Logger, metrics: Metrics) {
@@ -93,9 +93,11 @@ export function createApp(deps: AppDeps, parts: AppParts): Koa {
   };
   const guard = parts.guard ? adminGuard(parts.guard) : undefined;
   type Handler = (ctx: Context) => Promise<void> | void;
-  const open = (h: Handler): Middleware => async (ctx) => {
-    await h(ctx);
-  };
+  const open =
+    (h: Handler): Middleware =>
+    async (ctx) => {
+      await h(ctx);
+    };
   const guarded = (h: Handler): Middleware => (guard ? (ctx) => guard(ctx, async () => void (await h(ctx))) : open(h));
   // Health checks are open to a prober (kubelet) unless client auth is on; then they are admin endpoints.
   const healthGuarded = parts.guard?.auth ? guarded : open;
@@ -138,4 +140,3 @@ export function createApp(deps: AppDeps, parts: AppParts): Koa {
   });
   return app;
 }
-

@@ -5,7 +5,7 @@ import bcrypt from 'bcryptjs';
 import type { Context } from 'koa';
 import { LRUCache } from 'lru-cache';
 import { RegistryError } from '../oci/errors.ts';
-import { AccessRules, type AccessRule, type Identity } from './access-rules.ts';
+import { type AccessRule, AccessRules, type Identity } from './access-rules.ts';
 import { AuthThrottle, DEFAULT_THROTTLE, type ThrottleOptions } from './auth-throttle.ts';
 
 export interface ClientAuthConfig {
@@ -40,7 +40,10 @@ export class ClientAuth {
   readonly rules: AccessRules;
   private readonly admins: ReadonlySet<string>;
 
-  constructor(private readonly config: ClientAuthConfig, throttle: ThrottleOptions = DEFAULT_THROTTLE) {
+  constructor(
+    private readonly config: ClientAuthConfig,
+    throttle: ThrottleOptions = DEFAULT_THROTTLE,
+  ) {
     let cost = 0;
     if (config.htpasswd) {
       for (const line of readFileSync(config.htpasswd, 'utf8').split('\n')) {

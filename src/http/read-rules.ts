@@ -1,5 +1,5 @@
 import type { Context, Next } from 'koa';
-import { parseDigest, type Digest } from '../oci/digest.ts';
+import { type Digest, parseDigest } from '../oci/digest.ts';
 import { RegistryError } from '../oci/errors.ts';
 import type { Route, Upstreams } from '../registry/upstreams.ts';
 import type { AccessRules, Identity } from './access-rules.ts';

@@ -1,5 +1,5 @@
+import { type Digest, parseDigest } from './digest.ts';
 import { RegistryError } from './errors.ts';
-import { parseDigest, type Digest } from './digest.ts';
 import { looksLikeHost, parseRepository, parseTag, type Repository, type Tag } from './reference.ts';
 
 /** A full image reference as operators write it: `registry.k8s.io/pause:3.9`, `nginx`, `quay.io/a/b@sha256:…`. */

@@ -1,6 +1,6 @@
+import { type Digest, isDigest } from './digest.ts';
 import { RegistryError } from './errors.ts';
-import { isDigest, type Digest } from './digest.ts';
-import { MediaType, isIndexMediaType, isManifestMediaType } from './media-types.ts';
+import { isIndexMediaType, isManifestMediaType, MediaType } from './media-types.ts';
 
 /** The largest manifest berth accepts from an upstream (the distribution spec suggests 4 MiB). */
 export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
@@ -74,7 +74,10 @@ export function parseManifest(bytes: Buffer, _declared?: string): ParsedManifest
   }
   const blobs: Descriptor[] = [];
   if (json.config !== undefined) blobs.push(descriptor(json.config, 'config'));
-  if (Array.isArray(json.layers)) json.layers.forEach((l, i) => blobs.push(descriptor(l, `layers[${i}]`)));
+  if (Array.isArray(json.layers))
+    json.layers.forEach((l, i) => {
+      blobs.push(descriptor(l, `layers[${i}]`));
+    });
   return { mediaType, manifests: [], blobs };
 }
 

@@ -9,12 +9,7 @@ export const MediaType = {
   OctetStream: 'application/octet-stream',
 } as const;
 
-export const MANIFEST_MEDIA_TYPES: readonly string[] = [
-  MediaType.OciManifest,
-  MediaType.OciIndex,
-  MediaType.DockerManifest,
-  MediaType.DockerManifestList,
-];
+export const MANIFEST_MEDIA_TYPES: readonly string[] = [MediaType.OciManifest, MediaType.OciIndex, MediaType.DockerManifest, MediaType.DockerManifestList];
 
 /** What berth asks the upstream for when the client sent no Accept header of its own. */
 export const DEFAULT_MANIFEST_ACCEPT = [...MANIFEST_MEDIA_TYPES, MediaType.DockerManifestV1Signed].join(', ');

@@ -16,7 +16,12 @@ export const UNNEGOTIATED = '*';
  * not there), so nothing else (order, parameters, q-values) splits the cache: at most 2^6 keys per tag.
  */
 export function negotiationKey(accept: string): string {
-  const types = new Set(accept.split(',').map((t) => bareMediaType(t)).filter(isManifestMediaType));
+  const types = new Set(
+    accept
+      .split(',')
+      .map((t) => bareMediaType(t))
+      .filter(isManifestMediaType),
+  );
   return [...types].sort().join(',');
 }
 

@@ -24,7 +24,10 @@ const SPEC = /^(?:(\d+)-(\d*)|-(\d+))$/;
 export function parseRange(header: string, size: number): ByteRange[] {
   const m = /^\s*bytes\s*=\s*(.*)$/i.exec(header);
   if (!m) throw new RegistryError('RANGE_INVALID', `invalid Range "${header.slice(0, 80)}": only "bytes=" ranges are supported`);
-  const specs = m[1]!.split(',').map((s) => s.trim()).filter((s) => s.length > 0);
+  const specs = m[1]!
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s.length > 0);
   if (specs.length === 0) throw new RegistryError('RANGE_INVALID', `invalid Range "${header.slice(0, 80)}": no range given`);
   if (specs.length > MAX_RANGES) throw new RegistryError('RANGE_INVALID', `Range asks for ${specs.length} ranges; at most ${MAX_RANGES} are served`);
   const out: ByteRange[] = [];

@@ -1,5 +1,5 @@
+import { type Digest, isDigest, parseDigest } from './digest.ts';
 import { RegistryError } from './errors.ts';
-import { isDigest, parseDigest, type Digest } from './digest.ts';
 
 /**
  * Repository names and references as the distribution spec defines them

@@ -1,7 +1,7 @@
-import { RegistryError } from '../oci/errors.ts';
 import type { Digest } from '../oci/digest.ts';
-import { formatImageReference, parseImageReference, type ImageReference } from '../oci/image-reference.ts';
-import { parseManifest, type Platform } from '../oci/manifest.ts';
+import { RegistryError } from '../oci/errors.ts';
+import { formatImageReference, type ImageReference, parseImageReference } from '../oci/image-reference.ts';
+import { type Platform, parseManifest } from '../oci/manifest.ts';
 import { DEFAULT_MANIFEST_ACCEPT } from '../oci/media-types.ts';
 import { platformMatches } from '../oci/platform.ts';
 import type { Reference } from '../oci/reference.ts';
@@ -54,7 +54,10 @@ export class ImageWalker {
     if (parsed.manifests.length > 0) {
       const chosen = parsed.manifests.filter((m) => platformMatches(m.platform, platforms));
       if (chosen.length === 0) {
-        throw new RegistryError('MANIFEST_UNKNOWN', `${formatImageReference(reference)} has no manifest for ${platforms?.map((p) => `${p.os}/${p.architecture}${p.variant ? `/${p.variant}` : ''}`).join(', ')}`);
+        throw new RegistryError(
+          'MANIFEST_UNKNOWN',
+          `${formatImageReference(reference)} has no manifest for ${platforms?.map((p) => `${p.os}/${p.architecture}${p.variant ? `/${p.variant}` : ''}`).join(', ')}`,
+        );
       }
       for (const m of chosen) {
         const child = await this.fetch(route, { kind: 'digest', digest: m.digest });

@@ -1,9 +1,9 @@
 import { createHash, type Hash } from 'node:crypto';
-import { open, rm, type FileHandle } from 'node:fs/promises';
-import { Extents } from './extents.ts';
+import { type FileHandle, open, rm } from 'node:fs/promises';
 import { readCheckpoint, writeCheckpoint } from './checkpoint.ts';
-import { hashFile } from './integrity.ts';
+import { Extents } from './extents.ts';
 import { writeFully } from './ingest-write.ts';
+import { hashFile } from './integrity.ts';
 
 /** Persist what is on disk at most this often (in bytes written), so a restart resumes near where it stopped. */
 const CHECKPOINT_BYTES = 32 * 1024 * 1024;
@@ -53,13 +53,19 @@ export class IngestFile {
    * once it is in the file. Resolves true when a checkpoint is due.
    */
   async write(chunk: Buffer, pos: number, what: string): Promise<boolean> {
-    await writeFully(this.fh, chunk, pos, (at, piece) => {
-      if (at === this.hashedTo) {
-        this.hash.update(piece);
-        this.hashedTo += piece.length;
-      }
-      this.extents.add(at, at + piece.length);
-    }, what);
+    await writeFully(
+      this.fh,
+      chunk,
+      pos,
+      (at, piece) => {
+        if (at === this.hashedTo) {
+          this.hash.update(piece);
+          this.hashedTo += piece.length;
+        }
+        this.extents.add(at, at + piece.length);
+      },
+      what,
+    );
     this.sinceCheckpoint += chunk.length;
     return this.sinceCheckpoint >= CHECKPOINT_BYTES;
   }

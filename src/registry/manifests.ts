@@ -1,16 +1,16 @@
 import { LRUCache } from 'lru-cache';
-import { RegistryError } from '../oci/errors.ts';
+import type { Logger } from 'pino';
+import type { Metrics } from '../metrics.ts';
 import type { Digest } from '../oci/digest.ts';
+import { RegistryError } from '../oci/errors.ts';
 import { MAX_MANIFEST_BYTES, parseManifest } from '../oci/manifest.ts';
 import { DEFAULT_MANIFEST_ACCEPT, isManifestMediaType } from '../oci/media-types.ts';
 import { choose, storageKey } from '../oci/negotiation.ts';
-import { referenceString, type Reference } from '../oci/reference.ts';
-import type { Logger } from 'pino';
-import type { Metrics } from '../metrics.ts';
+import { type Reference, referenceString } from '../oci/reference.ts';
+import { SingleFlight } from '../single-flight.ts';
 import type { BlobStore } from '../store/blob-store.ts';
 import type { StoreIndex, TagRow } from '../store/store-index.ts';
 import { servesStale } from './failures.ts';
-import { SingleFlight } from '../single-flight.ts';
 import type { Route, Upstreams } from './upstreams.ts';
 
 export interface ManifestResult {
@@ -161,7 +161,7 @@ export class Manifests {
 
   private async manifestTypeOf(d: Digest): Promise<string | undefined> {
     const bytes = await this.store.readBytes(d);
-    if (!bytes || bytes[0] !== 0x7b) return undefined;
+    if (bytes?.[0] !== 0x7b) return undefined;
     try {
       const json = JSON.parse(bytes.toString('utf8')) as { schemaVersion?: unknown };
       if (json.schemaVersion !== 2) return undefined;

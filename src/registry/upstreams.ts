@@ -1,11 +1,11 @@
 import type { Config } from '../config/schema.ts';
 import { RegistryError } from '../oci/errors.ts';
-import { isHost, looksLikeHost, parseRepository, type Repository } from '../oci/reference.ts';
 import { DOCKER_HUB } from '../oci/image-reference.ts';
+import { isHost, looksLikeHost, parseRepository, type Repository } from '../oci/reference.ts';
 import { UpstreamClient, type UpstreamObserver } from '../upstream/client.ts';
+import { EgressGuard } from '../upstream/egress-guard.ts';
 import { UpstreamHealth } from '../upstream/health.ts';
 import { TokenCache } from '../upstream/token-cache.ts';
-import { EgressGuard } from '../upstream/egress-guard.ts';
 
 /** Where a request goes: which upstream, which repository there. The cache key of a tag is (upstream, repository, tag). */
 export interface Route {

@@ -1,12 +1,12 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, type ReadStream } from 'node:fs';
-import { mkdir, open, readdir, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { type FileHandle, mkdir, open, readdir, rename, stat, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import { type Digest, digestFromHex, digestHex } from '../oci/digest.ts';
 import { RegistryError } from '../oci/errors.ts';
-import { digestFromHex, digestHex, type Digest } from '../oci/digest.ts';
 import { FsBlobWriter } from './blob-writer.ts';
 import type { StoragePaths } from './paths.ts';
-import { DigestMismatchError, writeBlob, type BlobInfo, type BlobStorage, type BlobWriter, type HashedFile } from './roles.ts';
+import { type BlobInfo, type BlobStorage, type BlobWriter, DigestMismatchError, type HashedFile, writeBlob } from './roles.ts';
 
 /**
  * Read buffer for serving cached blobs. Each stream holds about two of these (one being written, one

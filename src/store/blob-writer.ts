@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { rm, type FileHandle } from 'node:fs/promises';
+import { type FileHandle, rm } from 'node:fs/promises';
 import type { Digest } from '../oci/digest.ts';
 import type { BlobInfo, BlobWriter, HashedFile } from './roles.ts';
 

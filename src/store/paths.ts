@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import { digestHex, type Digest } from '../oci/digest.ts';
+import { type Digest, digestHex } from '../oci/digest.ts';
 
 /**
  * The storage directory, all of it:

@@ -2,7 +2,7 @@ import { readdir, rm, stat, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { formatBytes } from '../config/units.ts';
-import { digestFromHex, type Digest } from '../oci/digest.ts';
+import { type Digest, digestFromHex } from '../oci/digest.ts';
 import type { BlobIndex } from './index-roles.ts';
 import type { StoragePaths } from './paths.ts';
 import type { BlobRemover } from './roles.ts';

@@ -16,9 +16,7 @@ export async function prepareStorageDir(paths: StoragePaths, create: boolean, lo
   });
   if (!st) {
     if (!create) {
-      throw new Error(
-        `storage directory ${paths.root} does not exist (relative paths are from the current directory; set it with --storage, BERTH_STORAGE or storage.path)`,
-      );
+      throw new Error(`storage directory ${paths.root} does not exist (relative paths are from the current directory; set it with --storage, BERTH_STORAGE or storage.path)`);
     }
     await mkdir(paths.root, { recursive: true });
     log.warn({ storage: paths.root }, 'created the storage directory (it did not exist)');

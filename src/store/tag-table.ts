@@ -20,7 +20,10 @@ export class TagTable {
   private readonly rows = new LRUCache<string, TagRow[]>({ max: 20_000, ttl: 1000 });
   private readonly s;
 
-  constructor(db: Database.Database, private readonly journal?: string) {
+  constructor(
+    db: Database.Database,
+    private readonly journal?: string,
+  ) {
     const p = (sql: string) => db.prepare(sql);
     this.s = {
       rowsOf: p(`SELECT ${COLUMNS} FROM tags WHERE upstream = ? AND repository = ? AND tag = ?`),

@@ -69,7 +69,6 @@ export async function readErrorText(body: UpstreamBody): Promise<string> {
   }
 }
 
-
 /**
  * Drops a body berth will not read (its connection closes). undici's body, destroyed before its end,
  * emits 'error' (RequestAbortedError); with no listener that 'error' ends the process, so one bad answer

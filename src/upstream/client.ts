@@ -1,12 +1,12 @@
 import type { UpstreamConfig } from '../config/schema.ts';
-import { isDigest, type Digest } from '../oci/digest.ts';
+import { type Digest, isDigest } from '../oci/digest.ts';
 import { RegistryError } from '../oci/errors.ts';
 import { bareMediaType, isManifestMediaType } from '../oci/media-types.ts';
-import { readBounded } from './bodies.ts';
 import { blobFromResponse, type UpstreamBlob } from './blob-response.ts';
+import { readBounded } from './bodies.ts';
 import type { UpstreamHealth } from './health.ts';
 import { readManifest, type UpstreamManifest } from './manifest-body.ts';
-import { header, UpstreamTransport, type TransportOptions } from './transport.ts';
+import { header, type TransportOptions, UpstreamTransport } from './transport.ts';
 
 export type { UpstreamBlob } from './blob-response.ts';
 export type { UpstreamManifest } from './manifest-body.ts';

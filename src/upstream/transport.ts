@@ -1,15 +1,15 @@
 import type { IncomingHttpHeaders } from 'node:http';
-import { request, type Dispatcher } from 'undici';
+import { type Dispatcher, request } from 'undici';
 import type { UpstreamConfig } from '../config/schema.ts';
-import { RegistryError, type ErrorCode } from '../oci/errors.ts';
+import { type ErrorCode, RegistryError } from '../oci/errors.ts';
+import { SingleFlight } from '../single-flight.ts';
+import { readBounded, readErrorText, type UpstreamBody } from './bodies.ts';
 import { parseChallenges } from './challenge.ts';
 import { createDispatcher } from './dispatcher.ts';
-import { TokenCache } from './token-cache.ts';
-import { SingleFlight } from '../single-flight.ts';
-import { UpstreamHealth } from './health.ts';
 import { EgressGuard } from './egress-guard.ts';
+import { UpstreamHealth } from './health.ts';
+import { TokenCache } from './token-cache.ts';
 import { realmMayReceiveCredentials } from './token-realm.ts';
-import { readBounded, readErrorText, type UpstreamBody } from './bodies.ts';
 
 export interface UpstreamResponse {
   status: number;
@@ -90,13 +90,12 @@ export class UpstreamTransport {
     this.base = new URL(config.url.endsWith('/') ? config.url : `${config.url}/`);
     this.dispatcher = createDispatcher(config);
     this.health = o.health ?? new UpstreamHealth();
-    this.basicCredentials =
-      config.username !== undefined ? `Basic ${Buffer.from(`${config.username}:${config.password ?? ''}`).toString('base64')}` : undefined;
+    this.basicCredentials = config.username !== undefined ? `Basic ${Buffer.from(`${config.username}:${config.password ?? ''}`).toString('base64')}` : undefined;
   }
 
   /** Where the upstream goes out: the configured proxy or the environment's, for error messages. */
   get via(): string {
-    const p = this.config.proxy ?? (this.base.protocol === 'https:' ? process.env.HTTPS_PROXY ?? process.env.https_proxy : process.env.HTTP_PROXY ?? process.env.http_proxy);
+    const p = this.config.proxy ?? (this.base.protocol === 'https:' ? (process.env.HTTPS_PROXY ?? process.env.https_proxy) : (process.env.HTTP_PROXY ?? process.env.http_proxy));
     return p ? ` via proxy ${redactUrl(p)}` : '';
   }
 
@@ -247,7 +246,7 @@ export class UpstreamTransport {
     const raw = await readBounded(res.body, 64 * 1024).catch(() => undefined);
     let body: { token?: string; access_token?: string; expires_in?: number } = {};
     try {
-      body = raw ? (JSON.parse(raw.toString('utf8')) as typeof body) ?? {} : {};
+      body = raw ? ((JSON.parse(raw.toString('utf8')) as typeof body) ?? {}) : {};
     } catch {
       // no token in it: answered below
     }

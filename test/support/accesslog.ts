@@ -56,7 +56,5 @@ export function accessEntries(lines: readonly string[]): AccessEntry[] {
 
 /** Sum of body bytes sent for GETs of one blob digest (what an upstream really served for it). */
 export function blobBytesServed(entries: readonly AccessEntry[], digest: string): number {
-  return entries
-    .filter((e) => e.method === 'GET' && e.path.split('?')[0]?.endsWith(`/blobs/${digest}`))
-    .reduce((sum, e) => sum + e.bytes, 0);
+  return entries.filter((e) => e.method === 'GET' && e.path.split('?')[0]?.endsWith(`/blobs/${digest}`)).reduce((sum, e) => sum + e.bytes, 0);
 }

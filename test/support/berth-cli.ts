@@ -5,7 +5,7 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { open, readFile, readdir, stat, writeFile } from 'node:fs/promises';
+import { open, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { stringify } from 'yaml';
 import type { UpstreamSpec } from './berth.ts';
@@ -37,7 +37,7 @@ export function runBerth(args: string[], o: { timeoutMs?: number; env?: NodeJS.P
         env: { ...withoutBerthEnv(process.env), HTTP_PROXY: '', HTTPS_PROXY: '', http_proxy: '', https_proxy: '', ...o.env },
       },
       (err, stdout, stderr) => {
-        const code = err === null ? 0 : typeof (err as { code?: unknown }).code === 'number' ? ((err as { code: number }).code) : null;
+        const code = err === null ? 0 : typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : null;
         resolve({ code, stdout, stderr });
       },
     );
@@ -177,7 +177,11 @@ export async function tarFileEntries(file: string): Promise<TarFileEntry[]> {
     while (pos + 512 <= fileSize) {
       await fh.read(header, 0, 512, pos);
       if (header.every((b) => b === 0)) break;
-      const field = (o: number, n: number) => header.subarray(o, o + n).toString('utf8').replace(/\0.*$/s, '');
+      const field = (o: number, n: number) =>
+        header
+          .subarray(o, o + n)
+          .toString('utf8')
+          .replace(/\0.*$/s, '');
       const size = parseInt(field(124, 12).trim() || '0', 8);
       const type = field(156, 1) || '0';
       const prefix = header.subarray(257, 263).toString('latin1').startsWith('ustar') ? field(345, 155) : '';

@@ -1,14 +1,15 @@
 // berth under test: in-process (fast, inspectable) or as a child process (for kill and restart tests).
 // Always with loopback upstreams only: a test never starts berth on the public defaults.
-import path from 'node:path';
+
 import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
 import pino from 'pino';
 import { stringify } from 'yaml';
-import { ConfigSchema, type Config, type ConfigInput } from '../../src/config/schema.ts';
-import { createBerth, type Berth } from '../../src/server.ts';
-import { isLoopback } from './safety.ts';
+import { type Config, type ConfigInput, ConfigSchema } from '../../src/config/schema.ts';
+import { type Berth, createBerth } from '../../src/server.ts';
 import { freePort, waitForHttp } from './ports.ts';
-import { startProcess, type ManagedProcess } from './process.ts';
+import { type ManagedProcess, startProcess } from './process.ts';
+import { isLoopback } from './safety.ts';
 import { makeTempDir, removeTempDir } from './tmp.ts';
 
 export interface UpstreamSpec {
@@ -87,9 +88,7 @@ export async function startBerth(o: BerthOptions, log?: pino.Logger): Promise<In
 /** GETs of `route` ('blob', 'manifest') that berth answered with 200, from its own request counter. */
 export async function servedGets(b: InProcessBerth, route: string): Promise<number> {
   const metric = await b.berth.metrics.requests.get();
-  return metric.values
-    .filter((v) => v.labels.route === route && v.labels.method === 'GET' && v.labels.status === '200')
-    .reduce((n, v) => n + v.value, 0);
+  return metric.values.filter((v) => v.labels.route === route && v.labels.method === 'GET' && v.labels.status === '200').reduce((n, v) => n + v.value, 0);
 }
 
 export interface ChildBerth extends RunningBerth {

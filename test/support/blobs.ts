@@ -57,12 +57,7 @@ export const MediaTypes = {
 } as const;
 
 /** Accept header that gets any manifest kind back from a registry. */
-export const ACCEPT_ALL_MANIFESTS = [
-  MediaTypes.oci.manifest,
-  MediaTypes.oci.index,
-  MediaTypes.docker.manifest,
-  MediaTypes.docker.index,
-].join(', ');
+export const ACCEPT_ALL_MANIFESTS = [MediaTypes.oci.manifest, MediaTypes.oci.index, MediaTypes.docker.manifest, MediaTypes.docker.index].join(', ');
 
 export function digestOf(bytes: Buffer | string): string {
   return `sha256:${createHash('sha256').update(bytes).digest('hex')}`;

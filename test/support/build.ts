@@ -1,6 +1,6 @@
 // Images and indexes (OCI or Docker schema 2) assembled from layers, byte-exact and offline.
-import { type Blob, type Format, type Image, type Index, MediaTypes, type Platform, digestOf } from './blobs.ts';
-import { type LayerSpec, buildLayer } from './layer.ts';
+import { type Blob, digestOf, type Format, type Image, type Index, MediaTypes, type Platform } from './blobs.ts';
+import { buildLayer, type LayerSpec } from './layer.ts';
 
 export interface BuildImageOptions {
   format: Format;

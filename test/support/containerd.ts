@@ -11,7 +11,7 @@ import { descendantsOf, killPids, pidsMentioning, startProcess } from './process
 import { DEAD_PROXY_ENV } from './safety.ts';
 import { makeTempDir, removeTempDir } from './tmp.ts';
 
-export { mirrorHostsToml, type MirrorHostsOptions } from './hosts-toml.ts';
+export { type MirrorHostsOptions, mirrorHostsToml } from './hosts-toml.ts';
 
 export interface CtrOptions {
   namespace?: string;

@@ -42,12 +42,20 @@ export async function startDockerd(opts: DockerdOptions): Promise<Dockerd> {
   await Promise.all([mkdir(path.join(dir, 'data')), mkdir(path.join(dir, 'exec')), mkdir(cliConfig)]);
   await writeFile(config, '{}\n'); // never /etc/docker/daemon.json
   const args = [
-    '--config-file', config,
-    '--data-root', path.join(dir, 'data'),
-    '--exec-root', path.join(dir, 'exec'),
-    '--pidfile', path.join(dir, 'docker.pid'),
-    '--host', `unix://${socket}`,
-    '--bridge=none', '--iptables=false', '--ip6tables=false', '--ip-masq=false',
+    '--config-file',
+    config,
+    '--data-root',
+    path.join(dir, 'data'),
+    '--exec-root',
+    path.join(dir, 'exec'),
+    '--pidfile',
+    path.join(dir, 'docker.pid'),
+    '--host',
+    `unix://${socket}`,
+    '--bridge=none',
+    '--iptables=false',
+    '--ip6tables=false',
+    '--ip-masq=false',
     `--storage-driver=${opts.storageDriver ?? 'vfs'}`,
     `--registry-mirror=${opts.mirror}`,
     // On SIGTERM dockerd gives running containers this long (default 15 s) before killing them.
@@ -83,8 +91,7 @@ export async function startDockerd(opts: DockerdOptions): Promise<Dockerd> {
     socket,
     logFile,
     pid: proc.pid,
-    docker: (cliArgs, o = {}) =>
-      exec(DOCKER_CLI, cliArgs, { ...env, DOCKER_HOST: `unix://${socket}`, DOCKER_CONFIG: cliConfig }, o.timeoutMs ?? 120_000),
+    docker: (cliArgs, o = {}) => exec(DOCKER_CLI, cliArgs, { ...env, DOCKER_HOST: `unix://${socket}`, DOCKER_CONFIG: cliConfig }, o.timeoutMs ?? 120_000),
     stop: stopAll,
   };
 }

@@ -7,7 +7,7 @@
 // the footer, the TOC and the members of the files it opens.
 import { createHash } from 'node:crypto';
 import zlib from 'node:zlib';
-import { type Blob, type Image, MediaTypes, digestOf } from './blobs.ts';
+import { type Blob, digestOf, type Image, MediaTypes } from './blobs.ts';
 
 export const TOC_TAR_NAME = 'stargz.index.json';
 export const FOOTER_SIZE = 51;

@@ -13,12 +13,7 @@ export interface MirrorHostsOptions {
 }
 
 export function mirrorHostsToml(mirrorUrl: string, opts: MirrorHostsOptions = {}): string {
-  const lines = [
-    `server = "http://${DEAD_ENDPOINT}"`,
-    '',
-    `[host."${mirrorUrl}"]`,
-    `  capabilities = [${(opts.capabilities ?? ['pull', 'resolve']).map((c) => `"${c}"`).join(', ')}]`,
-  ];
+  const lines = [`server = "http://${DEAD_ENDPOINT}"`, '', `[host."${mirrorUrl}"]`, `  capabilities = [${(opts.capabilities ?? ['pull', 'resolve']).map((c) => `"${c}"`).join(', ')}]`];
   if (opts.overridePath === true) lines.push('  override_path = true');
   if (opts.ca !== undefined) lines.push(`  ca = "${opts.ca}"`);
   if (opts.skipVerify === true) lines.push('  skip_verify = true');

@@ -8,10 +8,9 @@ import { Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import zlib from 'node:zlib';
 import tar from 'tar-stream';
-import { type Blob, type Format, MediaTypes, digestOf } from './blobs.ts';
+import { type Blob, digestOf, type Format, MediaTypes } from './blobs.ts';
 
-const fillRandom = (buf: Buffer): Promise<Buffer> =>
-  new Promise((resolve, reject) => randomFill(buf, (err, b) => (err ? reject(err) : resolve(b))));
+const fillRandom = (buf: Buffer): Promise<Buffer> => new Promise((resolve, reject) => randomFill(buf, (err, b) => (err ? reject(err) : resolve(b))));
 
 /** A file's content, or a file with a mode, or a symlink (busybox applets). */
 export type TarEntry = string | Buffer | { content: string | Buffer; mode?: number } | { linkTo: string };

@@ -30,20 +30,15 @@ export function httpRequest(base: string, pathAndQuery: string, o: RequestOption
   const u = new URL(base);
   const started = performance.now();
   return new Promise((resolve, reject) => {
-    const req = http.request(
-      { host: u.hostname, port: u.port, path: pathAndQuery, method: o.method ?? 'GET', headers: o.headers, agent: false },
-      (res) => {
-        const headersMs = performance.now() - started;
-        o.onHeaders?.(res);
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () =>
-          resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks), headersMs, totalMs: performance.now() - started }),
-        );
-        res.on('error', reject);
-        res.on('aborted', () => reject(new Error(`response to ${pathAndQuery} aborted after ${Buffer.concat(chunks).length} bytes`)));
-      },
-    );
+    const req = http.request({ host: u.hostname, port: u.port, path: pathAndQuery, method: o.method ?? 'GET', headers: o.headers, agent: false }, (res) => {
+      const headersMs = performance.now() - started;
+      o.onHeaders?.(res);
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks), headersMs, totalMs: performance.now() - started }));
+      res.on('error', reject);
+      res.on('aborted', () => reject(new Error(`response to ${pathAndQuery} aborted after ${Buffer.concat(chunks).length} bytes`)));
+    });
     req.setTimeout(o.timeoutMs ?? 120_000, () => req.destroy(new Error(`no answer to ${o.method ?? 'GET'} ${pathAndQuery} in ${o.timeoutMs ?? 120_000} ms`)));
     req.on('error', reject);
     req.end();

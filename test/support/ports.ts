@@ -1,8 +1,9 @@
 // Loopback ports for test servers. Every helper listens on 127.0.0.1 only.
-import net from 'node:net';
+
+import { readFile } from 'node:fs/promises';
 import http from 'node:http';
 import https from 'node:https';
-import { readFile } from 'node:fs/promises';
+import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 /**
@@ -58,9 +59,7 @@ function probe(url: string, ca: string | undefined): Promise<void> {
     };
     // agent: false -> a fresh connection each probe, nothing left pooled when the caller moves on.
     const req =
-      u.protocol === 'https:'
-        ? https.get(u, { agent: false, timeout: 2_000, ca, rejectUnauthorized: ca !== undefined }, onResponse)
-        : http.get(u, { agent: false, timeout: 2_000 }, onResponse);
+      u.protocol === 'https:' ? https.get(u, { agent: false, timeout: 2_000, ca, rejectUnauthorized: ca !== undefined }, onResponse) : http.get(u, { agent: false, timeout: 2_000 }, onResponse);
     req.on('timeout', () => req.destroy(new Error('probe timeout')));
     req.on('error', reject);
   });

@@ -1,7 +1,7 @@
 // Child processes owned by a test: started by handle, logged to a file, stopped by PID only.
-import { spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { closeSync, openSync, readFileSync } from 'node:fs';
-import { readFile, readdir } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 export interface ManagedProcess {
@@ -43,15 +43,10 @@ function installExitHook(): void {
   });
 }
 
-export function startProcess(
-  name: string,
-  cmd: string,
-  args: readonly string[],
-  opts: StartProcessOptions,
-): ManagedProcess {
+export function startProcess(name: string, cmd: string, args: readonly string[], opts: StartProcessOptions): ManagedProcess {
   installExitHook();
   const fd = openSync(opts.logFile, 'a');
-  let child;
+  let child: ChildProcess;
   try {
     child = spawn(cmd, args, {
       cwd: opts.cwd,
@@ -89,10 +84,7 @@ export function startProcess(
     }
     // The timer is cancelled once the process is gone, so it cannot hold this process open for 5 s.
     const timer = new AbortController();
-    const timedOut = await Promise.race([
-      exited.then(() => false),
-      sleep(5_000, true, { signal: timer.signal }).catch(() => false),
-    ]);
+    const timedOut = await Promise.race([exited.then(() => false), sleep(5_000, true, { signal: timer.signal }).catch(() => false)]);
     timer.abort();
     if (timedOut && running) {
       try {

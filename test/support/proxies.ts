@@ -2,12 +2,12 @@
 // access logs, as in lab/07-outbound-proxies.sh. Both only accept loopback clients; squid only forwards
 // to loopback destinations. Each can require basic proxy authentication.
 import { execFile } from 'node:child_process';
-import { chown, writeFile } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
+import { chown, writeFile } from 'node:fs/promises';
+import net from 'node:net';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
-import net from 'node:net';
 import { freePort } from './ports.ts';
 import { type ManagedProcess, startProcess } from './process.ts';
 import { makeTempDir, removeTempDir } from './tmp.ts';
@@ -123,13 +123,7 @@ export async function startTinyproxy(opts: { auth?: ProxyCredentials } = {}): Pr
   });
 }
 
-async function launch(
-  kind: 'squid' | 'tinyproxy',
-  dir: string,
-  logFile: string,
-  auth: ProxyCredentials | undefined,
-  spawnOn: (port: number) => Promise<ManagedProcess>,
-): Promise<ForwardProxy> {
+async function launch(kind: 'squid' | 'tinyproxy', dir: string, logFile: string, auth: ProxyCredentials | undefined, spawnOn: (port: number) => Promise<ManagedProcess>): Promise<ForwardProxy> {
   let proc: ManagedProcess | undefined;
   let port = 0;
   for (let attempt = 1; ; attempt++) {

@@ -1,8 +1,8 @@
 // Checks what a client pulled into a skopeo `dir:` layout against the image that was pushed upstream.
 import assert from 'node:assert/strict';
-import { readFile, readdir } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { type Image, digestOfFile } from './images.ts';
+import { digestOfFile, type Image } from './images.ts';
 
 /** manifest.json is the pushed manifest byte for byte, and the blob files are exactly the image's, each hashing to its name. */
 export async function assertPulledImage(dir: string, image: Image): Promise<void> {
@@ -15,5 +15,5 @@ export async function assertPulledImage(dir: string, image: Image): Promise<void
   }
   const manifest = await readFile(path.join(dir, 'manifest.json'));
   assert.ok(manifest.equals(image.manifest), 'the pulled manifest differs from the one the upstream has');
-  assert.deepEqual(blobs.sort(), [image.config, ...image.layers].map((b) => b.digest).sort(), 'the pulled blobs are not the image\'s');
+  assert.deepEqual(blobs.sort(), [image.config, ...image.layers].map((b) => b.digest).sort(), "the pulled blobs are not the image's");
 }

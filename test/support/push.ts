@@ -2,7 +2,7 @@
 // (POST, then PUT <location>&digest=), HEAD to skip blobs that are already there, manifests by tag or digest.
 import { readFile } from 'node:fs/promises';
 import { Agent, type Dispatcher, request } from 'undici';
-import { type Blob, type Image, type Index, blobStream } from './blobs.ts';
+import { type Blob, blobStream, type Image, type Index } from './blobs.ts';
 import type { Credentials } from './upstream.ts';
 
 /** An Upstream fits; so does any registry URL with an optional CA (PEM file) and basic-auth credentials. */
@@ -13,9 +13,7 @@ export interface PushTarget {
 }
 
 export async function pushImage(target: PushTarget, repository: string, reference: string, image: Image): Promise<void> {
-  await withRepositoryLock(target, repository, () =>
-    withClient(target, (client) => pushImageWith(client, repository, reference, image)),
-  );
+  await withRepositoryLock(target, repository, () => withClient(target, (client) => pushImageWith(client, repository, reference, image)));
 }
 
 /** Child manifests by digest, then the index under `reference`. */
@@ -75,10 +73,7 @@ class RegistryClient {
     private readonly agent: Dispatcher,
   ) {
     this.base = target.url.replace(/\/+$/, '');
-    this.authHeader =
-      target.auth === undefined
-        ? {}
-        : { authorization: `Basic ${Buffer.from(`${target.auth.username}:${target.auth.password}`).toString('base64')}` };
+    this.authHeader = target.auth === undefined ? {} : { authorization: `Basic ${Buffer.from(`${target.auth.username}:${target.auth.password}`).toString('base64')}` };
   }
 
   async pushBlob(repository: string, blob: Blob): Promise<void> {

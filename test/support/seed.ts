@@ -37,20 +37,13 @@ export const STANDARD_REFS = {
 export async function seedStandard(up: PushTarget, dir: string, opts: { bigBytes?: number } = {}): Promise<Seeded> {
   const nonce = randomUUID();
   const base = await baseLayer();
-  const smallLayers: LayerSpec[] = [
-    base,
-    { files: { 'app/hello.txt': `hello from layer 2 ${nonce}\n` } },
-    { files: dataFiles() },
-  ];
+  const smallLayers: LayerSpec[] = [base, { files: { 'app/hello.txt': `hello from layer 2 ${nonce}\n` } }, { files: dataFiles() }];
   const small = await buildImage({ format: 'oci', layers: smallLayers });
   const v2s2 = await buildImage({ format: 'docker', layers: smallLayers });
   const perArch = (arch: string): LayerSpec => ({ files: { 'arch/name': `${arch}\n`, 'arch/nonce': nonce } });
   const multi = buildIndex({
     format: 'oci',
-    images: [
-      await buildImage({ format: 'oci', layers: [base, perArch('amd64')], arch: 'amd64' }),
-      await buildImage({ format: 'oci', layers: [base, perArch('arm64')], arch: 'arm64', variant: 'v8' }),
-    ],
+    images: [await buildImage({ format: 'oci', layers: [base, perArch('amd64')], arch: 'amd64' }), await buildImage({ format: 'oci', layers: [base, perArch('arm64')], arch: 'arm64', variant: 'v8' })],
   });
   const bigBytes = opts.bigBytes ?? 0;
   const big = bigBytes > 0 ? await buildImage({ format: 'oci', layers: [{ randomBytes: bigBytes, dir }] }) : undefined;

@@ -71,18 +71,12 @@ function tlsArgs(side: 'src' | 'dest', verify: boolean | undefined, certDir: str
 function skopeo(args: string[], timeoutMs = 120_000): Promise<{ stdout: Buffer; stderr: Buffer }> {
   const full = ['--insecure-policy', ...args];
   return new Promise((resolve, reject) => {
-    execFile(
-      'skopeo',
-      full,
-      { encoding: 'buffer', timeout: timeoutMs, maxBuffer: 64 << 20, env: { ...process.env, ...DEAD_PROXY_ENV } },
-      (err, stdout, stderr) => {
-        if (err) {
-          reject(new Error(`skopeo ${full.join(' ')} failed: ${err.message.split('\n')[0]}\n${stderr.toString('utf8')}`));
-        } else {
-          resolve({ stdout, stderr });
-        }
-      },
-    );
+    execFile('skopeo', full, { encoding: 'buffer', timeout: timeoutMs, maxBuffer: 64 << 20, env: { ...process.env, ...DEAD_PROXY_ENV } }, (err, stdout, stderr) => {
+      if (err) {
+        reject(new Error(`skopeo ${full.join(' ')} failed: ${err.message.split('\n')[0]}\n${stderr.toString('utf8')}`));
+      } else {
+        resolve({ stdout, stderr });
+      }
+    });
   });
 }
-

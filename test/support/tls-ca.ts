@@ -31,9 +31,21 @@ export async function makeCa(dir: string, name = 'berth test CA'): Promise<TestC
   const caFile = path.join(dir, 'ca.pem');
   const caKey = path.join(dir, 'ca.key');
   await run('openssl', [
-    'req', '-x509', ...EC, '-days', '30', '-subj', `/CN=${name}`,
-    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign',
-    '-keyout', caKey, '-out', caFile,
+    'req',
+    '-x509',
+    ...EC,
+    '-days',
+    '30',
+    '-subj',
+    `/CN=${name}`,
+    '-addext',
+    'basicConstraints=critical,CA:TRUE',
+    '-addext',
+    'keyUsage=critical,keyCertSign,cRLSign',
+    '-keyout',
+    caKey,
+    '-out',
+    caFile,
   ]);
   const certDir = path.join(dir, 'trust');
   await mkdir(certDir, { recursive: true });

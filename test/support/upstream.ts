@@ -165,11 +165,23 @@ export async function startUpstream(opts: UpstreamOptions = {}): Promise<Upstrea
 async function selfSignedCert(certFile: string, keyFile: string): Promise<void> {
   await mkdir(path.dirname(certFile), { recursive: true });
   await run('openssl', [
-    'req', '-x509', '-nodes', '-days', '3650',
-    '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1',
-    '-subj', '/CN=localhost',
-    '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1',
-    '-keyout', keyFile, '-out', certFile,
+    'req',
+    '-x509',
+    '-nodes',
+    '-days',
+    '3650',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:prime256v1',
+    '-subj',
+    '/CN=localhost',
+    '-addext',
+    'subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1',
+    '-keyout',
+    keyFile,
+    '-out',
+    certFile,
   ]);
 }
 

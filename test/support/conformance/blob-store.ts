@@ -10,7 +10,7 @@ import path from 'node:path';
 import { afterEach, describe, test } from 'node:test';
 import type { Digest } from '../../../src/oci/digest.ts';
 import { RegistryError } from '../../../src/oci/errors.ts';
-import { DigestMismatchError, writeBlob, type BlobStorage } from '../../../src/store/roles.ts';
+import { type BlobStorage, DigestMismatchError, writeBlob } from '../../../src/store/roles.ts';
 
 export interface BlobStoreUnderTest {
   store: BlobStorage;
@@ -97,7 +97,14 @@ export function blobStoreConformance(name: string, make: () => Promise<BlobStore
       const d = digestOf(bytes);
       await writeBlob(store, d, [bytes]);
       const last = bytes.length - 1;
-      for (const [start, end] of [[0, 0], [last, last], [1234, 1234], [0, last], [1, last - 1], [last - 10, last]] as const) {
+      for (const [start, end] of [
+        [0, 0],
+        [last, last],
+        [1234, 1234],
+        [0, last],
+        [1, last - 1],
+        [last - 10, last],
+      ] as const) {
         const want = bytes.subarray(start, end + 1);
         assert.ok((await collect(store.read(d, start, end))).equals(want), `read ${start}-${end}`);
         assert.ok((await sent(store, d, start, end)).equals(want), `send ${start}-${end}`);

@@ -191,7 +191,10 @@ export function indexConformance(name: string, make: () => Promise<IndexUnderTes
       assert.equal(await index.pins.unpin('registry.k8s.io/pause:3.9'), 2);
       assert.equal(await index.pins.isPinned(a), false);
       assert.equal(await index.pins.isPinned(b), true, 'still held by the other reference');
-      assert.deepEqual((await index.evictable(10)).map((e) => e.digest), [a]);
+      assert.deepEqual(
+        (await index.evictable(10)).map((e) => e.digest),
+        [a],
+      );
       // Pinning a reference again replaces what it held.
       await index.pins.pin('docker.io/library/app:1', [c]);
       assert.equal(await index.pins.isPinned(b), false);
@@ -206,11 +209,17 @@ export function indexConformance(name: string, make: () => Promise<IndexUnderTes
       await index.putBlob(c, 300, MANIFEST, 3000);
       assert.deepEqual(await index.totals(), { total: 600, count: 3 });
       assert.deepEqual(await index.newest(), { digest: c, size: 300 });
-      assert.deepEqual((await index.evictable(10)).map((e) => e.digest), [a, b, c]);
+      assert.deepEqual(
+        (await index.evictable(10)).map((e) => e.digest),
+        [a, b, c],
+      );
       assert.deepEqual(await index.evictable(1), [{ digest: a, size: 100 }]);
       await index.touch(a, 5000);
       await index.flushAccess();
-      assert.deepEqual((await index.evictable(10)).map((e) => e.digest), [b, c, a]);
+      assert.deepEqual(
+        (await index.evictable(10)).map((e) => e.digest),
+        [b, c, a],
+      );
       assert.equal((await index.getBlob(a))?.accessedAt, 5000);
       // A later put of a known blob keeps its media type when none is given (a manifest stays a manifest).
       await index.putBlob(c, 300, null);
