@@ -11,7 +11,7 @@ import { createApp } from './http/app.ts';
 import { ClientAuth } from './http/client-auth.ts';
 import { Blobs } from './registry/blobs.ts';
 import type { RegistryContext } from './registry/context.ts';
-import { Fills } from './registry/fills.ts';
+import { Fills } from './registry/fill/fills.ts';
 import { isDiskFull } from './registry/fill-errors.ts';
 import { Manifests } from './registry/manifests.ts';
 import { Tags } from './registry/tags.ts';

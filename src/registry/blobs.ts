@@ -4,7 +4,7 @@ import type { Digest } from '../oci/digest.ts';
 import type { ByteRange } from '../oci/range.ts';
 import type { Priority } from '../upstream/bandwidth.ts';
 import { header } from '../upstream/client.ts';
-import type { Fill, BlobSource } from './fill.ts';
+import type { Fill, BlobSource } from './fill/fill.ts';
 import type { Route } from './upstreams.ts';
 import type { RegistryContext } from './context.ts';
 import { failpoint } from '../failpoints.ts';

@@ -6,7 +6,7 @@ import type { StoreIndex } from '../store/store-index.ts';
 import type { Pins } from '../store/pins.ts';
 import type { Quota } from '../store/quota.ts';
 import type { BandwidthBudget } from '../upstream/bandwidth.ts';
-import type { Fills } from './fills.ts';
+import type { Fills } from './fill/fills.ts';
 import type { Upstreams } from './upstreams.ts';
 
 /** What the registry layer is built from; made once by the composition root (server.ts). */

@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Extents } from './extents.ts';
-import { isTransient } from './fill-errors.ts';
+import { isTransient } from '../fill-errors.ts';
 import type { LazyFetch } from './lazy-fetches.ts';
 
 /** What a reader needs of its fill (fill.ts). */

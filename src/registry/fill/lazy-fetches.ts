@@ -1,4 +1,4 @@
-import type { ByteRange } from '../oci/range.ts';
+import type { ByteRange } from '../../oci/range.ts';
 import type { Extents } from './extents.ts';
 
 /** A reader this far ahead of the sequential fill asks the upstream for its bytes directly. */

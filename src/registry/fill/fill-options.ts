@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import type { Priority } from '../upstream/bandwidth.ts';
+import type { Priority } from '../../upstream/bandwidth.ts';
 
 /** Where a fill gets bytes: the upstream, bound to one blob. */
 export interface BlobSource {

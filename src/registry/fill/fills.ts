@@ -1,5 +1,5 @@
-import type { Digest } from '../oci/digest.ts';
-import { RegistryError } from '../oci/errors.ts';
+import type { Digest } from '../../oci/digest.ts';
+import { RegistryError } from '../../oci/errors.ts';
 import { Fill, type BlobSource, type FillOptions } from './fill.ts';
 
 export interface FillLimits {

@@ -2,7 +2,7 @@ import { createHash, type Hash } from 'node:crypto';
 import { open, rm, type FileHandle } from 'node:fs/promises';
 import { Extents } from './extents.ts';
 import { readCheckpoint, writeCheckpoint } from './checkpoint.ts';
-import { hashFile } from './integrity.ts';
+import { hashFile } from '../integrity.ts';
 import { writeFully } from './ingest-write.ts';
 
 /** Persist what is on disk at most this often (in bytes written), so a restart resumes near where it stopped. */

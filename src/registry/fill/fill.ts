@@ -1,19 +1,19 @@
 import { EventEmitter } from 'node:events';
 import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { RegistryError } from '../oci/errors.ts';
-import type { Digest } from '../oci/digest.ts';
-import type { Priority } from '../upstream/bandwidth.ts';
+import { RegistryError } from '../../oci/errors.ts';
+import type { Digest } from '../../oci/digest.ts';
+import type { Priority } from '../../upstream/bandwidth.ts';
 import type { Extents } from './extents.ts';
-import { IntegrityError } from './integrity.ts';
+import { IntegrityError } from '../integrity.ts';
 import { IngestFile } from './ingest-file.ts';
 import { AbandonTimer } from './abandon-timer.ts';
 import { until } from './fill-events.ts';
-import { failpoint } from '../failpoints.ts';
-import { failsFill, isCircuitOpen, isDiskFull, isTransient } from './fill-errors.ts';
+import { failpoint } from '../../failpoints.ts';
+import { failsFill, isCircuitOpen, isDiskFull, isTransient } from '../fill-errors.ts';
 import { type ReadableFill, readFill } from './fill-reader.ts';
 import { LAZY_DISTANCE, type LazyFetch, LazyFetches, planRequest } from './lazy-fetches.ts';
-import type { ByteRange } from '../oci/range.ts';
+import type { ByteRange } from '../../oci/range.ts';
 import type { BlobSource, FillOptions } from './fill-options.ts';
 
 export type { BlobSource, FillOptions, SourceBody } from './fill-options.ts';
