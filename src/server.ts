@@ -27,6 +27,7 @@ import { StorageLock } from './store/lock.ts';
 import { prepareStorageDir } from './store/storage-dir.ts';
 import { BandwidthBudget } from './upstream/bandwidth.ts';
 import { FillMemory } from './memory.ts';
+import { Failpoints } from './failpoints.ts';
 import { Readiness } from './readiness.ts';
 
 /** How often recorded access times are written to the index. */
@@ -98,7 +99,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
       // `quota` is built below; a fill cannot end before then.
       if (!ok && isDiskFull(fill.error)) void quota.diskFull().catch((err: Error) => log.error({ err }, 'could not free space'));
     },
-  }, config.fills);
+  }, config.fills, new Failpoints(config.failpoints));
   const pins = new Pins(index.db);
   const quota = new Quota(index, store, config.storage.maxSize, log, {
     fillRunning: (d) => fills.get(d) !== undefined,

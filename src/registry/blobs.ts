@@ -7,7 +7,6 @@ import { header } from '../upstream/client.ts';
 import type { Fill, BlobSource } from './fill/fill.ts';
 import type { Route } from './upstreams.ts';
 import type { RegistryContext } from './context.ts';
-import { failpoint } from '../failpoints.ts';
 import { IntegrityError } from './integrity.ts';
 import { withinClaim } from './claimed-range.ts';
 
@@ -215,7 +214,7 @@ export class Blobs {
       abandonGraceMs: config.fills.abandonGrace,
       commit: async (file, size) => {
         await store.commit(d, file);
-        failpoint('fill.index-write');
+        fills.failpoints.hit('fill.index-write');
         index.putBlob(d, size, null);
         index.addRefs(r.upstream, r.repository, [d]);
         void this.ctx.quota.enforce().catch((err: Error) => log.error({ err }, 'quota pass failed'));

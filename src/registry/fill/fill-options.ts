@@ -1,4 +1,5 @@
 import type { Readable } from 'node:stream';
+import type { Failpoints } from '../../failpoints.ts';
 import type { Priority } from '../../upstream/bandwidth.ts';
 
 /** Where a fill gets bytes: the upstream, bound to one blob. */
@@ -35,4 +36,6 @@ export interface FillOptions {
   readCommitted: (start: number, end: number) => Readable;
   log: (msg: string, extra?: Record<string, unknown>) => void;
   onUpstreamBytes?: (n: number, priority: Priority) => void;
+  /** Crash points for the fault tests (set by Fills from the config). */
+  failpoints?: Pick<Failpoints, 'hit'>;
 }

@@ -1,11 +1,12 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Extents } from './extents.ts';
+import type { FillPhase } from './fill-state.ts';
 import { isTransient } from '../fill-errors.ts';
 import type { LazyFetch } from './lazy-fetches.ts';
 
 /** What a reader needs of its fill (fill.ts). */
 export interface ReadableFill {
-  readonly state: 'running' | 'idle' | 'committed' | 'failed';
+  readonly state: FillPhase;
   readonly error: Error | undefined;
   readonly extents: Extents;
   /** The sequential fill will bring `pos` soon: waiting for it beats a Range request of our own. */

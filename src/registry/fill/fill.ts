@@ -1,23 +1,26 @@
-import { EventEmitter } from 'node:events';
 import { Readable } from 'node:stream';
-import { setTimeout as sleep } from 'node:timers/promises';
+import type { Failpoints } from '../../failpoints.ts';
 import { RegistryError } from '../../oci/errors.ts';
 import type { Digest } from '../../oci/digest.ts';
-import type { Priority } from '../../upstream/bandwidth.ts';
-import type { Extents } from './extents.ts';
-import { IntegrityError } from '../integrity.ts';
-import { IngestFile } from './ingest-file.ts';
-import { AbandonTimer } from './abandon-timer.ts';
-import { until } from './fill-events.ts';
-import { failpoint } from '../../failpoints.ts';
-import { failsFill, isCircuitOpen, isDiskFull, isTransient } from '../fill-errors.ts';
-import { type ReadableFill, readFill } from './fill-reader.ts';
-import { LAZY_DISTANCE, type LazyFetch, LazyFetches, planRequest } from './lazy-fetches.ts';
 import type { ByteRange } from '../../oci/range.ts';
+import type { Priority } from '../../upstream/bandwidth.ts';
+import { IntegrityError } from '../integrity.ts';
+import { failsFill, isDiskFull } from '../fill-errors.ts';
+import type { Extents } from './extents.ts';
+import type { FillEvents } from './fill-events.ts';
+import { FillDemand } from './fill-demand.ts';
 import type { BlobSource, FillOptions } from './fill-options.ts';
+import { type ReadableFill, readFill } from './fill-reader.ts';
+import { type FillPhase, FillState } from './fill-state.ts';
+import { type BodyTarget, writeBody } from './ingest-body.ts';
+import { IngestFile } from './ingest-file.ts';
+import { LAZY_DISTANCE, type LazyFetch, LazyFetches, planRequest } from './lazy-fetches.ts';
+import { fillSequentially, type SequentialFill } from './sequential.ts';
 
 export type { BlobSource, FillOptions, SourceBody } from './fill-options.ts';
-export type FillState = 'running' | 'idle' | 'committed' | 'failed';
+export type { FillPhase as FillState } from './fill-state.ts';
+
+type Listener<E extends keyof FillEvents> = (...args: FillEvents[E]) => void;
 
 /**
  * One fill of one blob: a single upstream reader feeding any number of client readers through the
@@ -25,70 +28,120 @@ export type FillState = 'running' | 'idle' | 'committed' | 'failed';
  * far ahead (a Range request) fetches its bytes with its own upstream Range request, which lands in
  * the same file. When every byte is there the digest is checked over the whole and the file committed.
  * A failure destroys every reader's stream: no client ever sees a clean-looking short body.
+ *
+ * The pieces: the ingest file (ingest-file.ts), the state machine and its events (fill-state.ts), the
+ * sequential fill (sequential.ts), the Range fetches (lazy-fetches.ts), who wants the fill (fill-demand.ts)
+ * and the readers (fill-reader.ts). This class wires them together; only it changes the state.
  */
-export class Fill extends EventEmitter implements ReadableFill {
-  state: FillState = 'idle';
-  size: number | undefined;
-  error: Error | undefined;
-  readonly extents: Extents;
-  readers = 0;
-  /** Clients waiting in whenFlowing for their first bytes: as good as readers for priority. */
-  private waiting = 0;
+export class Fill implements ReadableFill {
+  private readonly s = new FillState();
   private readonly abort = new AbortController();
-  private file!: IngestFile;
   private sequential: Promise<void> | undefined;
   private readonly lazy = new LazyFetches();
-  /** Prewarm wants the whole blob: keep going `abandonAfterMs` without readers. */
-  private prewarmed = false;
-  /** A lazy completion wants it: the same, if a background slot is free (FillOptions.backgroundSlotFree). */
-  private lazyCompletion = false;
-  /** Going on as a lazy completion with no reader: counts against fills.maxBackground, not the other caps. */
-  background = false;
+  private readonly demand: FillDemand;
   /** The upstream answered a Range request with the whole blob: only the sequential fill can help. */
   private rangeUnsupported = false;
-  private flowing = false;
-  private readonly abandonTimer = new AbandonTimer((ms) => {
-    if (this.readers === 0 && this.state !== 'committed') {
-      void this.checkpoint().then(() => this.fail(new RegistryError('UNAVAILABLE', `fill of ${this.digest} abandoned: no reader for ${ms} ms`)));
-    }
-  });
   private finishing: Promise<void> | undefined;
-  private seqPriority: Priority = 'background';
-  private laterTimer: NodeJS.Timeout | undefined;
+  private readonly failpoints: Pick<Failpoints, 'hit'>;
+  /** Where upstream bodies are written (ingest-body.ts). */
+  private readonly target: BodyTarget;
 
   private constructor(
     readonly digest: Digest,
     private readonly source: BlobSource,
     private readonly o: FillOptions,
-    extents: Extents,
-    size: number | undefined,
+    private readonly file: IngestFile,
   ) {
-    super();
-    this.setMaxListeners(0);
-    this.extents = extents;
-    if (size !== undefined) this.setSize(size);
+    this.failpoints = o.failpoints ?? { hit: () => {} };
+    this.demand = new FillDemand({
+      abandonAfterMs: o.abandonAfterMs,
+      abandonGraceMs: o.abandonGraceMs,
+      ...(o.backgroundSlotFree ? { backgroundSlotFree: o.backgroundSlotFree } : {}),
+      ended: () => this.s.ended,
+      startSequential: () => this.startSequential(),
+      wentBackground: () => this.s.emit('background'),
+      abandoned: (ms) => void this.checkpoint().then(() => this.fail(new RegistryError('UNAVAILABLE', `fill of ${this.digest} abandoned: no reader for ${ms} ms`))),
+      unread: () => void this.closeWhenUnread(),
+    });
+    this.target = {
+      file,
+      digest,
+      size: () => this.s.size,
+      ended: () => this.s.ended,
+      ...(o.onUpstreamBytes ? { onUpstreamBytes: o.onUpstreamBytes } : {}),
+      progress: () => this.s.progress(),
+      halfway: () => this.failpoints.hit('fill.mid-body'),
+      checkpoint: () => this.checkpoint(),
+    };
+    const size = file.size ?? o.expectedSize;
+    if (size !== undefined) this.s.sized(size);
   }
 
   /** Opens the ingest file, picking up what an earlier fill (before a restart) left on disk. */
   static async open(digest: Digest, source: BlobSource, o: FillOptions): Promise<Fill> {
     const file = await IngestFile.open(o.dataFile, o.metaFile, o.expectedSize);
-    const fill = new Fill(digest, source, o, file.extents, file.size ?? o.expectedSize);
-    fill.file = file;
     if (file.extents.bytes > 0) o.log('resuming fill from checkpoint', { digest, bytes: file.extents.bytes, size: file.size });
-    return fill;
+    return new Fill(digest, source, o, file);
+  }
+
+  get state(): FillPhase {
+    return this.s.state;
+  }
+  get size(): number | undefined {
+    return this.s.size;
+  }
+  get error(): Error | undefined {
+    return this.s.error;
+  }
+  get extents(): Extents {
+    return this.file.extents;
+  }
+  get readers(): number {
+    return this.demand.readers;
+  }
+  /** Going on as a lazy completion with no reader: counts against fills.maxBackground, not the other caps. */
+  get background(): boolean {
+    return this.demand.background;
+  }
+  get retries(): { attempts: number; backoff: number } {
+    return this.o.retries;
+  }
+
+  on<E extends keyof FillEvents>(event: E, listener: Listener<E>): this {
+    this.s.on(event, listener as never);
+    return this;
+  }
+  once<E extends keyof FillEvents>(event: E, listener: Listener<E>): this {
+    this.s.once(event, listener as never);
+    return this;
+  }
+  off<E extends keyof FillEvents>(event: E, listener: Listener<E>): this {
+    this.s.off(event, listener as never);
+    return this;
   }
 
   /** Resolves with the blob's size once it is known (from the manifest or the upstream's headers). */
-  async whenSized(): Promise<number> {
-    if (this.size === undefined) await until(this, 'sized');
-    return this.size!;
+  whenSized(): Promise<number> {
+    return this.s.whenSized();
   }
 
-  private setSize(n: number): void {
-    if (this.size === undefined) {
-      this.size = n;
-      this.emit('sized');
-    }
+  /**
+   * Resolves once bytes flow (some are on disk); rejects if the fill fails first. Waiting for this before
+   * sending headers turns a dead upstream (or a full disk) into a 503 instead of a 200 and a cut.
+   */
+  whenFlowing(): Promise<void> {
+    if (this.s.state === 'flowing' || this.extents.bytes > 0 || this.s.state === 'committed') return Promise.resolve();
+    return this.demand.waitFor(this.s.whenFlowing());
+  }
+
+  /** Resolves when the blob is committed; rejects when the fill fails. */
+  whenDone(): Promise<void> {
+    return this.s.whenDone();
+  }
+
+  /** Waits for the next published change (bytes landed, commit or failure). */
+  changed(): Promise<void> {
+    return this.s.changed();
   }
 
   /**
@@ -96,133 +149,56 @@ export class Fill extends EventEmitter implements ReadableFill {
    * whole blob; background for prewarm and for completing a lazily-read blob.
    */
   start(priority: Priority = 'foreground'): void {
-    if (priority === 'foreground') this.seqPriority = 'foreground';
-    else this.prewarmed = true;
+    this.demand.wantWhole(priority);
     this.startSequential();
-  }
-
-  private startSequential(): void {
-    if (this.sequential || this.state === 'committed' || this.state === 'failed') return;
-    this.state = 'running';
-    this.sequential = this.runSequential().catch((err: Error) => this.fail(err));
   }
 
   /** Completes the blob in the background after `ms` while a reader is there (after, unused() decides). */
   startLater(ms: number): void {
-    if (this.sequential || this.laterTimer) return;
-    this.lazyCompletion = true;
-    this.laterTimer = setTimeout(() => (this.readers > 0 || this.waiting > 0 || this.background || this.prewarmed) && this.startSequential(), ms);
-    this.laterTimer.unref();
-  }
-
-  /**
-   * Resolves once bytes flow (some are on disk); rejects if the fill fails first. Waiting for this before
-   * sending headers turns a dead upstream (or a full disk) into a 503 instead of a 200 and a cut. A waiter
-   * counts as a reader until the next turn of the event loop: its reader is made in the microtasks after.
-   */
-  whenFlowing(): Promise<void> {
-    if (this.flowing || this.extents.bytes > 0 || this.state === 'committed') return Promise.resolve();
-    this.waiting++;
-    return until(this, 'flowing').finally(() => setImmediate(() => this.waiting--));
-  }
-
-  /** Resolves when the blob is committed; rejects when the fill fails. */
-  whenDone(): Promise<void> {
-    if (this.state === 'committed') return Promise.resolve();
-    return until(this, 'committed');
+    this.demand.completeLater(ms, this.sequential !== undefined);
   }
 
   get running(): boolean {
-    return this.sequential !== undefined && this.state === 'running';
+    return this.sequential !== undefined && !this.s.ended;
   }
 
-  /** Bytes of the sequential fill are foreground while a client that wants the whole blob is reading. */
-  private priority(): Priority {
-    return (this.readers > 0 || this.waiting > 0) && this.seqPriority === 'foreground' ? 'foreground' : 'background';
-  }
-
-  private async runSequential(): Promise<void> {
-    let failures = 0;
-    for (;;) {
-      if (this.abort.signal.aborted) throw this.abort.signal.reason as Error;
-      const gap = this.size === undefined ? ([0, Infinity] as [number, number]) : this.extents.gaps(this.size)[0];
-      if (!gap) break;
-      const [start, end] = gap;
-      try {
-        const wanted = start > 0 || (this.size !== undefined && end < this.size) ? { start, ...(Number.isFinite(end) ? { end: end - 1 } : {}) } : undefined;
-        const res = await this.source.open(wanted, () => this.priority(), this.abort.signal);
-        failpoint('fill.headers');
-        this.checkSize(res.size);
-        if (wanted && !res.partial) {
-          // The upstream ignored Range: the body is the whole blob again, so start over from zero.
-          this.rangeUnsupported = true;
-          this.o.log('upstream ignored Range; restarting fill from zero', { digest: this.digest });
-          this.file.reset();
-        }
-        await this.consume(res.body, res.partial ? res.start : 0, this.priority.bind(this), () => this.flow());
-        this.flow(); // an empty body
-        if (this.size !== undefined && this.extents.gaps(this.size)[0]?.[0] === start) {
-          throw new Error(`upstream closed the body after ${this.extents.availableFrom(start) - start} bytes`);
-        }
-        failures = 0;
-      } catch (err) {
-        if (this.abort.signal.aborted) throw this.abort.signal.reason as Error;
-        if (err instanceof RegistryError && !['UNAVAILABLE', 'UPSTREAM_ERROR'].includes(err.code)) throw err;
-        if (!isTransient(err)) throw err;
-        // Nothing ever arrived, or the upstream is marked down: fail now, so the client hears 503 and
-        // falls back, instead of waiting through every retry. Retries are for transfers that broke.
-        if (this.extents.bytes === 0 || isCircuitOpen(err)) throw err;
-        failures++;
-        if (failures > this.o.retries.attempts) throw err;
-        const delay = this.o.retries.backoff * 2 ** (failures - 1);
-        this.o.log('fill interrupted; resuming', { digest: this.digest, at: this.extents.availableFrom(0), attempt: failures, delayMs: delay, error: (err as Error).message });
-        await this.checkpoint();
-        await sleep(delay, undefined, { signal: this.abort.signal }).catch(() => {});
-      }
-    }
-    await this.finish();
+  private startSequential(): void {
+    if (this.sequential || this.s.ended) return;
+    const f: SequentialFill = {
+      digest: this.digest,
+      extents: this.extents,
+      source: this.source,
+      signal: this.abort.signal,
+      retries: this.o.retries,
+      size: () => this.s.size,
+      priority: () => this.demand.priority(),
+      checkSize: (n) => this.checkSize(n),
+      restartFromZero: () => {
+        this.rangeUnsupported = true;
+        this.o.log('upstream ignored Range; restarting fill from zero', { digest: this.digest });
+        this.file.reset();
+      },
+      write: (body, offset, priority, landed) => writeBody(this.target, body, offset, priority, landed),
+      flow: () => this.s.flowing(),
+      checkpoint: () => this.checkpoint(),
+      headersArrived: () => this.failpoints.hit('fill.headers'),
+      log: this.o.log,
+    };
+    this.sequential = fillSequentially(f)
+      .then(() => this.finish())
+      .catch((err: Error) => this.fail(err));
   }
 
   private checkSize(size: number): void {
-    if (this.size === undefined) this.setSize(size);
-    else if (size !== this.size) throw new IntegrityError(`upstream says blob ${this.digest} has ${size} bytes, expected ${this.size}`);
-  }
-
-  /**
-   * Bytes are on disk: response headers may go. Not before: a full disk is then a 503 "disk full"
-   * instead of a 200 cut before its first byte.
-   */
-  private flow(): void {
-    if (this.flowing) return;
-    this.flowing = true;
-    this.emit('flowing');
-  }
-
-  /** Writes a body that starts at `offset` into the file, publishing each chunk as it lands; `landed` after the first. */
-  private async consume(body: AsyncIterable<Buffer>, offset: number, priority: () => Priority, landed: () => void = () => {}): Promise<void> {
-    let pos = offset;
-    for await (const chunk of body) {
-      if (this.state === 'failed' || this.state === 'committed') return;
-      if (this.size !== undefined && pos + chunk.length > this.size) {
-        throw new IntegrityError(`upstream sent more than the ${this.size} bytes of blob ${this.digest}`);
-      }
-      this.o.onUpstreamBytes?.(chunk.length, priority());
-      // Only what really is in the file is published: a short write (a full disk) must not leave the
-      // extents claiming bytes that a later Range would read back as zeros.
-      const due = await this.file.write(chunk, pos, `blob ${this.digest}`);
-      pos += chunk.length;
-      landed();
-      if (this.size !== undefined && pos * 2 >= this.size && (pos - chunk.length) * 2 < this.size) failpoint('fill.mid-body');
-      this.emit('progress');
-      if (due) await this.checkpoint();
-    }
+    if (this.s.size === undefined) this.s.sized(size);
+    else if (size !== this.s.size) throw new IntegrityError(`upstream says blob ${this.digest} has ${size} bytes, expected ${this.s.size}`);
   }
 
   /** Records what is on disk, after syncing it, so a restarted berth resumes instead of starting over. */
   private async checkpoint(): Promise<void> {
-    if (this.size === undefined || this.state === 'failed') return;
+    if (this.s.size === undefined || this.s.state === 'failed') return;
     try {
-      await this.file.checkpoint(this.size);
+      await this.file.checkpoint(this.s.size);
     } catch (err) {
       this.o.log('could not checkpoint fill', { digest: this.digest, error: (err as Error).message });
     }
@@ -248,9 +224,9 @@ export class Fill extends EventEmitter implements ReadableFill {
         this.start();
         return;
       }
-      await this.consume(res.body, res.start, () => 'foreground', answered);
+      await writeBody(this.target, res.body, res.start, () => 'foreground', answered);
       answered();
-      if (this.extents.availableFrom(start) === start && this.state !== 'failed' && this.state !== 'committed') {
+      if (this.extents.availableFrom(start) === start && !this.s.ended) {
         throw new RegistryError('UPSTREAM_ERROR', `upstream closed the Range body of ${this.digest} at ${start} before sending anything`);
       }
     };
@@ -259,20 +235,20 @@ export class Fill extends EventEmitter implements ReadableFill {
       else this.o.log('range fetch failed', { digest: this.digest, start, end, error: err.message });
     };
     return this.lazy.begin(start, end, run, failed, () => {
-      this.emit('progress');
+      this.s.progress();
       void this.maybeFinish();
     });
   }
 
   /**
    * Before a Range response's headers: starts the upstream requests for the missing parts of `ranges`
-   * (merged into a few, see lazy-plan.ts) and waits until the first of them answered, or the sequential
+   * (merged into a few, see lazy-fetches.ts) and waits until the first of them answered, or the sequential
    * fill flows. So an unreachable upstream is a 503 and a blob it does not have a 404, not a 206 followed
    * by a cut.
    */
   async prefetch(ranges: ByteRange[]): Promise<void> {
-    if (this.state === 'committed') return;
-    if (this.state === 'failed') throw this.error;
+    if (this.s.state === 'committed') return;
+    if (this.s.state === 'failed') throw this.s.error;
     const first: Array<Promise<void>> = [];
     for (const [a, b] of planRequest(ranges, this.extents)) {
       if (this.sequentialWillBring(a)) first.push(this.whenFlowing());
@@ -290,69 +266,51 @@ export class Fill extends EventEmitter implements ReadableFill {
     return this.file.read(buf, pos);
   }
 
-  get retries(): { attempts: number; backoff: number } {
-    return this.o.retries;
-  }
-
   /** When lazily fetched ranges have covered the whole blob, verify and commit it. */
   private async maybeFinish(): Promise<void> {
-    if (this.size !== undefined && this.state !== 'committed' && this.state !== 'failed' && !this.sequential && this.extents.covers(this.size)) {
+    if (this.s.size !== undefined && !this.s.ended && !this.sequential && this.extents.covers(this.s.size)) {
       await this.finish().catch((err: Error) => this.fail(err));
     }
   }
 
   private finish(): Promise<void> {
     this.finishing ??= (async () => {
-      const size = this.size!;
+      const size = this.s.size!;
       const actual = await this.file.digestHex(size);
       if (`sha256:${actual}` !== this.digest) {
         throw new IntegrityError(`upstream bytes hash to sha256:${actual}, not ${this.digest}`);
       }
-      failpoint('fill.before-rename');
+      this.failpoints.hit('fill.before-rename');
       await this.o.commit(this.file.path, size);
       await this.file.removeCheckpoint();
-      this.state = 'committed';
-      this.clearAbandonTimer();
-      this.emit('progress');
-      this.emit('committed');
+      this.demand.ended();
+      this.s.committed();
       await this.closeWhenUnread();
     })();
     return this.finishing;
   }
 
-  /** Fails the fill: every reader is destroyed, and a corrupt ingest file is removed. */
+  /** Fails the fill: every reader is destroyed, and a corrupt ingest file is removed. Ignored once ended. */
   fail(err: Error): void {
-    if (this.state === 'failed' || this.state === 'committed') return;
-    this.state = 'failed';
-    this.error = err;
-    this.abort.abort(err);
-    this.clearAbandonTimer();
+    if (this.s.ended) return;
     this.o.log('fill failed', { digest: this.digest, error: err.message });
-    this.emit('failed', err);
-    this.emit('progress');
+    // Failed first: anything the abort below runs at once sees an ended fill, and a second fail() is ignored.
+    this.s.failed(err);
+    this.abort.abort(err);
+    this.demand.ended();
     // Wrong bytes must go; so must a partial that a full disk stopped (it only holds space) and a data
     // file with nothing in it (a GET of a digest the upstream does not have).
     const discard = err instanceof IntegrityError || isDiskFull(err) || this.extents.bytes === 0;
     void (async () => {
       if (discard) await this.file.discard();
       // best effort: without a checkpoint the next fill starts from zero
-      else if (this.size !== undefined) await this.file.checkpoint(this.size, false).catch(() => {});
+      else if (this.s.size !== undefined) await this.file.checkpoint(this.s.size, false).catch(() => {});
       await this.closeWhenUnread();
     })();
   }
 
   private async closeWhenUnread(): Promise<void> {
-    if (this.readers === 0) await this.file.close();
-  }
-
-  private clearAbandonTimer(): void {
-    if (this.laterTimer && (this.state === 'committed' || this.state === 'failed')) clearTimeout(this.laterTimer);
-    this.abandonTimer.clear();
-  }
-
-  /** Waits for the next published change (bytes landed, commit or failure). */
-  changed(): Promise<void> {
-    return new Promise((resolve) => this.once('progress', resolve));
+    if (this.demand.readers === 0) await this.file.close();
   }
 
   /**
@@ -362,19 +320,9 @@ export class Fill extends EventEmitter implements ReadableFill {
    * checked: wrong bytes from the upstream cut the client's connection instead of a clean-looking body.
    */
   reader(start: number, end: number, opts: { verified?: boolean } = {}): Readable {
-    if (this.state === 'committed') return this.o.readCommitted(start, end);
-    this.readers++;
-    this.background = false;
-    this.clearAbandonTimer();
-    const holdBack = opts.verified === true;
-    const stream = Readable.from(readFill(this, start, end, holdBack), { objectMode: false, highWaterMark: 256 * 1024 });
-    let released = false;
-    const release = () => {
-      if (released) return;
-      released = true;
-      this.readers--;
-      this.unused();
-    };
+    if (this.s.state === 'committed') return this.o.readCommitted(start, end);
+    const release = this.demand.reader();
+    const stream = Readable.from(readFill(this, start, end, opts.verified === true), { objectMode: false, highWaterMark: 256 * 1024 });
     stream.once('close', release);
     return stream;
   }
@@ -384,17 +332,6 @@ export class Fill extends EventEmitter implements ReadableFill {
    * will release it. Close the file once done, else arm the abandon timer (or it holds a slot and an fd).
    */
   unused(): void {
-    if (this.readers > 0) return;
-    if (this.state === 'committed' || this.state === 'failed') void this.closeWhenUnread();
-    else if (!this.abandonTimer.armed) {
-      // Prewarm keeps it `abandonAfterMs`; a lazy completion too if it gets a background slot; else the grace.
-      const goOn = this.prewarmed || (this.lazyCompletion && (this.background || this.o.backgroundSlotFree?.() !== false));
-      if (goOn && !this.prewarmed && !this.background) {
-        this.background = true;
-        this.emit('background');
-        this.startSequential(); // now, if not yet: its client left, so its own reads no longer go first
-      }
-      this.abandonTimer.arm(goOn ? this.o.abandonAfterMs : this.o.abandonGraceMs);
-    }
+    this.demand.unused();
   }
 }
