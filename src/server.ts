@@ -70,7 +70,15 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   });
   await store.init();
   const index = new StoreIndex(paths.database, paths.tagJournal);
-  const metrics = new Metrics();
+  const budget = new BandwidthBudget(config.bandwidth.limit, config.upstreams.map((u) => [u.host, u.bandwidth] as [string, number | undefined]));
+  const metrics = new Metrics({
+    bandwidthWait: () => budget.waitedMs(),
+    // Read at scrape time only: `quota` is built below, and nothing scrapes before listen().
+    storage: async () => {
+      const { total, count } = index.totals();
+      return { bytes: total, blobs: count, quota: await quota.limit() };
+    },
+  });
   const upstreams = new Upstreams(config, (host, down) => {
     metrics.upstreamUp.set({ upstream: host }, down ? 0 : 1);
     log.warn({ upstream: host }, down ? 'upstream marked down after repeated failures' : 'upstream reachable again');
@@ -83,8 +91,6 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
       failed: (kind) => metrics.upstreamErrors.inc({ upstream: c.host, kind }),
     };
   }
-  const budget = new BandwidthBudget(config.bandwidth.limit, config.upstreams.map((u) => [u.host, u.bandwidth] as [string, number | undefined]));
-  metrics.bandwidthWaitSource = () => budget.waitedMs();
   const memory = new FillMemory();
   const fills = new Fills({
     started: () => {
@@ -108,10 +114,6 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
       metrics.evictedBytes.inc(freed);
     },
   });
-  metrics.storageSource = async () => {
-    const { total, count } = index.totals();
-    return { bytes: total, blobs: count, quota: await quota.limit() };
-  };
   const ctx: RegistryContext = { config, store, index, pins, quota, fills, upstreams, budget, metrics, log };
   // A read-only command (no lock) must not evict beside a running server.
   if (lock) await quota.enforce();
