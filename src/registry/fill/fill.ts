@@ -5,7 +5,7 @@ import type { Digest } from '../../oci/digest.ts';
 import type { ByteRange } from '../../oci/range.ts';
 import type { Priority } from '../../upstream/bandwidth.ts';
 import { IntegrityError } from '../integrity.ts';
-import { failsFill, isDiskFull } from '../fill-errors.ts';
+import { isDiskFull } from '../fill-errors.ts';
 import type { Extents } from './extents.ts';
 import type { FillEvents } from './fill-events.ts';
 import { FillDemand } from './fill-demand.ts';
@@ -14,7 +14,7 @@ import { type ReadableFill, readFill } from './fill-reader.ts';
 import { type FillPhase, FillState } from './fill-state.ts';
 import { type BodyTarget, writeBody } from './ingest-body.ts';
 import { IngestFile } from './ingest-file.ts';
-import { LAZY_DISTANCE, type LazyFetch, LazyFetches, planRequest } from './lazy-fetches.ts';
+import { LAZY_DISTANCE, type LazyFetch, LazyRanges, planRequest } from './lazy-fetches.ts';
 import { fillSequentially, type SequentialFill } from './sequential.ts';
 
 export type { BlobSource, FillOptions, SourceBody } from './fill-options.ts';
@@ -37,10 +37,8 @@ export class Fill implements ReadableFill {
   private readonly s = new FillState();
   private readonly abort = new AbortController();
   private sequential: Promise<void> | undefined;
-  private readonly lazy = new LazyFetches();
+  private readonly ranges: LazyRanges;
   private readonly demand: FillDemand;
-  /** The upstream answered a Range request with the whole blob: only the sequential fill can help. */
-  private rangeUnsupported = false;
   private finishing: Promise<void> | undefined;
   private readonly failpoints: Pick<Failpoints, 'hit'>;
   /** Where upstream bodies are written (ingest-body.ts). */
@@ -73,6 +71,22 @@ export class Fill implements ReadableFill {
       halfway: () => this.failpoints.hit('fill.mid-body'),
       checkpoint: () => this.checkpoint(),
     };
+    this.ranges = new LazyRanges({
+      digest,
+      source,
+      signal: this.abort.signal,
+      extents: file.extents,
+      target: this.target,
+      ended: () => this.s.ended,
+      checkSize: (n) => this.checkSize(n),
+      needsWhole: () => this.start(),
+      fail: (err) => this.fail(err),
+      fetchEnded: () => {
+        this.s.progress();
+        void this.maybeFinish();
+      },
+      log: o.log,
+    });
     const size = file.size ?? o.expectedSize;
     if (size !== undefined) this.s.sized(size);
   }
@@ -174,7 +188,7 @@ export class Fill implements ReadableFill {
       priority: () => this.demand.priority(),
       checkSize: (n) => this.checkSize(n),
       restartFromZero: () => {
-        this.rangeUnsupported = true;
+        this.ranges.unsupported = true;
         this.o.log('upstream ignored Range; restarting fill from zero', { digest: this.digest });
         this.file.reset();
       },
@@ -204,40 +218,9 @@ export class Fill implements ReadableFill {
     }
   }
 
-  /**
-   * Fetches [start, end] (inclusive) from the upstream with a Range request, at foreground priority,
-   * unless a fetch already in flight covers `start` (that one is returned). A fetch that fails sets its
-   * `error` and publishes a change, so its readers decide (retry later, or fail); a failure that dooms
-   * the blob (404, wrong bytes, disk full) fails the fill.
-   */
+  /** Fetches [start, end] (inclusive) by Range, or joins the fetch in flight that covers `start` (lazy-fetches.ts). */
   fetchRange(start: number, end: number): LazyFetch {
-    const running = this.lazy.covering(start);
-    if (running) return running;
-    const run = async (answered: () => void) => {
-      const res = await this.source.open({ start, end }, () => 'foreground', this.abort.signal);
-      this.checkSize(res.size);
-      if (!res.partial) {
-        answered();
-        // Without Range support the only way to these bytes is the whole blob: let the sequential fill do it.
-        this.rangeUnsupported = true;
-        (res.body as AsyncIterable<Buffer> & { destroy?: () => void }).destroy?.();
-        this.start();
-        return;
-      }
-      await writeBody(this.target, res.body, res.start, () => 'foreground', answered);
-      answered();
-      if (this.extents.availableFrom(start) === start && !this.s.ended) {
-        throw new RegistryError('UPSTREAM_ERROR', `upstream closed the Range body of ${this.digest} at ${start} before sending anything`);
-      }
-    };
-    const failed = (err: Error) => {
-      if (failsFill(err)) this.fail(err);
-      else this.o.log('range fetch failed', { digest: this.digest, start, end, error: err.message });
-    };
-    return this.lazy.begin(start, end, run, failed, () => {
-      this.s.progress();
-      void this.maybeFinish();
-    });
+    return this.ranges.fetch(start, end);
   }
 
   /**
@@ -259,7 +242,7 @@ export class Fill implements ReadableFill {
 
   /** The sequential fill will bring `pos` soon: waiting for it beats a Range request of our own. */
   sequentialWillBring(pos: number): boolean {
-    return this.running && (pos - this.extents.availableFrom(0) < LAZY_DISTANCE || this.rangeUnsupported);
+    return this.running && (pos - this.extents.availableFrom(0) < LAZY_DISTANCE || this.ranges.unsupported);
   }
 
   read(buf: Buffer, pos: number): Promise<number> {
