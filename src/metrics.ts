@@ -1,5 +1,13 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
+/** What the metrics read at scrape time, from the parts the composition root built. */
+export interface MetricSources {
+  /** What the index holds and the quota. */
+  storage?: () => Promise<{ bytes: number; blobs: number; quota: number | undefined }>;
+  /** Total milliseconds spent waiting for bandwidth budget, by priority. */
+  bandwidthWait?: () => Record<string, number>;
+}
+
 /**
  * berth's Prometheus metrics. One registry per server instance (no module state), so two servers in
  * one process — as tests run them — count separately.
@@ -35,14 +43,12 @@ export class Metrics {
   readonly upstreamErrors = new Counter({ name: 'berth_upstream_errors_total', help: 'Upstream requests that failed, by upstream and kind (unreachable, timeout, server_error, rate_limited, circuit_open)', labelNames: ['upstream', 'kind'], registers: [this.registry] });
   readonly evictions = new Counter({ name: 'berth_evictions_total', help: 'Blobs evicted by the storage quota', registers: [this.registry] });
   readonly evictedBytes = new Counter({ name: 'berth_evicted_bytes_total', help: 'Bytes evicted by the storage quota', registers: [this.registry] });
-  /** Set by the composition root: what the index holds and the quota, read at scrape time. */
-  storageSource: (() => Promise<{ bytes: number; blobs: number; quota: number | undefined }>) | undefined;
   readonly storageBytes = new Gauge({
     name: 'berth_storage_bytes',
     help: 'Bytes of verified content in the cache (from the index)',
     registers: [this.registry],
     collect: async () => {
-      const s = await this.storageSource?.();
+      const s = await this.sources.storage?.();
       if (s) this.storageBytes.set(s.bytes);
     },
   });
@@ -51,7 +57,7 @@ export class Metrics {
     help: 'Blobs in the cache (from the index)',
     registers: [this.registry],
     collect: async () => {
-      const s = await this.storageSource?.();
+      const s = await this.sources.storage?.();
       if (s) this.storageBlobs.set(s.blobs);
     },
   });
@@ -60,23 +66,24 @@ export class Metrics {
     help: 'storage.maxSize in bytes (absent without a quota)',
     registers: [this.registry],
     collect: async () => {
-      const s = await this.storageSource?.();
+      const s = await this.sources.storage?.();
       if (s?.quota !== undefined) this.storageQuota.set(s.quota);
     },
   });
-  /** Set by the composition root: total milliseconds spent waiting for budget, by priority. */
-  bandwidthWaitSource: (() => Record<string, number>) | undefined;
   readonly bandwidthWait = new Gauge({
     name: 'berth_bandwidth_wait_seconds',
     help: 'Time transfers spent waiting for bandwidth budget, by priority',
     labelNames: ['priority'],
     registers: [this.registry],
     collect: () => {
-      for (const [priority, ms] of Object.entries(this.bandwidthWaitSource?.() ?? {})) this.bandwidthWait.set({ priority }, ms / 1000);
+      for (const [priority, ms] of Object.entries(this.sources.bandwidthWait?.() ?? {})) this.bandwidthWait.set({ priority }, ms / 1000);
     },
   });
 
-  constructor(withProcessMetrics = true) {
+  constructor(
+    private readonly sources: MetricSources = {},
+    withProcessMetrics = true,
+  ) {
     if (withProcessMetrics) collectDefaultMetrics({ register: this.registry, prefix: 'berth_' });
   }
 }

@@ -10,7 +10,7 @@ import { Metrics } from './metrics.ts';
 import { createApp } from './http/app.ts';
 import { ClientAuth } from './http/client-auth.ts';
 import { Blobs } from './registry/blobs.ts';
-import { Fills } from './registry/fills.ts';
+import { Fills } from './registry/fill/fills.ts';
 import { isDiskFull } from './registry/fill-errors.ts';
 import { Manifests } from './registry/manifests.ts';
 import { Tags } from './registry/tags.ts';
@@ -26,6 +26,7 @@ import { StorageLock } from './store/lock.ts';
 import { prepareStorageDir } from './store/storage-dir.ts';
 import { BandwidthBudget } from './upstream/bandwidth.ts';
 import { FillMemory } from './memory.ts';
+import { Failpoints } from './failpoints.ts';
 import { Readiness } from './readiness.ts';
 
 /** How often recorded access times are written to the index. */
@@ -77,7 +78,15 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   });
   await store.init();
   const index = new StoreIndex(paths.database, paths.tagJournal);
-  const metrics = new Metrics();
+  const budget = new BandwidthBudget(config.bandwidth.limit, config.upstreams.map((u) => [u.host, u.bandwidth] as [string, number | undefined]));
+  const metrics = new Metrics({
+    bandwidthWait: () => budget.waitedMs(),
+    // Read at scrape time only: `quota` is built below, and nothing scrapes before listen().
+    storage: async () => {
+      const { total, count } = index.totals();
+      return { bytes: total, blobs: count, quota: await quota.limit() };
+    },
+  });
   const upstreams = new Upstreams(config, {
     onHealthChange: (host, down) => {
       metrics.upstreamUp.set({ upstream: host }, down ? 0 : 1);
@@ -90,8 +99,6 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
     }),
   });
   for (const c of upstreams.clients) metrics.upstreamUp.set({ upstream: c.host }, 1);
-  const budget = new BandwidthBudget(config.bandwidth.limit, config.upstreams.map((u) => [u.host, u.bandwidth] as [string, number | undefined]));
-  metrics.bandwidthWaitSource = () => budget.waitedMs();
   const memory = new FillMemory();
   const fills = new Fills({
     started: () => {
@@ -106,7 +113,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
       // `quota` is built below; a fill cannot end before then.
       if (!ok && isDiskFull(fill.error)) void quota.diskFull().catch((err: Error) => log.error({ err }, 'could not free space'));
     },
-  }, config.fills);
+  }, config.fills, new Failpoints(config.failpoints));
   const pins = index.pins;
   const quota = new Quota(index, store, config.storage.maxSize, log, {
     fillRunning: (d) => fills.get(d) !== undefined,
@@ -115,10 +122,6 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
       metrics.evictedBytes.inc(freed);
     },
   });
-  metrics.storageSource = async () => {
-    const { total, count } = index.totals();
-    return { bytes: total, blobs: count, quota: await quota.limit() };
-  };
   // A read-only command (no lock) must not evict beside a running server.
   if (lock) await quota.enforce();
   const { offline } = config;

@@ -10,7 +10,7 @@ import { parseManifest } from '../src/oci/manifest.ts';
 import { parsePlatforms, platformMatches } from '../src/oci/platform.ts';
 import { parseImageList } from '../src/cli/image-list.ts';
 import { parseChallenges } from '../src/upstream/challenge.ts';
-import { Extents } from '../src/registry/extents.ts';
+import { Extents } from '../src/registry/fill/extents.ts';
 import { parseDuration, parseRate, parseSize } from '../src/config/units.ts';
 
 function code(fn: () => unknown): string {

@@ -71,6 +71,7 @@ function applyEnv(raw: Raw, env: NodeJS.ProcessEnv, origins: Origins): void {
   ];
   for (const [name, path] of vars) if (e(name)) put(raw, origins, path, e(name), name);
   if (e('BERTH_OFFLINE')) put(raw, origins, 'offline', bool(e('BERTH_OFFLINE')!, 'BERTH_OFFLINE'), 'BERTH_OFFLINE');
+  if (e('BERTH_FAILPOINTS')) put(raw, origins, 'failpoints', e('BERTH_FAILPOINTS')!.split(',').map((s) => s.trim()).filter(Boolean), 'BERTH_FAILPOINTS');
   if (e('BERTH_UPSTREAMS')) put(raw, origins, 'upstreams', upstreamPairs(e('BERTH_UPSTREAMS')!.split(','), 'BERTH_UPSTREAMS'), 'BERTH_UPSTREAMS');
 }
 

@@ -181,6 +181,8 @@ export const ConfigSchema = z
       .object({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
       .strict()
       .prefault({}),
+    /** Crash points for the fault tests (src/failpoints.ts); also BERTH_FAILPOINTS=a,b. Empty in production. */
+    failpoints: z.array(z.string().min(1)).default([]),
   })
   .strict();
 

@@ -8,10 +8,9 @@ import type { BlobStore } from '../store/blob-store.ts';
 import type { StoreIndex } from '../store/store-index.ts';
 import type { Quota } from '../store/quota.ts';
 import type { BandwidthBudget, Priority } from '../upstream/bandwidth.ts';
-import type { Fill, BlobSource } from './fill.ts';
-import type { Fills } from './fills.ts';
+import type { Fill, BlobSource } from './fill/fill.ts';
+import type { Fills } from './fill/fills.ts';
 import type { Route, Upstreams } from './upstreams.ts';
-import { failpoint } from '../failpoints.ts';
 import { IntegrityError } from '../oci/integrity.ts';
 import { SingleFlight } from '../single-flight.ts';
 import { DigestMismatchError } from '../store/roles.ts';
@@ -206,14 +205,13 @@ export class Blobs {
       retries: this.o.retries,
       abandonAfterMs: this.o.fillTimeout,
       abandonGraceMs: this.o.abandonGrace,
-      // The fill hashed the bytes as they arrived and calls this only when they hash to `d`; the store
-      // refuses the file unless the hash it is handed is `d` and the file is `size` bytes (pass the
-      // fill's own hash as `hashed`). A refusal is wrong bytes: an IntegrityError, the file discarded.
-      commit: async (file, size, hashed?: Digest) => {
-        await store.commitFile(d, file, { digest: hashed ?? d, size }).catch((err: unknown) => {
+      // The fill hashed the bytes and hands over what they hashed to; the store refuses the file unless
+      // that is `d` and the file is `size` bytes. A refusal is wrong bytes: an IntegrityError, the file discarded.
+      commit: async (file, size, hashed) => {
+        await store.commitFile(d, file, { digest: hashed, size }).catch((err: unknown) => {
           throw err instanceof DigestMismatchError ? new IntegrityError(err.message) : err;
         });
-        failpoint('fill.index-write');
+        fills.failpoints.hit('fill.index-write');
         index.putBlob(d, size, null);
         index.addRefs(r.upstream, r.repository, [d]);
         void quota.enforce().catch((err: Error) => log.error({ err }, 'quota pass failed'));

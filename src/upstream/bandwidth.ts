@@ -9,6 +9,19 @@
  */
 export type Priority = 'foreground' | 'background';
 
+/** Time for the buckets: the real one, or a test's (unit tests advance it by hand instead of sleeping). */
+export interface Clock {
+  /** Milliseconds, monotonic. */
+  now(): number;
+  /** Calls `fn` after `ms`; the pending call must not keep the process alive. */
+  after(ms: number, fn: () => void): void;
+}
+
+export const realClock: Clock = {
+  now: () => performance.now(),
+  after: (ms, fn) => void setTimeout(fn, ms).unref(),
+};
+
 interface Waiter {
   bytes: number;
   resolve: () => void;
@@ -16,21 +29,24 @@ interface Waiter {
 
 export class TokenBucket {
   private tokens: number;
-  private last = performance.now();
+  private last: number;
   private readonly queues: Record<Priority, Waiter[]> = { foreground: [], background: [] };
-  private timer: NodeJS.Timeout | undefined;
+  /** A wake-up is pending (at most one per bucket). */
+  private wakeUpPending = false;
   /** Milliseconds callers spent waiting, by priority (for metrics). */
   readonly waitedMs: Record<Priority, number> = { foreground: 0, background: 0 };
 
   constructor(
     readonly rate: number,
     private readonly burst = Math.max(64 * 1024, rate / 20),
+    private readonly clock: Clock = realClock,
   ) {
     this.tokens = this.burst;
+    this.last = clock.now();
   }
 
   private refill(): void {
-    const now = performance.now();
+    const now = this.clock.now();
     this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) / 1000) * this.rate);
     this.last = now;
   }
@@ -42,12 +58,12 @@ export class TokenBucket {
       this.tokens -= bytes;
       return Promise.resolve();
     }
-    const started = performance.now();
+    const started = this.clock.now();
     return new Promise((resolve) => {
       this.queues[priority].push({
         bytes,
         resolve: () => {
-          this.waitedMs[priority] += performance.now() - started;
+          this.waitedMs[priority] += this.clock.now() - started;
           resolve();
         },
       });
@@ -56,7 +72,7 @@ export class TokenBucket {
   }
 
   private schedule(): void {
-    if (this.timer) return;
+    if (this.wakeUpPending) return;
     this.refill();
     while (this.tokens > 0) {
       const w = this.queues.foreground.shift() ?? this.queues.background.shift();
@@ -66,11 +82,11 @@ export class TokenBucket {
     }
     if (this.queues.foreground.length === 0 && this.queues.background.length === 0) return;
     const waitMs = Math.max(1, (-this.tokens / this.rate) * 1000 + 1);
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
+    this.wakeUpPending = true;
+    this.clock.after(waitMs, () => {
+      this.wakeUpPending = false;
       this.schedule();
-    }, waitMs);
-    this.timer.unref();
+    });
   }
 }
 
@@ -79,9 +95,9 @@ export class BandwidthBudget {
   private readonly global: TokenBucket | undefined;
   private readonly perUpstream = new Map<string, TokenBucket>();
 
-  constructor(globalRate: number | undefined, upstreamRates: Iterable<[string, number | undefined]>) {
-    this.global = globalRate ? new TokenBucket(globalRate) : undefined;
-    for (const [host, rate] of upstreamRates) if (rate) this.perUpstream.set(host, new TokenBucket(rate));
+  constructor(globalRate: number | undefined, upstreamRates: Iterable<[string, number | undefined]>, clock: Clock = realClock) {
+    this.global = globalRate ? new TokenBucket(globalRate, undefined, clock) : undefined;
+    for (const [host, rate] of upstreamRates) if (rate) this.perUpstream.set(host, new TokenBucket(rate, undefined, clock));
   }
 
   get limited(): boolean {

@@ -1,5 +1,5 @@
 import type { FileHandle } from 'node:fs/promises';
-import { DiskFullError, isDiskFull } from './fill-errors.ts';
+import { DiskFullError, isDiskFull } from '../fill-errors.ts';
 
 /**
  * Writes all of `chunk` at `pos`, looping over short writes (a filesystem running out of space writes

@@ -1,5 +1,9 @@
-import type { ByteRange } from '../oci/range.ts';
+import { RegistryError } from '../../oci/errors.ts';
+import type { ByteRange } from '../../oci/range.ts';
+import { failsFill } from '../fill-errors.ts';
 import type { Extents } from './extents.ts';
+import type { BlobSource } from './fill-options.ts';
+import { type BodyTarget, writeBody } from './ingest-body.ts';
 
 /** A reader this far ahead of the sequential fill asks the upstream for its bytes directly. */
 export const LAZY_DISTANCE = 2 * 1024 * 1024;
@@ -90,5 +94,70 @@ export class LazyFetches {
         ended();
       });
     return f;
+  }
+}
+
+/** What the Range fetches need of their fill (fill.ts). */
+export interface RangeFill {
+  readonly digest: string;
+  readonly source: BlobSource;
+  readonly signal: AbortSignal;
+  readonly extents: Extents;
+  /** Where the bodies go (ingest-body.ts). */
+  readonly target: BodyTarget;
+  ended(): boolean;
+  /** The upstream's size for the blob: sets it, or throws IntegrityError when it disagrees. */
+  checkSize(size: number): void;
+  /** The upstream ignored Range: only the sequential fill can bring these bytes, start it. */
+  needsWhole(): void;
+  /** A failure that dooms the blob (404, wrong bytes, disk full). */
+  fail(err: Error): void;
+  /** A fetch ended, either way: wake the readers; commit if every byte is there. */
+  fetchEnded(): void;
+  log(msg: string, extra?: Record<string, unknown>): void;
+}
+
+/**
+ * The lazy ranges of a fill: bytes a reader wants far ahead of the sequential fill (or with none running),
+ * fetched with upstream Range requests at foreground priority into the same ingest file.
+ */
+export class LazyRanges {
+  private readonly inFlight = new LazyFetches();
+  /** The upstream answered a Range request with the whole blob: only the sequential fill can help. */
+  unsupported = false;
+
+  constructor(private readonly f: RangeFill) {}
+
+  /**
+   * Fetches [start, end] (inclusive), unless a fetch already in flight covers `start` (that one is
+   * returned). A fetch that fails sets its `error` and publishes a change, so its readers decide (retry
+   * later, or fail); a failure that dooms the blob fails the fill.
+   */
+  fetch(start: number, end: number): LazyFetch {
+    const running = this.inFlight.covering(start);
+    if (running) return running;
+    const f = this.f;
+    const run = async (answered: () => void) => {
+      const res = await f.source.open({ start, end }, () => 'foreground', f.signal);
+      f.checkSize(res.size);
+      if (!res.partial) {
+        answered();
+        // Without Range support the only way to these bytes is the whole blob: let the sequential fill do it.
+        this.unsupported = true;
+        (res.body as AsyncIterable<Buffer> & { destroy?: () => void }).destroy?.();
+        f.needsWhole();
+        return;
+      }
+      await writeBody(f.target, res.body, res.start, () => 'foreground', answered);
+      answered();
+      if (f.extents.availableFrom(start) === start && !f.ended()) {
+        throw new RegistryError('UPSTREAM_ERROR', `upstream closed the Range body of ${f.digest} at ${start} before sending anything`);
+      }
+    };
+    const failed = (err: Error) => {
+      if (failsFill(err)) f.fail(err);
+      else f.log('range fetch failed', { digest: f.digest, start, end, error: err.message });
+    };
+    return this.inFlight.begin(start, end, run, failed, () => f.fetchEnded());
   }
 }

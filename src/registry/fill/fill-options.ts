@@ -1,5 +1,7 @@
+import type { Digest } from '../../oci/digest.ts';
 import type { Readable } from 'node:stream';
-import type { Priority } from '../upstream/bandwidth.ts';
+import type { Failpoints } from '../../failpoints.ts';
+import type { Priority } from '../../upstream/bandwidth.ts';
 
 /** Where a fill gets bytes: the upstream, bound to one blob. */
 export interface BlobSource {
@@ -30,9 +32,11 @@ export interface FillOptions {
   /** Whether a lazy completion whose readers all left may go on as background work (fills.maxBackground). */
   backgroundSlotFree?: () => boolean;
   /** Moves the verified data file into the blob store and indexes it. */
-  commit: (dataFile: string, size: number) => Promise<void>;
+  commit: (dataFile: string, size: number, hashed: Digest) => Promise<void>;
   /** Reads the committed blob (for a reader that arrives after the commit). */
   readCommitted: (start: number, end: number) => Readable;
   log: (msg: string, extra?: Record<string, unknown>) => void;
   onUpstreamBytes?: (n: number, priority: Priority) => void;
+  /** Crash points for the fault tests (set by Fills from the config). */
+  failpoints?: Pick<Failpoints, 'hit'>;
 }

@@ -1,11 +1,12 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Extents } from './extents.ts';
-import { isTransient } from './fill-errors.ts';
+import type { FillPhase } from './fill-state.ts';
+import { isTransient } from '../fill-errors.ts';
 import type { LazyFetch } from './lazy-fetches.ts';
 
 /** What a reader needs of its fill (fill.ts). */
 export interface ReadableFill {
-  readonly state: 'running' | 'idle' | 'committed' | 'failed';
+  readonly state: FillPhase;
   readonly error: Error | undefined;
   readonly extents: Extents;
   /** The sequential fill will bring `pos` soon: waiting for it beats a Range request of our own. */
@@ -37,6 +38,7 @@ export async function* readFill(fill: ReadableFill, start: number, end: number, 
     // The held-back byte waits for the digest check once it is on disk (fetched below like any other byte:
     // the last part of a multipart response may end anywhere, and nothing else may bring it).
     if (holdBack && pos === end && fill.state !== 'committed' && fill.extents.availableFrom(end) > end) {
+      // The commit too, not only the digest check: a client that has the whole blob finds it cached.
       await fill.whenDone();
       const one = Buffer.allocUnsafe(1);
       await fill.read(one, end);

@@ -3,7 +3,7 @@ import { type FileHandle, open, rm } from 'node:fs/promises';
 import { readCheckpoint, writeCheckpoint } from './checkpoint.ts';
 import { Extents } from './extents.ts';
 import { writeFully } from './ingest-write.ts';
-import { hashFile } from './integrity.ts';
+import { hashFile } from '../integrity.ts';
 
 /** Persist what is on disk at most this often (in bytes written), so a restart resumes near where it stopped. */
 const CHECKPOINT_BYTES = 32 * 1024 * 1024;

@@ -1,5 +1,6 @@
-import type { Digest } from '../oci/digest.ts';
-import { RegistryError } from '../oci/errors.ts';
+import type { Digest } from '../../oci/digest.ts';
+import { Failpoints } from '../../failpoints.ts';
+import { RegistryError } from '../../oci/errors.ts';
 import { Fill, type BlobSource, type FillOptions } from './fill.ts';
 
 export interface FillLimits {
@@ -28,6 +29,8 @@ export class Fills {
   constructor(
     private readonly hooks: { started: () => void; ended: (fill: Fill, ok: boolean) => void },
     private readonly limits: FillLimits = { maxConcurrent: Infinity, maxPerClient: Infinity },
+    /** The crash points of the fault tests (config `failpoints`), for every fill and its commit. */
+    readonly failpoints: Failpoints = new Failpoints(),
   ) {}
 
   private static key(upstream: string, d: Digest): string {
@@ -71,7 +74,7 @@ export class Fills {
       else this.perClient.set(client, n);
     };
     const backgroundSlotFree = () => this.all().filter((f) => f.background).length < (this.limits.maxBackground ?? 4);
-    const p = Fill.open(d, source, { ...options, backgroundSlotFree });
+    const p = Fill.open(d, source, { ...options, backgroundSlotFree, failpoints: this.failpoints });
     this.opening.set(k, p);
     try {
       const fill = await p;
