@@ -1,4 +1,4 @@
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 
 /** What the metrics read at scrape time, from the parts the composition root built. */
 export interface MetricSources {
@@ -30,9 +30,19 @@ export class Metrics {
   readonly fillsStarted = new Counter({ name: 'berth_fills_started_total', help: 'Fills started', registers: [this.registry] });
   readonly fillsFailed = new Counter({ name: 'berth_fills_failed_total', help: 'Fills that failed', registers: [this.registry] });
   readonly fillsActive = new Gauge({ name: 'berth_fills_active', help: 'Fills in progress', registers: [this.registry] });
-  readonly staleServed = new Counter({ name: 'berth_stale_served_total', help: 'Tags served from cache because the upstream could not be asked', labelNames: ['upstream', 'reason'], registers: [this.registry] });
+  readonly staleServed = new Counter({
+    name: 'berth_stale_served_total',
+    help: 'Tags served from cache because the upstream could not be asked',
+    labelNames: ['upstream', 'reason'],
+    registers: [this.registry],
+  });
   readonly upstreamUp = new Gauge({ name: 'berth_upstream_up', help: '1 when the upstream is reachable, 0 while its circuit breaker is open', labelNames: ['upstream'], registers: [this.registry] });
-  readonly clientAuth = new Counter({ name: 'berth_client_auth_checks_total', help: 'Password checks of clients: ok, failed (wrong password or user), throttled (refused without a check)', labelNames: ['result'], registers: [this.registry] });
+  readonly clientAuth = new Counter({
+    name: 'berth_client_auth_checks_total',
+    help: 'Password checks of clients: ok, failed (wrong password or user), throttled (refused without a check)',
+    labelNames: ['result'],
+    registers: [this.registry],
+  });
   readonly upstreamDuration = new Histogram({
     name: 'berth_upstream_request_duration_seconds',
     help: 'Time from an upstream request to its response headers (auth and redirects included), by upstream and operation',
@@ -40,7 +50,12 @@ export class Metrics {
     buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
     registers: [this.registry],
   });
-  readonly upstreamErrors = new Counter({ name: 'berth_upstream_errors_total', help: 'Upstream requests that failed, by upstream and kind (unreachable, timeout, server_error, rate_limited, circuit_open)', labelNames: ['upstream', 'kind'], registers: [this.registry] });
+  readonly upstreamErrors = new Counter({
+    name: 'berth_upstream_errors_total',
+    help: 'Upstream requests that failed, by upstream and kind (unreachable, timeout, server_error, rate_limited, circuit_open)',
+    labelNames: ['upstream', 'kind'],
+    registers: [this.registry],
+  });
   readonly evictions = new Counter({ name: 'berth_evictions_total', help: 'Blobs evicted by the storage quota', registers: [this.registry] });
   readonly evictedBytes = new Counter({ name: 'berth_evicted_bytes_total', help: 'Bytes evicted by the storage quota', registers: [this.registry] });
   readonly storageBytes = new Gauge({

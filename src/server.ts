@@ -6,28 +6,28 @@ import { resolve } from 'node:path';
 import pino, { type Logger } from 'pino';
 import { listenAddress } from './config/load.ts';
 import type { Config } from './config/schema.ts';
-import { Metrics } from './metrics.ts';
+import { Failpoints } from './failpoints.ts';
 import { createApp } from './http/app.ts';
 import { ClientAuth } from './http/client-auth.ts';
+import { FillMemory } from './memory.ts';
+import { Metrics } from './metrics.ts';
+import { Readiness } from './readiness.ts';
 import { Blobs } from './registry/blobs.ts';
 import { Fills } from './registry/fill/fills.ts';
 import { isDiskFull } from './registry/fill-errors.ts';
-import { Manifests } from './registry/manifests.ts';
-import { Tags } from './registry/tags.ts';
 import { ImageWalker } from './registry/image-walk.ts';
+import { Manifests } from './registry/manifests.ts';
 import { Prewarmer } from './registry/prewarm.ts';
+import { Tags } from './registry/tags.ts';
 import { Upstreams } from './registry/upstreams.ts';
 import { BlobStore } from './store/blob-store.ts';
-import { StoragePaths } from './store/paths.ts';
-import { StoreIndex } from './store/store-index.ts';
-import { Quota } from './store/quota.ts';
-import type { Pins } from './store/pins.ts';
 import { StorageLock } from './store/lock.ts';
+import { StoragePaths } from './store/paths.ts';
+import type { Pins } from './store/pins.ts';
+import { Quota } from './store/quota.ts';
 import { prepareStorageDir } from './store/storage-dir.ts';
+import { StoreIndex } from './store/store-index.ts';
 import { BandwidthBudget } from './upstream/bandwidth.ts';
-import { FillMemory } from './memory.ts';
-import { Failpoints } from './failpoints.ts';
-import { Readiness } from './readiness.ts';
 
 /** How often recorded access times are written to the index. */
 const ACCESS_FLUSH_MS = 30_000;
@@ -78,7 +78,10 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   });
   await store.init();
   const index = new StoreIndex(paths.database, paths.tagJournal);
-  const budget = new BandwidthBudget(config.bandwidth.limit, config.upstreams.map((u) => [u.host, u.bandwidth] as [string, number | undefined]));
+  const budget = new BandwidthBudget(
+    config.bandwidth.limit,
+    config.upstreams.map((u) => [u.host, u.bandwidth] as [string, number | undefined]),
+  );
   const metrics = new Metrics({
     bandwidthWait: () => budget.waitedMs(),
     // Read at scrape time only: `quota` is built below, and nothing scrapes before listen().
@@ -100,20 +103,24 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   });
   for (const c of upstreams.clients) metrics.upstreamUp.set({ upstream: c.host }, 1);
   const memory = new FillMemory();
-  const fills = new Fills({
-    started: () => {
-      memory.fillStarted();
-      metrics.fillsStarted.inc();
-      metrics.fillsActive.inc();
+  const fills = new Fills(
+    {
+      started: () => {
+        memory.fillStarted();
+        metrics.fillsStarted.inc();
+        metrics.fillsActive.inc();
+      },
+      ended: (fill, ok) => {
+        metrics.fillsActive.dec();
+        memory.afterFill(fill.extents.bytes);
+        if (!ok) metrics.fillsFailed.inc();
+        // `quota` is built below; a fill cannot end before then.
+        if (!ok && isDiskFull(fill.error)) void quota.diskFull().catch((err: Error) => log.error({ err }, 'could not free space'));
+      },
     },
-    ended: (fill, ok) => {
-      metrics.fillsActive.dec();
-      memory.afterFill(fill.extents.bytes);
-      if (!ok) metrics.fillsFailed.inc();
-      // `quota` is built below; a fill cannot end before then.
-      if (!ok && isDiskFull(fill.error)) void quota.diskFull().catch((err: Error) => log.error({ err }, 'could not free space'));
-    },
-  }, config.fills, new Failpoints(config.failpoints));
+    config.fills,
+    new Failpoints(config.failpoints),
+  );
   const pins = index.pins;
   const quota = new Quota(index, store, config.storage.maxSize, log, {
     fillRunning: (d) => fills.get(d) !== undefined,
@@ -127,8 +134,19 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   const { offline } = config;
   const manifests = new Manifests({ index, store, upstreams, metrics, log, offline, tagTtl: config.tagTtl });
   const blobs = new Blobs({
-    index, store, upstreams, fills, budget, quota, metrics, log, offline,
-    lazyFill: config.lazyFill, retries: config.retries, fillTimeout: config.fillTimeout, abandonGrace: config.fills.abandonGrace,
+    index,
+    store,
+    upstreams,
+    fills,
+    budget,
+    quota,
+    metrics,
+    log,
+    offline,
+    lazyFill: config.lazyFill,
+    retries: config.retries,
+    fillTimeout: config.fillTimeout,
+    abandonGrace: config.fills.abandonGrace,
   });
   const tags = new Tags({ index, upstreams, offline });
   const walker = new ImageWalker(upstreams, manifests);
@@ -155,7 +173,16 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   let adminServer: Server | undefined;
 
   return {
-    config, store, index, pins, quota, fills, upstreams, budget, metrics, log,
+    config,
+    store,
+    index,
+    pins,
+    quota,
+    fills,
+    upstreams,
+    budget,
+    metrics,
+    log,
     manifests,
     blobs,
     tags,
@@ -174,7 +201,10 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
       server.keepAliveTimeout = Math.min(65_000, idle);
       server.timeout = idle;
       const bound = await listenOn(server, config.listen);
-      log.info({ address: bound.address, port: bound.port, tls: !!config.tls, storage: paths.root, upstreams: upstreams.clients.map((c) => `${c.host}=${c.base.origin}`), offline: config.offline }, 'berth listening');
+      log.info(
+        { address: bound.address, port: bound.port, tls: !!config.tls, storage: paths.root, upstreams: upstreams.clients.map((c) => `${c.host}=${c.base.origin}`), offline: config.offline },
+        'berth listening',
+      );
       const url = (a: AddressInfo, tls: boolean) =>
         `${tls ? 'https' : 'http'}://${a.address === '::' || a.address === '0.0.0.0' ? '127.0.0.1' : a.address.includes(':') ? `[${a.address}]` : a.address}:${a.port}`;
       await lock?.setUrl(url(bound, !!config.tls));

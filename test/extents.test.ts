@@ -68,9 +68,13 @@ describe('extents', () => {
     e.clear();
     assert.equal(e.bytes, 0);
     assert.deepEqual(e.gaps(4), [[0, 4]]);
-    assert.deepEqual(copy.toJSON(), [
-      [0, 3],
-      [5, 9],
-    ], 'toJSON is a copy: clearing one list leaves the other');
+    assert.deepEqual(
+      copy.toJSON(),
+      [
+        [0, 3],
+        [5, 9],
+      ],
+      'toJSON is a copy: clearing one list leaves the other',
+    );
   });
 });

@@ -3,7 +3,7 @@
 // waiters woken or rejected. Whole fills run through berth in resumable-fill, fill-faults, lazy-range….
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { FillState, type FillPhase, IllegalTransition } from '../src/registry/fill/fill-state.ts';
+import { type FillPhase, FillState, IllegalTransition } from '../src/registry/fill/fill-state.ts';
 
 /** A machine with every event it publishes recorded, in order. */
 function recorded(): { s: FillState; events: string[] } {

@@ -1,17 +1,17 @@
 // The pure parsers at berth's edge: what they accept, and what they say when they refuse.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { RegistryError } from '../src/oci/errors.ts';
+import { parseImageList } from '../src/cli/image-list.ts';
+import { parseDuration, parseRate, parseSize } from '../src/config/units.ts';
 import { parseDigest } from '../src/oci/digest.ts';
-import { parseRange } from '../src/oci/range.ts';
-import { parseReference, parseRepository } from '../src/oci/reference.ts';
+import { RegistryError } from '../src/oci/errors.ts';
 import { formatImageReference, parseImageReference } from '../src/oci/image-reference.ts';
 import { parseManifest } from '../src/oci/manifest.ts';
 import { parsePlatforms, platformMatches } from '../src/oci/platform.ts';
-import { parseImageList } from '../src/cli/image-list.ts';
-import { parseChallenges } from '../src/upstream/challenge.ts';
+import { parseRange } from '../src/oci/range.ts';
+import { parseReference, parseRepository } from '../src/oci/reference.ts';
 import { Extents } from '../src/registry/fill/extents.ts';
-import { parseDuration, parseRate, parseSize } from '../src/config/units.ts';
+import { parseChallenges } from '../src/upstream/challenge.ts';
 
 function code(fn: () => unknown): string {
   try {
@@ -30,18 +30,28 @@ describe('Range headers', () => {
     assert.deepEqual(parseRange('bytes=900-', size), [{ start: 900, end: 999 }]);
     assert.deepEqual(parseRange('bytes=-10', size), [{ start: 990, end: 999 }]);
     assert.deepEqual(parseRange('bytes=-5000', size), [{ start: 0, end: 999 }]);
-    assert.deepEqual(parseRange('bytes=0-1, 500-599', size), [{ start: 0, end: 1 }, { start: 500, end: 599 }]);
+    assert.deepEqual(parseRange('bytes=0-1, 500-599', size), [
+      { start: 0, end: 1 },
+      { start: 500, end: 599 },
+    ]);
     assert.deepEqual(parseRange('bytes=990-5000', size), [{ start: 990, end: 999 }]);
   });
   it('answers 416 with the size when nothing overlaps, 400 when malformed', () => {
-    assert.equal(code(() => parseRange('bytes=1000-', size)), '416 RANGE_NOT_SATISFIABLE');
+    assert.equal(
+      code(() => parseRange('bytes=1000-', size)),
+      '416 RANGE_NOT_SATISFIABLE',
+    );
     try {
       parseRange('bytes=5000-6000', size);
     } catch (err) {
       assert.equal((err as RegistryError).headers['Content-Range'], 'bytes */1000');
     }
     for (const bad of ['bytes=abc', 'bytes=5-1', 'items=0-1', 'bytes=', 'bytes=--1', 'bytes=1-2-3', `bytes=${'0-1,'.repeat(300)}0-1`]) {
-      assert.equal(code(() => parseRange(bad, size)), '400 RANGE_INVALID', bad);
+      assert.equal(
+        code(() => parseRange(bad, size)),
+        '400 RANGE_INVALID',
+        bad,
+      );
     }
   });
 });
@@ -56,14 +66,43 @@ describe('names, digests and references', () => {
   });
   it('refuses traversal, case, length and bad digests with a 400 that says what was wrong', () => {
     for (const bad of ['../etc', 'a/../b', 'A/b', 'a//b', '/a', 'a/', '%2e%2e/a', 'a'.repeat(256)]) {
-      assert.equal(code(() => parseRepository(bad)), '400 NAME_INVALID', bad);
+      assert.equal(
+        code(() => parseRepository(bad)),
+        '400 NAME_INVALID',
+        bad,
+      );
     }
-    assert.equal(code(() => parseDigest('sha256:abc')), '400 DIGEST_INVALID');
-    assert.equal(code(() => parseDigest(`sha256:${'A'.repeat(64)}`)), '400 DIGEST_INVALID');
-    assert.match((() => { try { parseDigest(`sha512:${'a'.repeat(128)}`); } catch (e) { return (e as Error).message; } return ''; })(), /sha256 only/);
-    assert.equal(code(() => parseReference('.hidden')), '404 MANIFEST_UNKNOWN');
-    assert.equal(code(() => parseReference('.INVALID_MANIFEST_NAME')), '404 MANIFEST_UNKNOWN');
-    assert.equal(code(() => parseReference('a'.repeat(129))), '404 MANIFEST_UNKNOWN');
+    assert.equal(
+      code(() => parseDigest('sha256:abc')),
+      '400 DIGEST_INVALID',
+    );
+    assert.equal(
+      code(() => parseDigest(`sha256:${'A'.repeat(64)}`)),
+      '400 DIGEST_INVALID',
+    );
+    assert.match(
+      (() => {
+        try {
+          parseDigest(`sha512:${'a'.repeat(128)}`);
+        } catch (e) {
+          return (e as Error).message;
+        }
+        return '';
+      })(),
+      /sha256 only/,
+    );
+    assert.equal(
+      code(() => parseReference('.hidden')),
+      '404 MANIFEST_UNKNOWN',
+    );
+    assert.equal(
+      code(() => parseReference('.INVALID_MANIFEST_NAME')),
+      '404 MANIFEST_UNKNOWN',
+    );
+    assert.equal(
+      code(() => parseReference('a'.repeat(129))),
+      '404 MANIFEST_UNKNOWN',
+    );
   });
   it('reads image references the way docker does', () => {
     assert.equal(formatImageReference(parseImageReference('nginx')), 'docker.io/library/nginx:latest');
@@ -83,8 +122,14 @@ describe('manifests and platforms', () => {
     assert.equal(parsed.mediaType, 'application/vnd.oci.image.index.v1+json');
     assert.equal(parsed.manifests[0]!.platform?.variant, 'v8');
     const image = Buffer.from(JSON.stringify({ schemaVersion: 2, config: { mediaType: 'c', digest: d('2'), size: 1 }, layers: [{ mediaType: 'l', digest: d('3'), size: 2 }] }));
-    assert.deepEqual(parseManifest(image, 'application/vnd.docker.distribution.manifest.v2+json').blobs.map((b) => b.digest), [d('2'), d('3')]);
-    assert.equal(code(() => parseManifest(Buffer.from('{"layers":[{"digest":"nope","size":1}]}'))), '400 MANIFEST_INVALID');
+    assert.deepEqual(
+      parseManifest(image, 'application/vnd.docker.distribution.manifest.v2+json').blobs.map((b) => b.digest),
+      [d('2'), d('3')],
+    );
+    assert.equal(
+      code(() => parseManifest(Buffer.from('{"layers":[{"digest":"nope","size":1}]}'))),
+      '400 MANIFEST_INVALID',
+    );
   });
   it('matches platforms with and without a variant', () => {
     const wanted = parsePlatforms('linux/arm64,linux/amd64');
@@ -134,10 +179,16 @@ describe('extents of a fill', () => {
     e.add(0, 50);
     e.add(50, 100);
     e.add(300, 400);
-    assert.deepEqual(e.toJSON(), [[0, 200], [300, 400]]);
+    assert.deepEqual(e.toJSON(), [
+      [0, 200],
+      [300, 400],
+    ]);
     assert.equal(e.availableFrom(10), 200);
     assert.equal(e.availableFrom(250), 250);
-    assert.deepEqual(e.gaps(500), [[200, 300], [400, 500]]);
+    assert.deepEqual(e.gaps(500), [
+      [200, 300],
+      [400, 500],
+    ]);
     assert.equal(e.bytes, 300);
     e.add(150, 450);
     assert.deepEqual(e.gaps(450), []);

@@ -167,7 +167,14 @@ describe('bandwidth budget', () => {
 
   test('a chunk passes its upstream bucket and the global one; another upstream only the global one', async () => {
     const clock = new ManualClock();
-    const budget = new BandwidthBudget(4 * MiB, [['slow.example', 1 * MiB], ['fast.example', undefined]], clock);
+    const budget = new BandwidthBudget(
+      4 * MiB,
+      [
+        ['slow.example', 1 * MiB],
+        ['fast.example', undefined],
+      ],
+      clock,
+    );
     assert.equal(budget.limited, true);
     const order: string[] = [];
     const take = (up: string, name: string, bytes = 64 * KiB) => {

@@ -1,7 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import type { z } from 'zod';
-import { ConfigSchema, type Config } from './schema.ts';
+import { type Config, ConfigSchema } from './schema.ts';
 
 /** Start-up stops with this: the message names the field and what is wrong with it. */
 export class ConfigError extends Error {
@@ -71,7 +71,17 @@ function applyEnv(raw: Raw, env: NodeJS.ProcessEnv, origins: Origins): void {
   ];
   for (const [name, path] of vars) if (e(name)) put(raw, origins, path, e(name), name);
   if (e('BERTH_OFFLINE')) put(raw, origins, 'offline', bool(e('BERTH_OFFLINE')!, 'BERTH_OFFLINE'), 'BERTH_OFFLINE');
-  if (e('BERTH_FAILPOINTS')) put(raw, origins, 'failpoints', e('BERTH_FAILPOINTS')!.split(',').map((s) => s.trim()).filter(Boolean), 'BERTH_FAILPOINTS');
+  if (e('BERTH_FAILPOINTS'))
+    put(
+      raw,
+      origins,
+      'failpoints',
+      e('BERTH_FAILPOINTS')!
+        .split(',')
+        .map((s) => s.trim())
+        .filter(Boolean),
+      'BERTH_FAILPOINTS',
+    );
   if (e('BERTH_UPSTREAMS')) put(raw, origins, 'upstreams', upstreamPairs(e('BERTH_UPSTREAMS')!.split(','), 'BERTH_UPSTREAMS'), 'BERTH_UPSTREAMS');
 }
 

@@ -1,6 +1,6 @@
 import { z } from 'zod';
-import { parseDuration, parseRate, parseSize } from './units.ts';
 import { isHost } from '../oci/reference.ts';
+import { parseDuration, parseRate, parseSize } from './units.ts';
 
 /**
  * The configuration file's schema (config/berth.yaml). Every field has a default so that no file at
@@ -139,7 +139,10 @@ export const ConfigSchema = z
     defaultUpstream: z.string().optional(),
     upstreams: z.array(UpstreamSchema).min(1, 'at least one upstream is needed').prefault(DEFAULT_UPSTREAMS),
     /** Serve HTTPS with this certificate and key (PEM files, re-read on SIGHUP). */
-    tls: z.object({ certificate: z.string().min(1), key: z.string().min(1) }).strict().optional(),
+    tls: z
+      .object({ certificate: z.string().min(1), key: z.string().min(1) })
+      .strict()
+      .optional(),
     /** Client authentication. Without it every pull is anonymous. */
     auth: z
       .object({
@@ -164,7 +167,10 @@ export const ConfigSchema = z
      * Client connections: how long a client may take to send its request headers (slowloris), and how
      * long a connection may sit with nothing moving (a reader that never reads).
      */
-    clientTimeouts: z.object({ headers: duration('30s'), idle: duration('2m') }).strict().prefault({}),
+    clientTimeouts: z
+      .object({ headers: duration('30s'), idle: duration('2m') })
+      .strict()
+      .prefault({}),
     /** Admin endpoints: /metrics, /readyz, /healthz and /_berth/* (docs/decisions.md "Admin endpoints"). */
     admin: z
       .object({

@@ -1,19 +1,19 @@
 import type { Readable } from 'node:stream';
-import { RegistryError } from '../oci/errors.ts';
-import type { Digest } from '../oci/digest.ts';
-import type { ByteRange } from '../oci/range.ts';
 import type { Logger } from 'pino';
 import type { Metrics } from '../metrics.ts';
+import type { Digest } from '../oci/digest.ts';
+import { RegistryError } from '../oci/errors.ts';
+import { IntegrityError } from '../oci/integrity.ts';
+import type { ByteRange } from '../oci/range.ts';
+import { SingleFlight } from '../single-flight.ts';
 import type { BlobStore } from '../store/blob-store.ts';
-import type { StoreIndex } from '../store/store-index.ts';
 import type { Quota } from '../store/quota.ts';
+import { DigestMismatchError } from '../store/roles.ts';
+import type { StoreIndex } from '../store/store-index.ts';
 import type { BandwidthBudget, Priority } from '../upstream/bandwidth.ts';
-import type { Fill, BlobSource } from './fill/fill.ts';
+import type { BlobSource, Fill } from './fill/fill.ts';
 import type { Fills } from './fill/fills.ts';
 import type { Route, Upstreams } from './upstreams.ts';
-import { IntegrityError } from '../oci/integrity.ts';
-import { SingleFlight } from '../single-flight.ts';
-import { DigestMismatchError } from '../store/roles.ts';
 
 /** A blob ready to be served: its size and a way to read any part of it. */
 export interface BlobHandle {
@@ -134,7 +134,10 @@ export class Blobs {
     this.o.metrics.misses.inc({ kind: 'blob' });
     // A Range read needs the size before anything is fetched (a suffix range, a 416): when no cached
     // manifest declared it, a HEAD asks the upstream.
-    const sizeHint = wantsWhole || this.o.fills.get(d, this.routeFor(route, d).upstream)?.size !== undefined ? undefined : (this.o.index.descriptorSize(d, this.routeFor(route, d)) ?? (await this.stat(route, d)).size);
+    const sizeHint =
+      wantsWhole || this.o.fills.get(d, this.routeFor(route, d).upstream)?.size !== undefined
+        ? undefined
+        : (this.o.index.descriptorSize(d, this.routeFor(route, d)) ?? (await this.stat(route, d)).size);
     const fill = await this.fill(route, d, sizeHint, client);
     if (!fill) return (await this.cached(d)) ?? this.open(route, d, wantsWhole, client);
     // Wrong size or bytes found before the headers go out are the upstream's fault: a 502 naming it.
@@ -198,28 +201,34 @@ export class Blobs {
     const known = index.descriptorSize(d, r) ?? sizeHint;
     if (!fills.get(d, r.upstream) && (await store.stat(d)) !== undefined) return undefined;
     // No await between that check and acquire's own look at the table.
-    const { fill, joined } = await fills.acquire(r.upstream, d, source, {
-      dataFile: store.paths.ingestData(d, r.upstream),
-      metaFile: store.paths.ingestMeta(d, r.upstream),
-      ...(known !== undefined ? { expectedSize: known } : {}),
-      retries: this.o.retries,
-      abandonAfterMs: this.o.fillTimeout,
-      abandonGraceMs: this.o.abandonGrace,
-      // The fill hashed the bytes and hands over what they hashed to; the store refuses the file unless
-      // that is `d` and the file is `size` bytes. A refusal is wrong bytes: an IntegrityError, the file discarded.
-      commit: async (file, size, hashed) => {
-        await store.commitFile(d, file, { digest: hashed, size }).catch((err: unknown) => {
-          throw err instanceof DigestMismatchError ? new IntegrityError(err.message) : err;
-        });
-        fills.failpoints.hit('fill.index-write');
-        index.putBlob(d, size, null);
-        index.addRefs(r.upstream, r.repository, [d]);
-        void quota.enforce().catch((err: Error) => log.error({ err }, 'quota pass failed'));
+    const { fill, joined } = await fills.acquire(
+      r.upstream,
+      d,
+      source,
+      {
+        dataFile: store.paths.ingestData(d, r.upstream),
+        metaFile: store.paths.ingestMeta(d, r.upstream),
+        ...(known !== undefined ? { expectedSize: known } : {}),
+        retries: this.o.retries,
+        abandonAfterMs: this.o.fillTimeout,
+        abandonGraceMs: this.o.abandonGrace,
+        // The fill hashed the bytes and hands over what they hashed to; the store refuses the file unless
+        // that is `d` and the file is `size` bytes. A refusal is wrong bytes: an IntegrityError, the file discarded.
+        commit: async (file, size, hashed) => {
+          await store.commitFile(d, file, { digest: hashed, size }).catch((err: unknown) => {
+            throw err instanceof DigestMismatchError ? new IntegrityError(err.message) : err;
+          });
+          fills.failpoints.hit('fill.index-write');
+          index.putBlob(d, size, null);
+          index.addRefs(r.upstream, r.repository, [d]);
+          void quota.enforce().catch((err: Error) => log.error({ err }, 'quota pass failed'));
+        },
+        readCommitted: (s, e) => store.read(d, s, e),
+        log: (msg, extra) => log.info({ upstream: r.upstream, ...extra }, msg),
+        onUpstreamBytes: (n, priority) => metrics.upstreamBytes.inc({ upstream: r.upstream, priority }, n),
       },
-      readCommitted: (s, e) => store.read(d, s, e),
-      log: (msg, extra) => log.info({ upstream: r.upstream, ...extra }, msg),
-      onUpstreamBytes: (n, priority) => metrics.upstreamBytes.inc({ upstream: r.upstream, priority }, n),
-    }, clientAddress);
+      clientAddress,
+    );
     if (joined) metrics.fillJoins.inc();
     return fill;
   }

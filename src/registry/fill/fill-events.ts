@@ -15,10 +15,7 @@ export interface FillEvents {
 }
 
 /** Resolves on `event` of `fill`, rejects if it fails first (or has failed); the listeners go either way. */
-export function until<E extends Exclude<keyof FillEvents, 'failed'>>(
-  fill: EventEmitter<FillEvents> & { readonly state: string; readonly error: Error | undefined },
-  event: E,
-): Promise<void> {
+export function until<E extends Exclude<keyof FillEvents, 'failed'>>(fill: EventEmitter<FillEvents> & { readonly state: string; readonly error: Error | undefined }, event: E): Promise<void> {
   if (fill.state === 'failed') return Promise.reject(fill.error);
   return new Promise((resolve, reject) => {
     const ok = () => {

@@ -1,6 +1,6 @@
-import type { Digest } from '../../oci/digest.ts';
 import type { Readable } from 'node:stream';
 import type { Failpoints } from '../../failpoints.ts';
+import type { Digest } from '../../oci/digest.ts';
 import type { Priority } from '../../upstream/bandwidth.ts';
 
 /** Where a fill gets bytes: the upstream, bound to one blob. */

@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
+import { isTransient } from '../fill-errors.ts';
 import type { Extents } from './extents.ts';
 import type { FillPhase } from './fill-state.ts';
-import { isTransient } from '../fill-errors.ts';
 import type { LazyFetch } from './lazy-fetches.ts';
 
 /** What a reader needs of its fill (fill.ts). */

@@ -1,14 +1,14 @@
 import { Readable } from 'node:stream';
 import type { Failpoints } from '../../failpoints.ts';
-import { RegistryError } from '../../oci/errors.ts';
 import type { Digest } from '../../oci/digest.ts';
+import { RegistryError } from '../../oci/errors.ts';
 import type { ByteRange } from '../../oci/range.ts';
 import type { Priority } from '../../upstream/bandwidth.ts';
-import { IntegrityError } from '../integrity.ts';
 import { isDiskFull } from '../fill-errors.ts';
+import { IntegrityError } from '../integrity.ts';
 import type { Extents } from './extents.ts';
-import type { FillEvents } from './fill-events.ts';
 import { FillDemand } from './fill-demand.ts';
+import type { FillEvents } from './fill-events.ts';
 import type { BlobSource, FillOptions } from './fill-options.ts';
 import { type ReadableFill, readFill } from './fill-reader.ts';
 import { type FillPhase, FillState } from './fill-state.ts';

@@ -1,7 +1,7 @@
-import type { Digest } from '../../oci/digest.ts';
 import { Failpoints } from '../../failpoints.ts';
+import type { Digest } from '../../oci/digest.ts';
 import { RegistryError } from '../../oci/errors.ts';
-import { Fill, type BlobSource, type FillOptions } from './fill.ts';
+import { type BlobSource, Fill, type FillOptions } from './fill.ts';
 
 export interface FillLimits {
   /** Fills running at once, all clients together. */

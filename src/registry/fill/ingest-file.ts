@@ -1,9 +1,9 @@
 import { createHash, type Hash } from 'node:crypto';
 import { type FileHandle, open, rm } from 'node:fs/promises';
+import { hashFile } from '../integrity.ts';
 import { readCheckpoint, writeCheckpoint } from './checkpoint.ts';
 import { Extents } from './extents.ts';
 import { writeFully } from './ingest-write.ts';
-import { hashFile } from '../integrity.ts';
 
 /** Persist what is on disk at most this often (in bytes written), so a restart resumes near where it stopped. */
 const CHECKPOINT_BYTES = 32 * 1024 * 1024;

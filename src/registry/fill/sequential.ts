@@ -49,7 +49,12 @@ export async function fillSequentially(f: SequentialFill): Promise<void> {
         // The upstream ignored Range: the body is the whole blob again, so start over from zero.
         f.restartFromZero();
       }
-      await f.write(res.body, res.partial ? res.start : 0, () => f.priority(), () => f.flow());
+      await f.write(
+        res.body,
+        res.partial ? res.start : 0,
+        () => f.priority(),
+        () => f.flow(),
+      );
       f.flow(); // an empty body
       const now = f.size();
       if (now !== undefined && f.extents.gaps(now)[0]?.[0] === start) {
