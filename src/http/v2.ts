@@ -7,8 +7,8 @@ import { isTag, parseReference } from '../oci/reference.ts';
 import type { Blobs } from '../registry/blobs.ts';
 import type { Manifests } from '../registry/manifests.ts';
 import type { Tags } from '../registry/tags.ts';
-import type { Upstreams } from '../registry/upstreams.ts';
 import type { Uploads } from '../registry/uploads/uploads.ts';
+import type { Upstreams } from '../registry/upstreams.ts';
 import { checkRangeSyntax, requestedRanges, sendBlob, setBlobHeaders } from './blob-response.ts';
 import { uploadRoutes } from './uploads.ts';
 
