@@ -8,6 +8,7 @@
  *   fill.mid-body      half of the blob is on disk
  *   fill.before-rename the digest is verified, the file not yet renamed into blobs/
  *   fill.index-write   the file is in blobs/, the index row not yet written
+ *   upload.before-rename  a pushed blob is verified, its session file not yet renamed into blobs/
  */
 export class Failpoints {
   private readonly armed: ReadonlySet<string>;

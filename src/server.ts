@@ -19,6 +19,9 @@ import { ImageWalker } from './registry/image-walk.ts';
 import { Manifests } from './registry/manifests.ts';
 import { Prewarmer } from './registry/prewarm.ts';
 import { Tags } from './registry/tags.ts';
+import { UploadFiles } from './registry/uploads/session-files.ts';
+import { UploadSweeper } from './registry/uploads/sweeper.ts';
+import { Uploads } from './registry/uploads/uploads.ts';
 import { Upstreams } from './registry/upstreams.ts';
 import { BlobStore } from './store/blob-store.ts';
 import { StorageLock } from './store/lock.ts';
@@ -103,6 +106,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   });
   for (const c of upstreams.clients) metrics.upstreamUp.set({ upstream: c.host }, 1);
   const memory = new FillMemory();
+  const failpoints = new Failpoints(config.failpoints);
   const fills = new Fills(
     {
       started: () => {
@@ -119,11 +123,13 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
       },
     },
     config.fills,
-    new Failpoints(config.failpoints),
+    failpoints,
   );
   const pins = index.pins;
+  const uploadFiles = new UploadFiles(paths);
   const quota = new Quota(index, store, config.storage.maxSize, log, {
     fillRunning: (d) => fills.get(d) !== undefined,
+    stagedBytes: () => uploadFiles.bytes(),
     onEvicted: (evicted, freed) => {
       metrics.evictions.inc(evicted);
       metrics.evictedBytes.inc(freed);
@@ -149,10 +155,14 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
     abandonGrace: config.fills.abandonGrace,
   });
   const tags = new Tags({ index, upstreams, offline });
+  // Push upload sessions (issue #10): bytes landed or a blob committed run a quota pass, as a fill's commit does.
+  const uploads = new Uploads({ files: uploadFiles, store, index, log, failpoints, onStored: () => void quota.enforce().catch((err: Error) => log.error({ err }, 'quota pass failed')) });
+  const uploadSweeper = new UploadSweeper(uploadFiles, uploads, config.local.uploadIdle, log);
+  if (lock) uploadSweeper.start();
   const walker = new ImageWalker(upstreams, manifests);
   const prewarmer = new Prewarmer(walker, blobs, pins, quota, store);
   const readiness = new Readiness(index, paths.tmp, upstreams.clients, config.offline);
-  const deps = { upstreams, manifests, blobs, tags, metrics, log, prewarmer, readiness, index, maxPrewarmReferences: config.admin.maxPrewarmReferences };
+  const deps = { upstreams, manifests, blobs, tags, uploads, metrics, log, prewarmer, readiness, index, maxPrewarmReferences: config.admin.maxPrewarmReferences };
   const a = config.auth;
   const auth = a && (a.htpasswd || a.tokensFile || a.rules.length > 0) ? new ClientAuth({ ...a, onCheck: (result) => metrics.clientAuth.inc({ result }) }) : undefined;
   // Admin endpoints need an admin user only where there are users to log in as.
@@ -222,6 +232,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
     },
     async close() {
       clearInterval(flush);
+      uploadSweeper.stop();
       memory.close();
       for (const s of [server, adminServer]) {
         if (!s) continue;

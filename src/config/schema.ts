@@ -42,6 +42,33 @@ const sizeOrPercent = z.union([z.string(), z.number()]).transform((v, ctx) => {
   return { bytes: n } as const;
 });
 
+/** A size in bytes (`4MiB`, `512KiB`, or a number). */
+const byteSize = (def: string) =>
+  z
+    .union([z.string(), z.number()])
+    .default(def)
+    .transform((v, ctx) => {
+      const n = parseSize(v);
+      if (n === undefined || n <= 0) {
+        ctx.addIssue({ code: 'custom', message: `"${v}" is not a size (e.g. 4MiB)` });
+        return z.NEVER;
+      }
+      return n;
+    });
+
+/**
+ * A local repository prefix: path components of the distribution name grammar, ending in `/`. Its first
+ * component must not look like a registry host (a `.` or `:` in it, or `localhost`), or `docker.io/x`
+ * could be both a local name and a name on an upstream.
+ */
+const localPrefix = z
+  .string()
+  .regex(/^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*\/$/, 'must be repository path components ending in "/", e.g. "site/"')
+  .refine((p) => {
+    const first = p.slice(0, p.indexOf('/'));
+    return !first.includes('.') && !first.includes(':') && first !== 'localhost';
+  }, 'must not start with a registry host');
+
 const url = z.string().refine((s) => {
   try {
     const u = new URL(s);
@@ -181,6 +208,29 @@ export const ConfigSchema = z
         /** References one POST /_berth/prewarm may name. */
         maxPrewarmReferences: z.number().int().min(1).default(1000),
       })
+      .strict()
+      .prefault({}),
+    /**
+     * The local registry beside the cache (issue #10): repositories under these prefixes belong to the site.
+     * They take pushes, are never fetched from an upstream (online or offline) and never evicted. An empty
+     * list (the default) makes berth a read-only cache: every push is 405 UNSUPPORTED.
+     */
+    local: z
+      .object({
+        /** Repository name prefixes, each ending in `/`: `["site/", "ci/"]`. Not a registry host: `docker.io/` is no prefix. */
+        prefixes: z.array(localPrefix).default([]),
+        /** Without any client auth configured, pushes are refused unless this is true (berth warns at start-up). */
+        allowAnonymousPush: z.boolean().default(false),
+        /** An upload session nothing was sent to for this long is removed. */
+        uploadIdle: duration('1h'),
+        /** The largest manifest a client may push (413 beyond it). */
+        maxManifestSize: byteSize('4MiB'),
+      })
+      .strict()
+      .prefault({}),
+    /** DELETE of manifests, tags and blobs of local repositories; off (405 UNSUPPORTED) unless enabled, as in distribution. */
+    delete: z
+      .object({ enabled: z.boolean().default(false) })
       .strict()
       .prefault({}),
     log: z

@@ -26,6 +26,12 @@ export interface ParsedManifest {
   manifests: Descriptor[];
   /** For an image manifest: the config followed by the layers. */
   blobs: Descriptor[];
+  /** The manifest this one is about (a signature, an SBOM): referrers API, OCI image spec v1.1. */
+  subject?: Descriptor;
+  /** An artifact's type: its own `artifactType`, else (image manifests) its config's media type, as the referrers API reports it. */
+  artifactType?: string;
+  /** The manifest's own top-level annotations (the referrers API lists them). */
+  annotations?: Record<string, string>;
 }
 
 function descriptor(v: unknown, where: string): Descriptor {
@@ -60,9 +66,10 @@ export function parseManifest(bytes: Buffer, _declared?: string): ParsedManifest
   if (!json || typeof json !== 'object' || Array.isArray(json)) throw new RegistryError('MANIFEST_INVALID', 'manifest is not a JSON object');
   if (json.schemaVersion !== 1 && json.schemaVersion !== 2) throw new RegistryError('MANIFEST_INVALID', 'manifest has no schemaVersion 1 or 2');
   const mediaType = mediaTypeOf(json);
+  const about = referrerFields(json);
   if (isIndexMediaType(mediaType)) {
     if (!Array.isArray(json.manifests)) throw new RegistryError('MANIFEST_INVALID', 'index has no manifests array');
-    return { mediaType, manifests: json.manifests.map((m, i) => descriptor(m, `manifests[${i}]`)), blobs: [] };
+    return { mediaType, manifests: json.manifests.map((m, i) => descriptor(m, `manifests[${i}]`)), blobs: [], ...about };
   }
   if (mediaType === MediaType.DockerManifestV1Signed || mediaType === MediaType.DockerManifestV1) {
     const layers = Array.isArray(json.fsLayers) ? json.fsLayers : [];
@@ -78,8 +85,33 @@ export function parseManifest(bytes: Buffer, _declared?: string): ParsedManifest
     json.layers.forEach((l, i) => {
       blobs.push(descriptor(l, `layers[${i}]`));
     });
-  return { mediaType, manifests: [], blobs };
+  // An image manifest without artifactType is reported with its config's media type (image spec v1.1).
+  const artifactType = about.artifactType ?? (json.config !== undefined ? blobs[0]?.mediaType || undefined : undefined);
+  return { mediaType, manifests: [], blobs, ...about, ...(artifactType ? { artifactType } : {}) };
 }
+
+/**
+ * `subject`, `artifactType` and `annotations` of an OCI manifest or index, where present and well formed.
+ * Lenient on purpose: an upstream's image with odd annotations must still pull; what a client pushes is
+ * checked strictly by the push path (MANIFEST_INVALID).
+ */
+function referrerFields(json: Record<string, unknown>): Pick<ParsedManifest, 'subject' | 'artifactType' | 'annotations'> {
+  const out: Pick<ParsedManifest, 'subject' | 'artifactType' | 'annotations'> = {};
+  if (json.subject !== undefined) {
+    try {
+      out.subject = descriptor(json.subject, 'subject');
+    } catch {
+      // not a descriptor: no subject
+    }
+  }
+  if (typeof json.artifactType === 'string' && MEDIA_TYPE.test(json.artifactType)) out.artifactType = json.artifactType;
+  const a = json.annotations;
+  if (a && typeof a === 'object' && !Array.isArray(a) && Object.values(a).every((v) => typeof v === 'string')) out.annotations = a as Record<string, string>;
+  return out;
+}
+
+/** RFC 6838 type/subtype (with a +suffix), as artifactType must be. */
+export const MEDIA_TYPE = /^[A-Za-z0-9][\w.!#$&^+-]{0,126}\/[A-Za-z0-9][\w.!#$&^+-]{0,126}$/;
 
 function mediaTypeOf(json: Record<string, unknown>): string {
   const field = json.mediaType;

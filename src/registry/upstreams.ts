@@ -6,6 +6,7 @@ import { UpstreamClient, type UpstreamObserver } from '../upstream/client.ts';
 import { EgressGuard } from '../upstream/egress-guard.ts';
 import { UpstreamHealth } from '../upstream/health.ts';
 import { TokenCache } from '../upstream/token-cache.ts';
+import { LOCAL_UPSTREAM, LocalNames } from './local-names.ts';
 
 /** Where a request goes: which upstream, which repository there. The cache key of a tag is (upstream, repository, tag). */
 export interface Route {
@@ -13,6 +14,8 @@ export interface Route {
   repository: Repository;
   /** The client named the upstream (`?ns=` or a host prefix) rather than falling to the default. */
   explicit: boolean;
+  /** A repository of the local registry (upstream is LOCAL_UPSTREAM): never fetched from anywhere. */
+  local?: true;
 }
 
 /**
@@ -24,6 +27,8 @@ export class Upstreams {
   private readonly byHost = new Map<string, UpstreamClient>();
   readonly clients: UpstreamClient[];
   readonly defaultHost: string;
+  /** Which names are the site's own repositories (config `local.prefixes`). */
+  readonly local: LocalNames;
 
   /**
    * `onHealthChange` hears an upstream's breaker open and close; `observer` gives each client what it
@@ -47,6 +52,7 @@ export class Upstreams {
       for (const h of [u.host, ...u.aliases]) this.byHost.set(h.toLowerCase(), this.clients[i]!);
     });
     this.defaultHost = config.defaultUpstream;
+    this.local = new LocalNames(config.local.prefixes);
   }
 
   get(host: string): UpstreamClient | undefined {
@@ -63,6 +69,8 @@ export class Upstreams {
   route(pathName: string, ns: string | undefined): Route {
     let host: string | undefined;
     let name = pathName;
+    // A local name is the site's own whatever follows; `?ns=` names an upstream, so it is not local.
+    if (ns === undefined && this.local.owns(name)) return { upstream: LOCAL_UPSTREAM, repository: parseRepository(name), explicit: true, local: true };
     if (ns !== undefined) {
       if (!isHost(ns)) throw new RegistryError('QUERY_INVALID', `invalid ns "${ns.slice(0, 80)}": expected a registry host such as docker.io`);
       const c = this.get(ns);

@@ -55,6 +55,12 @@ export interface ManifestRecord {
   mediaType: string;
   /** Only digest, size and mediaType of each are kept (descriptors with more fields are fine). */
   children: readonly ChildDescriptor[];
+  /** The manifest's `subject` (it is a referrer of that digest: a signature, an SBOM), for the referrers API. */
+  subject?: Digest;
+  /** What the referrers API reports as its type (ParsedManifest.artifactType). */
+  artifactType?: string;
+  /** Its top-level annotations, which the referrers API lists. */
+  annotations?: Record<string, string>;
 }
 
 export interface BlobIndex {
