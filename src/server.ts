@@ -14,6 +14,7 @@ import { Fills } from './registry/fills.ts';
 import { isDiskFull } from './registry/fill-errors.ts';
 import { Manifests } from './registry/manifests.ts';
 import { Tags } from './registry/tags.ts';
+import { Referrers } from './registry/referrers.ts';
 import { ImageWalker } from './registry/image-walk.ts';
 import { Prewarmer } from './registry/prewarm.ts';
 import { Upstreams } from './registry/upstreams.ts';
@@ -45,6 +46,7 @@ export interface Berth {
   manifests: Manifests;
   blobs: Blobs;
   tags: Tags;
+  referrers: Referrers;
   walker: ImageWalker;
   prewarmer: Prewarmer;
   /** Starts listening; resolves with the bound address (and the admin listener's, when configured). */
@@ -128,10 +130,11 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
     lazyFill: config.lazyFill, retries: config.retries, fillTimeout: config.fillTimeout, abandonGrace: config.fills.abandonGrace,
   });
   const tags = new Tags({ index, upstreams, offline });
+  const referrers = new Referrers({ index, upstreams, manifests, log, offline, tagTtl: config.tagTtl });
   const walker = new ImageWalker(upstreams, manifests);
   const prewarmer = new Prewarmer(walker, blobs, pins, quota, store);
   const readiness = new Readiness(index, paths.tmp, upstreams.clients, config.offline);
-  const deps = { upstreams, manifests, blobs, tags, metrics, log, prewarmer, readiness, index, maxPrewarmReferences: config.admin.maxPrewarmReferences };
+  const deps = { upstreams, manifests, blobs, tags, referrers, metrics, log, prewarmer, readiness, index, maxPrewarmReferences: config.admin.maxPrewarmReferences };
   const a = config.auth;
   const auth = a && (a.htpasswd || a.tokensFile || a.rules.length > 0) ? new ClientAuth({ ...a, onCheck: (result) => metrics.clientAuth.inc({ result }) }) : undefined;
   // Admin endpoints need an admin user only where there are users to log in as.
@@ -156,6 +159,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
     manifests,
     blobs,
     tags,
+    referrers,
     walker,
     prewarmer,
     async listen() {

@@ -6,6 +6,7 @@ import tar from 'tar-stream';
 import { type Digest, isDigest } from '../oci/digest.ts';
 import { type ImageReference, parseImageReference } from '../oci/image-reference.ts';
 import { MAX_MANIFEST_BYTES, parseManifest } from '../oci/manifest.ts';
+import { referrerFieldsOf } from '../oci/referrers.ts';
 import type { BlobIndex, ManifestIndex, TagIndex } from '../store/index-roles.ts';
 import { imageClosure } from '../store/pins.ts';
 import { type BlobIngester, type BlobReader, DigestMismatchError, writeBlob } from '../store/roles.ts';
@@ -190,7 +191,7 @@ async function indexManifest(ctx: ImportDeps, d: Digest, declared: string | unde
   const bytes = await ctx.store.readBytes(d);
   if (!bytes) return undefined;
   const m = parseManifest(bytes, declared);
-  ctx.index.recordManifest({ upstream, repository, digest: d, size: bytes.length, mediaType: m.mediaType, children: [...m.manifests, ...m.blobs] });
+  ctx.index.recordManifest({ upstream, repository, digest: d, size: bytes.length, mediaType: m.mediaType, children: [...m.manifests, ...m.blobs], ...referrerFieldsOf(m) });
   for (const c of m.manifests) await indexManifest(ctx, c.digest, c.mediaType, upstream, repository);
   return { mediaType: m.mediaType, size: bytes.length };
 }
