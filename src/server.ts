@@ -15,6 +15,7 @@ import { isDiskFull } from './registry/fill-errors.ts';
 import { Manifests } from './registry/manifests.ts';
 import { Tags } from './registry/tags.ts';
 import { Referrers } from './registry/referrers.ts';
+import { ReferrerWalker } from './registry/referrer-walk.ts';
 import { ImageWalker } from './registry/image-walk.ts';
 import { Prewarmer } from './registry/prewarm.ts';
 import { Upstreams } from './registry/upstreams.ts';
@@ -132,7 +133,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   const tags = new Tags({ index, upstreams, offline });
   const referrers = new Referrers({ index, upstreams, manifests, log, offline, tagTtl: config.tagTtl });
   const walker = new ImageWalker(upstreams, manifests);
-  const prewarmer = new Prewarmer(walker, blobs, pins, quota, store);
+  const prewarmer = new Prewarmer(walker, blobs, pins, quota, store, new ReferrerWalker(referrers, manifests));
   const readiness = new Readiness(index, paths.tmp, upstreams.clients, config.offline);
   const deps = { upstreams, manifests, blobs, tags, referrers, metrics, log, prewarmer, readiness, index, maxPrewarmReferences: config.admin.maxPrewarmReferences };
   const a = config.auth;

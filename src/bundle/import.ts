@@ -11,7 +11,7 @@ import type { BlobIndex, ManifestIndex, TagIndex } from '../store/index-roles.ts
 import { imageClosure } from '../store/pins.ts';
 import { type BlobIngester, type BlobReader, DigestMismatchError, writeBlob } from '../store/roles.ts';
 import { importSkopeoDirs } from './import-dirs.ts';
-import { blobEntryName, CONTAINERD_NAME, digestOfEntry, REF_NAME } from './layout.ts';
+import { blobEntryName, CONTAINERD_NAME, digestOfEntry, REF_NAME, REFERRER_REPOSITORY } from './layout.ts';
 
 export interface ImportResult {
   images: Array<{ name: string; digest: string }>;
@@ -146,7 +146,9 @@ export async function register(ctx: ImportDeps, entries: IndexEntry[]): Promise<
   const images: ImportResult['images'] = [];
   const skipped: ImportResult['skipped'] = [];
   for (const e of entries) {
-    const name = e.annotations?.[REF_NAME] ?? e.annotations?.[CONTAINERD_NAME];
+    // A referrer `berth export --with-referrers` wrote is named by digest in its repository: indexed and kept, never tagged.
+    const referrerOf = e.annotations?.[REFERRER_REPOSITORY];
+    const name = e.annotations?.[REF_NAME] ?? e.annotations?.[CONTAINERD_NAME] ?? (referrerOf && e.digest ? `${referrerOf}@${e.digest}` : undefined);
     if (!e.digest || !isDigest(e.digest)) {
       skipped.push({ name: name ?? '(unnamed)', reason: 'index entry has no valid digest' });
       continue;
