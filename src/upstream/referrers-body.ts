@@ -35,10 +35,10 @@ export async function readReferrers(res: UpstreamResponse, host: string, what: s
   const declared = Number(header(res.headers, 'content-length'));
   if (declared > MAX_REFERRERS_BYTES) {
     discard(res.body);
-    throw new RegistryError('UPSTREAM_ERROR', `upstream ${host} sent ${declared} bytes of referrers for ${what}; the limit is ${MAX_REFERRERS_BYTES}`);
+    throw new RegistryError('UPSTREAM_ERROR', `upstream ${host} sent ${declared} bytes for ${what}; the limit is ${MAX_REFERRERS_BYTES}`);
   }
   const raw = await readBounded(res.body, MAX_REFERRERS_BYTES).catch(() => undefined);
-  if (!raw) throw new RegistryError('UPSTREAM_ERROR', `upstream ${host} sent more than ${MAX_REFERRERS_BYTES} bytes of referrers for ${what}, or broke off`);
+  if (!raw) throw new RegistryError('UPSTREAM_ERROR', `upstream ${host} sent more than ${MAX_REFERRERS_BYTES} bytes for ${what}, or broke off`);
   let json: unknown;
   try {
     json = JSON.parse(raw.toString('utf8'));
@@ -46,7 +46,7 @@ export async function readReferrers(res: UpstreamResponse, host: string, what: s
     json = undefined;
   }
   const manifests = referrerDescriptors(json);
-  if (!manifests) throw new RegistryError('UPSTREAM_ERROR', `upstream ${host} sent an unreadable list of referrers for ${what} (not an image index of descriptors)`);
+  if (!manifests) throw new RegistryError('UPSTREAM_ERROR', `upstream ${host} sent an unreadable answer for ${what} (not an image index of descriptors)`);
   const filters = (header(res.headers, 'oci-filters-applied') ?? '').split(',').map((f) => f.trim());
   const link = header(res.headers, 'link');
   const next = link ? /<([^>]*)>\s*;\s*rel="?next"?/.exec(link)?.[1] : undefined;
