@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { request as undiciRequest } from 'undici';
 import type { Digest } from '../src/oci/digest.ts';
 import { parseManifest } from '../src/oci/manifest.ts';
 import { LOCAL_UPSTREAM } from '../src/registry/local-names.ts';
@@ -234,6 +235,27 @@ describe('referrers of cached images, through the referrers tag of an upstream w
     const g = await runBerth(gc);
     assert.equal(g.code, 0, describeRun(gc, g));
     assert.ok(await hasBlobFile(site, sig.manifestDigest), 'gc kept the referrer of a kept image');
+  });
+
+  test('a running berth prewarms with referrers when asked ("referrers": true on /_berth/prewarm, as berth prewarm --with-referrers sends)', async () => {
+    const warm = await startBerth({ upstreams, storage: path.join(work, 'served-prewarm') });
+    try {
+      const res = await undiciRequest(`${warm.url}/_berth/prewarm`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ references: ['docker.io/lab/signed:1'], referrers: true }),
+      });
+      const lines = (await res.body.text())
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as { type: string; ok?: string[] });
+      assert.equal(res.statusCode, 200);
+      assert.deepEqual(lines.at(-1)?.ok, ['docker.io/lab/signed:1']);
+      for (const d of [sig.manifestDigest, sbom.layers[0]!.digest]) assert.ok(await warm.berth.store.stat(d as Digest), `${d} was prewarmed`);
+      assert.equal(warm.berth.pins.isPinned(sig.manifestDigest as Digest), true);
+    } finally {
+      await warm.stop();
+    }
   });
 
   test('berth prewarm --with-referrers fetches and pins them with the image', async () => {
