@@ -290,7 +290,11 @@ describe('referrers from an upstream with the referrers API (a stand-in origin),
     { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: digestOf('listed sbom'), size: 500, artifactType: SPDX_SBOM },
   ];
   /** What the origin answers for each subject's referrers. */
-  const modes = new Map<string, 'ok' | 'garbage' | 'not-index' | 'huge' | 'huge-undeclared' | 'html'>();
+  const modes = new Map<string, 'ok' | 'garbage' | 'not-index' | 'huge' | 'huge-undeclared' | 'html' | 'no-api'>();
+  /** An index whose referrers tag the origin resolves to the index itself (as GitLab's registry does). */
+  const selfTagged = Buffer.from(
+    JSON.stringify({ schemaVersion: 2, mediaType: INDEX, manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: digestOf('a child, not a referrer'), size: 10 }] }),
+  );
   const subjectFor = (what: string) => digestOf(`subject ${what}`);
 
   before(async () => {
@@ -307,11 +311,15 @@ describe('referrers from an upstream with the referrers API (a stand-in origin),
         }
         if (mode === 'garbage') return respond(reply, 200, { 'Content-Type': INDEX }, '{"manifests": [{"digest": "nope"}');
         if (mode === 'not-index') return respond(reply, 200, { 'Content-Type': INDEX }, '{"manifests": [{"digest": "sha256:1234", "size": -1}]}');
+        if (mode === 'no-api') return respond(reply, 404, { 'Content-Type': 'text/plain' }, '404 page not found');
         if (mode === 'html') return respond(reply, 200, { 'Content-Type': 'text/html' }, '<html>catch-all</html>');
         const chunk = Buffer.alloc(1 << 20, 0x20);
         reply.head(200, { 'Content-Type': INDEX, ...(mode === 'huge' ? { 'Content-Length': 6 << 20 } : {}) });
         for (let i = 0; i < 6 && !reply.socket.destroyed; i++) await reply.write(chunk);
         return reply.end();
+      }
+      if (url.pathname === `/v2/api/app/manifests/${referrersTagOf(digestOf(selfTagged))}`) {
+        return respond(reply, 200, { 'Content-Type': INDEX, 'Docker-Content-Digest': digestOf(selfTagged) }, req.method === 'HEAD' ? '' : selfTagged);
       }
       if (url.pathname === `/v2/api/app/manifests/${stored.manifestDigest}`) {
         return respond(reply, 200, { 'Content-Type': stored.mediaType, 'Docker-Content-Digest': stored.manifestDigest }, req.method === 'HEAD' ? '' : stored.manifest);
@@ -381,6 +389,18 @@ describe('referrers from an upstream with the referrers API (a stand-in origin),
     assert.equal(r.status, 200, r.body);
     assert.deepEqual(r.manifests, []);
     assert.ok(origin.requests.slice(before).some((q) => q.path.endsWith(`/manifests/${referrersTagOf(s)}`)));
+  });
+
+  test('a referrers tag that resolves to the subject itself (a registry that reads sha256-<hex> as the digest) lists nothing', async () => {
+    const s = digestOf(selfTagged);
+    modes.set(s, 'no-api');
+    const r = await referrers(b.url, 'api/app', s);
+    assert.equal(r.status, 200, r.body);
+    assert.deepEqual(r.manifests, [], "the subject's own children are not its referrers");
+    assert.ok(
+      origin.requests.some((q) => q.path.endsWith(`/manifests/${referrersTagOf(s)}`)),
+      'the fallback tag was asked',
+    );
   });
 
   test('a cached list is served stale when the upstream then answers garbage', async () => {

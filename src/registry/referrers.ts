@@ -76,13 +76,16 @@ export class Referrers {
   private async fromUpstream(route: Route, subject: Digest): Promise<ReferrerDescriptor[]> {
     const answer = await this.o.upstreams.client(route).referrers(route.repository, subject);
     if (answer) return answer.manifests;
-    let tagged: { bytes?: Buffer };
+    let tagged: { digest: Digest; bytes?: Buffer };
     try {
       tagged = await this.o.manifests.get(route, { kind: 'tag', tag: parseTag(referrersTag(subject)) }, MediaType.OciIndex, 'GET');
     } catch (err) {
       if (err instanceof RegistryError && err.code === 'MANIFEST_UNKNOWN') return [];
       throw err;
     }
+    // Some registries without the API (GitLab's) read `sha256-<hex>` as the digest itself and answer the
+    // subject: its own child manifests are not its referrers.
+    if (tagged.digest === subject) return [];
     const list = tagged.bytes ? referrerDescriptors(JSON.parse(tagged.bytes.toString('utf8'))) : undefined;
     if (!list) throw new RegistryError('UPSTREAM_ERROR', `upstream ${route.upstream}: the referrers tag ${referrersTag(subject)} of ${route.repository} is not an image index`);
     return list;
