@@ -290,7 +290,7 @@ describe('referrers from an upstream with the referrers API (a stand-in origin),
     { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: digestOf('listed sbom'), size: 500, artifactType: SPDX_SBOM },
   ];
   /** What the origin answers for each subject's referrers. */
-  const modes = new Map<string, 'ok' | 'garbage' | 'not-index' | 'huge' | 'huge-undeclared' | 'html' | 'no-api'>();
+  const modes = new Map<string, 'ok' | 'garbage' | 'not-index' | 'huge' | 'huge-undeclared' | 'html' | 'no-api' | 'paged' | 'foreign-link'>();
   /** An index whose referrers tag the origin resolves to the index itself (as GitLab's registry does). */
   const selfTagged = Buffer.from(
     JSON.stringify({ schemaVersion: 2, mediaType: INDEX, manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: digestOf('a child, not a referrer'), size: 10 }] }),
@@ -311,6 +311,12 @@ describe('referrers from an upstream with the referrers API (a stand-in origin),
         }
         if (mode === 'garbage') return respond(reply, 200, { 'Content-Type': INDEX }, '{"manifests": [{"digest": "nope"}');
         if (mode === 'not-index') return respond(reply, 200, { 'Content-Type': INDEX }, '{"manifests": [{"digest": "sha256:1234", "size": -1}]}');
+        if (mode === 'paged' || mode === 'foreign-link') {
+          const second = url.searchParams.get('last') !== null;
+          const next = mode === 'paged' ? `</v2/api/app/referrers/${m[1]}?n=1&last=x>; rel="next"` : `<http://127.0.0.2:9/v2/api/app/referrers/${m[1]}?last=x>; rel="next"`;
+          const body = JSON.stringify({ schemaVersion: 2, mediaType: INDEX, manifests: [listed[second ? 1 : 0]!] });
+          return respond(reply, 200, { 'Content-Type': INDEX, ...(second ? {} : { Link: next }) }, body);
+        }
         if (mode === 'no-api') return respond(reply, 404, { 'Content-Type': 'text/plain' }, '404 page not found');
         if (mode === 'html') return respond(reply, 200, { 'Content-Type': 'text/html' }, '<html>catch-all</html>');
         const chunk = Buffer.alloc(1 << 20, 0x20);
@@ -401,6 +407,15 @@ describe('referrers from an upstream with the referrers API (a stand-in origin),
       origin.requests.some((q) => q.path.endsWith(`/manifests/${referrersTagOf(s)}`)),
       'the fallback tag was asked',
     );
+  });
+
+  test('a paged answer is followed (Link rel="next" on the upstream), a Link to another host is not', async () => {
+    const paged = subjectFor('paged');
+    modes.set(paged, 'paged');
+    assert.deepEqual(digests(await referrers(b.url, 'api/app', paged)), listed.map((l) => l.digest).sort());
+    const foreign = subjectFor('foreign');
+    modes.set(foreign, 'foreign-link');
+    assert.deepEqual(digests(await referrers(b.url, 'api/app', foreign)), [listed[0]!.digest]);
   });
 
   test('a cached list is served stale when the upstream then answers garbage', async () => {
