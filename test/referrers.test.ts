@@ -487,6 +487,30 @@ describe('referrers of local repositories, from the index', () => {
   });
 });
 
+describe('auth.rules cover the referrers route', () => {
+  let origin: StandInOrigin;
+  let b: InProcessBerth;
+
+  before(async () => {
+    origin = await startStandInOrigin((_req, reply) => respond(reply, 200, { 'Content-Type': INDEX }, JSON.stringify({ schemaVersion: 2, mediaType: INDEX, manifests: [] })));
+    b = await startBerth({ upstreams: [{ host: 'docker.io', url: origin.url }], auth: { anonymous: true, rules: [{ prefix: 'docker.io/secret/', users: ['ci'] }] } });
+  });
+
+  after(async () => {
+    await b?.stop();
+    await origin?.close();
+  });
+
+  test('a repository an anonymous client may not pull has no referrers list for it either (401), and the upstream is not asked', async () => {
+    const before = origin.requests.length;
+    const denied = await referrers(b.url, 'secret/app', digestOf('x'));
+    assert.equal(denied.status, 401, denied.body);
+    assert.equal(origin.requests.length, before);
+    const open = await referrers(b.url, 'open/app', digestOf('x'));
+    assert.equal(open.status, 200, open.body);
+  });
+});
+
 /** A small image manifest (a subject); its bytes are never fetched by these tests. */
 function image0(): Image {
   const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', nonce: Math.random() }));
