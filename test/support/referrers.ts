@@ -1,8 +1,10 @@
 // Referrers as cosign, Notation and oras push them (OCI image spec v1.1): an artifact manifest with an
 // `artifactType`, the empty config, one small blob and a `subject`; and, for a registry without the
 // referrers API (Debian's docker-registry), the referrers tag `sha256-<hex>` holding an image index of them.
+import assert from 'node:assert/strict';
 import { request } from 'undici';
 import { type Blob, digestOf, type Image, MediaTypes } from './blobs.ts';
+import { request as rawRequest } from './http.ts';
 import { type PushTarget, pushImage } from './push.ts';
 
 export const EMPTY_CONFIG_TYPE = 'application/vnd.oci.empty.v1+json';
@@ -69,4 +71,47 @@ async function pushIndexBytes(up: PushTarget, repository: string, tag: string, b
   const res = await request(`${up.url.replace(/\/+$/, '')}/v2/${repository}/manifests/${tag}`, { method: 'PUT', body: bytes, headers: { 'content-type': MediaTypes.oci.index } });
   const text = await res.body.text();
   if (res.statusCode !== 201) throw new Error(`PUT referrers tag ${repository}:${tag}: ${res.statusCode} ${text.slice(0, 300)}`);
+}
+
+export const INDEX = 'application/vnd.oci.image.index.v1+json';
+
+export interface ReferrersAnswer {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  manifests: Array<{ digest: string; artifactType?: string; annotations?: Record<string, string>; mediaType: string; size: number }>;
+  body: string;
+}
+
+export async function referrers(base: string, name: string, digest: string, query = ''): Promise<ReferrersAnswer> {
+  const res = await rawRequest(base, `/v2/${name}/referrers/${digest}${query}`);
+  const body = res.body.toString('utf8');
+  const json = res.status === 200 ? (JSON.parse(body) as { schemaVersion: number; mediaType: string; manifests: ReferrersAnswer['manifests'] }) : undefined;
+  if (json) {
+    assert.equal(json.schemaVersion, 2);
+    assert.equal(json.mediaType, INDEX);
+  }
+  return { status: res.status, headers: res.headers, manifests: json?.manifests ?? [], body };
+}
+
+export const digests = (a: ReferrersAnswer): string[] => a.manifests.map((m) => m.digest).sort();
+
+/** A small image manifest (a subject); its bytes are never fetched by these tests. */
+export function image0(): Image {
+  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', nonce: Math.random() }));
+  const manifest = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: 'application/vnd.oci.image.manifest.v1+json',
+      config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: digestOf(config), size: config.length },
+      layers: [],
+    }),
+  );
+  return {
+    manifest,
+    manifestDigest: digestOf(manifest),
+    mediaType: 'application/vnd.oci.image.manifest.v1+json',
+    config: { digest: digestOf(config), size: config.length, mediaType: 'application/vnd.oci.image.config.v1+json', bytes: config },
+    layers: [],
+    platform: { os: 'linux', architecture: 'amd64' },
+  };
 }
