@@ -22,7 +22,7 @@ describe('referrers from an upstream with the referrers API (a stand-in origin),
     { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: digestOf('listed sbom'), size: 500, artifactType: SPDX_SBOM },
   ];
   /** What the origin answers for each subject's referrers. */
-  const modes = new Map<string, 'ok' | 'garbage' | 'not-index' | 'huge' | 'huge-undeclared' | 'html' | 'no-api' | 'paged' | 'foreign-link'>();
+  const modes = new Map<string, 'ok' | 'garbage' | 'not-index' | 'huge' | 'huge-undeclared' | 'html' | 'no-api' | 'paged' | 'foreign-link' | 'unchallenged-401'>();
   /** An index whose referrers tag the origin resolves to the index itself (as GitLab's registry does). */
   const selfTagged = Buffer.from(
     JSON.stringify({ schemaVersion: 2, mediaType: INDEX, manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: digestOf('a child, not a referrer'), size: 10 }] }),
@@ -49,6 +49,7 @@ describe('referrers from an upstream with the referrers API (a stand-in origin),
           const body = JSON.stringify({ schemaVersion: 2, mediaType: INDEX, manifests: [listed[second ? 1 : 0]!] });
           return respond(reply, 200, { 'Content-Type': INDEX, ...(second ? {} : { Link: next }) }, body);
         }
+        if (mode === 'unchallenged-401') return respond(reply, 401, { 'Content-Type': 'application/json' }, '{"errors":[{"code":"UNAUTHORIZED","message":"unauthorized"}]}');
         if (mode === 'no-api') return respond(reply, 404, { 'Content-Type': 'text/plain' }, '404 page not found');
         if (mode === 'html') return respond(reply, 200, { 'Content-Type': 'text/html' }, '<html>catch-all</html>');
         const chunk = Buffer.alloc(1 << 20, 0x20);
@@ -148,6 +149,16 @@ describe('referrers from an upstream with the referrers API (a stand-in origin),
     const foreign = subjectFor('foreign');
     modes.set(foreign, 'foreign-link');
     assert.deepEqual(digests(await referrers(b.url, 'api/app', foreign)), [listed[0]!.digest]);
+  });
+
+  test('a 401 without a challenge (Harbor before 2.8) means no referrers API: the fallback tag is asked', async () => {
+    const s = subjectFor('harbor');
+    modes.set(s, 'unchallenged-401');
+    const before = origin.requests.length;
+    const r = await referrers(b.url, 'api/app', s);
+    assert.equal(r.status, 200, r.body);
+    assert.deepEqual(r.manifests, []);
+    assert.ok(origin.requests.slice(before).some((q) => q.path.endsWith(`/manifests/${referrersTagOf(s)}`)));
   });
 
   test('a cached list is served stale when the upstream then answers garbage', async () => {

@@ -155,7 +155,8 @@ export class UpstreamClient {
   /**
    * The referrers of `digest` (distribution spec v1.1 "Listing Referrers"), all pages, within
    * manifestTimeout; `undefined` when the upstream has no referrers API: a 404 (a registry with the API
-   * never answers 404 for it, spec), a 405, or a 2xx that is not an image index (a catch-all route). Then
+   * never answers 404 for it, spec), a 405, a 401 without a challenge, or a 2xx that is not an image index
+   * (a catch-all route). Then
    * the caller falls back to the referrers tag schema. A body that claims to be the answer but is not
    * readable, or is too big, is UPSTREAM_ERROR naming the upstream.
    */
@@ -167,7 +168,10 @@ export class UpstreamClient {
       let filtered = o.artifactType !== undefined;
       for (let page = 0; ; page++) {
         const res = await this.http.fetch(path, { method: 'GET', repository, headers: { accept: MediaType.OciIndex }, signal: s });
-        if (page === 0 && (res.status === 404 || res.status === 405)) {
+        // Harbor before 2.8 answered the path 401 without a challenge: nothing a client can authenticate
+        // against, so no API either (with a challenge the transport has already fetched a token).
+        const unchallenged = res.status === 401 && header(res.headers, 'www-authenticate') === undefined;
+        if (page === 0 && (res.status === 404 || res.status === 405 || unchallenged)) {
           await res.body.dump();
           return undefined;
         }
