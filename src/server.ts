@@ -18,6 +18,8 @@ import { isDiskFull } from './registry/fill-errors.ts';
 import { ImageWalker } from './registry/image-walk.ts';
 import { Manifests } from './registry/manifests.ts';
 import { Prewarmer } from './registry/prewarm.ts';
+import { ReferrerWalker } from './registry/referrer-walk.ts';
+import { Referrers } from './registry/referrers.ts';
 import { Tags } from './registry/tags.ts';
 import { UploadFiles } from './registry/uploads/session-files.ts';
 import { UploadSweeper } from './registry/uploads/sweeper.ts';
@@ -49,6 +51,7 @@ export interface Berth {
   manifests: Manifests;
   blobs: Blobs;
   tags: Tags;
+  referrers: Referrers;
   walker: ImageWalker;
   prewarmer: Prewarmer;
   /** Starts listening; resolves with the bound address (and the admin listener's, when configured). */
@@ -159,10 +162,11 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   const uploads = new Uploads({ files: uploadFiles, store, index, log, failpoints, onStored: () => void quota.enforce().catch((err: Error) => log.error({ err }, 'quota pass failed')) });
   const uploadSweeper = new UploadSweeper(uploadFiles, uploads, config.local.uploadIdle, log);
   if (lock) uploadSweeper.start();
+  const referrers = new Referrers({ index, upstreams, manifests, log, offline, tagTtl: config.tagTtl });
   const walker = new ImageWalker(upstreams, manifests);
-  const prewarmer = new Prewarmer(walker, blobs, pins, quota, store);
+  const prewarmer = new Prewarmer(walker, blobs, pins, quota, store, new ReferrerWalker(referrers, manifests));
   const readiness = new Readiness(index, paths.tmp, upstreams.clients, config.offline);
-  const deps = { upstreams, manifests, blobs, tags, uploads, metrics, log, prewarmer, readiness, index, maxPrewarmReferences: config.admin.maxPrewarmReferences };
+  const deps = { upstreams, manifests, blobs, tags, referrers, uploads, metrics, log, prewarmer, readiness, index, maxPrewarmReferences: config.admin.maxPrewarmReferences };
   const a = config.auth;
   const auth = a && (a.htpasswd || a.tokensFile || a.rules.length > 0) ? new ClientAuth({ ...a, onCheck: (result) => metrics.clientAuth.inc({ result }) }) : undefined;
   // Admin endpoints need an admin user only where there are users to log in as.
@@ -196,6 +200,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
     manifests,
     blobs,
     tags,
+    referrers,
     walker,
     prewarmer,
     async listen() {

@@ -6,6 +6,7 @@ import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, test } from 'node:test';
 import Database from 'better-sqlite3';
+import type { Digest } from '../src/oci/digest.ts';
 import { BlobStore } from '../src/store/blob-store.ts';
 import { collectGarbage } from '../src/store/gc.ts';
 import type { RegistryIndex } from '../src/store/index-roles.ts';
@@ -144,6 +145,59 @@ describe('collectGarbage over a BlobStore and a StoreIndex', () => {
       assert.deepEqual(left.sort(), [layer.d, manifest.d, pinned.d].sort());
       assert.equal(index.getBlob(unreachable.d), undefined);
       assert.deepEqual(await filesUnder(paths.tmp), [], 'no temp file of the writes is left');
+    } finally {
+      index.close();
+      await removeTempDir(dir);
+    }
+  });
+
+  test('a referrer of a kept image stays with its blobs (and its own referrer); a referrer of a removed image goes', async () => {
+    const dir = await makeTempDir('conformance-gc-referrers');
+    const paths = new StoragePaths(dir);
+    const store = new BlobStore(paths);
+    await store.init();
+    const index = new StoreIndex(paths.database);
+    const MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
+    try {
+      const put = async (what: string) => {
+        const bytes = Buffer.from(`${what} ${dir}`);
+        const d = digestOf(bytes);
+        await writeBlob(store, d, [bytes]);
+        return { d, size: bytes.length };
+      };
+      const manifest = async (what: string, children: Array<{ d: Digest; size: number }>, subject?: Digest) => {
+        const m = await put(what);
+        for (const c of children) index.putBlob(c.d, c.size, null);
+        index.recordManifest({
+          upstream: 'docker.io',
+          repository: 'lab/app',
+          digest: m.d,
+          size: m.size,
+          mediaType: MANIFEST,
+          children: children.map((c) => ({ digest: c.d, size: c.size, mediaType: 'application/octet-stream' })),
+          ...(subject ? { subject, artifactType: 'application/vnd.dev.cosign.artifact.sig.v1+json' } : {}),
+        });
+        return m;
+      };
+      const kept = await manifest('kept image', [await put('kept layer')]);
+      index.putTag({ upstream: 'docker.io', repository: 'lab/app', tag: 'kept', digest: kept.d, mediaType: MANIFEST, size: kept.size, checkedAt: 1 });
+      const sigBlob = await put('signature blob');
+      const sig = await manifest('signature of kept', [sigBlob], kept.d);
+      const sigOfSig = await manifest('signature of the signature', [], sig.d);
+      const removedLayer = await put('removed layer');
+      const removed = await manifest('removed image (untagged)', [removedLayer]);
+      const orphanSigBlob = await put('signature blob of removed');
+      const orphanSig = await manifest('signature of removed', [orphanSigBlob], removed.d);
+
+      const r = await collectGarbage({ index, pins: index.pins, store, staging: [paths.ingest, paths.tmp] }, { dryRun: false, minAgeMs: 0 });
+      assert.deepEqual(r.blobs.map((b) => b.digest).sort(), [removed.d, removedLayer.d, orphanSig.d, orphanSigBlob.d].sort());
+      for (const d of [kept.d, sig.d, sigBlob.d, sigOfSig.d]) assert.ok(await store.stat(d), `${d} stays`);
+      assert.deepEqual(
+        index.referrersOf('docker.io', 'lab/app', kept.d).map((x) => x.digest),
+        [sig.d],
+        'the kept referrer is still listed',
+      );
+      assert.deepEqual(index.referrersOf('docker.io', 'lab/app', removed.d), [], 'the removed one is listed no more');
     } finally {
       index.close();
       await removeTempDir(dir);

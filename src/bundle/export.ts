@@ -4,14 +4,20 @@ import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import { MediaType } from '../oci/media-types.ts';
 import type { WalkedImage } from '../registry/image-walk.ts';
+import type { WalkedReferrers } from '../registry/referrer-walk.ts';
 import type { BlobReader } from '../store/roles.ts';
-import { blobEntryName, CONTAINERD_NAME, LAYOUT_VERSION, REF_NAME } from './layout.ts';
+import { blobEntryName, CONTAINERD_NAME, LAYOUT_VERSION, REF_NAME, REFERRER_REPOSITORY } from './layout.ts';
 
 /**
  * Writes images as an OCI image layout archive (a tar), streaming each blob from the store.
  * The archive appears at `out` only when complete (written beside it, then renamed).
  */
-export async function writeBundle(images: WalkedImage[], store: Pick<BlobReader, 'stat' | 'read'>, out: string, onBytes: (n: number) => void = () => {}): Promise<{ blobs: number; bytes: number }> {
+export async function writeBundle(
+  images: Array<WalkedImage & Partial<WalkedReferrers>>,
+  store: Pick<BlobReader, 'stat' | 'read'>,
+  out: string,
+  onBytes: (n: number) => void = () => {},
+): Promise<{ blobs: number; bytes: number }> {
   const pack = tar.pack();
   const tmp = `${out}.partial`;
   const written = pipeline(pack, createWriteStream(tmp));
@@ -38,7 +44,7 @@ export async function writeBundle(images: WalkedImage[], store: Pick<BlobReader,
       await pipeline(src, entry);
       bytes += size;
     }
-    const index = {
+    const index: { schemaVersion: number; mediaType: string; manifests: Array<{ mediaType: string; digest: string; size: number; annotations: Record<string, string> }> } = {
       schemaVersion: 2,
       mediaType: MediaType.OciIndex,
       manifests: images.map((img) => ({
@@ -48,6 +54,15 @@ export async function writeBundle(images: WalkedImage[], store: Pick<BlobReader,
         annotations: { [REF_NAME]: img.name, [CONTAINERD_NAME]: img.name },
       })),
     };
+    // Referrers (--with-referrers) are entries of their own, named by repository only (layout.ts).
+    const listed = new Set<string>(index.manifests.map((m) => m.digest));
+    for (const img of images) {
+      for (const r of img.referrers ?? []) {
+        if (listed.has(r.digest)) continue;
+        listed.add(r.digest);
+        index.manifests.push({ mediaType: r.mediaType, digest: r.digest, size: r.size, annotations: { [REFERRER_REPOSITORY]: `${img.route.upstream}/${img.route.repository}` } });
+      }
+    }
     await add('index.json', Buffer.from(JSON.stringify(index, null, 2)));
     pack.finalize();
     await written;

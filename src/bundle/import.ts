@@ -6,11 +6,12 @@ import tar from 'tar-stream';
 import { type Digest, isDigest } from '../oci/digest.ts';
 import { type ImageReference, parseImageReference } from '../oci/image-reference.ts';
 import { MAX_MANIFEST_BYTES, parseManifest } from '../oci/manifest.ts';
+import { referrerFieldsOf } from '../oci/referrers.ts';
 import type { BlobIndex, ManifestIndex, TagIndex } from '../store/index-roles.ts';
 import { imageClosure } from '../store/pins.ts';
 import { type BlobIngester, type BlobReader, DigestMismatchError, writeBlob } from '../store/roles.ts';
 import { importSkopeoDirs } from './import-dirs.ts';
-import { blobEntryName, CONTAINERD_NAME, digestOfEntry, REF_NAME } from './layout.ts';
+import { blobEntryName, CONTAINERD_NAME, digestOfEntry, REF_NAME, REFERRER_REPOSITORY } from './layout.ts';
 
 export interface ImportResult {
   images: Array<{ name: string; digest: string }>;
@@ -145,7 +146,9 @@ export async function register(ctx: ImportDeps, entries: IndexEntry[]): Promise<
   const images: ImportResult['images'] = [];
   const skipped: ImportResult['skipped'] = [];
   for (const e of entries) {
-    const name = e.annotations?.[REF_NAME] ?? e.annotations?.[CONTAINERD_NAME];
+    // A referrer `berth export --with-referrers` wrote is named by digest in its repository: indexed and kept, never tagged.
+    const referrerOf = e.annotations?.[REFERRER_REPOSITORY];
+    const name = e.annotations?.[REF_NAME] ?? e.annotations?.[CONTAINERD_NAME] ?? (referrerOf && e.digest ? `${referrerOf}@${e.digest}` : undefined);
     if (!e.digest || !isDigest(e.digest)) {
       skipped.push({ name: name ?? '(unnamed)', reason: 'index entry has no valid digest' });
       continue;
@@ -190,7 +193,7 @@ async function indexManifest(ctx: ImportDeps, d: Digest, declared: string | unde
   const bytes = await ctx.store.readBytes(d);
   if (!bytes) return undefined;
   const m = parseManifest(bytes, declared);
-  ctx.index.recordManifest({ upstream, repository, digest: d, size: bytes.length, mediaType: m.mediaType, children: [...m.manifests, ...m.blobs] });
+  ctx.index.recordManifest({ upstream, repository, digest: d, size: bytes.length, mediaType: m.mediaType, children: [...m.manifests, ...m.blobs], ...referrerFieldsOf(m) });
   for (const c of m.manifests) await indexManifest(ctx, c.digest, c.mediaType, upstream, repository);
   return { mediaType: m.mediaType, size: bytes.length };
 }

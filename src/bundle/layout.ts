@@ -8,6 +8,13 @@ export const LAYOUT_VERSION = '{"imageLayoutVersion":"1.0.0"}';
 export const REF_NAME = 'org.opencontainers.image.ref.name';
 /** containerd's `ctr export` names images here; reading it lets berth import those archives too. */
 export const CONTAINERD_NAME = 'io.containerd.image.name';
+/**
+ * `berth export --with-referrers`: an index.json entry for each referrer (a signature, an SBOM) names the
+ * repository it belongs to (`registry/repository`) here instead of a reference name, so that `berth import`
+ * indexes it under that repository (the referrers API lists it again) while tools that import named images
+ * (containerd) see no image in it.
+ */
+export const REFERRER_REPOSITORY = 'dev.berth.referrer.repository';
 
 export function blobEntryName(digest: string): string {
   const [alg, hex] = digest.split(':');

@@ -18,7 +18,8 @@ export function exportCommand(program: Command): void {
       .option('-f, --file <file>', 'image list (as for prewarm)')
       .option('--skip-bad-lines', 'go on when lines of the image list hold no reference (each is still named)')
       .requiredOption('-o, --output <file>', 'the archive to write, e.g. bundle.tar')
-      .option('--platform <list>', 'platforms to include from an index (default: all)'),
+      .option('--platform <list>', 'platforms to include from an index (default: all)')
+      .option('--with-referrers', "also carry each image's referrers (signatures, SBOMs), which `berth import` keeps"),
   ).action(
     run(async (opts, args) => {
       const refs = collectReferences(opts.file as string | undefined, args as string[], opts.skipBadLines === true);
@@ -32,7 +33,7 @@ export function exportCommand(program: Command): void {
         const images: WalkedImage[] = [];
         for (const ref of refs) {
           try {
-            const img = await berth.walker.walk(ref, platforms);
+            const img = await berth.prewarmer.withReferrers(await berth.walker.walk(ref, platforms), opts.withReferrers === true);
             holds.push(berth.quota.protect([...img.manifests.map((m) => m.digest), ...img.blobs.map((b) => b.digest)]));
             // Anything not cached yet is fetched on the way, as prewarm would (without pinning).
             await berth.prewarmer.warm(img, (e) => showPrewarmEvent(progress, e));

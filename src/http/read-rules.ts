@@ -5,7 +5,7 @@ import type { Route, Upstreams } from '../registry/upstreams.ts';
 import type { AccessRules, Identity } from './access-rules.ts';
 import { unauthorized } from './client-auth.ts';
 
-const NAMED = /^\/v2\/(.+)\/(manifests|blobs)\/([^/]+)$/;
+const NAMED = /^\/v2\/(.+)\/(manifests|blobs|referrers)\/([^/]+)$/;
 const TAGS = /^\/v2\/(.+)\/tags\/list$/;
 
 /** What of the index read-rules needs: which repositories a digest is known from. */
@@ -41,7 +41,8 @@ export function readRules(rules: AccessRules, upstreams: Upstreams, index: Diges
       if (who.kind === 'anonymous') throw unauthorized(`authentication required to pull ${full}`);
       throw new RegistryError('DENIED', `${describe(who)} may not pull ${full}`);
     }
-    if (named && named[3]!.includes(':')) {
+    // A referrers list is of this repository only (the index keys it so): the name check above is all it needs.
+    if (named && named[2] !== 'referrers' && named[3]!.includes(':')) {
       let digest: Digest;
       try {
         digest = parseDigest(named[3]!);

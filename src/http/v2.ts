@@ -6,10 +6,12 @@ import { RegistryError } from '../oci/errors.ts';
 import { isTag, parseReference } from '../oci/reference.ts';
 import type { Blobs } from '../registry/blobs.ts';
 import type { Manifests } from '../registry/manifests.ts';
+import type { Referrers } from '../registry/referrers.ts';
 import type { Tags } from '../registry/tags.ts';
 import type { Uploads } from '../registry/uploads/uploads.ts';
 import type { Upstreams } from '../registry/upstreams.ts';
 import { checkRangeSyntax, requestedRanges, sendBlob, setBlobHeaders } from './blob-response.ts';
+import { referrersRoute } from './referrers.ts';
 import { uploadRoutes } from './uploads.ts';
 
 export interface V2Deps {
@@ -17,6 +19,7 @@ export interface V2Deps {
   manifests: Manifests;
   blobs: Blobs;
   tags: Tags;
+  referrers: Referrers;
   metrics: Metrics;
   /** Blob upload sessions of local repositories (the push API); without it every push is 405. */
   uploads?: Uploads;
@@ -48,7 +51,7 @@ function raw(ctx: Context, i: number): string {
  * The OCI distribution API, pull side: the whole /v2 table is the router below. Names have slashes, so
  * `*name` is a multi-segment wildcard; it is greedy, so `a/manifests/b/manifests/latest` is the name
  * `a/manifests/b` and the reference `latest`, as distribution reads it. The routes' last segments differ
- * (`manifests/R`, `blobs/D`, `tags/list`), so at most one route matches any path.
+ * (`manifests/R`, `blobs/D`, `tags/list`, `referrers/D`), so at most one route matches any path.
  */
 export function v2Handler(d: V2Deps) {
   // sensitive: `/MANIFESTS/` is no route; strict: `/tags/list/` is no route (only /v2/ takes a trailing slash).
@@ -131,6 +134,7 @@ export function v2Handler(d: V2Deps) {
     ctx.body = { name: page.name, tags: page.tags };
   });
   if (d.uploads) uploadRoutes(router, { upstreams: d.upstreams, uploads: d.uploads });
+  router.get('/v2/*name/referrers/:digest', referrersRoute(d, raw));
   const routes = router.routes();
 
   return async function v2(ctx: Context): Promise<void> {

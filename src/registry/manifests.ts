@@ -7,6 +7,7 @@ import { MAX_MANIFEST_BYTES, parseManifest } from '../oci/manifest.ts';
 import { DEFAULT_MANIFEST_ACCEPT, isManifestMediaType } from '../oci/media-types.ts';
 import { choose, storageKey } from '../oci/negotiation.ts';
 import { type Reference, referenceString } from '../oci/reference.ts';
+import { referrerFieldsOf } from '../oci/referrers.ts';
 import { SingleFlight } from '../single-flight.ts';
 import type { BlobStore } from '../store/blob-store.ts';
 import type { StoreIndex, TagRow } from '../store/store-index.ts';
@@ -178,7 +179,15 @@ export class Manifests {
     const { digest, mediaType, bytes, parsed } = m;
     await this.store.putBytes(digest, bytes);
     const { index } = this;
-    index.recordManifest({ upstream: route.upstream, repository: route.repository, digest, size: bytes.length, mediaType, children: [...parsed.manifests, ...parsed.blobs] });
+    index.recordManifest({
+      upstream: route.upstream,
+      repository: route.repository,
+      digest,
+      size: bytes.length,
+      mediaType,
+      children: [...parsed.manifests, ...parsed.blobs],
+      ...referrerFieldsOf(parsed),
+    });
     if (!reference.includes(':')) {
       const tag = { upstream: route.upstream, repository: route.repository, tag: reference, digest, mediaType, size: bytes.length };
       index.putTag({ ...tag, accept: storageKey(accept, mediaType), checkedAt: Date.now() });

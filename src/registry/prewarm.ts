@@ -6,6 +6,7 @@ import type { Pins } from '../store/pins.ts';
 import type { Quota } from '../store/quota.ts';
 import type { Blobs } from './blobs.ts';
 import type { ImageWalker, WalkedImage } from './image-walk.ts';
+import type { ReferrerWalker } from './referrer-walk.ts';
 
 export type PrewarmEvent =
   | { type: 'image'; ref: string; digest: string; bytes: number; blobs: number }
@@ -31,16 +32,18 @@ export class Prewarmer {
     private readonly pins: Pins,
     private readonly quota: Quota,
     private readonly store: BlobStore,
+    /** `withReferrers`: also fetch (and pin) the referrers of each image (signatures, SBOMs). */
+    private readonly referrerWalker?: ReferrerWalker,
   ) {}
 
-  async run(refs: string[], platforms: Platform[] | undefined, emit: (e: PrewarmEvent) => void, opts: { pin?: boolean } = {}): Promise<PrewarmEvent & { type: 'summary' }> {
+  async run(refs: string[], platforms: Platform[] | undefined, emit: (e: PrewarmEvent) => void, opts: { pin?: boolean; withReferrers?: boolean } = {}): Promise<PrewarmEvent & { type: 'summary' }> {
     const ok: string[] = [];
     const failed: Array<{ ref: string; message: string }> = [];
     let bytes = 0;
     let fetched = 0;
     for (const ref of refs) {
       try {
-        const image = await this.walker.walk(ref, platforms);
+        const image = await this.withReferrers(await this.walker.walk(ref, platforms), opts.withReferrers === true);
         const digests = [...image.manifests.map((m) => m.digest), ...image.blobs.map((b) => b.digest)];
         const release = this.quota.protect(digests);
         let r: { bytes: number; fetched: number };
@@ -65,6 +68,13 @@ export class Prewarmer {
     const summary = { type: 'summary' as const, ok, failed, bytes, fetched };
     emit(summary);
     return summary;
+  }
+
+  /** The image with its referrers' manifests and blobs added (`--with-referrers`), or as it is. */
+  async withReferrers(image: WalkedImage, wanted: boolean): Promise<WalkedImage> {
+    if (!wanted) return image;
+    if (!this.referrerWalker) throw new Error('referrers are not available in this berth');
+    return this.referrerWalker.expand(image);
   }
 
   /** Refuses an image that storage.maxSize cannot hold beside what is pinned or being prewarmed already. */

@@ -1,7 +1,7 @@
 import { readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Digest } from '../oci/digest.ts';
-import type { BlobIndex, ManifestIndex, PinIndex, TagIndex } from './index-roles.ts';
+import type { BlobIndex, ManifestIndex, PinIndex, ReferrerIndex, TagIndex } from './index-roles.ts';
 import type { BlobEnumerator, BlobRemover } from './roles.ts';
 
 export interface GcReport {
@@ -13,7 +13,10 @@ export interface GcReport {
 }
 
 export interface GcDeps {
-  index: Pick<BlobIndex, 'allDigests' | 'getBlob' | 'deleteBlob'> & Pick<ManifestIndex, 'childrenOf' | 'deleteChildren'> & Pick<TagIndex, 'allTags'>;
+  index: Pick<BlobIndex, 'allDigests' | 'getBlob' | 'deleteBlob'> &
+    Pick<ManifestIndex, 'childrenOf' | 'deleteChildren'> &
+    Pick<TagIndex, 'allTags'> &
+    Pick<ReferrerIndex, 'referrerDigests' | 'forgetReferrer'>;
   pins: Pick<PinIndex, 'digests'>;
   store: BlobRemover & Pick<BlobEnumerator, 'list'>;
   /** Local directories of unfinished writes (ingest/, tmp/): what is older than minAgeMs there is nobody's. */
@@ -23,7 +26,7 @@ export interface GcDeps {
 /**
  * Garbage collection of the storage directory: partial downloads and temp files nobody finished (older
  * than `minAgeMs`, so a running server's fills are left alone), blobs no tag or pin reaches, and blobs
- * the index does not know. Reachability follows manifest → children edges.
+ * the index does not know. Reachability follows manifest → children edges, and subject → referrer.
  */
 export async function collectGarbage({ index, pins, store, staging }: GcDeps, o: { dryRun: boolean; minAgeMs: number }): Promise<GcReport> {
   const report: GcReport = { partials: [], blobs: [], orphans: [], freed: 0 };
@@ -43,6 +46,8 @@ export async function collectGarbage({ index, pins, store, staging }: GcDeps, o:
   for (let d = queue.pop(); d; d = queue.pop()) {
     reachable.add(d);
     for (const c of index.childrenOf(d)) if (!reachable.has(c.digest)) queue.push(c.digest);
+    // A manifest whose subject is kept is kept (its signatures, SBOMs), and what it reaches.
+    for (const r of index.referrerDigests(d)) if (!reachable.has(r)) queue.push(r);
   }
   const known = new Set<string>();
   for (const d of index.allDigests()) {
@@ -54,6 +59,7 @@ export async function collectGarbage({ index, pins, store, staging }: GcDeps, o:
     if (!o.dryRun) {
       index.deleteBlob(d);
       index.deleteChildren(d);
+      index.forgetReferrer(d);
       await store.remove(d);
     }
   }

@@ -1,4 +1,5 @@
 import type { Digest } from '../oci/digest.ts';
+import type { ReferrerDescriptor } from '../oci/referrers.ts';
 
 /**
  * The tag/manifest index in roles: what is known about the blobs (their rows, manifests' children,
@@ -118,8 +119,29 @@ export interface PinIndex {
   references(): string[];
 }
 
+/**
+ * Referrers (distribution spec v1.1 "Listing Referrers"): which manifests name a subject, per repository.
+ * Rows come from recordManifest (a stored manifest with a `subject`) and from an upstream's list of
+ * referrers (descriptors only: the manifests may never have been fetched). Listing is the union of both.
+ */
+export interface ReferrerIndex {
+  /** The referrers of `subject` in (upstream, repository), by digest: stored manifests and the upstream's last list. */
+  referrersOf(upstream: string, repository: string, subject: Digest): ReferrerDescriptor[];
+  /** Every manifest that names `subject`, in any repository (gc: a referrer of what is kept is kept). */
+  referrerDigests(subject: Digest): Digest[];
+  /**
+   * The upstream's list of referrers of `subject`, replacing its previous list (rows of stored manifests
+   * stay), and when it was fetched.
+   */
+  putUpstreamReferrers(upstream: string, repository: string, subject: Digest, list: readonly ReferrerDescriptor[], checkedAt: number): void;
+  /** When the upstream's list of referrers of `subject` was last fetched, if ever. */
+  referrersCheckedAt(upstream: string, repository: string, subject: Digest): number | undefined;
+  /** Forgets `d` as a referrer and as a subject (gc removed the manifest). */
+  forgetReferrer(d: Digest): void;
+}
+
 /** Everything the index is. */
-export interface RegistryIndex extends BlobIndex, ManifestIndex, TagIndex {
+export interface RegistryIndex extends BlobIndex, ManifestIndex, TagIndex, ReferrerIndex {
   readonly pins: PinIndex;
   /** A tiny real read and write; throws when the index cannot answer or take writes (readiness). */
   probe(): void;

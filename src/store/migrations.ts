@@ -30,6 +30,30 @@ const STEPS: Array<{ what: string; run: (db: Database.Database) => void }> = [
       db.exec('ALTER TABLE tags_negotiated RENAME TO tags; CREATE INDEX IF NOT EXISTS tags_digest ON tags(digest);');
     },
   },
+  {
+    what: 'referrers: manifests with a subject, by (upstream, repository, subject)',
+    run(db) {
+      // One row per (repository, subject, referrer): a referrer pulled or pushed into two repositories is
+      // listed in each. The columns are what a referrers API descriptor carries, so a listing never reads
+      // a manifest file. `source` says where the row came from: 'manifest' (recordManifest, the manifest
+      // itself is stored) or 'upstream' (a descriptor from the upstream's answer, possibly not fetched).
+      db.exec(`
+        CREATE TABLE IF NOT EXISTS referrers (
+          upstream TEXT NOT NULL, repository TEXT NOT NULL, subject TEXT NOT NULL, digest TEXT NOT NULL,
+          media_type TEXT NOT NULL, artifact_type TEXT, size INTEGER NOT NULL, annotations TEXT,
+          source TEXT NOT NULL DEFAULT 'manifest',
+          PRIMARY KEY (upstream, repository, subject, digest)
+        );
+        CREATE INDEX IF NOT EXISTS referrers_subject ON referrers(subject);
+        CREATE INDEX IF NOT EXISTS referrers_digest ON referrers(digest);
+        -- when the upstream's list of referrers of a subject was last fetched (cached with tagTtl)
+        CREATE TABLE IF NOT EXISTS referrer_lists (
+          upstream TEXT NOT NULL, repository TEXT NOT NULL, subject TEXT NOT NULL, checked_at INTEGER NOT NULL,
+          PRIMARY KEY (upstream, repository, subject)
+        );
+      `);
+    },
+  },
 ];
 
 export const SCHEMA_VERSION = STEPS.length;

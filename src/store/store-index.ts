@@ -1,9 +1,11 @@
 import Database from 'better-sqlite3';
 import { LRUCache } from 'lru-cache';
 import type { Digest } from '../oci/digest.ts';
+import type { ReferrerDescriptor } from '../oci/referrers.ts';
 import type { BlobRow, ChildDescriptor, ManifestRecord, RegistryIndex, TagInput, TagRow } from './index-roles.ts';
 import { migrate } from './migrations.ts';
 import { Pins } from './pins.ts';
+import { ReferrerTable } from './referrer-table.ts';
 import { TagTable } from './tag-table.ts';
 
 export type { BlobRow, TagInput, TagRow } from './index-roles.ts';
@@ -51,6 +53,7 @@ export class StoreIndex implements RegistryIndex {
    */
   private readonly blobRows = new LRUCache<string, BlobRow | false>({ max: 20_000, ttl: 1000 });
   private readonly tags: TagTable;
+  private readonly referrers: ReferrerTable;
   readonly pins: Pins;
   private readonly s;
 
@@ -73,6 +76,7 @@ export class StoreIndex implements RegistryIndex {
     }
     this.tags = new TagTable(this.db, tagJournal);
     this.pins = new Pins(this.db);
+    this.referrers = new ReferrerTable(this.db);
     const p = (sql: string) => this.db.prepare(sql);
     this.s = {
       getBlob: p('SELECT digest, size, media_type AS mediaType, created_at AS createdAt, accessed_at AS accessedAt FROM blobs WHERE digest = ?'),
@@ -184,6 +188,8 @@ export class StoreIndex implements RegistryIndex {
       this.putBlob(m.digest, m.size, m.mediaType);
       this.addChildren(m.digest, m.children);
       this.addRefs(m.upstream, m.repository, [m.digest, ...m.children.map((c) => c.digest)]);
+      // A manifest with a subject is a referrer of it (pulled, pushed or imported alike).
+      this.referrers.recordManifest(m);
     })();
     // A rolled-back putBlob already dropped its cached row: the next read sees the table as it is.
   }
@@ -232,6 +238,26 @@ export class StoreIndex implements RegistryIndex {
   /** Forgets a manifest's outgoing edges (when the manifest itself is removed). */
   deleteChildren(parent: Digest): void {
     this.s.deleteChildren.run(parent);
+  }
+
+  referrersOf(upstream: string, repository: string, subject: Digest): ReferrerDescriptor[] {
+    return this.referrers.of(upstream, repository, subject);
+  }
+
+  referrerDigests(subject: Digest): Digest[] {
+    return this.referrers.digestsOf(subject);
+  }
+
+  putUpstreamReferrers(upstream: string, repository: string, subject: Digest, list: readonly ReferrerDescriptor[], checkedAt: number): void {
+    this.referrers.putListed(upstream, repository, subject, list, checkedAt);
+  }
+
+  referrersCheckedAt(upstream: string, repository: string, subject: Digest): number | undefined {
+    return this.referrers.checkedAt(upstream, repository, subject);
+  }
+
+  forgetReferrer(d: Digest): void {
+    this.referrers.forget(d);
   }
 
   allDigests(): Digest[] {

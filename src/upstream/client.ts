@@ -1,11 +1,13 @@
 import type { UpstreamConfig } from '../config/schema.ts';
 import { type Digest, isDigest } from '../oci/digest.ts';
 import { RegistryError } from '../oci/errors.ts';
-import { bareMediaType, isManifestMediaType } from '../oci/media-types.ts';
+import { bareMediaType, isManifestMediaType, MediaType } from '../oci/media-types.ts';
+import type { ReferrerDescriptor } from '../oci/referrers.ts';
 import { blobFromResponse, type UpstreamBlob } from './blob-response.ts';
 import { readBounded } from './bodies.ts';
 import type { UpstreamHealth } from './health.ts';
 import { readManifest, type UpstreamManifest } from './manifest-body.ts';
+import { isReferrersAnswer, readReferrers } from './referrers-body.ts';
 import { header, type TransportOptions, UpstreamTransport } from './transport.ts';
 
 export type { UpstreamBlob } from './blob-response.ts';
@@ -35,6 +37,16 @@ export interface UpstreamClientOptions extends TransportOptions {
    */
   manifestTimeoutMs?: number;
 }
+
+/** What an upstream's referrers API answered (all pages). */
+export interface UpstreamReferrers {
+  manifests: ReferrerDescriptor[];
+  /** The upstream applied the artifactType filter asked for (OCI-Filters-Applied: artifactType on every page). */
+  filtered: boolean;
+}
+
+/** Pages of a referrers answer followed (Link rel="next"): a subject with thousands of referrers is the upstream's to page, not to stream forever. */
+const MAX_REFERRER_PAGES = 8;
 
 /** Bound on a tag list body: its size is the upstream's choice (a real list of 100,000 tags is about 2 MB). */
 const MAX_TAG_LIST_BYTES = 16 * 1024 * 1024;
@@ -138,6 +150,46 @@ export class UpstreamClient {
     const link = header(res.headers, 'link');
     const next = link ? /<[^>?]*\?([^>]*)>\s*;\s*rel="?next"?/.exec(link)?.[1] : undefined;
     return { tags, ...(next ? { next } : {}) };
+  }
+
+  /**
+   * The referrers of `digest` (distribution spec v1.1 "Listing Referrers"), all pages, within
+   * manifestTimeout; `undefined` when the upstream has no referrers API: a 404 (a registry with the API
+   * never answers 404 for it, spec), a 405, a 401 without a challenge, or a 2xx that is not an image index
+   * (a catch-all route). Then
+   * the caller falls back to the referrers tag schema. A body that claims to be the answer but is not
+   * readable, or is too big, is UPSTREAM_ERROR naming the upstream.
+   */
+  referrers(repository: string, digest: Digest, o: { artifactType?: string; signal?: AbortSignal } = {}): Promise<UpstreamReferrers | undefined> {
+    const what = `referrers of ${repository}@${digest}`;
+    return this.withinDeadline(what, o.signal, async (s) => {
+      let path = `v2/${repository}/referrers/${digest}${o.artifactType ? `?artifactType=${encodeURIComponent(o.artifactType)}` : ''}`;
+      const manifests: ReferrerDescriptor[] = [];
+      let filtered = o.artifactType !== undefined;
+      for (let page = 0; ; page++) {
+        const res = await this.http.fetch(path, { method: 'GET', repository, headers: { accept: MediaType.OciIndex }, signal: s });
+        // Harbor before 2.8 answered the path 401 without a challenge: nothing a client can authenticate
+        // against, so no API either (with a challenge the transport has already fetched a token).
+        const unchallenged = res.status === 401 && header(res.headers, 'www-authenticate') === undefined;
+        if (page === 0 && (res.status === 404 || res.status === 405 || unchallenged)) {
+          await res.body.dump();
+          return undefined;
+        }
+        await this.http.expectOk(res, 'NAME_UNKNOWN', what);
+        if (!isReferrersAnswer(res)) {
+          await res.body.dump();
+          if (page === 0) return undefined;
+          throw new RegistryError('UPSTREAM_ERROR', `upstream ${this.host} sent a page of ${what} that is not an image index`);
+        }
+        const p = await readReferrers(res, this.host, what);
+        manifests.push(...p.manifests);
+        filtered &&= p.filtered;
+        // Only a path on this upstream's own /v2/ is followed: a Link is the upstream's text.
+        if (!p.next || page + 1 >= MAX_REFERRER_PAGES || !p.next.startsWith('/v2/') || p.next.startsWith('//')) break;
+        path = p.next.slice(1);
+      }
+      return { manifests, filtered };
+    });
   }
 
   /**

@@ -245,6 +245,90 @@ export function indexConformance(name: string, make: () => Promise<IndexUnderTes
       assert.equal(await index.pins.isPinned(m.digest), true);
     });
 
+    const SIG = 'application/vnd.dev.cosign.artifact.sig.v1+json';
+    const SBOM = 'application/spdx+json';
+
+    test('referrers: recordManifest of a manifest with a subject lists it for that repository and subject, once', async () => {
+      const { index } = await fresh();
+      const subject = someDigest('subject');
+      const image = manifestWith([{ digest: someDigest('layer'), size: 10, mediaType: LAYER }], { digest: subject });
+      const sig = manifestWith([{ digest: someDigest('sig-blob'), size: 5, mediaType: 'application/octet-stream' }], {
+        subject,
+        artifactType: SIG,
+        annotations: { 'org.opencontainers.image.created': '2026-01-01T00:00:00Z' },
+        size: 321,
+      });
+      const plain = manifestWith([], { digest: someDigest('plain') });
+      for (const m of [image, sig, sig, plain]) await index.recordManifest(m);
+      assert.deepEqual(await index.referrersOf(sig.upstream, sig.repository, subject), [
+        { mediaType: MANIFEST, digest: sig.digest, size: 321, artifactType: SIG, annotations: { 'org.opencontainers.image.created': '2026-01-01T00:00:00Z' } },
+      ]);
+      assert.deepEqual(await index.referrersOf(sig.upstream, 'library/other', subject), [], 'another repository has no such referrer');
+      assert.deepEqual(await index.referrersOf('@local', sig.repository, subject), [], 'nor another upstream');
+      assert.deepEqual(await index.referrersOf(sig.upstream, sig.repository, someDigest('unknown')), []);
+      assert.deepEqual(await index.referrerDigests(subject), [sig.digest]);
+      assert.deepEqual(await index.referrerDigests(sig.digest), []);
+      // The same referrer recorded in a second repository is listed there too.
+      await index.recordManifest({ ...sig, upstream: '@local', repository: 'site/app' });
+      assert.equal((await index.referrersOf('@local', 'site/app', subject)).length, 1);
+      assert.deepEqual(await index.referrerDigests(subject), [sig.digest], 'one digest, however many repositories');
+      assert.equal(await index.referrersCheckedAt(sig.upstream, sig.repository, subject), undefined, 'no upstream list was fetched');
+    });
+
+    test('referrers: an upstream list replaces the previous list, and stored referrers stay merged in', async () => {
+      const { index } = await fresh();
+      const subject = someDigest('subject');
+      const stored = manifestWith([], { subject, artifactType: SIG });
+      await index.recordManifest(stored);
+      const listedA = { mediaType: MANIFEST, digest: someDigest('a'), size: 10, artifactType: SBOM, annotations: { k: 'v' } };
+      const listedB = { mediaType: MANIFEST, digest: someDigest('b'), size: 11 };
+      const sameAsStored = { mediaType: MANIFEST, digest: stored.digest, size: 99999, artifactType: 'application/x-wrong' };
+      await index.putUpstreamReferrers(stored.upstream, stored.repository, subject, [listedA, listedB, sameAsStored], 1000);
+      assert.equal(await index.referrersCheckedAt(stored.upstream, stored.repository, subject), 1000);
+      const first = await index.referrersOf(stored.upstream, stored.repository, subject);
+      assert.deepEqual(first, byDigest([{ mediaType: MANIFEST, digest: stored.digest, size: stored.size, artifactType: SIG }, listedA, listedB]), 'a stored referrer is listed with its own fields');
+      await index.putUpstreamReferrers(stored.upstream, stored.repository, subject, [listedB], 2000);
+      assert.equal(await index.referrersCheckedAt(stored.upstream, stored.repository, subject), 2000);
+      assert.deepEqual(
+        (await index.referrersOf(stored.upstream, stored.repository, subject)).map((r) => r.digest),
+        [stored.digest, listedB.digest].sort(),
+        'the next list drops what the upstream no longer lists, never a stored referrer',
+      );
+      await index.putUpstreamReferrers(stored.upstream, stored.repository, subject, [], 3000);
+      assert.deepEqual(
+        (await index.referrersOf(stored.upstream, stored.repository, subject)).map((r) => r.digest),
+        [stored.digest],
+      );
+      // A listed referrer fetched later becomes a stored one.
+      await index.putUpstreamReferrers(stored.upstream, stored.repository, subject, [listedA], 4000);
+      await index.recordManifest(manifestWith([], { digest: listedA.digest, subject, artifactType: SBOM, size: 10 }));
+      await index.putUpstreamReferrers(stored.upstream, stored.repository, subject, [], 5000);
+      assert.deepEqual(
+        (await index.referrersOf(stored.upstream, stored.repository, subject)).map((r) => r.digest),
+        byDigest([stored, { digest: listedA.digest }]).map((r) => r.digest),
+      );
+    });
+
+    test('referrers: forgetReferrer drops a removed manifest as a referrer and as a subject; rows survive a reopen', async () => {
+      const under = await fresh();
+      const { index } = under;
+      const subject = someDigest('subject');
+      const sig = manifestWith([], { subject, artifactType: SIG });
+      const sigOfSig = manifestWith([], { subject: sig.digest, artifactType: SIG });
+      await index.recordManifest(sig);
+      await index.recordManifest(sigOfSig);
+      await index.putUpstreamReferrers(sig.upstream, sig.repository, sig.digest, [{ mediaType: MANIFEST, digest: someDigest('listed'), size: 1 }], 7);
+      const reopened = await under.reopen();
+      assert.equal((await reopened.referrersOf(sig.upstream, sig.repository, subject)).length, 1);
+      assert.equal((await reopened.referrersOf(sig.upstream, sig.repository, sig.digest)).length, 2);
+      assert.equal(await reopened.referrersCheckedAt(sig.upstream, sig.repository, sig.digest), 7);
+      await reopened.forgetReferrer(sig.digest);
+      assert.deepEqual(await reopened.referrersOf(sig.upstream, sig.repository, subject), []);
+      assert.deepEqual(await reopened.referrersOf(sig.upstream, sig.repository, sig.digest), [], 'its own referrers are forgotten with it');
+      assert.equal(await reopened.referrersCheckedAt(sig.upstream, sig.repository, sig.digest), undefined);
+      assert.deepEqual(await reopened.referrerDigests(subject), []);
+    });
+
     if (o.openOldSchema) {
       const openOld = o.openOldSchema;
       test('an index of an older schema is migrated when opened: its tags are there, at the current version', async () => {
@@ -263,6 +347,13 @@ export function indexConformance(name: string, make: () => Promise<IndexUnderTes
           // The migrated index takes the new kind of row.
           await old.index.putTag({ ...t, accept: MANIFEST, mediaType: MANIFEST, checkedAt: 1 });
           assert.equal((await old.index.tagRows(t.upstream, t.repository, t.tag)).length, 2);
+          // And referrers (a later step).
+          const sig = manifestWith([], { subject: t.digest, artifactType: SIG });
+          await old.index.recordManifest(sig);
+          assert.deepEqual(
+            (await old.index.referrersOf(sig.upstream, sig.repository, t.digest)).map((r) => r.digest),
+            [sig.digest],
+          );
         } finally {
           await old.cleanup();
         }
