@@ -5,10 +5,14 @@ import { parseDigest } from '../oci/digest.ts';
 import { RegistryError } from '../oci/errors.ts';
 import { isTag, parseReference } from '../oci/reference.ts';
 import type { Blobs } from '../registry/blobs.ts';
+import type { LocalRegistry } from '../registry/local/local-registry.ts';
 import type { Manifests } from '../registry/manifests.ts';
 import type { Tags } from '../registry/tags.ts';
 import type { Upstreams } from '../registry/upstreams.ts';
+import type { RegistryIndex } from '../store/index-roles.ts';
 import { checkRangeSyntax, requestedRanges, sendBlob, setBlobHeaders } from './blob-response.ts';
+import { catalogRoute } from './catalog.ts';
+import { isLocalWrite, pushRoutes } from './manifest-push.ts';
 
 export interface V2Deps {
   upstreams: Upstreams;
@@ -16,6 +20,10 @@ export interface V2Deps {
   blobs: Blobs;
   tags: Tags;
   metrics: Metrics;
+  /** The local registry (issue #10): manifest pushes, deletes; the catalog reads the index. */
+  local: LocalRegistry;
+  catalog: Pick<RegistryIndex, 'repositories'>;
+  maxManifestSize: number;
 }
 
 const MAX_PAGE = 10_000;
@@ -121,6 +129,8 @@ export function v2Handler(d: V2Deps) {
     ctx.status = 200;
     ctx.body = { name: page.name, tags: page.tags };
   });
+  pushRoutes(router, { upstreams: d.upstreams, local: d.local, maxManifestSize: d.maxManifestSize });
+  catalogRoute(router, { index: d.catalog, upstreams: d.upstreams });
   const routes = router.routes();
 
   return async function v2(ctx: Context): Promise<void> {
@@ -129,7 +139,7 @@ export function v2Handler(d: V2Deps) {
     ctx.set('X-Content-Type-Options', 'nosniff');
     const path = ctx.path;
     // Before the table: any other method is a 405 on every path, known or not (pull only).
-    if (ctx.method !== 'GET' && ctx.method !== 'HEAD') {
+    if (ctx.method !== 'GET' && ctx.method !== 'HEAD' && !isLocalWrite(ctx, d.upstreams)) {
       ctx.state.route = path === '/v2' || path === '/v2/' ? 'base' : 'other';
       throw new RegistryError('UNSUPPORTED', `${ctx.method} is not supported: berth is a pull-through cache (pull only)`);
     }
