@@ -288,6 +288,24 @@ describe('pushing to and pulling from a local repository', () => {
     assert.deepEqual(JSON.parse(zero.body.toString()), { repositories: [] });
     assert.equal(zero.headers.link, undefined);
   });
+
+  test('with auth.rules, _catalog leaves out the repositories the client may not pull', async () => {
+    const ruled = await startBerth({
+      upstreams: [{ host: 'docker.io', url: up.url }],
+      local: { prefixes: ['site/'] },
+      auth: { anonymous: true, rules: [{ prefix: 'docker.io/lab/private/', users: ['ci'] }] },
+    });
+    try {
+      const d = digestOf(Buffer.from(randomUUID())) as Digest;
+      ruled.berth.index.addRefs('docker.io', 'lab/private/x', [d]);
+      ruled.berth.index.addRefs('docker.io', 'lab/public', [d]);
+      const r = await send(ruled, 'GET', '/v2/_catalog');
+      assert.equal(r.status, 200);
+      assert.deepEqual(JSON.parse(r.body.toString()), { repositories: ['docker.io/lab/public'] });
+    } finally {
+      await ruled.stop();
+    }
+  });
 });
 
 /** A fresh small image's manifest with its blobs already in `repository`. */
