@@ -12,6 +12,8 @@ import { LOCAL_MARK, REF_NAME } from '../src/bundle/layout.ts';
 import type { Digest } from '../src/oci/digest.ts';
 import { LOCAL_UPSTREAM } from '../src/registry/local-names.ts';
 import { collectGarbage } from '../src/store/gc.ts';
+import { StoragePaths } from '../src/store/paths.ts';
+import { rebuildIndex } from '../src/store/rebuild.ts';
 import { type InProcessBerth, startBerth, type UpstreamSpec } from './support/berth.ts';
 import { describeRun, lsJson, readTarEntry, runBerth, tarFileEntries } from './support/berth-cli.ts';
 import { blobBytes, buildImage, digestOf, type Image, MediaTypes, pushImage } from './support/images.ts';
@@ -189,5 +191,24 @@ describe('local content is the site’s own: quota, gc, offline, ls, export and 
     const t = await runBerth(['import', bundle, '--config', thirdConfig]);
     assert.equal(t.code, 0, describeRun(['import'], t));
     assert.match(t.stdout, /site\/keep:1: imported as a local image, but site\/keep is not under this berth's local\.prefixes/);
+  });
+
+  test('a deleted local tag stays deleted when the index is rebuilt from the store (the tag journal has its tombstone)', async () => {
+    const b = await startBerth({ upstreams, storage, local, delete: { enabled: true } });
+    try {
+      assert.equal((await putManifest(b, 'site/keep', 'old', keep.manifest, keep.mediaType)).status, 201);
+      assert.equal((await send(b, 'DELETE', '/v2/site/keep/manifests/old')).status, 202);
+    } finally {
+      await b.stop();
+    }
+    const report = await rebuildIndex(new StoragePaths(storage), { verify: false });
+    assert.ok(report.tags > 0);
+    const after = await startBerth({ upstreams, storage, offline: true, local });
+    try {
+      assert.equal((await send(after, 'GET', '/v2/site/keep/manifests/old')).status, 404, 'the deleted tag came back');
+      assert.ok((await send(after, 'GET', '/v2/site/keep/manifests/1')).body.equals(keep.manifest));
+    } finally {
+      await after.stop();
+    }
   });
 });

@@ -76,7 +76,13 @@ export async function rebuildIndex(paths: StoragePaths, o: { verify: boolean }):
       const latest = new Map<string, Omit<TagInput, 'checkedAt'>>();
       for (const line of (await readFile(paths.tagJournal, 'utf8')).split('\n')) {
         try {
-          const t = JSON.parse(line) as Omit<TagInput, 'checkedAt'>;
+          const t = JSON.parse(line) as Omit<TagInput, 'checkedAt'> & { deleted?: true };
+          // A tombstone (TagTable.delete) forgets every negotiation of the tag journalled before it.
+          if (t.deleted) {
+            const prefix = `${t.upstream}|${t.repository}|${t.tag}|`;
+            for (const k of [...latest.keys()]) if (k.startsWith(prefix)) latest.delete(k);
+            continue;
+          }
           latest.set(`${t.upstream}|${t.repository}|${t.tag}|${t.accept ?? '*'}`, t);
         } catch {
           // a torn last line after a crash
