@@ -183,6 +183,13 @@ describe('local content is the site’s own: quota, gc, offline, ls, export and 
     } finally {
       await there.stop();
     }
+    // Imported images are pinned under their own name; a local one is unpinned by it, and `berth rm` leaves it to the registry API.
+    const unpin = await runBerth(['unpin', 'site/keep:1', '--config', otherConfig]);
+    assert.equal(unpin.code, 0, describeRun(['unpin'], unpin));
+    assert.match(unpin.stdout, /^unpinned site\/keep:1$/m);
+    const rm = await runBerth(['rm', 'site/keep:1', '--config', otherConfig]);
+    assert.equal(rm.code, 1, describeRun(['rm'], rm));
+    assert.match(rm.stderr, /is a local image: delete it with DELETE/);
 
     // A berth whose local.prefixes lack the name still imports it as local, and says it will not serve it.
     const third = path.join(work, 'third');
