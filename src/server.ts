@@ -16,6 +16,7 @@ import { Blobs } from './registry/blobs.ts';
 import { Fills } from './registry/fill/fills.ts';
 import { isDiskFull } from './registry/fill-errors.ts';
 import { ImageWalker } from './registry/image-walk.ts';
+import { LocalRegistry } from './registry/local/local-registry.ts';
 import { Manifests } from './registry/manifests.ts';
 import { Prewarmer } from './registry/prewarm.ts';
 import { ReferrerWalker } from './registry/referrer-walk.ts';
@@ -166,13 +167,15 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   const walker = new ImageWalker(upstreams, manifests);
   const prewarmer = new Prewarmer(walker, blobs, pins, quota, store, new ReferrerWalker(referrers, manifests));
   const readiness = new Readiness(index, paths.tmp, upstreams.clients, config.offline);
+  const local = new LocalRegistry({ index, store, deleteEnabled: config.delete.enabled, log });
   const deps = { upstreams, manifests, blobs, tags, referrers, uploads, metrics, log, prewarmer, readiness, index, maxPrewarmReferences: config.admin.maxPrewarmReferences };
+  const localDeps = { local, catalog: index, maxManifestSize: config.local.maxManifestSize };
   const a = config.auth;
   const auth = a && (a.htpasswd || a.tokensFile || a.rules.length > 0) ? new ClientAuth({ ...a, onCheck: (result) => metrics.clientAuth.inc({ result }) }) : undefined;
   // Admin endpoints need an admin user only where there are users to log in as.
   const guard = { allowRemote: config.admin.allowRemote, ...(auth && (a?.htpasswd || a?.tokensFile) ? { auth } : {}) };
-  const app = createApp(deps, { registry: true, admin: !config.admin.listen, guard, ...(auth ? { auth } : {}) });
-  const adminApp = config.admin.listen ? createApp(deps, { registry: false, admin: true }) : undefined;
+  const app = createApp({ ...deps, ...localDeps }, { registry: true, admin: !config.admin.listen, guard, ...(auth ? { auth } : {}) });
+  const adminApp = config.admin.listen ? createApp({ ...deps, ...localDeps }, { registry: false, admin: true }) : undefined;
   const tlsFiles = () => ({ cert: readFileSync(config.tls!.certificate), key: readFileSync(config.tls!.key) });
   const flush = setInterval(() => {
     try {

@@ -6,7 +6,7 @@ import { MediaType } from '../oci/media-types.ts';
 import type { WalkedImage } from '../registry/image-walk.ts';
 import type { WalkedReferrers } from '../registry/referrer-walk.ts';
 import type { BlobReader } from '../store/roles.ts';
-import { blobEntryName, CONTAINERD_NAME, LAYOUT_VERSION, REF_NAME, REFERRER_REPOSITORY } from './layout.ts';
+import { blobEntryName, CONTAINERD_NAME, LAYOUT_VERSION, LOCAL_MARK, REF_NAME, REFERRER_REPOSITORY } from './layout.ts';
 
 /**
  * Writes images as an OCI image layout archive (a tar), streaming each blob from the store.
@@ -51,7 +51,7 @@ export async function writeBundle(
         mediaType: img.root.mediaType,
         digest: img.root.digest,
         size: img.root.size,
-        annotations: { [REF_NAME]: img.name, [CONTAINERD_NAME]: img.name },
+        annotations: { [REF_NAME]: img.name, [CONTAINERD_NAME]: img.name, ...(img.route.local ? { [LOCAL_MARK]: 'true' } : {}) },
       })),
     };
     // Referrers (--with-referrers) are entries of their own, named by repository only (layout.ts).

@@ -2,6 +2,8 @@ import type { Command } from 'commander';
 import { formatBytes, parseDuration } from '../config/units.ts';
 import type { Digest } from '../oci/digest.ts';
 import { formatImageReference, parseImageReference } from '../oci/image-reference.ts';
+import { localImageName, localImageReference } from '../registry/local/image-name.ts';
+import { LOCAL_UPSTREAM } from '../registry/local-names.ts';
 import type { Berth, OpenMode } from '../server.ts';
 import { collectGarbage } from '../store/gc.ts';
 import { imageClosure } from '../store/pins.ts';
@@ -27,7 +29,9 @@ export function maintenanceCommands(program: Command): void {
         index.flushAccess();
         const pinned = new Set(pins.references());
         const rows = index.allTags().map((t) => {
-          const name = `${t.upstream}/${t.repository}:${t.tag}`;
+          // A local repository's tag is named as clients pull it: no host.
+          const local = t.upstream === LOCAL_UPSTREAM;
+          const name = local ? `${t.repository}:${t.tag}` : `${t.upstream}/${t.repository}:${t.tag}`;
           const digests = imageClosure(index, t.digest);
           const cached = digests.map((d) => index.getBlob(d)).filter((r) => r !== undefined);
           const manifest = index.getBlob(t.digest);
@@ -40,6 +44,7 @@ export function maintenanceCommands(program: Command): void {
             lastPulled: manifest ? new Date(manifest.accessedAt).toISOString() : null,
             checked: new Date(t.checkedAt).toISOString(),
             pinned: pinned.has(name) || pins.isPinned(t.digest),
+            local,
           };
         });
         if (opts.json) {
@@ -47,10 +52,17 @@ export function maintenanceCommands(program: Command): void {
           return;
         }
         const totals = index.totals();
-        for (const r of rows) {
+        const line = (r: (typeof rows)[number]) =>
           process.stdout.write(`${r.reference}\t${r.digest.slice(0, 19)}\t${formatBytes(r.size)}${r.complete ? '' : ' (partial)'}\t${r.lastPulled ?? '-'}${r.pinned ? '\tpinned' : ''}\n`);
+        // Local images (the site's own, pushed or imported) apart from the cache: they are never evicted.
+        const local = rows.filter((r) => r.local);
+        if (local.length > 0) {
+          process.stdout.write('local repositories (never evicted):\n');
+          for (const r of local) line(r);
+          process.stdout.write('cached:\n');
         }
-        process.stdout.write(`${rows.length} tags, ${totals.count} blobs, ${formatBytes(totals.total)}\n`);
+        for (const r of rows) if (!r.local) line(r);
+        process.stdout.write(`${rows.length} tags, ${totals.count} blobs, ${formatBytes(totals.total)}${local.length > 0 ? `; ${local.length} local` : ''}\n`);
       }),
     ),
   );
@@ -60,7 +72,7 @@ export function maintenanceCommands(program: Command): void {
       .command('gc')
       .description('remove unfinished downloads and blobs no tag or pin reaches')
       .option('--dry-run', 'only list what would be removed')
-      .option('--min-age <duration>', 'leave partial downloads younger than this (a running server may own them)', '1h'),
+      .option('--min-age <duration>', 'leave partial downloads, and pushed blobs no manifest names yet, younger than this (a running server may own them)', '1h'),
   ).action(
     run(async (opts) =>
       withBerth(opts, opts.dryRun === true ? { lock: false, createStorage: false } : { lock: 'gc', createStorage: false }, async (berth) => {
@@ -95,7 +107,9 @@ export function maintenanceCommands(program: Command): void {
   withConfigOptions(program.command('unpin').description('let an image be evicted again').argument('<ref>')).action(
     run(async (opts, ref) =>
       withBerth(opts, { lock: 'unpin', createStorage: false }, async (berth) => {
-        const name = formatImageReference(parseImageReference(ref as string, berth.upstreams.defaultHost));
+        // A local image's pin is named as the image is (`site/app:1`: prewarm, import).
+        const local = localImageReference(ref as string, berth.upstreams.local);
+        const name = local ? localImageName(local) : formatImageReference(parseImageReference(ref as string, berth.upstreams.defaultHost));
         const n = berth.pins.unpin(name);
         process.stdout.write(n > 0 ? `unpinned ${name}\n` : `${name} was not pinned\n`);
         return n > 0 ? 0 : 1;
@@ -107,6 +121,10 @@ export function maintenanceCommands(program: Command): void {
     run(async (opts, refText) =>
       withBerth(opts, { lock: 'rm', createStorage: false }, async (berth) => {
         const { index, pins, store, upstreams } = berth;
+        if (localImageReference(refText as string, upstreams.local)) {
+          // The site's own content goes the registry's way, which keeps repositories consistent.
+          throw new Error(`${refText as string} is a local image: delete it with DELETE /v2/<name>/manifests/<reference> (delete.enabled: true), then run berth gc`);
+        }
         const ref = parseImageReference(refText as string, upstreams.defaultHost);
         const name = formatImageReference(ref);
         const upstream = upstreams.get(ref.host)?.host ?? ref.host;

@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import type { Metrics } from '../metrics.ts';
 import type { Readiness } from '../readiness.ts';
 import type { Prewarmer } from '../registry/prewarm.ts';
+import type { Identity } from './access-rules.ts';
 import { prewarmHandler } from './admin.ts';
 import { type AdminGuardOptions, adminGuard } from './admin-guard.ts';
 import type { ClientAuth } from './client-auth.ts';
@@ -83,7 +84,9 @@ export function createApp(deps: AppDeps, parts: AppParts): Koa {
   };
   app.use(requestLog(deps.log, deps.metrics));
   app.use(errorMiddleware);
-  const v2 = v2Handler(deps);
+  // The catalog lists only what the client may pull (auth.rules), as read-rules.ts guards each repository.
+  const ruled = parts.auth?.rules.active ? parts.auth.rules : undefined;
+  const v2 = v2Handler(ruled ? { ...deps, mayList: (ctx, name) => ruled.mayRead((ctx.state.identity as Identity | undefined) ?? { kind: 'anonymous' }, name) } : deps);
   const rules = parts.auth ? readRules(parts.auth.rules, deps.upstreams, deps.index) : undefined;
   const registry: Middleware = async (ctx) => {
     // Who is asking, for the rules and the log line; a 401 when credentials are wrong or required.

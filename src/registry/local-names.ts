@@ -1,9 +1,6 @@
-/**
- * The index's upstream key of the site's own repositories (issue #10): tags, references and pins of local
- * content are rows under this "upstream". It is no registry host (hosts have no `@`), so no configured
- * upstream can share its rows, and `upstreams.client()` of a local route fails instead of going out.
- */
-export const LOCAL_UPSTREAM = '@local';
+import { LOCAL_UPSTREAM } from '../store/index-roles.ts';
+
+export { LOCAL_UPSTREAM };
 
 /**
  * Which repository names belong to the local registry: `local.prefixes` from the config. A local name is

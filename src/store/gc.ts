@@ -2,6 +2,7 @@ import { readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Digest } from '../oci/digest.ts';
 import type { BlobIndex, ManifestIndex, PinIndex, ReferrerIndex, TagIndex } from './index-roles.ts';
+import { LOCAL_UPSTREAM } from './index-roles.ts';
 import type { BlobEnumerator, BlobRemover } from './roles.ts';
 
 export interface GcReport {
@@ -16,17 +17,24 @@ export interface GcDeps {
   index: Pick<BlobIndex, 'allDigests' | 'getBlob' | 'deleteBlob'> &
     Pick<ManifestIndex, 'childrenOf' | 'deleteChildren'> &
     Pick<TagIndex, 'allTags'> &
-    Pick<ReferrerIndex, 'referrerDigests' | 'forgetReferrer'>;
+    Pick<ReferrerIndex, 'referrerDigests' | 'forgetReferrer'> &
+    LocalGcIndex;
   pins: Pick<PinIndex, 'digests'>;
   store: BlobRemover & Pick<BlobEnumerator, 'list'>;
   /** Local directories of unfinished writes (ingest/, tmp/): what is older than minAgeMs there is nobody's. */
   staging: string[];
 }
 
+/** What gc asks of the index about local repositories (issue #10). */
+type LocalGcIndex = Pick<ManifestIndex, 'localManifests' | 'refsOf' | 'deleteRef'>;
+
 /**
  * Garbage collection of the storage directory: partial downloads and temp files nobody finished (older
  * than `minAgeMs`, so a running server's fills are left alone), blobs no tag or pin reaches, and blobs
- * the index does not know. Reachability follows manifest → children edges, and subject → referrer.
+ * the index does not know. Reachability follows manifest → children edges, and subject → referrer. Roots: tags, pins, and the
+ * manifests local repositories hold (pushed content is the site's own until a DELETE lets it go); a local
+ * blob younger than `minAgeMs` that nothing reaches yet is a push in progress (its manifest comes last)
+ * and stays too.
  */
 export async function collectGarbage({ index, pins, store, staging }: GcDeps, o: { dryRun: boolean; minAgeMs: number }): Promise<GcReport> {
   const report: GcReport = { partials: [], blobs: [], orphans: [], freed: 0 };
@@ -42,7 +50,7 @@ export async function collectGarbage({ index, pins, store, staging }: GcDeps, o:
     }
   }
   const reachable = new Set<Digest>(pins.digests());
-  const queue: Digest[] = [...index.allTags().map((t) => t.digest), ...reachable];
+  const queue: Digest[] = [...index.allTags().map((t) => t.digest), ...index.localManifests(), ...reachable];
   for (let d = queue.pop(); d; d = queue.pop()) {
     reachable.add(d);
     for (const c of index.childrenOf(d)) if (!reachable.has(c.digest)) queue.push(c.digest);
@@ -53,13 +61,18 @@ export async function collectGarbage({ index, pins, store, staging }: GcDeps, o:
   for (const d of index.allDigests()) {
     known.add(d);
     if (reachable.has(d) || store.busy(d)) continue;
-    const size = index.getBlob(d)?.size ?? 0;
+    const row = index.getBlob(d);
+    const local = index.refsOf(d).filter((r) => r.upstream === LOCAL_UPSTREAM);
+    if (local.length > 0 && row && now - row.createdAt < o.minAgeMs) continue;
+    const size = row?.size ?? 0;
     report.blobs.push({ digest: d, size });
     report.freed += size;
     if (!o.dryRun) {
       index.deleteBlob(d);
       index.deleteChildren(d);
       index.forgetReferrer(d);
+      // A local repository no longer holds what is gone (a later blob of that digest is not its own).
+      for (const r of local) index.deleteRef(r.upstream, r.repository, d);
       await store.remove(d);
     }
   }

@@ -2,6 +2,13 @@ import type { Digest } from '../oci/digest.ts';
 import type { ReferrerDescriptor } from '../oci/referrers.ts';
 
 /**
+ * The index's upstream key of the site's own repositories (issue #10): tags, references and pins of local
+ * content are rows under this "upstream". It is no registry host (hosts have no `@`), so no configured
+ * upstream can share its rows, and `upstreams.client()` of a local route fails instead of going out.
+ */
+export const LOCAL_UPSTREAM = '@local';
+
+/**
  * The tag/manifest index in roles: what is known about the blobs (their rows, manifests' children,
  * which repositories referenced them, tags, pins). The SQLite implementation is src/store/store-index.ts
  * and its database handle never leaves src/store/; a PostgreSQL one (issue #12) implements these and
@@ -73,7 +80,7 @@ export interface BlobIndex {
   flushAccess(): void;
   /** Bytes and count of everything indexed. */
   totals(): { total: number; count: number };
-  /** Unpinned blobs, least recently used first. */
+  /** Unpinned blobs that no local repository references, least recently used first. */
   evictable(limit: number): Array<{ digest: Digest; size: number }>;
   /** The most recently created blob (the quota keeps it). */
   newest(): { digest: Digest; size: number } | undefined;
@@ -94,6 +101,15 @@ export interface ManifestIndex {
   descriptorSize(d: Digest, where: { upstream: string; repository: string }): number | undefined;
   /** Whether any tag or recorded manifest still points at `d`. */
   isReferenced(d: Digest): boolean;
+  // The local registry (issue #10): deletes, the catalog, gc roots.
+  /** Forgets one reference row; whether there was one. */
+  deleteRef(upstream: string, repository: string, d: Digest): boolean;
+  /** Whether anything is known of the repository: a reference or a tag. */
+  hasRepository(upstream: string, repository: string): boolean;
+  /** Every (upstream, repository) with references or tags, unsorted (the catalog). */
+  repositories(): Array<{ upstream: string; repository: string }>;
+  /** Manifests a local repository references (tagged or not): the site's own, kept by gc until deleted. */
+  localManifests(): Digest[];
 }
 
 export interface TagIndex {
@@ -106,6 +122,8 @@ export interface TagIndex {
   allTags(): TagRow[];
   /** Forgets a tag, every negotiation of it. */
   deleteTag(upstream: string, repository: string, tag: string): void;
+  /** Forgets the repository's tags that name `d` (a DELETE of a local manifest); returns them. */
+  deleteTagsOf(upstream: string, repository: string, d: Digest): string[];
 }
 
 /** Pinned content is never evicted; a pin is held by a reference and covers the digests it lists. */
