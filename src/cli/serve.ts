@@ -14,16 +14,23 @@ export function serveCommand(program: Command): void {
         const destination = pino.destination({ dest: 1, sync: false, minLength: 4096 });
         setInterval(() => destination.flush(), 1000).unref();
         const berth = await createBerth(config, pino({ level: config.log.level }, destination));
-        await berth.listen();
         let stopping = false;
         const stop = (signal: string) => {
           if (stopping) return;
           stopping = true;
           berth.log.info({ signal }, 'shutting down');
-          void berth.close().then(() => {
-            destination.flushSync();
-            process.exit(0);
-          });
+          void berth.close().then(
+            () => {
+              destination.flushSync();
+              process.exit(0);
+            },
+            (err: unknown) => {
+              // A stop that cannot finish must still end the process, saying why.
+              berth.log.error({ err }, 'shutdown failed');
+              destination.flushSync();
+              process.exit(1);
+            },
+          );
         };
         process.on('SIGINT', () => stop('SIGINT'));
         process.on('SIGTERM', () => stop('SIGTERM'));
@@ -34,6 +41,9 @@ export function serveCommand(program: Command): void {
             berth.log.error({ err }, 'TLS reload failed; keeping the old certificate');
           }
         });
+        // Listen only once the handlers are in: a SIGTERM that arrives as the port opens (a supervisor that
+        // saw it answer) must still stop berth cleanly, lock released, not end it mid-start by default.
+        await berth.listen();
         await new Promise(() => {});
       }),
     );
