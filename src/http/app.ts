@@ -6,10 +6,11 @@ import type { Readiness } from '../readiness.ts';
 import type { Prewarmer } from '../registry/prewarm.ts';
 import { prewarmHandler } from './admin.ts';
 import { type AdminGuardOptions, adminGuard } from './admin-guard.ts';
-import type { ClientAuth } from './client-auth.ts';
+import { type ClientAuth, unauthorized } from './client-auth.ts';
 import { answerError, errorMiddleware } from './errors.ts';
 import { type DigestOrigins, readRules } from './read-rules.ts';
 import { type V2Deps, v2Handler } from './v2.ts';
+import { writeRules } from './write-rules.ts';
 
 /** Bytes sent in the response body, counted at the socket so aborted streams count what really left. */
 function requestLog(log: Logger, metrics: Metrics) {
@@ -66,6 +67,8 @@ export interface AppParts {
   auth?: ClientAuth;
   /** On the main listener: who may use the admin endpoints (admin-guard.ts). Absent on the admin listener. */
   guard?: AdminGuardOptions;
+  /** `local.allowAnonymousPush`: without client auth, pushes are refused unless this is true. */
+  allowAnonymousPush?: boolean;
 }
 
 export function createApp(deps: AppDeps, parts: AppParts): Koa {
@@ -85,11 +88,22 @@ export function createApp(deps: AppDeps, parts: AppParts): Koa {
   app.use(errorMiddleware);
   const v2 = v2Handler(deps);
   const rules = parts.auth ? readRules(parts.auth.rules, deps.upstreams, deps.index) : undefined;
+  const writes = writeRules(deps.upstreams, { ...(parts.auth ? { auth: parts.auth } : {}), allowAnonymousPush: parts.allowAnonymousPush ?? false });
+  // docker, podman and skopeo send credentials only to a registry whose `GET /v2/` challenged them: where
+  // pushes need a login, an anonymous ping gets the challenge even when anonymous pulls are allowed (clients
+  // without credentials then go on anonymously: docker sends nothing, containers/image an empty basic login).
+  const pingChallenges = !!parts.auth?.takesCredentials && deps.upstreams.local.enabled;
   const registry: Middleware = async (ctx) => {
     // Who is asking, for the rules and the log line; a 401 when credentials are wrong or required.
+    // Order: identity, then who may write (pushes, deletes), then who may read, then the handlers.
     if (parts.auth) ctx.state.identity = await parts.auth.identify(ctx);
-    if (rules) await rules(ctx, () => v2(ctx));
-    else await v2(ctx);
+    if (pingChallenges && (ctx.path === '/v2' || ctx.path === '/v2/') && (ctx.state.identity as { kind: string }).kind === 'anonymous') {
+      throw unauthorized('log in to push; pulls need no credentials here (auth.anonymous)');
+    }
+    await writes(ctx, async () => {
+      if (rules) await rules(ctx, () => v2(ctx));
+      else await v2(ctx);
+    });
   };
   const guard = parts.guard ? adminGuard(parts.guard) : undefined;
   type Handler = (ctx: Context) => Promise<void> | void;
