@@ -74,6 +74,13 @@ const pushPrefix = z
   .string()
   .regex(/^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*\/?$/, 'must be a local repository name or path components ending in "/", e.g. "site/"');
 
+/** An `auth.push` entry; `anonymous` is no user here (that is local.allowAnonymousPush, without client auth). */
+const pushUser = z
+  .string()
+  .min(1)
+  .refine((u) => u !== 'anonymous', 'anonymous pushes are local.allowAnonymousPush, for a berth without client auth');
+const pushRule = z.object({ prefix: pushPrefix, users: z.array(pushUser).min(1) }).strict();
+
 const url = z.string().refine((s) => {
   try {
     const u = new URL(s);
@@ -198,23 +205,7 @@ export const ConfigSchema = z
          * user. A local name no rule matches takes no pushes. Bearer tokens push only where their own line in
          * `tokensFile` says (`TOKEN push:site/`). Whoever may push a name may also pull it.
          */
-        push: z
-          .array(
-            z
-              .object({
-                prefix: pushPrefix,
-                users: z
-                  .array(
-                    z
-                      .string()
-                      .min(1)
-                      .refine((u) => u !== 'anonymous', 'anonymous pushes are local.allowAnonymousPush, for a berth without client auth'),
-                  )
-                  .min(1),
-              })
-              .strict(),
-          )
-          .default([]),
+        push: z.array(pushRule).default([]),
       })
       .strict()
       .optional(),
