@@ -18,6 +18,9 @@ import { Tags } from './registry/tags.ts';
 import { ImageWalker } from './registry/image-walk.ts';
 import { Prewarmer } from './registry/prewarm.ts';
 import { Upstreams } from './registry/upstreams.ts';
+import { UploadFiles } from './registry/uploads/session-files.ts';
+import { UploadSweeper } from './registry/uploads/sweeper.ts';
+import { Uploads } from './registry/uploads/uploads.ts';
 import { BlobStore } from './store/blob-store.ts';
 import { StoragePaths } from './store/paths.ts';
 import { StoreIndex } from './store/store-index.ts';
@@ -109,8 +112,10 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
     },
   }, config.fills);
   const pins = index.pins;
+  const uploadFiles = new UploadFiles(paths);
   const quota = new Quota(index, store, config.storage.maxSize, log, {
     fillRunning: (d) => fills.get(d) !== undefined,
+    stagedBytes: () => uploadFiles.bytes(),
     onEvicted: (evicted, freed) => {
       metrics.evictions.inc(evicted);
       metrics.evictedBytes.inc(freed);
@@ -129,10 +134,14 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
     lazyFill: config.lazyFill, retries: config.retries, fillTimeout: config.fillTimeout, abandonGrace: config.fills.abandonGrace,
   });
   const tags = new Tags({ index, upstreams, offline });
+  // Push upload sessions (issue #10): bytes landed or a blob committed run a quota pass, as a fill's commit does.
+  const uploads = new Uploads({ files: uploadFiles, store, index, log, onStored: () => void quota.enforce().catch((err: Error) => log.error({ err }, 'quota pass failed')) });
+  const uploadSweeper = new UploadSweeper(uploadFiles, uploads, config.local.uploadIdle, log);
+  if (lock) uploadSweeper.start();
   const walker = new ImageWalker(upstreams, manifests);
   const prewarmer = new Prewarmer(walker, blobs, pins, quota, store);
   const readiness = new Readiness(index, paths.tmp, upstreams.clients, config.offline);
-  const deps = { upstreams, manifests, blobs, tags, metrics, log, prewarmer, readiness, index, maxPrewarmReferences: config.admin.maxPrewarmReferences };
+  const deps = { upstreams, manifests, blobs, tags, uploads, metrics, log, prewarmer, readiness, index, maxPrewarmReferences: config.admin.maxPrewarmReferences };
   const a = config.auth;
   const auth = a && (a.htpasswd || a.tokensFile || a.rules.length > 0) ? new ClientAuth({ ...a, onCheck: (result) => metrics.clientAuth.inc({ result }) }) : undefined;
   // Admin endpoints need an admin user only where there are users to log in as.
@@ -191,6 +200,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
     },
     async close() {
       clearInterval(flush);
+      uploadSweeper.stop();
       memory.close();
       for (const s of [server, adminServer]) {
         if (!s) continue;

@@ -8,7 +8,9 @@ import type { Blobs } from '../registry/blobs.ts';
 import type { Manifests } from '../registry/manifests.ts';
 import type { Tags } from '../registry/tags.ts';
 import type { Upstreams } from '../registry/upstreams.ts';
+import type { Uploads } from '../registry/uploads/uploads.ts';
 import { checkRangeSyntax, requestedRanges, sendBlob, setBlobHeaders } from './blob-response.ts';
+import { uploadRoutes } from './uploads.ts';
 
 export interface V2Deps {
   upstreams: Upstreams;
@@ -16,7 +18,14 @@ export interface V2Deps {
   blobs: Blobs;
   tags: Tags;
   metrics: Metrics;
+  /** Blob upload sessions of local repositories (the push API); without it every push is 405. */
+  uploads?: Uploads;
 }
+
+/** Methods that write: they reach the table only for local repositories. */
+const WRITE_METHODS = new Set(['POST', 'PATCH', 'PUT', 'DELETE']);
+/** The repository name of a path the push API has (greedy, as the router reads names). */
+const WRITE_PATH = /^\/v2\/(.+)\/(?:blobs\/uploads\/[^/]*|blobs\/[^/]+|manifests\/[^/]+)$/;
 
 const MAX_PAGE = 10_000;
 
@@ -121,6 +130,7 @@ export function v2Handler(d: V2Deps) {
     ctx.status = 200;
     ctx.body = { name: page.name, tags: page.tags };
   });
+  if (d.uploads) uploadRoutes(router, { upstreams: d.upstreams, uploads: d.uploads });
   const routes = router.routes();
 
   return async function v2(ctx: Context): Promise<void> {
@@ -128,10 +138,15 @@ export function v2Handler(d: V2Deps) {
     // Bodies come from upstreams: a browser must never guess a type from them (script on berth's origin).
     ctx.set('X-Content-Type-Options', 'nosniff');
     const path = ctx.path;
-    // Before the table: any other method is a 405 on every path, known or not (pull only).
+    // Before the table: a method that writes reaches it only for a push path of a local repository (no
+    // `?ns=`: that names an upstream); anything else is a 405 on every path, known or not.
     if (ctx.method !== 'GET' && ctx.method !== 'HEAD') {
-      ctx.state.route = path === '/v2' || path === '/v2/' ? 'base' : 'other';
-      throw new RegistryError('UNSUPPORTED', `${ctx.method} is not supported: berth is a pull-through cache (pull only)`);
+      const name = WRITE_METHODS.has(ctx.method) ? WRITE_PATH.exec(path)?.[1] : undefined;
+      if (name === undefined || ctx.query.ns !== undefined || !d.upstreams.local.owns(name)) {
+        ctx.state.route = path === '/v2' || path === '/v2/' ? 'base' : 'other';
+        const what = name === undefined ? '' : ` on ${name.slice(0, 200)}`;
+        throw new RegistryError('UNSUPPORTED', `${ctx.method} is not supported${what}: berth caches other repositories pull-only; ${d.upstreams.local.describe()}`);
+      }
     }
     if (path.length > 2048) throw new RegistryError('NAME_INVALID', 'request path is too long');
     // A repeated ?ns= is a 400 on any path but /v2/ (the routes read it again, the same way).
@@ -140,6 +155,7 @@ export function v2Handler(d: V2Deps) {
       ctx as Parameters<typeof routes>[0],
       (() => {
         ctx.state.route = 'other';
+        if (ctx.method !== 'GET' && ctx.method !== 'HEAD') throw new RegistryError('UNSUPPORTED', `${ctx.method} is not supported on ${path.slice(0, 200)}`);
         throw new RegistryError('NOT_FOUND', `no such endpoint: ${ctx.method} ${path.slice(0, 200)}`);
       }) as Next,
     );

@@ -15,6 +15,7 @@ import { failpoint } from '../failpoints.ts';
 import { IntegrityError } from '../oci/integrity.ts';
 import { SingleFlight } from '../single-flight.ts';
 import { DigestMismatchError } from '../store/roles.ts';
+import { LOCAL_UPSTREAM } from './local-names.ts';
 
 /** A blob ready to be served: its size and a way to read any part of it. */
 export interface BlobHandle {
@@ -107,8 +108,20 @@ export class Blobs {
     return { digest: d, size, source: 'cache', read: (s, e) => store.read(d, s, e), send: (s, e, w) => store.send(d, s, e, w) };
   }
 
+  /**
+   * A local repository's blob: committed and referenced by that repository ('@local' reference row), else
+   * 404. Never an upstream, online or offline: a local name has none.
+   */
+  private async local(route: Route, d: Digest): Promise<BlobHandle> {
+    const mine = this.o.index.refsOf(d).some((r) => r.upstream === LOCAL_UPSTREAM && r.repository === route.repository);
+    const hit = mine ? await this.cached(d) : undefined;
+    if (!hit) throw new RegistryError('BLOB_UNKNOWN', `blob ${d} is not in ${route.repository}`);
+    return hit;
+  }
+
   /** HEAD: the size without downloading the blob. */
   async stat(route: Route, d: Digest): Promise<{ size: number; cached: boolean }> {
+    if (route.local) return { size: (await this.local(route, d)).size, cached: true };
     const hit = await this.cached(d);
     if (hit) return { size: hit.size, cached: true };
     this.ensureOnline(d);
@@ -126,6 +139,7 @@ export class Blobs {
    * counted against `fills.maxPerClient` if a new fill starts for it.
    */
   async open(route: Route, d: Digest, wantsWhole: boolean, client?: string): Promise<BlobHandle> {
+    if (route.local) return this.local(route, d);
     const hit = await this.cached(d);
     if (hit) {
       this.o.metrics.hits.inc({ kind: 'blob' });

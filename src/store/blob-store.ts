@@ -53,6 +53,7 @@ export class BlobStore implements BlobStorage {
     await mkdir(this.paths.blobs, { recursive: true });
     await mkdir(this.paths.ingest, { recursive: true });
     await mkdir(this.paths.tmp, { recursive: true });
+    await mkdir(this.paths.uploads, { recursive: true });
   }
 
   /** The blob's size on disk, or undefined when it is not there. */

@@ -15,6 +15,8 @@ export type MaxSize = { bytes: number } | { percent: number };
 export interface QuotaOptions {
   /** Whether a fill of this digest is running in this process: its ingest files are not stale. */
   fillRunning?: (d: Digest) => boolean;
+  /** Bytes written but not yet blobs outside ingest/ (push upload sessions): they count against the limit too. */
+  stagedBytes?: () => Promise<number>;
   /** Told after each pass that evicted something (metrics). */
   onEvicted?: (evicted: number, freed: number) => void;
 }
@@ -126,6 +128,7 @@ export class Quota {
     if (max === undefined) return { evicted, freed };
     const partials = await this.partials();
     let total = this.index.totals().total + partials.reduce((n, p) => n + p.bytes, 0);
+    total += (await this.opts.stagedBytes?.()) ?? 0;
     if (total <= max) return { evicted, freed };
     const target = max * LOW_WATER;
     // Partials nobody is writing are leftovers of failed fills (or of a process that died): they can
