@@ -109,6 +109,7 @@ function assertDenied(r: Outcome, what: RegExp): void {
 /** Past the auth layer: whatever the handler answers, it is not an auth answer. */
 function assertPastAuth(r: Outcome): void {
   assert.ok(r.status !== 401 && r.status !== 403, describeOutcome(r));
+  assert.equal(r.status, 202, `the upload session starts: ${describeOutcome(r)}`);
 }
 
 const post = (b: InProcessBerth, p: string, auth?: string) => fetchOutcome(b.url, p, { method: 'POST', headers: auth ? { authorization: auth } : {} });
@@ -210,6 +211,27 @@ describe('auth.rules and auth.push together', () => {
     }
     // Anonymous clients are refused outright with anonymous: false, writes included.
     assertChallenge(await post(b, UPLOADS));
+  });
+});
+
+describe('cross-repository mounts and read rules', () => {
+  test('a mount from a repository the pusher may not read is a plain upload (202), not a 201 that says the blob is there', async () => {
+    const b = await berth(withAuth({ rules: [{ prefix: `${up.host}/lab/`, users: ['reader'] }], push: [{ prefix: 'site/', users: ['writer', 'reader'] }] }));
+    // The reader pulls the image: its layer is now cached under lab/app.
+    const layer = image.layers[0]!.digest;
+    for (const p of ['/v2/lab/app/manifests/1', `/v2/lab/app/blobs/${layer}`]) {
+      const r = await fetchOutcome(b.url, p, { headers: { accept: ACCEPT_ALL_MANIFESTS, authorization: READER } });
+      assert.equal(r.status, 200, describeOutcome(r));
+    }
+    const mount = (from: string, auth: string) => post(b, `${UPLOADS}?mount=${layer}&from=${encodeURIComponent(from)}`, auth);
+    const allowed = await mount(`${up.host}/lab/app`, READER);
+    assert.equal(allowed.status, 201, `the reader may read lab/app: the blob is mounted. ${describeOutcome(allowed)}`);
+    assert.equal(allowed.headers?.['docker-content-digest'], layer);
+    for (const from of [`${up.host}/lab/app`, 'lab/app']) {
+      const r = await mount(from, WRITER);
+      assert.equal(r.status, 202, `the writer may not read ${from}: ${describeOutcome(r)}`);
+      assert.match(String(r.headers?.location), /\/v2\/site\/app\/blobs\/uploads\/./);
+    }
   });
 });
 

@@ -69,10 +69,16 @@ export function writeRules(upstreams: Upstreams, o: WriteRulesOptions) {
   };
 }
 
+/**
+ * Whether a mount may look at `from`. A name without a registry (`team/app`, not `quay.io/team/app`) mounts
+ * from that repository under any upstream (src/registry/uploads/uploads.ts), so under read rules it is
+ * refused: the rules could allow the default upstream's repository and not another one's of the same name.
+ */
 function mayReadFrom(upstreams: Upstreams, rules: AccessRules, who: Identity, from: string): boolean {
   if (!rules.active) return true;
   try {
     const route = upstreams.route(from, undefined);
+    if (!route.local && !route.explicit) return false;
     return rules.mayRead(who, ruleName(route.upstream, route.repository));
   } catch {
     return true; // not a name: the handler refuses the mount itself
