@@ -13,6 +13,7 @@ import { pushWarnings } from './http/write-rules.ts';
 import { Blobs } from './registry/blobs.ts';
 import { Fills } from './registry/fills.ts';
 import { isDiskFull } from './registry/fill-errors.ts';
+import { LocalRegistry } from './registry/local/local-registry.ts';
 import { Manifests } from './registry/manifests.ts';
 import { Tags } from './registry/tags.ts';
 import { ImageWalker } from './registry/image-walk.ts';
@@ -141,13 +142,15 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   const walker = new ImageWalker(upstreams, manifests);
   const prewarmer = new Prewarmer(walker, blobs, pins, quota, store);
   const readiness = new Readiness(index, paths.tmp, upstreams.clients, config.offline);
+  const local = new LocalRegistry({ index, store, deleteEnabled: config.delete.enabled, log });
   const deps = { upstreams, manifests, blobs, tags, uploads, metrics, log, prewarmer, readiness, index, maxPrewarmReferences: config.admin.maxPrewarmReferences };
+  const localDeps = { local, catalog: index, maxManifestSize: config.local.maxManifestSize };
   const a = config.auth;
   const auth = a && (a.htpasswd || a.tokensFile || a.rules.length > 0) ? new ClientAuth({ ...a, onCheck: (result) => metrics.clientAuth.inc({ result }) }) : undefined;
   // Admin endpoints need an admin user only where there are users to log in as.
   const guard = { allowRemote: config.admin.allowRemote, ...(auth && (a?.htpasswd || a?.tokensFile) ? { auth } : {}) };
-  const app = createApp(deps, { registry: true, admin: !config.admin.listen, guard, allowAnonymousPush: config.local.allowAnonymousPush, ...(auth ? { auth } : {}) });
-  const adminApp = config.admin.listen ? createApp(deps, { registry: false, admin: true }) : undefined;
+  const app = createApp({ ...deps, ...localDeps }, { registry: true, admin: !config.admin.listen, guard, allowAnonymousPush: config.local.allowAnonymousPush, ...(auth ? { auth } : {}) });
+  const adminApp = config.admin.listen ? createApp({ ...deps, ...localDeps }, { registry: false, admin: true }) : undefined;
   const tlsFiles = () => ({ cert: readFileSync(config.tls!.certificate), key: readFileSync(config.tls!.key) });
   const flush = setInterval(() => {
     try {

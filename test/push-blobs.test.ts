@@ -14,8 +14,8 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
 import { blobFiles } from './support/berth-cli.ts';
-import { buildImage, type Image, pushImage } from './support/images.ts';
 import { request } from './support/http.ts';
+import { buildImage, type Image, pushImage } from './support/images.ts';
 import { waitUntil } from './support/links.ts';
 import { committed } from './support/storage.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
@@ -268,11 +268,11 @@ describe('what is not a local push', () => {
     }
   });
 
-  test('session ids that are not ours are 404 BLOB_UPLOAD_UNKNOWN: made up, path traversal, another repository\'s', async () => {
+  test("session ids that are not ours are 404 BLOB_UPLOAD_UNKNOWN: made up, path traversal, another repository's", async () => {
     const theirs = await open('site/owner');
     await patch(theirs, Buffer.from('owned bytes'), 0);
     const theirId = theirs.split('/').pop()!;
-    const ids = ['nope', randomUUID(), '..%2F..%2Fberth.db', '%2e%2e%2f%2e%2e%2fberth.db', '..%2Fuploads%2F' + theirId, theirId.toUpperCase(), `${theirId}.json`, theirId];
+    const ids = ['nope', randomUUID(), '..%2F..%2Fberth.db', '%2e%2e%2f%2e%2e%2fberth.db', `..%2Fuploads%2F${theirId}`, theirId.toUpperCase(), `${theirId}.json`, theirId];
     for (const id of ids) {
       for (const method of ['GET', 'PATCH', 'PUT', 'DELETE']) {
         const q = method === 'PUT' ? `?digest=${sha(Buffer.from('owned bytes'))}` : '';
@@ -306,7 +306,10 @@ describe('what is not a local push', () => {
     assert.equal((await fetch(`${b.url}/v2/site/reads-a/blobs/${cfg}`, { method: 'HEAD' })).status, 404);
     assert.equal((await getBlob('lab/base', cfg)).status, 200, 'a cached pull still works');
     const seen = await up.waitForAccess((es) => es.some((e) => e.path.includes(cfg)), { since: mark });
-    assert.ok(seen.every((e) => !e.path.includes('site/')), 'no local name went to the upstream');
+    assert.ok(
+      seen.every((e) => !e.path.includes('site/')),
+      'no local name went to the upstream',
+    );
   });
 });
 
@@ -326,7 +329,9 @@ describe('sessions over time', () => {
         void waitUntil('the first MiB in the session', async () => {
           const r = await call('GET', loc);
           return r.headers.get('range') === `0-${cut - 1}`;
-        }).catch(() => undefined).finally(() => req.destroy());
+        })
+          .catch(() => undefined)
+          .finally(() => req.destroy());
       });
     });
     // GET answers 204 while the aborted PATCH still holds the session only if it was released: poll.
@@ -349,10 +354,13 @@ describe('sessions over time', () => {
     let release!: () => void;
     const held = new Promise<void>((r) => (release = r));
     const slow = new Promise<number>((resolve, reject) => {
-      const req = http.request({ host: u.hostname, port: u.port, path: loc, method: 'PATCH', headers: { 'Content-Length': String(first.length), 'Content-Range': `0-${first.length - 1}` }, agent: false }, (res) => {
-        res.resume();
-        res.on('end', () => resolve(res.statusCode ?? 0));
-      });
+      const req = http.request(
+        { host: u.hostname, port: u.port, path: loc, method: 'PATCH', headers: { 'Content-Length': String(first.length), 'Content-Range': `0-${first.length - 1}` }, agent: false },
+        (res) => {
+          res.resume();
+          res.on('end', () => resolve(res.statusCode ?? 0));
+        },
+      );
       req.on('error', reject);
       req.write(first.subarray(0, 1024 * 1024));
       void held.then(() => req.end(first.subarray(1024 * 1024)));

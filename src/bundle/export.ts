@@ -5,7 +5,7 @@ import tar from 'tar-stream';
 import { MediaType } from '../oci/media-types.ts';
 import type { WalkedImage } from '../registry/image-walk.ts';
 import type { BlobReader } from '../store/roles.ts';
-import { blobEntryName, CONTAINERD_NAME, LAYOUT_VERSION, REF_NAME } from './layout.ts';
+import { blobEntryName, CONTAINERD_NAME, LAYOUT_VERSION, LOCAL_MARK, REF_NAME } from './layout.ts';
 
 /**
  * Writes images as an OCI image layout archive (a tar), streaming each blob from the store.
@@ -45,7 +45,7 @@ export async function writeBundle(images: WalkedImage[], store: Pick<BlobReader,
         mediaType: img.root.mediaType,
         digest: img.root.digest,
         size: img.root.size,
-        annotations: { [REF_NAME]: img.name, [CONTAINERD_NAME]: img.name },
+        annotations: { [REF_NAME]: img.name, [CONTAINERD_NAME]: img.name, ...(img.route.local ? { [LOCAL_MARK]: 'true' } : {}) },
       })),
     };
     await add('index.json', Buffer.from(JSON.stringify(index, null, 2)));

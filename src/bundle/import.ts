@@ -6,11 +6,12 @@ import tar from 'tar-stream';
 import { type Digest, isDigest } from '../oci/digest.ts';
 import { type ImageReference, parseImageReference } from '../oci/image-reference.ts';
 import { MAX_MANIFEST_BYTES, parseManifest } from '../oci/manifest.ts';
+import { LOCAL_UPSTREAM, type LocalNames } from '../registry/local-names.ts';
 import type { BlobIndex, ManifestIndex, TagIndex } from '../store/index-roles.ts';
 import { imageClosure } from '../store/pins.ts';
 import { type BlobIngester, type BlobReader, DigestMismatchError, writeBlob } from '../store/roles.ts';
 import { importSkopeoDirs } from './import-dirs.ts';
-import { blobEntryName, CONTAINERD_NAME, digestOfEntry, REF_NAME } from './layout.ts';
+import { blobEntryName, CONTAINERD_NAME, digestOfEntry, LOCAL_MARK, REF_NAME } from './layout.ts';
 
 export interface ImportResult {
   images: Array<{ name: string; digest: string }>;
@@ -26,7 +27,7 @@ export interface ImportDeps {
   store: BlobIngester & Pick<BlobReader, 'stat' | 'readBytes'>;
   index: Pick<BlobIndex, 'getBlob' | 'putBlob'> & Pick<ManifestIndex, 'recordManifest' | 'childrenOf'> & Pick<TagIndex, 'putTag'>;
   /** Resolves a reference's registry to a configured upstream (its canonical host), as pulls do. */
-  upstreams: { readonly defaultHost: string; get(host: string): { readonly host: string } | undefined };
+  upstreams: { readonly defaultHost: string; get(host: string): { readonly host: string } | undefined; readonly local?: Pick<LocalNames, 'owns'> };
 }
 
 export interface IndexEntry {
@@ -156,13 +157,16 @@ export async function register(ctx: ImportDeps, entries: IndexEntry[]): Promise<
       continue;
     }
     let ref: ImageReference;
+    // A local repository's image (issue #10): marked by berth's export, or named under this berth's local.prefixes.
+    const local = e.annotations?.[LOCAL_MARK] === 'true' || ctx.upstreams.local?.owns(full.replace(/[:@].*$/, '')) === true;
     try {
-      ref = parseImageReference(full, ctx.upstreams.defaultHost);
+      ref = parseImageReference(full, local ? LOCAL_UPSTREAM : ctx.upstreams.defaultHost);
+      if (local && ref.host !== LOCAL_UPSTREAM) throw new Error(`a local image is named without a registry host, not as ${full}`);
     } catch (err) {
       skipped.push({ name: full, reason: (err as Error).message });
       continue;
     }
-    const upstream = ctx.upstreams.get(ref.host)?.host ?? ref.host;
+    const upstream = local ? LOCAL_UPSTREAM : (ctx.upstreams.get(ref.host)?.host ?? ref.host);
     const root = await indexManifest(ctx, e.digest, e.mediaType, upstream, ref.repository);
     if (!root) {
       skipped.push({ name: full, reason: `manifest ${e.digest} is missing from the bundle`, incomplete: true });
@@ -179,7 +183,11 @@ export async function register(ctx: ImportDeps, entries: IndexEntry[]): Promise<
     }
     if (ref.tag) ctx.index.putTag({ upstream, repository: ref.repository, tag: ref.tag, digest: e.digest, mediaType: root.mediaType, size: root.size, checkedAt: Date.now() });
     images.push({ name: full, digest: e.digest });
-    if (!ctx.upstreams.get(ref.host)) skipped.push({ name: full, reason: `registry ${ref.host} is not a configured upstream: imported, but not routable until it is added` });
+    if (local && !ctx.upstreams.local?.owns(ref.repository)) {
+      skipped.push({ name: full, reason: `imported as a local image, but ${ref.repository} is not under this berth's local.prefixes: not served until it is` });
+    } else if (!local && !ctx.upstreams.get(ref.host)) {
+      skipped.push({ name: full, reason: `registry ${ref.host} is not a configured upstream: imported, but not routable until it is added` });
+    }
   }
   return { images, skipped };
 }
@@ -190,7 +198,8 @@ async function indexManifest(ctx: ImportDeps, d: Digest, declared: string | unde
   const bytes = await ctx.store.readBytes(d);
   if (!bytes) return undefined;
   const m = parseManifest(bytes, declared);
-  ctx.index.recordManifest({ upstream, repository, digest: d, size: bytes.length, mediaType: m.mediaType, children: [...m.manifests, ...m.blobs] });
+  const about = { ...(m.subject ? { subject: m.subject.digest } : {}), ...(m.artifactType ? { artifactType: m.artifactType } : {}), ...(m.annotations ? { annotations: m.annotations } : {}) };
+  ctx.index.recordManifest({ upstream, repository, digest: d, size: bytes.length, mediaType: m.mediaType, children: [...m.manifests, ...m.blobs], ...about });
   for (const c of m.manifests) await indexManifest(ctx, c.digest, c.mediaType, upstream, repository);
   return { mediaType: m.mediaType, size: bytes.length };
 }

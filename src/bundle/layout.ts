@@ -19,3 +19,8 @@ export function digestOfEntry(name: string): string | undefined {
   const m = /^(?:\.\/)?blobs\/sha256\/([a-f0-9]{64})$/.exec(name);
   return m ? `sha256:${m[1]}` : undefined;
 }
+/**
+ * berth's own mark on an index entry of a local repository's image (issue #10): the name alone
+ * (`site/app:1`) reads as a Docker Hub name elsewhere, so import knows it by this, whatever its config.
+ */
+export const LOCAL_MARK = 'io.berth.local-repository';

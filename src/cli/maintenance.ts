@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { formatBytes, parseDuration } from '../config/units.ts';
 import type { Digest } from '../oci/digest.ts';
 import { formatImageReference, parseImageReference } from '../oci/image-reference.ts';
+import { LOCAL_UPSTREAM } from '../registry/local-names.ts';
 import type { Berth, OpenMode } from '../server.ts';
 import { collectGarbage } from '../store/gc.ts';
 import { imageClosure } from '../store/pins.ts';
@@ -27,7 +28,9 @@ export function maintenanceCommands(program: Command): void {
         index.flushAccess();
         const pinned = new Set(pins.references());
         const rows = index.allTags().map((t) => {
-          const name = `${t.upstream}/${t.repository}:${t.tag}`;
+          // A local repository's tag is named as clients pull it: no host.
+          const local = t.upstream === LOCAL_UPSTREAM;
+          const name = local ? `${t.repository}:${t.tag}` : `${t.upstream}/${t.repository}:${t.tag}`;
           const digests = imageClosure(index, t.digest);
           const cached = digests.map((d) => index.getBlob(d)).filter((r) => r !== undefined);
           const manifest = index.getBlob(t.digest);
@@ -40,6 +43,7 @@ export function maintenanceCommands(program: Command): void {
             lastPulled: manifest ? new Date(manifest.accessedAt).toISOString() : null,
             checked: new Date(t.checkedAt).toISOString(),
             pinned: pinned.has(name) || pins.isPinned(t.digest),
+            local,
           };
         });
         if (opts.json) {
@@ -47,10 +51,17 @@ export function maintenanceCommands(program: Command): void {
           return;
         }
         const totals = index.totals();
-        for (const r of rows) {
+        const line = (r: (typeof rows)[number]) =>
           process.stdout.write(`${r.reference}\t${r.digest.slice(0, 19)}\t${formatBytes(r.size)}${r.complete ? '' : ' (partial)'}\t${r.lastPulled ?? '-'}${r.pinned ? '\tpinned' : ''}\n`);
+        // Local images (the site's own, pushed or imported) apart from the cache: they are never evicted.
+        const local = rows.filter((r) => r.local);
+        if (local.length > 0) {
+          process.stdout.write('local repositories (never evicted):\n');
+          for (const r of local) line(r);
+          process.stdout.write('cached:\n');
         }
-        process.stdout.write(`${rows.length} tags, ${totals.count} blobs, ${formatBytes(totals.total)}\n`);
+        for (const r of rows) if (!r.local) line(r);
+        process.stdout.write(`${rows.length} tags, ${totals.count} blobs, ${formatBytes(totals.total)}${local.length > 0 ? `; ${local.length} local` : ''}\n`);
       }),
     ),
   );
@@ -60,7 +71,7 @@ export function maintenanceCommands(program: Command): void {
       .command('gc')
       .description('remove unfinished downloads and blobs no tag or pin reaches')
       .option('--dry-run', 'only list what would be removed')
-      .option('--min-age <duration>', 'leave partial downloads younger than this (a running server may own them)', '1h'),
+      .option('--min-age <duration>', 'leave partial downloads, and pushed blobs no manifest names yet, younger than this (a running server may own them)', '1h'),
   ).action(
     run(async (opts) =>
       withBerth(opts, opts.dryRun === true ? { lock: false, createStorage: false } : { lock: 'gc', createStorage: false }, async (berth) => {

@@ -2,8 +2,8 @@ import type Router from '@koa/router';
 import type { Context } from 'koa';
 import { type Digest, parseDigest } from '../oci/digest.ts';
 import { isRegistryError, RegistryError } from '../oci/errors.ts';
-import type { Route, Upstreams } from '../registry/upstreams.ts';
 import { type ChunkRange, rangeHeader, type UploadState, type Uploads } from '../registry/uploads/uploads.ts';
+import type { Route, Upstreams } from '../registry/upstreams.ts';
 
 export interface UploadRouteDeps {
   upstreams: Upstreams;

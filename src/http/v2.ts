@@ -5,12 +5,16 @@ import { parseDigest } from '../oci/digest.ts';
 import { RegistryError } from '../oci/errors.ts';
 import { isTag, parseReference } from '../oci/reference.ts';
 import type { Blobs } from '../registry/blobs.ts';
+import type { LocalRegistry } from '../registry/local/local-registry.ts';
 import type { Manifests } from '../registry/manifests.ts';
 import type { Tags } from '../registry/tags.ts';
-import type { Upstreams } from '../registry/upstreams.ts';
 import type { Uploads } from '../registry/uploads/uploads.ts';
+import type { Upstreams } from '../registry/upstreams.ts';
+import type { RegistryIndex } from '../store/index-roles.ts';
 import { checkRangeSyntax, requestedRanges, sendBlob, setBlobHeaders } from './blob-response.ts';
 import { uploadRoutes } from './uploads.ts';
+import { catalogRoute } from './catalog.ts';
+import { pushRoutes } from './manifest-push.ts';
 
 export interface V2Deps {
   upstreams: Upstreams;
@@ -20,6 +24,10 @@ export interface V2Deps {
   metrics: Metrics;
   /** Blob upload sessions of local repositories (the push API); without it every push is 405. */
   uploads?: Uploads;
+  /** The local registry (issue #10): manifest pushes, deletes; the catalog reads the index. */
+  local: LocalRegistry;
+  catalog: Pick<RegistryIndex, 'repositories'>;
+  maxManifestSize: number;
 }
 
 /** Methods that write: they reach the table only for local repositories. */
@@ -131,6 +139,8 @@ export function v2Handler(d: V2Deps) {
     ctx.body = { name: page.name, tags: page.tags };
   });
   if (d.uploads) uploadRoutes(router, { upstreams: d.upstreams, uploads: d.uploads });
+  pushRoutes(router, { upstreams: d.upstreams, local: d.local, maxManifestSize: d.maxManifestSize });
+  catalogRoute(router, { index: d.catalog, upstreams: d.upstreams });
   const routes = router.routes();
 
   return async function v2(ctx: Context): Promise<void> {

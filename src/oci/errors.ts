@@ -8,7 +8,8 @@ export const ERROR_STATUS = {
   BLOB_UPLOAD_INVALID: 400,
   BLOB_UPLOAD_UNKNOWN: 404,
   DIGEST_INVALID: 400,
-  MANIFEST_BLOB_UNKNOWN: 404,
+  // 400, as distribution answers a manifest PUT that names a blob the repository does not have.
+  MANIFEST_BLOB_UNKNOWN: 400,
   MANIFEST_INVALID: 400,
   MANIFEST_UNKNOWN: 404,
   NAME_INVALID: 400,
@@ -23,6 +24,8 @@ export const ERROR_STATUS = {
   RANGE_INVALID: 400,
   RANGE_NOT_SATISFIABLE: 416,
   NOT_FOUND: 404,
+  /** A manifest body over local.maxManifestSize (the spec's 413 Payload Too Large). */
+  MANIFEST_TOO_LARGE: 413,
   // 502/503 make containerd and docker fall back to the next host. 429 is never sent: containerd
   // would retry the same host.
   UPSTREAM_ERROR: 502,

@@ -5,6 +5,8 @@ import { type Platform, parseManifest } from '../oci/manifest.ts';
 import { DEFAULT_MANIFEST_ACCEPT } from '../oci/media-types.ts';
 import { platformMatches } from '../oci/platform.ts';
 import type { Reference } from '../oci/reference.ts';
+import { localImageName, localImageReference } from './local/image-name.ts';
+import { LOCAL_UPSTREAM } from './local-names.ts';
 import type { Manifests } from './manifests.ts';
 import type { Route, Upstreams } from './upstreams.ts';
 
@@ -37,13 +39,15 @@ export class ImageWalker {
   ) {}
 
   routeOf(ref: ImageReference): Route {
+    if (ref.host === LOCAL_UPSTREAM) return { upstream: LOCAL_UPSTREAM, repository: ref.repository, explicit: true, local: true };
     const client = this.upstreams.get(ref.host);
     if (!client) throw new RegistryError('NAME_UNKNOWN', `registry ${ref.host} is not configured as an upstream of this berth`);
     return { upstream: client.host, repository: ref.repository, explicit: true };
   }
 
   async walk(text: string, platforms: Platform[] | undefined): Promise<WalkedImage> {
-    const reference = parseImageReference(text, this.upstreams.defaultHost);
+    // A local image (`site/app:1`) is read from the local repository, never from an upstream.
+    const reference = localImageReference(text, this.upstreams.local) ?? parseImageReference(text, this.upstreams.defaultHost);
     const route = this.routeOf(reference);
     const first: Reference = reference.digest ? { kind: 'digest', digest: reference.digest } : { kind: 'tag', tag: reference.tag! };
     const root = await this.fetch(route, first);
@@ -66,7 +70,8 @@ export class ImageWalker {
       }
     }
     for (const img of images) for (const b of img.blobs) blobs.set(b.digest, { digest: b.digest, size: b.size, mediaType: b.mediaType });
-    return { reference, name: formatImageReference(reference), route, root, manifests, blobs: [...blobs.values()] };
+    const name = reference.host === LOCAL_UPSTREAM ? localImageName(reference) : formatImageReference(reference);
+    return { reference, name, route, root, manifests, blobs: [...blobs.values()] };
   }
 
   private async fetch(route: Route, ref: Reference): Promise<WalkedManifest> {

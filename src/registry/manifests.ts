@@ -11,6 +11,7 @@ import { SingleFlight } from '../single-flight.ts';
 import type { BlobStore } from '../store/blob-store.ts';
 import type { StoreIndex, TagRow } from '../store/store-index.ts';
 import { servesStale } from './failures.ts';
+import { isLocalRepository, LOCAL_UPSTREAM } from './local-names.ts';
 import type { Route, Upstreams } from './upstreams.ts';
 
 export interface ManifestResult {
@@ -73,6 +74,7 @@ export class Manifests {
   }
 
   private async resolve(route: Route, ref: Reference, accept: string, method: 'GET' | 'HEAD'): Promise<ManifestResult> {
+    if (isLocalRepository(route)) return this.local(route, ref, method);
     if (ref.kind === 'digest') {
       const hit = await this.fromCache(ref.digest, method);
       if (hit) return hit;
@@ -110,6 +112,20 @@ export class Manifests {
     // next is then a hit, and the tag is known offline.
     this.metrics.misses.inc({ kind: 'manifest' });
     return this.fetch(route, undefined, accept, ref.tag, method);
+  }
+
+  /**
+   * A local repository (issue #10) answers from the index and the store only, never an upstream, online
+   * or offline: a tag as pushed (its own content, whatever the Accept: a pushed tag has one answer), a
+   * digest only if the repository holds it (any repository can name any digest; another repository's
+   * or the cache's copy is not this repository's).
+   */
+  private async local(route: Route, ref: Reference, method: 'GET' | 'HEAD'): Promise<ManifestResult> {
+    const d = ref.kind === 'tag' ? this.index.getTag(LOCAL_UPSTREAM, route.repository, ref.tag)?.digest : ref.digest;
+    const held = d !== undefined && this.index.refsOf(d).some((r) => r.upstream === LOCAL_UPSTREAM && r.repository === route.repository);
+    const hit = held ? await this.fromCache(d, method) : undefined;
+    if (hit) return hit;
+    throw new RegistryError('MANIFEST_UNKNOWN', `manifest ${route.repository}${ref.kind === 'tag' ? `:${ref.tag}` : `@${ref.digest}`} is not in this local repository`);
   }
 
   /** Asks the upstream whether the tag still names the cached answer (a HEAD: Docker Hub does not count HEADs against the pull rate limit). */

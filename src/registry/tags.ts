@@ -1,6 +1,7 @@
 import { RegistryError } from '../oci/errors.ts';
 import type { StoreIndex } from '../store/store-index.ts';
 import { servesStale } from './failures.ts';
+import { isLocalRepository } from './local-names.ts';
 import type { Route, Upstreams } from './upstreams.ts';
 
 export interface TagPage {
@@ -29,6 +30,7 @@ export class Tags {
   }
 
   async list(route: Route, displayName: string, n: number | undefined, last: string | undefined): Promise<TagPage> {
+    if (isLocalRepository(route)) return this.local(route, displayName, n, last);
     if (!this.offline) {
       try {
         return await this.fromUpstream(route, displayName, n, last);
@@ -47,6 +49,15 @@ export class Tags {
       ({ tags, next } = paginate(tags, n, last));
     }
     return { name: displayName, tags, ...(next ? { next } : {}), fromCache: false };
+  }
+
+  /** A local repository's tags are the index's (never an upstream's); one that exists with no tags lists none. */
+  private local(route: Route, displayName: string, n: number | undefined, last: string | undefined): TagPage {
+    if (!this.index.hasRepository(route.upstream, route.repository)) {
+      throw new RegistryError('NAME_UNKNOWN', `local repository ${route.repository} does not exist (nothing was pushed to it)`);
+    }
+    const { tags, next } = paginate(this.index.listTags(route.upstream, route.repository), n, last);
+    return { name: displayName, tags, ...(next ? { next } : {}), fromCache: true };
   }
 
   private fromCache(route: Route, displayName: string, n: number | undefined, last: string | undefined): TagPage {

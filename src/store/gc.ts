@@ -1,6 +1,7 @@
 import { readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Digest } from '../oci/digest.ts';
+import { LOCAL_UPSTREAM } from '../registry/local-names.ts';
 import type { BlobIndex, ManifestIndex, PinIndex, TagIndex } from './index-roles.ts';
 import type { BlobEnumerator, BlobRemover } from './roles.ts';
 
@@ -13,17 +14,23 @@ export interface GcReport {
 }
 
 export interface GcDeps {
-  index: Pick<BlobIndex, 'allDigests' | 'getBlob' | 'deleteBlob'> & Pick<ManifestIndex, 'childrenOf' | 'deleteChildren'> & Pick<TagIndex, 'allTags'>;
+  index: Pick<BlobIndex, 'allDigests' | 'getBlob' | 'deleteBlob'> & Pick<ManifestIndex, 'childrenOf' | 'deleteChildren'> & Pick<TagIndex, 'allTags'> & LocalGcIndex;
   pins: Pick<PinIndex, 'digests'>;
   store: BlobRemover & Pick<BlobEnumerator, 'list'>;
   /** Local directories of unfinished writes (ingest/, tmp/): what is older than minAgeMs there is nobody's. */
   staging: string[];
 }
 
+/** What gc asks of the index about local repositories (issue #10). */
+type LocalGcIndex = Pick<ManifestIndex, 'localManifests' | 'refsOf' | 'deleteRef'>;
+
 /**
  * Garbage collection of the storage directory: partial downloads and temp files nobody finished (older
  * than `minAgeMs`, so a running server's fills are left alone), blobs no tag or pin reaches, and blobs
- * the index does not know. Reachability follows manifest → children edges.
+ * the index does not know. Reachability follows manifest → children edges. Roots: tags, pins, and the
+ * manifests local repositories hold (pushed content is the site's own until a DELETE lets it go); a local
+ * blob younger than `minAgeMs` that nothing reaches yet is a push in progress (its manifest comes last)
+ * and stays too.
  */
 export async function collectGarbage({ index, pins, store, staging }: GcDeps, o: { dryRun: boolean; minAgeMs: number }): Promise<GcReport> {
   const report: GcReport = { partials: [], blobs: [], orphans: [], freed: 0 };
@@ -39,7 +46,7 @@ export async function collectGarbage({ index, pins, store, staging }: GcDeps, o:
     }
   }
   const reachable = new Set<Digest>(pins.digests());
-  const queue: Digest[] = [...index.allTags().map((t) => t.digest), ...reachable];
+  const queue: Digest[] = [...index.allTags().map((t) => t.digest), ...index.localManifests(), ...reachable];
   for (let d = queue.pop(); d; d = queue.pop()) {
     reachable.add(d);
     for (const c of index.childrenOf(d)) if (!reachable.has(c.digest)) queue.push(c.digest);
@@ -48,12 +55,17 @@ export async function collectGarbage({ index, pins, store, staging }: GcDeps, o:
   for (const d of index.allDigests()) {
     known.add(d);
     if (reachable.has(d) || store.busy(d)) continue;
-    const size = index.getBlob(d)?.size ?? 0;
+    const row = index.getBlob(d);
+    const local = index.refsOf(d).filter((r) => r.upstream === LOCAL_UPSTREAM);
+    if (local.length > 0 && row && now - row.createdAt < o.minAgeMs) continue;
+    const size = row?.size ?? 0;
     report.blobs.push({ digest: d, size });
     report.freed += size;
     if (!o.dryRun) {
       index.deleteBlob(d);
       index.deleteChildren(d);
+      // A local repository no longer holds what is gone (a later blob of that digest is not its own).
+      for (const r of local) index.deleteRef(r.upstream, r.repository, d);
       await store.remove(d);
     }
   }

@@ -72,7 +72,7 @@ export interface BlobIndex {
   flushAccess(): void;
   /** Bytes and count of everything indexed. */
   totals(): { total: number; count: number };
-  /** Unpinned blobs, least recently used first. */
+  /** Unpinned blobs that no local repository references, least recently used first. */
   evictable(limit: number): Array<{ digest: Digest; size: number }>;
   /** The most recently created blob (the quota keeps it). */
   newest(): { digest: Digest; size: number } | undefined;
@@ -93,6 +93,15 @@ export interface ManifestIndex {
   descriptorSize(d: Digest, where: { upstream: string; repository: string }): number | undefined;
   /** Whether any tag or recorded manifest still points at `d`. */
   isReferenced(d: Digest): boolean;
+  // The local registry (issue #10): deletes, the catalog, gc roots.
+  /** Forgets one reference row; whether there was one. */
+  deleteRef(upstream: string, repository: string, d: Digest): boolean;
+  /** Whether anything is known of the repository: a reference or a tag. */
+  hasRepository(upstream: string, repository: string): boolean;
+  /** Every (upstream, repository) with references or tags, unsorted (the catalog). */
+  repositories(): Array<{ upstream: string; repository: string }>;
+  /** Manifests a local repository references (tagged or not): the site's own, kept by gc until deleted. */
+  localManifests(): Digest[];
 }
 
 export interface TagIndex {
@@ -105,6 +114,8 @@ export interface TagIndex {
   allTags(): TagRow[];
   /** Forgets a tag, every negotiation of it. */
   deleteTag(upstream: string, repository: string, tag: string): void;
+  /** Forgets the repository's tags that name `d` (a DELETE of a local manifest); returns them. */
+  deleteTagsOf(upstream: string, repository: string, d: Digest): string[];
 }
 
 /** Pinned content is never evicted; a pin is held by a reference and covers the digests it lists. */

@@ -1,6 +1,7 @@
 import Database from 'better-sqlite3';
 import { LRUCache } from 'lru-cache';
 import type { Digest } from '../oci/digest.ts';
+import { LOCAL_UPSTREAM } from '../registry/local-names.ts';
 import type { BlobRow, ChildDescriptor, ManifestRecord, RegistryIndex, TagInput, TagRow } from './index-roles.ts';
 import { migrate } from './migrations.ts';
 import { Pins } from './pins.ts';
@@ -32,6 +33,8 @@ CREATE INDEX IF NOT EXISTS children_child ON children(child);
 CREATE TABLE IF NOT EXISTS pins (digest TEXT NOT NULL, reference TEXT NOT NULL, PRIMARY KEY (digest, reference));
 CREATE INDEX IF NOT EXISTS pins_reference ON pins(reference);
 CREATE INDEX IF NOT EXISTS blobs_accessed ON blobs(accessed_at);
+-- the local registry (issue #10): a repository's references (catalog, tags/list of an empty repository)
+CREATE INDEX IF NOT EXISTS refs_repository ON refs(upstream, repository);
 `;
 
 /**
@@ -86,7 +89,9 @@ export class StoreIndex implements RegistryIndex {
       descriptorSize: p(`SELECT c.size FROM children c JOIN refs r ON r.digest = c.parent
                          WHERE c.child = ? AND r.upstream = ? AND r.repository = ? AND c.size >= 0 LIMIT 1`),
       totalSize: p('SELECT COALESCE(SUM(size), 0) AS total, COUNT(*) AS count FROM blobs'),
+      // Local content (a reference of the local registry reaches it) is the site's own: never evicted.
       evictable: p(`SELECT digest, size FROM blobs WHERE digest NOT IN (SELECT digest FROM pins)
+                    AND NOT EXISTS (SELECT 1 FROM refs r WHERE r.digest = blobs.digest AND r.upstream = '${LOCAL_UPSTREAM}')
                     ORDER BY accessed_at ASC, created_at ASC LIMIT ?`),
       parentsOf: p('SELECT COUNT(*) AS n FROM children WHERE child = ?'),
       deleteChildren: p('DELETE FROM children WHERE parent = ?'),
@@ -94,6 +99,12 @@ export class StoreIndex implements RegistryIndex {
       childrenOf: p('SELECT child AS digest, size, media_type AS mediaType FROM children WHERE parent = ?'),
       newest: p('SELECT digest, size FROM blobs ORDER BY created_at DESC LIMIT 1'),
       probe: p('SELECT 1 FROM blobs LIMIT 1'),
+      // the local registry (issue #10)
+      deleteRef: p('DELETE FROM refs WHERE digest = ? AND upstream = ? AND repository = ?'),
+      hasRepository: p('SELECT 1 FROM refs WHERE upstream = ? AND repository = ? LIMIT 1'),
+      repositories: p('SELECT DISTINCT upstream, repository FROM refs UNION SELECT DISTINCT upstream, repository FROM tags'),
+      localManifests: p(`SELECT DISTINCT r.digest FROM refs r JOIN blobs b ON b.digest = r.digest
+                         WHERE r.upstream = '${LOCAL_UPSTREAM}' AND b.media_type IS NOT NULL`),
     };
   }
 
@@ -205,7 +216,7 @@ export class StoreIndex implements RegistryIndex {
     return this.s.totalSize.get() as { total: number; count: number };
   }
 
-  /** Unpinned blobs, least recently used first. */
+  /** Unpinned blobs that no local repository references, least recently used first. */
   evictable(limit: number): Array<{ digest: Digest; size: number }> {
     return this.s.evictable.all(limit) as Array<{ digest: Digest; size: number }>;
   }
@@ -252,6 +263,35 @@ export class StoreIndex implements RegistryIndex {
     } finally {
       this.db.pragma(`busy_timeout = ${Math.floor(timeout)}`);
     }
+  }
+
+  // The local registry (issue #10): deletes and the catalog.
+
+  /** Forgets that `repository` on `upstream` references `d` (a DELETE of a local manifest or blob). */
+  deleteRef(upstream: string, repository: string, d: Digest): boolean {
+    return this.s.deleteRef.run(d, upstream, repository).changes > 0;
+  }
+
+  /** Whether anything is known of the repository: a reference or a tag. */
+  hasRepository(upstream: string, repository: string): boolean {
+    return this.s.hasRepository.get(upstream, repository) !== undefined || this.tags.list(upstream, repository).length > 0;
+  }
+
+  /** Every (upstream, repository) the index knows content or tags of, unsorted. */
+  repositories(): Array<{ upstream: string; repository: string }> {
+    return this.s.repositories.all() as Array<{ upstream: string; repository: string }>;
+  }
+
+  /** Forgets the tags of a repository that name `d` (every negotiation); returns them. */
+  deleteTagsOf(upstream: string, repository: string, d: Digest): string[] {
+    const gone = this.tags.list(upstream, repository).filter((t) => this.tags.rowsOf(upstream, repository, t).some((r) => r.digest === d));
+    for (const t of gone) this.tags.delete(upstream, repository, t);
+    return gone;
+  }
+
+  /** Manifests some local repository holds (pushed, tagged or not): roots for gc, as the site's own. */
+  localManifests(): Digest[] {
+    return (this.s.localManifests.all() as Array<{ digest: Digest }>).map((r) => r.digest);
   }
 
   schemaVersion(): number {

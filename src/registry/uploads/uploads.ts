@@ -10,7 +10,7 @@ import type { BlobIngester, BlobStatter } from '../../store/roles.ts';
 import { DigestMismatchError } from '../../store/roles.ts';
 import { LOCAL_UPSTREAM } from '../local-names.ts';
 import type { Route } from '../upstreams.ts';
-import { type UploadFiles, type UploadMeta } from './session-files.ts';
+import type { UploadFiles, UploadMeta } from './session-files.ts';
 
 export interface UploadsOptions {
   files: UploadFiles;
