@@ -12,9 +12,9 @@ import type { Uploads } from '../registry/uploads/uploads.ts';
 import type { Upstreams } from '../registry/upstreams.ts';
 import type { RegistryIndex } from '../store/index-roles.ts';
 import { checkRangeSyntax, requestedRanges, sendBlob, setBlobHeaders } from './blob-response.ts';
-import { uploadRoutes } from './uploads.ts';
 import { catalogRoute } from './catalog.ts';
 import { pushRoutes } from './manifest-push.ts';
+import { uploadRoutes } from './uploads.ts';
 
 export interface V2Deps {
   upstreams: Upstreams;
