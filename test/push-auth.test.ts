@@ -93,10 +93,16 @@ function code(r: Outcome): string | undefined {
   }
 }
 
-function assertChallenge(r: Outcome): void {
+/**
+ * A 401 with the challenge: basic where every client must log in anyway; bearer, with berth's own token
+ * endpoint as the realm, where anonymous pulls are allowed beside pushes (docker fails a basic challenge it
+ * has no credentials for, instead of going on anonymously).
+ */
+function assertChallenge(r: Outcome, scheme: 'basic' | 'bearer' = 'bearer'): void {
   assert.equal(r.status, 401, describeOutcome(r));
   assert.equal(code(r), 'UNAUTHORIZED');
-  assert.match(String(r.headers?.['www-authenticate']), /^Basic realm="berth"$/);
+  const expected = scheme === 'basic' ? /^Basic realm="berth"$/ : /^Bearer realm="http:\/\/127\.0\.0\.1:\d+\/_berth\/token",service="berth"$/;
+  assert.match(String(r.headers?.['www-authenticate']), expected);
 }
 
 function assertDenied(r: Outcome, what: RegExp): void {
@@ -170,6 +176,29 @@ describe('with client auth (htpasswd users and tokens, anonymous pulls allowed)'
     }
   });
 
+  test('the token endpoint of the bearer challenge: a token stands for whoever asked for it, no more', async () => {
+    const token = async (auth?: string) => {
+      const r = await fetchOutcome(b.url, '/_berth/token?service=berth&scope=repository:site/app:pull,push', { headers: auth ? { authorization: auth } : {} });
+      assert.equal(r.status, 200, describeOutcome(r));
+      const body = JSON.parse(r.body.toString('utf8')) as { token: string; access_token: string; expires_in: number };
+      assert.equal(body.token, body.access_token);
+      assert.equal(body.expires_in, 300);
+      return `Bearer ${body.token}`;
+    };
+    const anonymous = await token();
+    const pull = await fetchOutcome(b.url, '/v2/lab/app/manifests/1', { headers: { accept: ACCEPT_ALL_MANIFESTS, authorization: anonymous } });
+    assert.equal(pull.status, 200, describeOutcome(pull));
+    assertChallenge(await post(b, UPLOADS, anonymous));
+    assertPastAuth(await post(b, UPLOADS, await token(WRITER)));
+    assertDenied(await post(b, UPLOADS, await token(READER)), /user reader may not push to site\/app/);
+    assertDenied(await post(b, UPLOADS, await token(PULL_TOKEN)), /this token may not push/);
+    // Wrong credentials at the token endpoint: 401 with the basic challenge the endpoint itself takes.
+    const wrong = await fetchOutcome(b.url, '/_berth/token?service=berth', { headers: { authorization: basic('writer', 'wrong') } });
+    assertChallenge(wrong, 'basic');
+    assertChallenge(await post(b, UPLOADS, 'Bearer berth.not-issued-here'));
+    assert.equal((await fetchOutcome(b.url, '/_berth/token', { method: 'POST' })).status, 405);
+  });
+
   test('wrong passwords on pushes are throttled like pulls: a bounded number of bcrypt checks, then 401 with Retry-After', async () => {
     const own = await berth(withAuth());
     const checks = async (result: string) => (await own.berth.metrics.clientAuth.get()).values.filter((v) => v.labels.result === result).reduce((n, v) => n + v.value, 0);
@@ -209,8 +238,11 @@ describe('auth.rules and auth.push together', () => {
       const r = await fetchOutcome(b.url, '/v2/site/app/manifests/1', { headers: { authorization: who } });
       assert.ok(r.status !== 401 && r.status !== 403, `past the read rules: ${describeOutcome(r)}`);
     }
-    // Anonymous clients are refused outright with anonymous: false, writes included.
-    assertChallenge(await post(b, UPLOADS));
+    // Anonymous clients are refused outright with anonymous: false, writes included: every client must log
+    // in, so the challenge is basic (docker, podman and skopeo send basic credentials to it).
+    assertChallenge(await post(b, UPLOADS), 'basic');
+    assertChallenge(await fetchOutcome(b.url, '/v2/'), 'basic');
+    assert.equal((await fetchOutcome(b.url, '/_berth/token')).status, 404, 'no token endpoint without a bearer challenge');
   });
 });
 

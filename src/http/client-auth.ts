@@ -7,6 +7,7 @@ import { LRUCache } from 'lru-cache';
 import { RegistryError } from '../oci/errors.ts';
 import { type AccessRule, AccessRules, type Identity } from './access-rules.ts';
 import { AuthThrottle, DEFAULT_THROTTLE, type ThrottleOptions } from './auth-throttle.ts';
+import { IssuedTokens } from './issued-tokens.ts';
 
 export interface ClientAuthConfig {
   anonymous: boolean;
@@ -50,6 +51,8 @@ export class ClientAuth {
   private readonly dummyHash: string | undefined;
   private readonly throttle: AuthThrottle;
   readonly rules: AccessRules;
+  /** Tokens berth issued at its token endpoint (issued-tokens.ts), when it challenges with bearer. */
+  readonly issued = new IssuedTokens();
   private readonly admins: ReadonlySet<string>;
 
   constructor(
@@ -97,6 +100,8 @@ export class ClientAuth {
     }
     const [scheme, value = ''] = header.split(/\s+/, 2);
     if (/^bearer$/i.test(scheme ?? '')) {
+      const issued = this.issued.lookup(value);
+      if (issued) return issued;
       const h = sha(value);
       // Every token compared (no early exit): the time taken does not depend on which one matched.
       let found: StaticToken | undefined;
@@ -156,6 +161,11 @@ export class ClientAuth {
   /** Whether clients can log in at all (htpasswd users or tokens): without, every client is anonymous. */
   get takesCredentials(): boolean {
     return !!(this.config.htpasswd || this.config.tokensFile);
+  }
+
+  /** `auth.anonymous`: whether clients without credentials may pull. */
+  get allowsAnonymous(): boolean {
+    return this.config.anonymous;
   }
 
   /** Whether anyone may push anywhere: an auth.push rule or a token with a push scope. */
