@@ -246,15 +246,30 @@ describe('auth.rules and auth.push together', () => {
   });
 });
 
-describe('cross-repository mounts and read rules', () => {
-  test('a mount from a repository the pusher may not read is a plain upload (202), not a 201 that says the blob is there', async () => {
-    const b = await berth(withAuth({ rules: [{ prefix: `${up.host}/lab/`, users: ['reader'] }], push: [{ prefix: 'site/', users: ['writer', 'reader'] }] }));
+describe('cross-repository mounts and the catalog under read rules', () => {
+  let b: InProcessBerth;
+  const layer = () => image.layers[0]!.digest;
+  before(async () => {
+    b = await berth(withAuth({ rules: [{ prefix: `${up.host}/lab/`, users: ['reader'] }], push: [{ prefix: 'site/', users: ['writer', 'reader'] }] }));
     // The reader pulls the image: its layer is now cached under lab/app.
-    const layer = image.layers[0]!.digest;
-    for (const p of ['/v2/lab/app/manifests/1', `/v2/lab/app/blobs/${layer}`]) {
+    for (const p of ['/v2/lab/app/manifests/1', `/v2/lab/app/blobs/${layer()}`]) {
       const r = await fetchOutcome(b.url, p, { headers: { accept: ACCEPT_ALL_MANIFESTS, authorization: READER } });
       assert.equal(r.status, 200, describeOutcome(r));
     }
+  });
+
+  test('the catalog lists only what the client may pull', async () => {
+    const catalog = async (auth?: string) => {
+      const r = await fetchOutcome(b.url, '/v2/_catalog', { headers: auth ? { authorization: auth } : {} });
+      assert.equal(r.status, 200, describeOutcome(r));
+      return (JSON.parse(r.body.toString('utf8')) as { repositories: string[] }).repositories;
+    };
+    assert.ok((await catalog(READER)).includes(`${up.host}/lab/app`));
+    for (const who of [WRITER, undefined]) assert.ok(!(await catalog(who)).includes(`${up.host}/lab/app`), `listed for ${who ?? 'anonymous'}`);
+  });
+
+  test('a mount from a repository the pusher may not read is a plain upload (202), not a 201 that says the blob is there', async () => {
+    const layer = image.layers[0]!.digest;
     const mount = (from: string, auth: string) => post(b, `${UPLOADS}?mount=${layer}&from=${encodeURIComponent(from)}`, auth);
     const allowed = await mount(`${up.host}/lab/app`, READER);
     assert.equal(allowed.status, 201, `the reader may read lab/app: the blob is mounted. ${describeOutcome(allowed)}`);
