@@ -234,6 +234,9 @@ describe('auth.rules and auth.push together', () => {
     // ci may neither read nor push site/ (first, the read rule; then no push rule): 403 on a pull.
     const ci = await fetchOutcome(b.url, '/v2/site/app/manifests/1', { headers: { authorization: CI } });
     assertDenied(ci, /user ci may not pull site\/app/);
+    for (const p of ['/v2/site/app/tags/list', `/v2/site/app/referrers/${image.manifestDigest}`]) {
+      assertDenied(await fetchOutcome(b.url, p, { headers: { authorization: CI } }), /user ci may not pull site\/app/);
+    }
     for (const who of [READER, WRITER]) {
       const r = await fetchOutcome(b.url, '/v2/site/app/manifests/1', { headers: { authorization: who } });
       assert.ok(r.status !== 401 && r.status !== 403, `past the read rules: ${describeOutcome(r)}`);

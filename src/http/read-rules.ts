@@ -7,6 +7,8 @@ import { unauthorized } from './client-auth.ts';
 
 const NAMED = /^\/v2\/(.+)\/(manifests|blobs)\/([^/]+)$/;
 const TAGS = /^\/v2\/(.+)\/tags\/list$/;
+/** The referrers API (issue #10): a name check like tags/list; the subject digest itself reveals nothing stored. */
+const REFERRERS = /^\/v2\/(.+)\/referrers\/[^/]+$/;
 
 /** What of the index read-rules needs: which repositories a digest is known from. */
 export interface DigestOrigins {
@@ -30,7 +32,7 @@ export function readRules(rules: AccessRules, upstreams: Upstreams, index: Diges
     const who = (ctx.state.identity as Identity | undefined) ?? { kind: 'anonymous' };
     if (ctx.path === '/v2/_catalog') return catalogFiltered(ctx, next, rules, who);
     const named = NAMED.exec(ctx.path);
-    const tags = named ? undefined : TAGS.exec(ctx.path);
+    const tags = named ? undefined : (TAGS.exec(ctx.path) ?? REFERRERS.exec(ctx.path));
     const name = named?.[1] ?? tags?.[1];
     if (name === undefined) return next();
     let route: Route;
