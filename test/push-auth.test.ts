@@ -301,6 +301,18 @@ describe('without client auth', () => {
     assert.equal((await fetchOutcome(b.url, '/v2/')).status, 200);
   });
 
+  test('client auth without any push rule or push-scoped token: berth warns that nobody can push', async () => {
+    const { log, lines } = recordingLog();
+    const pullOnly = path.join(work, 'tokens-pull-only');
+    await writeFile(pullOnly, 'pull-token-only-0123\n');
+    const b = await berth({ auth: { htpasswd, tokensFile: pullOnly } }, log);
+    assert.ok(
+      lines.some((l) => l.level === 40 && /no auth\.push rule and no token with a push: scope/.test(l.msg)),
+      lines.map((l) => l.msg).join('\n'),
+    );
+    assertDenied(await post(b, UPLOADS, WRITER), /user writer may not push to site\/app/);
+  });
+
   test('local.allowAnonymousPush: true lets anyone push, and berth logs a warning at start-up', async () => {
     const { log, lines } = recordingLog();
     const b = await berth({ local: { prefixes: ['site/'], allowAnonymousPush: true } }, log);
