@@ -4,13 +4,17 @@
 // clear 4xx and nothing is kept; DELETE follows delete.enabled; tags/list and _catalog list local content.
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
+import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { Digest } from '../src/oci/digest.ts';
 import { LOCAL_UPSTREAM } from '../src/registry/local-names.ts';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
+import { ociLayoutManifests } from './support/berth-cli.ts';
 import { buildImage, buildIndex, digestOf, type Image, MediaTypes, pushImage } from './support/images.ts';
 import { upstreamTrafficSince } from './support/links.ts';
 import { chunked, pushLocalImage, pushLocalIndex, putManifest, seedLocalBlobs, send } from './support/local-push.ts';
+import { skopeoCopy } from './support/skopeo.ts';
+import { makeTempDir, removeTempDir } from './support/tmp.ts';
 import { startUpstream, type Upstream } from './support/upstream.ts';
 
 const LIMIT = 64 * 1024;
@@ -96,6 +100,21 @@ describe('pushing to and pulling from a local repository', () => {
     assert.equal(other.status, 400);
     assert.equal(other.code, 'MANIFEST_BLOB_UNKNOWN');
     assert.match(other.message ?? '', new RegExp(amd.manifestDigest));
+  });
+
+  test('skopeo pulls local images back (an image and a whole index) with the digests they were pushed with', async () => {
+    const dir = await makeTempDir('local-skopeo');
+    try {
+      await skopeoCopy(`docker://${berth.host}/site/app:1`, `oci:${path.join(dir, 'app')}:site/app:1`);
+      assert.equal((await ociLayoutManifests(path.join(dir, 'app')))[0]!.digest, app.manifestDigest);
+      await skopeoCopy(`docker://${berth.host}/site/multi:1`, `oci:${path.join(dir, 'multi')}:1`, { all: true });
+      const multi = JSON.parse((await send(berth, 'GET', '/v2/site/multi/manifests/1')).body.toString()) as { manifests: unknown[] };
+      const got = await ociLayoutManifests(path.join(dir, 'multi'));
+      assert.equal(got[0]!.digest, digestOf((await send(berth, 'GET', '/v2/site/multi/manifests/1')).body));
+      assert.equal(multi.manifests.length, 2);
+    } finally {
+      await removeTempDir(dir);
+    }
   });
 
   test('a manifest naming a blob the repository lacks is 400 MANIFEST_BLOB_UNKNOWN naming it, even when the cache has the blob', async () => {
@@ -287,6 +306,24 @@ describe('pushing to and pulling from a local repository', () => {
     const zero = await send(berth, 'GET', '/v2/_catalog?n=0');
     assert.deepEqual(JSON.parse(zero.body.toString()), { repositories: [] });
     assert.equal(zero.headers.link, undefined);
+  });
+
+  test('with auth.rules, _catalog leaves out the repositories the client may not pull', async () => {
+    const ruled = await startBerth({
+      upstreams: [{ host: 'docker.io', url: up.url }],
+      local: { prefixes: ['site/'] },
+      auth: { anonymous: true, rules: [{ prefix: 'docker.io/lab/private/', users: ['ci'] }] },
+    });
+    try {
+      const d = digestOf(Buffer.from(randomUUID())) as Digest;
+      ruled.berth.index.addRefs('docker.io', 'lab/private/x', [d]);
+      ruled.berth.index.addRefs('docker.io', 'lab/public', [d]);
+      const r = await send(ruled, 'GET', '/v2/_catalog');
+      assert.equal(r.status, 200);
+      assert.deepEqual(JSON.parse(r.body.toString()), { repositories: ['docker.io/lab/public'] });
+    } finally {
+      await ruled.stop();
+    }
   });
 });
 

@@ -268,6 +268,32 @@ describe('what is not a local push', () => {
     }
   });
 
+  test('malformed push requests are a clear 400 and leave the session as it was', async () => {
+    const loc = await open('site/bad');
+    assert.equal((await patch(loc, Buffer.from('abc'), 0)).status, 202);
+    const d = sha(Buffer.from('abc'));
+    const filesBefore = await sessionFiles(b.storage);
+    const cases: Array<[string, string, Record<string, string>, Buffer | undefined, string]> = [
+      ['PATCH', loc, { 'Content-Range': 'bytes=3-' }, Buffer.from('d'), 'BLOB_UPLOAD_INVALID'],
+      ['PATCH', loc, { 'Content-Range': '5-3' }, Buffer.from('d'), 'BLOB_UPLOAD_INVALID'],
+      ['PATCH', loc, { 'Content-Range': 'x-y' }, Buffer.from('d'), 'BLOB_UPLOAD_INVALID'],
+      ['PUT', `${loc}?digest=${d}&digest=${d}`, {}, undefined, 'QUERY_INVALID'],
+      ['PUT', `${loc}?digest=sha512:${'a'.repeat(128)}`, {}, undefined, 'DIGEST_INVALID'],
+      ['POST', '/v2/site/bad/blobs/uploads/', {}, Buffer.from('a body without ?digest='), 'BLOB_UPLOAD_INVALID'],
+      ['POST', '/v2/site/bad/blobs/uploads/?mount=sha256:nothex&from=site/x', {}, undefined, 'DIGEST_INVALID'],
+      ['POST', '/v2/site/bad/blobs/uploads/?digest=nonsense', {}, Buffer.from('x'), 'DIGEST_INVALID'],
+      ['POST', '/v2/site/Bad_Name/blobs/uploads/', {}, undefined, 'NAME_INVALID'],
+    ];
+    for (const [method, p, headers, body, code] of cases) {
+      const r = await call(method, p, { headers, ...(body ? { body } : {}) });
+      assert.equal(r.status, 400, `${method} ${p} ${JSON.stringify(headers)}: ${r.text}`);
+      assert.equal(r.code, code, `${method} ${p} ${JSON.stringify(headers)}`);
+    }
+    assert.equal((await call('GET', loc)).headers.get('range'), '0-2', 'nothing was written by the refused requests');
+    assert.deepEqual(await sessionFiles(b.storage), filesBefore, 'refused POSTs left no session');
+    assert.equal((await call('PUT', `${loc}?digest=${d}`)).status, 201);
+  });
+
   test("session ids that are not ours are 404 BLOB_UPLOAD_UNKNOWN: made up, path traversal, another repository's", async () => {
     const theirs = await open('site/owner');
     await patch(theirs, Buffer.from('owned bytes'), 0);
@@ -391,6 +417,19 @@ describe('sessions over time', () => {
     const r = await call('GET', loc, { on: idle });
     assert.equal(r.status, 404);
     assert.equal(r.code, 'BLOB_UPLOAD_UNKNOWN');
+  });
+
+  test("a session's bytes count against storage.maxSize: a big upload makes room by evicting cached blobs", async () => {
+    const small = await startBerth({ upstreams: [{ host: up.host, url: up.url }], local: LOCAL, maxSize: '1MB' });
+    extra.push(small);
+    const cached = [base.config.digest, base.layers[0]!.digest];
+    for (const d of cached) assert.equal((await getBlob('lab/base', d, small)).status, 200);
+    assert.ok(cached.every((d) => committed(small, d)));
+    const loc = await open('site/quota', small);
+    assert.equal((await patch(loc, randomBytes(2_000_000), 0, small)).status, 202);
+    // The newest cached blob is never evicted (the layer a client just pulled); the older one goes.
+    await waitUntil('a cached blob evicted to make room for the session', () => !committed(small, cached[0]!), 10_000);
+    assert.equal((await call('GET', loc, { on: small })).headers.get('range'), '0-1999999', 'the session itself is kept');
   });
 
   test('a restart of berth between chunks: the session survives, is re-hashed and commits with the right digest', async () => {

@@ -65,6 +65,53 @@ async function commitAndCheck(b: BerthChild, loc: string, d: string, size: numbe
   assert.deepEqual(await unverifiedBlobFiles(b.storage), []);
 }
 
+describe('a push streams', () => {
+  test('a 512 MiB chunk (chunked transfer, no Content-Length) goes to the session file with backpressure: memory does not grow with it', async () => {
+    const b = await start();
+    const { loc, data } = await openSession(b, 'site/crash');
+    const piece = randomBytes(MiB);
+    const pieces = 512;
+    const hash = createHash('sha256');
+    const baseline = b.rss();
+    let peak = baseline;
+    const sampler = setInterval(() => {
+      peak = Math.max(peak, b.rss());
+    }, 50);
+    const u = new URL(b.url);
+    try {
+      const status = await new Promise<number>((resolve, reject) => {
+        const req = http.request({ host: u.hostname, port: u.port, path: loc, method: 'PATCH', agent: false, headers: { 'Transfer-Encoding': 'chunked' } }, (res) => {
+          res.resume();
+          res.on('end', () => resolve(res.statusCode ?? 0));
+        });
+        req.on('error', reject);
+        let i = 0;
+        const pump = () => {
+          while (i < pieces) {
+            hash.update(piece);
+            i++;
+            if (!req.write(piece)) return void req.once('drain', pump);
+          }
+          req.end();
+        };
+        pump();
+      });
+      assert.equal(status, 202);
+    } finally {
+      clearInterval(sampler);
+    }
+    assert.equal((await stat(data)).size, pieces * MiB);
+    const growth = peak - baseline;
+    console.log(`rss baseline ${(baseline / MiB).toFixed(0)} MiB, peak ${(peak / MiB).toFixed(0)} MiB during a ${pieces} MiB PATCH`);
+    assert.ok(growth < 96 * MiB, `berth's memory grew by ${(growth / MiB).toFixed(0)} MiB during a ${pieces} MiB chunk`);
+    const d = `sha256:${hash.digest('hex')}`;
+    const put = await call(b, 'PUT', `${loc}?digest=${d}`);
+    assert.equal(put.status, 201, put.text);
+    assert.equal(await hasBlobFile(b.storage, d), true);
+    await b.stop();
+  });
+});
+
 describe('berth killed (SIGKILL) during a push', () => {
   test('killed while a chunk is being written: nothing under blobs/, and after a restart the session resumes at what its file holds and commits', async () => {
     const b = await start();

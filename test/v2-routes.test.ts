@@ -79,7 +79,7 @@ describe('the /v2 route table', () => {
       '/v2/lab/small/manifests/1/',
       '/v2/lab/small',
       '/v2//manifests/1',
-      '/v2/_catalog',
+      '/v2/_catalog/',
     ];
     for (const p of notFound) {
       const res = await request(b.url, p);

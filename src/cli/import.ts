@@ -4,6 +4,7 @@ import { importBundle } from '../bundle/import.ts';
 import { formatBytes } from '../config/units.ts';
 import type { Digest } from '../oci/digest.ts';
 import { formatImageReference, parseImageReference } from '../oci/image-reference.ts';
+import { localImageReference } from '../registry/local/image-name.ts';
 import type { Berth } from '../server.ts';
 import { imageClosure } from '../store/pins.ts';
 import { run, withConfigOptions } from './common.ts';
@@ -14,7 +15,8 @@ import { createProgress } from './progress.ts';
 function pinImported(berth: Berth, name: string, root: Digest): void {
   let reference = name;
   try {
-    reference = formatImageReference(parseImageReference(name, berth.upstreams.defaultHost));
+    // A local image's pin is named as the image is (`site/app:1`), as prewarm names it.
+    if (!localImageReference(name, berth.upstreams.local)) reference = formatImageReference(parseImageReference(name, berth.upstreams.defaultHost));
   } catch {
     // register() already parsed it; keep the name as written
   }

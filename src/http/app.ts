@@ -5,6 +5,7 @@ import type { Metrics } from '../metrics.ts';
 import { isRegistryError, RegistryError } from '../oci/errors.ts';
 import type { Readiness } from '../readiness.ts';
 import type { Prewarmer } from '../registry/prewarm.ts';
+import type { Identity } from './access-rules.ts';
 import { prewarmHandler } from './admin.ts';
 import { type AdminGuardOptions, adminGuard } from './admin-guard.ts';
 import { type ClientAuth, unauthorized } from './client-auth.ts';
@@ -88,7 +89,9 @@ export function createApp(deps: AppDeps, parts: AppParts): Koa {
   };
   app.use(requestLog(deps.log, deps.metrics));
   app.use(errorMiddleware);
-  const v2 = v2Handler(deps);
+  // The catalog lists only what the client may pull (auth.rules), as read-rules.ts guards each repository.
+  const ruled = parts.auth?.rules.active ? parts.auth.rules : undefined;
+  const v2 = v2Handler(ruled ? { ...deps, mayList: (ctx, name) => ruled.mayRead((ctx.state.identity as Identity | undefined) ?? { kind: 'anonymous' }, name) } : deps);
   const rules = parts.auth ? readRules(parts.auth.rules, deps.upstreams, deps.index) : undefined;
   const writes = writeRules(deps.upstreams, { ...(parts.auth ? { auth: parts.auth } : {}), allowAnonymousPush: parts.allowAnonymousPush ?? false });
   // docker, podman and skopeo send credentials only to a registry whose `GET /v2/` challenged them: where

@@ -8,6 +8,11 @@ import type { RegistryIndex } from '../store/index-roles.ts';
 export interface CatalogDeps {
   index: Pick<RegistryIndex, 'repositories'>;
   upstreams: Upstreams;
+  /**
+   * With auth.rules on: whether this request's client may read `<upstream>/<repository>` (the name
+   * read-rules.ts checks). A repository it may not pull is not listed either: its name is not its business.
+   */
+  mayList?: (ctx: Context, name: string) => boolean;
 }
 
 const MAX_PAGE = 10_000;
@@ -18,9 +23,10 @@ const MAX_PAGE = 10_000;
  * that upstream, so every name listed is pullable as listed). Repositories of an upstream that is no
  * longer configured are left out: they cannot be pulled.
  */
-export function catalogNames(d: CatalogDeps): string[] {
+export function catalogNames(d: CatalogDeps, visible: (upstream: string, repository: string) => boolean = () => true): string[] {
   const names = new Set<string>();
   for (const r of d.index.repositories()) {
+    if (!visible(r.upstream, r.repository)) continue;
     if (r.upstream === LOCAL_UPSTREAM) {
       if (d.upstreams.local.owns(r.repository)) names.add(r.repository);
     } else if (d.upstreams.get(r.upstream)) names.add(`${r.upstream}/${r.repository}`);
@@ -44,7 +50,8 @@ export function catalogRoute(router: Router, d: CatalogDeps): void {
     }
     if (last !== undefined && last.length > 512) throw new RegistryError('QUERY_INVALID', 'last is longer than any repository name');
     const n = nText === undefined ? MAX_PAGE : Number(nText);
-    let names = catalogNames(d);
+    const mayList = d.mayList;
+    let names = catalogNames(d, mayList ? (u, r) => mayList(ctx, `${u}/${r}`) : undefined);
     if (last !== undefined) names = names.filter((r) => r > last);
     const more = names.length > n;
     names = names.slice(0, n);

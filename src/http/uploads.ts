@@ -76,6 +76,9 @@ function answerCreated(ctx: Context, name: string, d: Digest): void {
  * arrived. A 416 carries the session's Location with its Range, so a client can resume from there.
  */
 function explain(ctx: Context, err: unknown, name: string, id: string): never {
+  // A refusal before the body was read (a 416, a 400): end the connection after the answer rather than
+  // have node read and discard the rest of a multi-GB body.
+  if (!ctx.req.complete) ctx.set('Connection', 'close');
   if (ctx.req.destroyed && !ctx.req.complete && !isRegistryError(err)) {
     throw new RegistryError('BLOB_UPLOAD_INVALID', 'the client closed the connection mid-body: the session holds what arrived');
   }

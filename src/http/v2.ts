@@ -28,6 +28,8 @@ export interface V2Deps {
   local: LocalRegistry;
   catalog: Pick<RegistryIndex, 'repositories'>;
   maxManifestSize: number;
+  /** With auth.rules: whether the client may see a repository in the catalog (catalog.ts). */
+  mayList?: (ctx: Context, name: string) => boolean;
 }
 
 /** Methods that write: they reach the table only for local repositories. */
@@ -140,7 +142,7 @@ export function v2Handler(d: V2Deps) {
   });
   if (d.uploads) uploadRoutes(router, { upstreams: d.upstreams, uploads: d.uploads });
   pushRoutes(router, { upstreams: d.upstreams, local: d.local, maxManifestSize: d.maxManifestSize });
-  catalogRoute(router, { index: d.catalog, upstreams: d.upstreams });
+  catalogRoute(router, { index: d.catalog, upstreams: d.upstreams, ...(d.mayList ? { mayList: d.mayList } : {}) });
   const routes = router.routes();
 
   return async function v2(ctx: Context): Promise<void> {

@@ -29,7 +29,8 @@ interface Partial {
 }
 
 /**
- * storage.maxSize: least-recently-used unpinned blobs go first. A blob being streamed is skipped (its
+ * storage.maxSize: least-recently-used unpinned blobs go first. Local content (what a local repository
+ * references, issue #10) is the site's own and never evicted: the index's evictable() leaves it out. A blob being streamed is skipped (its
  * reader keeps going), and so is content an operator command is putting in place right now (protect():
  * a prewarm's image before it is pinned) and the newest blob (the layer a client just pulled: evicting
  * it at once would only make the next pull fetch it again). Partial downloads under ingest/ count
@@ -171,7 +172,7 @@ export class Quota {
           `quota: blob ${newest.digest} (${formatBytes(newest.size)}) is bigger than storage.maxSize (${formatBytes(max)}) by itself: kept it so it can be served, raise maxSize`,
         );
       } else {
-        this.log.warn({ total, limit: max }, 'quota: still over storage.maxSize (the rest is pinned, being read, being prewarmed or being downloaded)');
+        this.log.warn({ total, limit: max }, 'quota: still over storage.maxSize (the rest is local, pinned, being read, being prewarmed or being downloaded)');
       }
     }
     return { evicted, freed };

@@ -101,9 +101,12 @@ export class Uploads {
         throw new RegistryError('DIGEST_INVALID', `the uploaded content (${size} bytes) hashes to ${actual}, not ${d}: upload discarded`);
       }
       failpoint('upload.before-rename');
+      if (live.removed) throw gone();
       try {
         await this.o.store.commitFile(d, this.o.files.data(id), { digest: actual, size });
       } catch (err) {
+        // Cancelled (DELETE) or expired while this request verified it.
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw gone();
         // The file changed under us (it cannot, while we hold the session): discard rather than keep doubt.
         if (err instanceof DigestMismatchError) {
           await this.drop(id, live);
@@ -216,6 +219,7 @@ export class Uploads {
     let pos = offset;
     try {
       for await (const chunk of body) {
+        if (live.removed) throw gone();
         if (limit !== undefined && pos - offset + chunk.length > limit) {
           throw new RegistryError('BLOB_UPLOAD_INVALID', `the chunk is longer than the ${limit} bytes its Content-Range or Content-Length declared`);
         }
@@ -256,6 +260,10 @@ export class Uploads {
     this.live.delete(id);
     await this.o.files.remove(id);
   }
+}
+
+function gone(): RegistryError {
+  return new RegistryError('BLOB_UPLOAD_UNKNOWN', 'the upload session was cancelled or expired meanwhile');
 }
 
 async function writeAll(fh: FileHandle, chunk: Buffer): Promise<void> {
