@@ -13,6 +13,8 @@ import { promisify } from 'node:util';
 import pino from 'pino';
 import { ConfigSchema } from '../src/config/schema.ts';
 import { ClientAuth } from '../src/http/client-auth.ts';
+import type { Digest } from '../src/oci/digest.ts';
+import { LOCAL_UPSTREAM } from '../src/registry/local-names.ts';
 import { type BerthOptions, type InProcessBerth, startBerth } from './support/berth.ts';
 import { ACCEPT_ALL_MANIFESTS, buildImage, type Image, pushImage } from './support/images.ts';
 import { describeOutcome, fetchOutcome, type Outcome } from './support/outcome.ts';
@@ -253,7 +255,17 @@ describe('cross-repository mounts and the catalog under read rules', () => {
   let b: InProcessBerth;
   const layer = () => image.layers[0]!.digest;
   before(async () => {
-    b = await berth(withAuth({ rules: [{ prefix: `${up.host}/lab/`, users: ['reader'] }], push: [{ prefix: 'site/', users: ['writer', 'reader'] }] }));
+    b = await berth(
+      withAuth({
+        rules: [
+          { prefix: `${up.host}/lab/`, users: ['reader'] },
+          { prefix: 'site/secret/', users: ['reader'] },
+        ],
+        push: [{ prefix: 'site/', users: ['writer', 'reader'] }],
+      }),
+    );
+    // A local repository, as a push leaves it in the index.
+    b.berth.index.addRefs(LOCAL_UPSTREAM, 'site/secret/app', [image.layers[0]!.digest as Digest]);
     // The reader pulls the image: its layer is now cached under lab/app.
     for (const p of ['/v2/lab/app/manifests/1', `/v2/lab/app/blobs/${layer()}`]) {
       const r = await fetchOutcome(b.url, p, { headers: { accept: ACCEPT_ALL_MANIFESTS, authorization: READER } });
@@ -267,8 +279,12 @@ describe('cross-repository mounts and the catalog under read rules', () => {
       assert.equal(r.status, 200, describeOutcome(r));
       return (JSON.parse(r.body.toString('utf8')) as { repositories: string[] }).repositories;
     };
-    assert.ok((await catalog(READER)).includes(`${up.host}/lab/app`));
+    const reader = await catalog(READER);
+    assert.ok(reader.includes(`${up.host}/lab/app`) && reader.includes('site/secret/app'), reader.join(' '));
     for (const who of [WRITER, undefined]) assert.ok(!(await catalog(who)).includes(`${up.host}/lab/app`), `listed for ${who ?? 'anonymous'}`);
+    // Local repositories by their plain name; the writer may push there, and so list it.
+    assert.ok((await catalog(WRITER)).includes('site/secret/app'));
+    assert.ok(!(await catalog()).includes('site/secret/app'), 'listed for anonymous');
   });
 
   test('a mount from a repository the pusher may not read is a plain upload (202), not a 201 that says the blob is there', async () => {

@@ -30,7 +30,6 @@ export function readRules(rules: AccessRules, upstreams: Upstreams, index: Diges
     // Writes are write-rules.ts's (it ran first); the upload and manifest handlers check what is in the repository.
     if (ctx.method !== 'GET' && ctx.method !== 'HEAD') return next();
     const who = (ctx.state.identity as Identity | undefined) ?? { kind: 'anonymous' };
-    if (ctx.path === '/v2/_catalog') return catalogFiltered(ctx, next, rules, who);
     const named = NAMED.exec(ctx.path);
     const tags = named ? undefined : (TAGS.exec(ctx.path) ?? REFERRERS.exec(ctx.path));
     const name = named?.[1] ?? tags?.[1];
@@ -63,19 +62,6 @@ export function readRules(rules: AccessRules, upstreams: Upstreams, index: Diges
     }
     return next();
   };
-}
-
-/**
- * The catalog lists rule names (local repositories plainly, cached ones as `<registry>/<repository>`): the
- * names a client may not pull are left out of its page. A page can then hold fewer than `n` names; its
- * `Link` still continues after the page's last name, as pagination allows.
- */
-async function catalogFiltered(ctx: Context, next: Next, rules: AccessRules, who: Identity): Promise<void> {
-  await next();
-  const body = ctx.body as { repositories?: unknown } | undefined;
-  if (ctx.status === 200 && body && Array.isArray(body.repositories)) {
-    ctx.body = { ...body, repositories: body.repositories.filter((r): r is string => typeof r === 'string' && rules.mayRead(who, r)) };
-  }
 }
 
 function describe(who: Identity): string {
