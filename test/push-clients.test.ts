@@ -4,6 +4,7 @@
 // pulls allowed), so every push also proves that these clients log in after berth's challenge, and that a
 // reader is refused. Everything stays on loopback: the upstream is a local docker-registry, containerd's
 // hosts.toml names berth itself, podman and skopeo run with proxies pointing at a dead port.
+// The tests run in order and build on each other: the first push (site/small:1) is what the clients pull later.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
