@@ -110,6 +110,11 @@ describe('uploads', () => {
     assert.equal(ranged.status, 206);
     assert.deepEqual(Buffer.from(await ranged.arrayBuffer()), bytes.subarray(100, 200));
     assert.deepEqual(await sessionFiles(b.storage), [], 'a monolithic upload leaves no session behind');
+    // The same without the trailing slash on the POST path.
+    const again = randomBytes(1234);
+    const r2 = await call('POST', `/v2/site/mono/blobs/uploads?digest=${sha(again)}`, { body: again });
+    assert.equal(r2.status, 201, r2.text);
+    assert.equal(sha((await getBlob('site/mono', sha(again))).bytes), sha(again));
   });
 
   test('chunked: POST 202 (Location, Range 0-0, Docker-Upload-UUID), PATCHes with and without Content-Range, GET 204 with Range, PUT with a last chunk 201', async () => {

@@ -93,7 +93,8 @@ function explain(ctx: Context, err: unknown, name: string, id: string): never {
  */
 export function uploadRoutes(router: Router, d: UploadRouteDeps): void {
   const { uploads } = d;
-  router.post('/v2/*name/blobs/uploads/', async (ctx) => {
+  // The spec's path ends in `/`; the form without it is taken too (distribution routes both).
+  router.post(['/v2/*name/blobs/uploads/', '/v2/*name/blobs/uploads'], async (ctx) => {
     const name = raw(ctx, 0);
     const route = localRoute(d, ctx, name);
     const mount = queryParam(ctx, 'mount');
