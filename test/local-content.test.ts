@@ -12,11 +12,13 @@ import { LOCAL_MARK, REF_NAME } from '../src/bundle/layout.ts';
 import type { Digest } from '../src/oci/digest.ts';
 import { LOCAL_UPSTREAM } from '../src/registry/local-names.ts';
 import { collectGarbage } from '../src/store/gc.ts';
+import { StoragePaths } from '../src/store/paths.ts';
+import { rebuildIndex } from '../src/store/rebuild.ts';
 import { type InProcessBerth, startBerth, type UpstreamSpec } from './support/berth.ts';
 import { describeRun, lsJson, readTarEntry, runBerth, tarFileEntries } from './support/berth-cli.ts';
-import { blobBytes, buildImage, digestOf, type Image, MediaTypes, pushImage } from './support/images.ts';
+import { blobBytes, buildImage, buildIndex, digestOf, type Image, MediaTypes, pushImage } from './support/images.ts';
 import { upstreamTrafficSince, waitUntil } from './support/links.ts';
-import { pushLocalImage, putManifest, seedLocalBlobs, send } from './support/local-push.ts';
+import { pushLocalImage, pushLocalIndex, putManifest, seedLocalBlobs, send } from './support/local-push.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
 import { startUpstream, type Upstream } from './support/upstream.ts';
 
@@ -181,6 +183,13 @@ describe('local content is the site’s own: quota, gc, offline, ls, export and 
     } finally {
       await there.stop();
     }
+    // Imported images are pinned under their own name; a local one is unpinned by it, and `berth rm` leaves it to the registry API.
+    const unpin = await runBerth(['unpin', 'site/keep:1', '--config', otherConfig]);
+    assert.equal(unpin.code, 0, describeRun(['unpin'], unpin));
+    assert.match(unpin.stdout, /^unpinned site\/keep:1$/m);
+    const rm = await runBerth(['rm', 'site/keep:1', '--config', otherConfig]);
+    assert.equal(rm.code, 1, describeRun(['rm'], rm));
+    assert.match(rm.stderr, /is a local image: delete it with DELETE/);
 
     // A berth whose local.prefixes lack the name still imports it as local, and says it will not serve it.
     const third = path.join(work, 'third');
@@ -189,5 +198,33 @@ describe('local content is the site’s own: quota, gc, offline, ls, export and 
     const t = await runBerth(['import', bundle, '--config', thirdConfig]);
     assert.equal(t.code, 0, describeRun(['import'], t));
     assert.match(t.stdout, /site\/keep:1: imported as a local image, but site\/keep is not under this berth's local\.prefixes/);
+  });
+
+  test('a rebuilt index keeps a deleted local tag deleted (the tag journal has its tombstone) and a local index’s layers local', async () => {
+    const multi = buildIndex({ format: 'oci', images: [await buildImage({ format: 'oci', layers: [{ files: { 'etc/m': randomUUID() } }] })] });
+    const b = await startBerth({ upstreams, storage, local, delete: { enabled: true } });
+    try {
+      assert.equal((await putManifest(b, 'site/keep', 'old', keep.manifest, keep.mediaType)).status, 201);
+      assert.equal((await send(b, 'DELETE', '/v2/site/keep/manifests/old')).status, 202);
+      assert.equal((await pushLocalIndex(b, 'site/multi', '1', multi)).status, 201);
+    } finally {
+      await b.stop();
+    }
+    const report = await rebuildIndex(new StoragePaths(storage), { verify: false });
+    assert.ok(report.tags > 0);
+    const after = await startBerth({ upstreams, storage, offline: true, local });
+    try {
+      assert.equal((await send(after, 'GET', '/v2/site/keep/manifests/old')).status, 404, 'the deleted tag came back');
+      assert.ok((await send(after, 'GET', '/v2/site/keep/manifests/1')).body.equals(keep.manifest));
+      // An index's grandchildren (its images' layers) are the repository's again, so never evicted.
+      const layer = multi.images[0]!.layers[0]!.digest as Digest;
+      assert.ok(
+        after.berth.index.refsOf(layer).some((r) => r.upstream === LOCAL_UPSTREAM && r.repository === 'site/multi'),
+        'a local index’s layer lost its repository',
+      );
+      assert.ok(!after.berth.index.evictable(10_000).some((e) => e.digest === layer));
+    } finally {
+      await after.stop();
+    }
   });
 });

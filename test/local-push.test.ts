@@ -4,6 +4,7 @@
 // clear 4xx and nothing is kept; DELETE follows delete.enabled; tags/list and _catalog list local content.
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
+import http from 'node:http';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { Digest } from '../src/oci/digest.ts';
@@ -201,6 +202,34 @@ describe('pushing to and pulling from a local repository', () => {
     assert.equal(r.status, 201, r.body.toString());
     assert.equal(r.headers['oci-subject'], subject);
     assert.ok((await send(berth, 'GET', `/v2/site/app/manifests/${digestOf(artifact)}`)).body.equals(artifact));
+  });
+
+  test('malformed references, names and bodies are a clear 400; a body cut short leaves nothing and berth keeps serving', async () => {
+    const cases: Array<[string, string, Buffer, string]> = [
+      ['PUT', '/v2/site/app/manifests/sha256:xyz', app.manifest, 'DIGEST_INVALID'],
+      ['PUT', '/v2/site/app/manifests/-bad', app.manifest, 'MANIFEST_INVALID'],
+      ['PUT', '/v2/site/App/manifests/1', app.manifest, 'NAME_INVALID'],
+      ['PUT', '/v2/site/app/manifests/empty', Buffer.alloc(0), 'MANIFEST_INVALID'],
+      ['PUT', '/v2/site/app/manifests/array', Buffer.from('[1,2]'), 'MANIFEST_INVALID'],
+      ['PUT', '/v2/site/app/manifests/huge-number', Buffer.from(`{"schemaVersion":2,"config":{"digest":"sha256:${'a'.repeat(64)}","size":1e400}}`), 'MANIFEST_INVALID'],
+      ['DELETE', '/v2/site/app/blobs/not-a-digest', Buffer.alloc(0), 'DIGEST_INVALID'],
+    ];
+    for (const [method, path, body, code] of cases) {
+      const r = await send(berth, method, path, method === 'PUT' ? { body, contentType: MediaTypes.oci.manifest } : {});
+      assert.equal(r.status, 400, `${method} ${path}: ${r.status} ${r.body.toString()}`);
+      assert.equal(r.code, code, `${method} ${path}`);
+    }
+    // A client that dies in the middle of its body.
+    await new Promise<void>((resolve) => {
+      const u = new URL(berth.url);
+      const req = http.request({ host: u.hostname, port: u.port, method: 'PUT', path: '/v2/site/cut/manifests/1', headers: { 'content-type': MediaTypes.oci.manifest, 'content-length': '1000' } });
+      req.on('error', () => resolve());
+      req.write(app.manifest.subarray(0, 10), () => setTimeout(() => req.destroy(), 50));
+      req.on('close', () => resolve());
+    });
+    const after = await send(berth, 'GET', '/v2/site/cut/manifests/1');
+    assert.equal(after.status, 404);
+    assert.equal((await send(berth, 'GET', '/v2/site/app/manifests/1')).status, 200);
   });
 
   test('a push to a name outside local.prefixes (or a local name with ?ns=) is 405 UNSUPPORTED', async () => {

@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { formatBytes, parseDuration } from '../config/units.ts';
 import type { Digest } from '../oci/digest.ts';
 import { formatImageReference, parseImageReference } from '../oci/image-reference.ts';
+import { localImageName, localImageReference } from '../registry/local/image-name.ts';
 import { LOCAL_UPSTREAM } from '../registry/local-names.ts';
 import type { Berth, OpenMode } from '../server.ts';
 import { collectGarbage } from '../store/gc.ts';
@@ -106,7 +107,9 @@ export function maintenanceCommands(program: Command): void {
   withConfigOptions(program.command('unpin').description('let an image be evicted again').argument('<ref>')).action(
     run(async (opts, ref) =>
       withBerth(opts, { lock: 'unpin', createStorage: false }, async (berth) => {
-        const name = formatImageReference(parseImageReference(ref as string, berth.upstreams.defaultHost));
+        // A local image's pin is named as the image is (`site/app:1`: prewarm, import).
+        const local = localImageReference(ref as string, berth.upstreams.local);
+        const name = local ? localImageName(local) : formatImageReference(parseImageReference(ref as string, berth.upstreams.defaultHost));
         const n = berth.pins.unpin(name);
         process.stdout.write(n > 0 ? `unpinned ${name}\n` : `${name} was not pinned\n`);
         return n > 0 ? 0 : 1;
@@ -118,6 +121,10 @@ export function maintenanceCommands(program: Command): void {
     run(async (opts, refText) =>
       withBerth(opts, { lock: 'rm', createStorage: false }, async (berth) => {
         const { index, pins, store, upstreams } = berth;
+        if (localImageReference(refText as string, upstreams.local)) {
+          // The site's own content goes the registry's way, which keeps repositories consistent.
+          throw new Error(`${refText as string} is a local image: delete it with DELETE /v2/<name>/manifests/<reference> (delete.enabled: true), then run berth gc`);
+        }
         const ref = parseImageReference(refText as string, upstreams.defaultHost);
         const name = formatImageReference(ref);
         const upstream = upstreams.get(ref.host)?.host ?? ref.host;

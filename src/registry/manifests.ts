@@ -122,7 +122,9 @@ export class Manifests {
    */
   private async local(route: Route, ref: Reference, method: 'GET' | 'HEAD'): Promise<ManifestResult> {
     const d = ref.kind === 'tag' ? this.index.getTag(LOCAL_UPSTREAM, route.repository, ref.tag)?.digest : ref.digest;
-    const held = d !== undefined && this.index.refsOf(d).some((r) => r.upstream === LOCAL_UPSTREAM && r.repository === route.repository);
+    // A local tag is only ever put beside its manifest's reference row, and goes with it: no second read on
+    // the hot path. A digest needs the row.
+    const held = d !== undefined && (ref.kind === 'tag' || this.index.refsOf(d).some((r) => r.upstream === LOCAL_UPSTREAM && r.repository === route.repository));
     const hit = held ? await this.fromCache(d, method) : undefined;
     if (hit) return hit;
     throw new RegistryError('MANIFEST_UNKNOWN', `manifest ${route.repository}${ref.kind === 'tag' ? `:${ref.tag}` : `@${ref.digest}`} is not in this local repository`);

@@ -6,6 +6,7 @@ import { type Digest, digestFromHex } from '../oci/digest.ts';
 import { MAX_MANIFEST_BYTES, parseManifest } from '../oci/manifest.ts';
 import { isManifestMediaType } from '../oci/media-types.ts';
 import type { StoragePaths } from './paths.ts';
+import { imageClosure } from './pins.ts';
 import { StoreIndex, type TagInput } from './store-index.ts';
 
 export interface RebuildReport {
@@ -76,7 +77,13 @@ export async function rebuildIndex(paths: StoragePaths, o: { verify: boolean }):
       const latest = new Map<string, Omit<TagInput, 'checkedAt'>>();
       for (const line of (await readFile(paths.tagJournal, 'utf8')).split('\n')) {
         try {
-          const t = JSON.parse(line) as Omit<TagInput, 'checkedAt'>;
+          const t = JSON.parse(line) as Omit<TagInput, 'checkedAt'> & { deleted?: true };
+          // A tombstone (TagTable.delete) forgets every negotiation of the tag journalled before it.
+          if (t.deleted) {
+            const prefix = `${t.upstream}|${t.repository}|${t.tag}|`;
+            for (const k of [...latest.keys()]) if (k.startsWith(prefix)) latest.delete(k);
+            continue;
+          }
           latest.set(`${t.upstream}|${t.repository}|${t.tag}|${t.accept ?? '*'}`, t);
         } catch {
           // a torn last line after a crash
@@ -86,7 +93,9 @@ export async function rebuildIndex(paths: StoragePaths, o: { verify: boolean }):
         if (!index.getBlob(t.digest)?.mediaType) continue;
         // checkedAt 0: revalidated on first use when online, served as is offline.
         index.putTag({ ...t, checkedAt: 0 });
-        index.addRefs(t.upstream, t.repository, [t.digest, ...index.childrenOf(t.digest).map((c) => c.digest)]);
+        // The whole image (an index's children's blobs too), as its pulls or pushes recorded it: for a local
+        // repository these rows are what keeps its content from eviction.
+        index.addRefs(t.upstream, t.repository, imageClosure(index, t.digest));
         report.tags++;
       }
     }

@@ -66,10 +66,14 @@ export class TagTable {
     return this.s.all.all() as TagRow[];
   }
 
-  /** Forgets a tag, every negotiation of it. */
+  /**
+   * Forgets a tag, every negotiation of it. Journalled as a tombstone (`deleted: true`), so a rebuilt
+   * index does not bring back a tag that was deleted (a local DELETE, `berth rm`).
+   */
   delete(upstream: string, repository: string, tag: string): void {
-    this.s.delete.run(upstream, repository, tag);
+    const changes = this.s.delete.run(upstream, repository, tag).changes;
     this.rows.delete(`${upstream}\n${repository}\n${tag}`);
+    if (this.journal && changes > 0) appendFileSync(this.journal, `${JSON.stringify({ upstream, repository, tag, deleted: true })}\n`);
   }
 
   /** How many tag rows point at `d`. */
