@@ -158,6 +158,10 @@ describe('with client auth (htpasswd users and tokens, anonymous pulls allowed)'
   test('the writer gets past auth; on a prefix it may not write it is 403', async () => {
     assertPastAuth(await post(b, UPLOADS, WRITER));
     assertPastAuth(await post(b, '/v2/site/team/deep/app/blobs/uploads/', WRITER));
+    // Without the trailing slash too (distribution routes it, so does berth): the same gate.
+    assertChallenge(await post(b, '/v2/site/app/blobs/uploads'));
+    assertDenied(await post(b, '/v2/site/app/blobs/uploads', READER), /may not push/);
+    assertPastAuth(await post(b, '/v2/site/app/blobs/uploads', WRITER));
     assertDenied(await post(b, '/v2/ci/app/blobs/uploads/', WRITER), /user writer may not push to ci\/app/);
     assertPastAuth(await post(b, '/v2/ci/app/blobs/uploads/', CI));
     assertDenied(await post(b, UPLOADS, CI), /user ci may not push to site\/app/);
