@@ -9,6 +9,7 @@ import type { Config } from './config/schema.ts';
 import { Failpoints } from './failpoints.ts';
 import { createApp } from './http/app.ts';
 import { ClientAuth } from './http/client-auth.ts';
+import { pushWarnings } from './http/write-rules.ts';
 import { FillMemory } from './memory.ts';
 import { Metrics } from './metrics.ts';
 import { Readiness } from './readiness.ts';
@@ -174,7 +175,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   const auth = a && (a.htpasswd || a.tokensFile || a.rules.length > 0) ? new ClientAuth({ ...a, onCheck: (result) => metrics.clientAuth.inc({ result }) }) : undefined;
   // Admin endpoints need an admin user only where there are users to log in as.
   const guard = { allowRemote: config.admin.allowRemote, ...(auth && (a?.htpasswd || a?.tokensFile) ? { auth } : {}) };
-  const app = createApp({ ...deps, ...localDeps }, { registry: true, admin: !config.admin.listen, guard, ...(auth ? { auth } : {}) });
+  const app = createApp({ ...deps, ...localDeps }, { registry: true, admin: !config.admin.listen, guard, allowAnonymousPush: config.local.allowAnonymousPush, ...(auth ? { auth } : {}) });
   const adminApp = config.admin.listen ? createApp({ ...deps, ...localDeps }, { registry: false, admin: true }) : undefined;
   const tlsFiles = () => ({ cert: readFileSync(config.tls!.certificate), key: readFileSync(config.tls!.key) });
   const flush = setInterval(() => {
@@ -223,6 +224,8 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
         { address: bound.address, port: bound.port, tls: !!config.tls, storage: paths.root, upstreams: upstreams.clients.map((c) => `${c.host}=${c.base.origin}`), offline: config.offline },
         'berth listening',
       );
+      for (const w of pushWarnings({ localEnabled: upstreams.local.enabled, allowAnonymousPush: config.local.allowAnonymousPush, ...(auth ? { auth } : {}) }))
+        log.warn({ prefixes: config.local.prefixes }, w);
       const url = (a: AddressInfo, tls: boolean) =>
         `${tls ? 'https' : 'http'}://${a.address === '::' || a.address === '0.0.0.0' ? '127.0.0.1' : a.address.includes(':') ? `[${a.address}]` : a.address}:${a.port}`;
       await lock?.setUrl(url(bound, !!config.tls));

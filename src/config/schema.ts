@@ -69,6 +69,18 @@ const localPrefix = z
     return !first.includes('.') && !first.includes(':') && first !== 'localhost';
   }, 'must not start with a registry host');
 
+/** An `auth.push` prefix: a local repository (`site/app`) or repository path components ending in `/` (`site/`). */
+const pushPrefix = z
+  .string()
+  .regex(/^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*\/?$/, 'must be a local repository name or path components ending in "/", e.g. "site/"');
+
+/** An `auth.push` entry; `anonymous` is no user here (that is local.allowAnonymousPush, without client auth). */
+const pushUser = z
+  .string()
+  .min(1)
+  .refine((u) => u !== 'anonymous', 'anonymous pushes are local.allowAnonymousPush, for a berth without client auth');
+const pushRule = z.object({ prefix: pushPrefix, users: z.array(pushUser).min(1) }).strict();
+
 const url = z.string().refine((s) => {
   try {
     const u = new URL(s);
@@ -187,6 +199,13 @@ export const ConfigSchema = z
          * a client without credentials. A name no rule matches is open to everyone who may pull.
          */
         rules: z.array(z.object({ prefix: z.string().min(1), users: z.array(z.string().min(1)) }).strict()).default([]),
+        /**
+         * Who may push to (and delete in) which local repositories, first match wins, names as pushed
+         * (`site/app`): `[{prefix: "site/", users: ["ci"]}]`. `users` are htpasswd names, `*` every htpasswd
+         * user. A local name no rule matches takes no pushes. Bearer tokens push only where their own line in
+         * `tokensFile` says (`TOKEN push:site/`). Whoever may push a name may also pull it.
+         */
+        push: z.array(pushRule).default([]),
       })
       .strict()
       .optional(),
@@ -240,7 +259,30 @@ export const ConfigSchema = z
     /** Crash points for the fault tests (src/failpoints.ts); also BERTH_FAILPOINTS=a,b. Empty in production. */
     failpoints: z.array(z.string().min(1)).default([]),
   })
-  .strict();
+  .strict()
+  .superRefine((c, ctx) => {
+    // Push permissions only mean something together: say so at start-up rather than refuse every push later.
+    const credentials = !!(c.auth?.htpasswd || c.auth?.tokensFile);
+    if (c.local.allowAnonymousPush && credentials) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['local', 'allowAnonymousPush'],
+        message: 'is for a berth without client auth; with auth.htpasswd or auth.tokensFile, list who may push in auth.push (or give tokens push: scopes)',
+      });
+    }
+    const push = c.auth?.push ?? [];
+    if (push.length > 0 && !c.auth?.htpasswd) ctx.addIssue({ code: 'custom', path: ['auth', 'push'], message: 'names htpasswd users: set auth.htpasswd too' });
+    push.forEach((r, i) => {
+      const p = r.prefix.endsWith('/') ? r.prefix : `${r.prefix}/`;
+      if (!c.local.prefixes.some((l) => p.startsWith(l))) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['auth', 'push', i, 'prefix'],
+          message: `"${r.prefix}" is not under any local.prefixes entry (${c.local.prefixes.map((l) => `"${l}"`).join(', ') || 'none'}): nothing could be pushed there`,
+        });
+      }
+    });
+  });
 
 export type ConfigInput = z.input<typeof ConfigSchema>;
 export type UpstreamConfig = z.output<typeof UpstreamSchema>;

@@ -2,15 +2,18 @@ import type { Context, Middleware, Next } from 'koa';
 import Koa from 'koa';
 import type { Logger } from 'pino';
 import type { Metrics } from '../metrics.ts';
+import { isRegistryError, RegistryError } from '../oci/errors.ts';
 import type { Readiness } from '../readiness.ts';
 import type { Prewarmer } from '../registry/prewarm.ts';
 import type { Identity } from './access-rules.ts';
 import { prewarmHandler } from './admin.ts';
 import { type AdminGuardOptions, adminGuard } from './admin-guard.ts';
-import type { ClientAuth } from './client-auth.ts';
+import { type ClientAuth, unauthorized } from './client-auth.ts';
 import { answerError, errorMiddleware } from './errors.ts';
+import { bearerChallenge, ISSUED_TOKEN_TTL_S, TOKEN_PATH } from './issued-tokens.ts';
 import { type DigestOrigins, readRules } from './read-rules.ts';
 import { type V2Deps, v2Handler } from './v2.ts';
+import { writeRules } from './write-rules.ts';
 
 /** Bytes sent in the response body, counted at the socket so aborted streams count what really left. */
 function requestLog(log: Logger, metrics: Metrics) {
@@ -67,6 +70,8 @@ export interface AppParts {
   auth?: ClientAuth;
   /** On the main listener: who may use the admin endpoints (admin-guard.ts). Absent on the admin listener. */
   guard?: AdminGuardOptions;
+  /** `local.allowAnonymousPush`: without client auth, pushes are refused unless this is true. */
+  allowAnonymousPush?: boolean;
 }
 
 export function createApp(deps: AppDeps, parts: AppParts): Koa {
@@ -88,11 +93,40 @@ export function createApp(deps: AppDeps, parts: AppParts): Koa {
   const ruled = parts.auth?.rules.active ? parts.auth.rules : undefined;
   const v2 = v2Handler(ruled ? { ...deps, mayList: (ctx, name) => ruled.mayRead((ctx.state.identity as Identity | undefined) ?? { kind: 'anonymous' }, name) } : deps);
   const rules = parts.auth ? readRules(parts.auth.rules, deps.upstreams, deps.index) : undefined;
+  const writes = writeRules(deps.upstreams, { ...(parts.auth ? { auth: parts.auth } : {}), allowAnonymousPush: parts.allowAnonymousPush ?? false });
+  // docker, podman and skopeo send credentials only to a registry whose `GET /v2/` challenged them: where
+  // pushes need a login, an anonymous ping gets the challenge even when anonymous pulls are allowed (clients
+  // without credentials then go on anonymously: docker sends nothing, containers/image an empty basic login).
+  const pingChallenges = !!parts.auth?.takesCredentials && deps.upstreams.local.enabled;
+  // …but a basic challenge makes a docker without credentials fail rather than pull anonymously. So where
+  // anonymous pulls are allowed too, the challenge is bearer, and berth issues the tokens (issued-tokens.ts).
+  const bearer = pingChallenges && !!parts.auth?.allowsAnonymous;
   const registry: Middleware = async (ctx) => {
-    // Who is asking, for the rules and the log line; a 401 when credentials are wrong or required.
-    if (parts.auth) ctx.state.identity = await parts.auth.identify(ctx);
-    if (rules) await rules(ctx, () => v2(ctx));
-    else await v2(ctx);
+    try {
+      // Who is asking, for the rules and the log line; a 401 when credentials are wrong or required.
+      // Order: identity, then who may write (pushes, deletes), then who may read, then the handlers.
+      if (parts.auth) ctx.state.identity = await parts.auth.identify(ctx);
+      if (pingChallenges && (ctx.path === '/v2' || ctx.path === '/v2/') && (ctx.state.identity as { kind: string }).kind === 'anonymous') {
+        throw unauthorized('log in to push; pulls need no credentials here (auth.anonymous)');
+      }
+      await writes(ctx, async () => {
+        if (rules) await rules(ctx, () => v2(ctx));
+        else await v2(ctx);
+      });
+    } catch (err) {
+      if (bearer && isRegistryError(err) && err.code === 'UNAUTHORIZED') err.headers['WWW-Authenticate'] = bearerChallenge(ctx);
+      throw err;
+    }
+  };
+  // The realm of the bearer challenge: a token for whoever asks (basic credentials, a static token, or none).
+  const token: Middleware = async (ctx) => {
+    ctx.state.route = 'token';
+    if (ctx.method !== 'GET') throw new RegistryError('UNSUPPORTED', `${ctx.method} is not supported on ${TOKEN_PATH}; use GET`);
+    const who = await parts.auth!.identify(ctx);
+    ctx.state.identity = who;
+    const issued = parts.auth!.issued.issue(who);
+    ctx.set('Cache-Control', 'no-store');
+    ctx.body = { token: issued, access_token: issued, expires_in: ISSUED_TOKEN_TTL_S, issued_at: new Date().toISOString() };
   };
   const guard = parts.guard ? adminGuard(parts.guard) : undefined;
   type Handler = (ctx: Context) => Promise<void> | void;
@@ -118,6 +152,7 @@ export function createApp(deps: AppDeps, parts: AppParts): Koa {
   });
   app.use(async (ctx, next) => {
     if (parts.registry && (ctx.path === '/v2' || ctx.path.startsWith('/v2/'))) return registry(ctx, next);
+    if (parts.registry && bearer && ctx.path === TOKEN_PATH) return token(ctx, next);
     if (ctx.path === '/livez') {
       // The process answers: all a liveness probe may ask (restarting berth fixes nothing /readyz reports).
       ctx.state.route = 'health';

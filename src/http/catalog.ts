@@ -4,13 +4,14 @@ import { RegistryError } from '../oci/errors.ts';
 import { LOCAL_UPSTREAM } from '../registry/local-names.ts';
 import type { Upstreams } from '../registry/upstreams.ts';
 import type { RegistryIndex } from '../store/index-roles.ts';
+import { ruleName } from './access-rules.ts';
 
 export interface CatalogDeps {
   index: Pick<RegistryIndex, 'repositories'>;
   upstreams: Upstreams;
   /**
-   * With auth.rules on: whether this request's client may read `<upstream>/<repository>` (the name
-   * read-rules.ts checks). A repository it may not pull is not listed either: its name is not its business.
+   * With auth.rules on: whether this request's client may read the repository by its rule name (ruleName:
+   * `<upstream>/<repository>`, a local one plainly), the name read-rules.ts checks. A repository it may not pull is not listed either: its name is not its business.
    */
   mayList?: (ctx: Context, name: string) => boolean;
 }
@@ -51,7 +52,7 @@ export function catalogRoute(router: Router, d: CatalogDeps): void {
     if (last !== undefined && last.length > 512) throw new RegistryError('QUERY_INVALID', 'last is longer than any repository name');
     const n = nText === undefined ? MAX_PAGE : Number(nText);
     const mayList = d.mayList;
-    let names = catalogNames(d, mayList ? (u, r) => mayList(ctx, `${u}/${r}`) : undefined);
+    let names = catalogNames(d, mayList ? (u, r) => mayList(ctx, ruleName(u, r)) : undefined);
     if (last !== undefined) names = names.filter((r) => r > last);
     const more = names.length > n;
     names = names.slice(0, n);

@@ -7,6 +7,7 @@ import { LRUCache } from 'lru-cache';
 import { RegistryError } from '../oci/errors.ts';
 import { type AccessRule, AccessRules, type Identity } from './access-rules.ts';
 import { AuthThrottle, DEFAULT_THROTTLE, type ThrottleOptions } from './auth-throttle.ts';
+import { IssuedTokens } from './issued-tokens.ts';
 
 export interface ClientAuthConfig {
   anonymous: boolean;
@@ -14,6 +15,8 @@ export interface ClientAuthConfig {
   tokensFile?: string;
   admins?: readonly string[];
   rules?: readonly AccessRule[];
+  /** `auth.push`: who may push to which local repositories. */
+  push?: readonly AccessRule[];
   /** Each password check's outcome (metrics). */
   onCheck?: (result: 'ok' | 'failed' | 'throttled') => void;
 }
@@ -23,6 +26,13 @@ const VERIFIED_TTL_MS = 2 * 60_000;
 const CHALLENGE = 'Basic realm="berth"';
 /** The longest a refused login from a locked-out address is held before its 401. */
 const TARPIT_MS = 1000;
+/** A scope on a tokens file line: `push:site/` (a prefix) or `push:site/app` (one repository and below it). */
+const PUSH_SCOPE = /^push:([a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*\/?)$/;
+
+interface StaticToken {
+  hash: Buffer;
+  push: readonly string[];
+}
 
 /**
  * Client authentication: HTTP basic against an htpasswd file (bcrypt only, as docker-registry), and
@@ -30,14 +40,19 @@ const TARPIT_MS = 1000;
  * a short while by a hash of the credentials (never the password itself), failed ones are throttled per
  * address (auth-throttle.ts), and an unknown user costs a check against a dummy hash of the same cost
  * as the real ones, so that the answer's timing does not tell which user names exist.
+ *
+ * Tokens file lines are `TOKEN [push:PREFIX …]` (`#` comments): a token without scopes may pull (as `*` in
+ * auth.rules), one with `push:site/` may also push to local repositories under `site/`.
  */
 export class ClientAuth {
   private readonly users = new Map<string, string>();
-  private readonly tokens: Buffer[] = [];
+  private readonly tokens: StaticToken[] = [];
   private readonly verified = new LRUCache<string, Identity>({ max: 10_000, ttl: VERIFIED_TTL_MS });
   private readonly dummyHash: string | undefined;
   private readonly throttle: AuthThrottle;
   readonly rules: AccessRules;
+  /** Tokens berth issued at its token endpoint (issued-tokens.ts), when it challenges with bearer. */
+  readonly issued = new IssuedTokens();
   private readonly admins: ReadonlySet<string>;
 
   constructor(
@@ -57,13 +72,22 @@ export class ClientAuth {
     }
     this.dummyHash = cost > 0 ? bcrypt.hashSync(randomBytes(16).toString('hex'), cost) : undefined;
     if (config.tokensFile) {
-      for (const line of readFileSync(config.tokensFile, 'utf8').split('\n')) {
-        const t = line.replace(/#.*$/, '').trim();
-        if (t) this.tokens.push(sha(t));
-      }
+      readFileSync(config.tokensFile, 'utf8')
+        .split('\n')
+        .forEach((line, i) => {
+          const [token, ...scopes] = line.replace(/#.*$/, '').trim().split(/\s+/);
+          if (!token) return;
+          const push = scopes.map((s) => {
+            const m = PUSH_SCOPE.exec(s);
+            // The line number, never the line: the token is a secret.
+            if (!m) throw new Error(`${config.tokensFile} line ${i + 1}: "${s.slice(0, 80)}" is not a scope; write push:PREFIX (e.g. push:site/) after the token`);
+            return m[1]!;
+          });
+          this.tokens.push({ hash: sha(token), push });
+        });
     }
     this.throttle = new AuthThrottle(throttle);
-    this.rules = new AccessRules(config.rules ?? []);
+    this.rules = new AccessRules(config.rules ?? [], config.push ?? []);
     this.admins = new Set(config.admins ?? []);
   }
 
@@ -76,11 +100,22 @@ export class ClientAuth {
     }
     const [scheme, value = ''] = header.split(/\s+/, 2);
     if (/^bearer$/i.test(scheme ?? '')) {
+      const issued = this.issued.lookup(value);
+      if (issued) return issued;
       const h = sha(value);
-      if (this.tokens.some((t) => timingSafeEqual(t, h))) return { kind: 'token' };
+      // Every token compared (no early exit): the time taken does not depend on which one matched.
+      let found: StaticToken | undefined;
+      for (const t of this.tokens) if (timingSafeEqual(t.hash, h) && !found) found = t;
+      if (found) return { kind: 'token', push: found.push };
       throw unauthorized('invalid credentials');
     }
     if (!/^basic$/i.test(scheme ?? '')) throw unauthorized('invalid credentials');
+    // An empty user and password is what containers/image (podman, skopeo) send on a basic challenge when
+    // they have no credentials: anonymous, not a failed login (no bcrypt check, nothing for the throttle).
+    if (value === 'Og==') {
+      if (this.config.anonymous) return { kind: 'anonymous' };
+      throw unauthorized('authentication required');
+    }
     const key = sha(header).toString('hex');
     const known = this.verified.get(key);
     if (known) return known;
@@ -121,6 +156,21 @@ export class ClientAuth {
     if (!against) return false;
     const ok = await bcrypt.compare(i > 0 ? decoded.slice(i + 1) : decoded, against);
     return ok && hash !== undefined ? user : false;
+  }
+
+  /** Whether clients can log in at all (htpasswd users or tokens): without, every client is anonymous. */
+  get takesCredentials(): boolean {
+    return !!(this.config.htpasswd || this.config.tokensFile);
+  }
+
+  /** `auth.anonymous`: whether clients without credentials may pull. */
+  get allowsAnonymous(): boolean {
+    return this.config.anonymous;
+  }
+
+  /** Whether anyone may push anywhere: an auth.push rule or a token with a push scope. */
+  get anyWriter(): boolean {
+    return this.rules.anyPushRule || this.tokens.some((t) => t.push.length > 0);
   }
 
   isAdmin(who: Identity): boolean {
