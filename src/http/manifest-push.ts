@@ -6,6 +6,7 @@ import { RegistryError } from '../oci/errors.ts';
 import { parseReference } from '../oci/reference.ts';
 import type { LocalRegistry } from '../registry/local/local-registry.ts';
 import type { Upstreams } from '../registry/upstreams.ts';
+import { rawParam } from './params.ts';
 
 export interface PushRouteDeps {
   upstreams: Upstreams;
@@ -14,15 +15,10 @@ export interface PushRouteDeps {
   maxManifestSize: number;
 }
 
-/** The path parameters as sent (see v2.ts `raw`): the grammar checks see the raw text. */
-function raw(ctx: Context, i: number): string {
-  return (ctx as Context & { captures: string[] }).captures[i]!;
-}
-
 /** The local registry's manifest pushes and its deletes (distribution spec "Pushing Manifests", "Content Management"). */
 export function pushRoutes(router: Router, d: PushRouteDeps): void {
   const localRoute = (ctx: Context) => {
-    const route = d.upstreams.route(raw(ctx, 0), undefined);
+    const route = d.upstreams.route(rawParam(ctx, 0), undefined);
     ctx.state.upstream = route.upstream;
     if (!route.local) throw new RegistryError('UNSUPPORTED', `${ctx.method} of ${route.repository} is not supported: ${d.upstreams.local.describe()}`);
     return route;
@@ -31,8 +27,8 @@ export function pushRoutes(router: Router, d: PushRouteDeps): void {
     ctx.state.route = 'manifest-push';
     const route = localRoute(ctx);
     const body = await readBounded(ctx, d.maxManifestSize);
-    const pushed = await d.local.putManifest(route, raw(ctx, 1), ctx.get('Content-Type') || undefined, body);
-    ctx.set('Location', `/v2/${raw(ctx, 0)}/manifests/${pushed.digest}`);
+    const pushed = await d.local.putManifest(route, rawParam(ctx, 1), ctx.get('Content-Type') || undefined, body);
+    ctx.set('Location', `/v2/${rawParam(ctx, 0)}/manifests/${pushed.digest}`);
     ctx.set('Docker-Content-Digest', pushed.digest);
     if (pushed.subject) ctx.set('OCI-Subject', pushed.subject);
     noBody(ctx, 201);
@@ -40,13 +36,13 @@ export function pushRoutes(router: Router, d: PushRouteDeps): void {
   router.delete('/v2/*name/manifests/:reference', (ctx) => {
     ctx.state.route = 'manifest-delete';
     const route = localRoute(ctx);
-    d.local.deleteManifest(route, parseReference(raw(ctx, 1)));
+    d.local.deleteManifest(route, parseReference(rawParam(ctx, 1)));
     noBody(ctx, 202);
   });
   router.delete('/v2/*name/blobs/:digest', (ctx) => {
     ctx.state.route = 'blob-delete';
     const route = localRoute(ctx);
-    d.local.deleteBlob(route, parseDigest(raw(ctx, 1)));
+    d.local.deleteBlob(route, parseDigest(rawParam(ctx, 1)));
     noBody(ctx, 202);
   });
 }

@@ -4,21 +4,11 @@ import { type Digest, parseDigest } from '../oci/digest.ts';
 import { isRegistryError, RegistryError } from '../oci/errors.ts';
 import { type ChunkRange, rangeHeader, type UploadState, type Uploads } from '../registry/uploads/uploads.ts';
 import type { Route, Upstreams } from '../registry/upstreams.ts';
+import { queryParam, rawParam } from './params.ts';
 
 export interface UploadRouteDeps {
   upstreams: Upstreams;
   uploads: Uploads;
-}
-
-function queryParam(ctx: Context, name: string): string | undefined {
-  const v = ctx.query[name];
-  if (Array.isArray(v)) throw new RegistryError('QUERY_INVALID', `query parameter "${name}" given more than once`);
-  return v;
-}
-
-/** The path's captures as sent (see v2.ts): an upload id with percent-escapes is no id of ours. */
-function raw(ctx: Context, i: number): string {
-  return (ctx as Context & { captures: string[] }).captures[i]!;
 }
 
 /** The local repository a push names; the method gate in v2.ts lets only these through, this says so again. */
@@ -95,7 +85,7 @@ export function uploadRoutes(router: Router, d: UploadRouteDeps): void {
   const { uploads } = d;
   // The spec's path ends in `/`; the form without it is taken too (distribution routes both).
   router.post(['/v2/*name/blobs/uploads/', '/v2/*name/blobs/uploads'], async (ctx) => {
-    const name = raw(ctx, 0);
+    const name = rawParam(ctx, 0);
     const route = localRoute(d, ctx, name);
     const mount = queryParam(ctx, 'mount');
     const from = queryParam(ctx, 'from');
@@ -124,14 +114,14 @@ export function uploadRoutes(router: Router, d: UploadRouteDeps): void {
     answerCreated(ctx, name, dg);
   });
   router.get('/v2/*name/blobs/uploads/:id', async (ctx) => {
-    const name = raw(ctx, 0);
+    const name = rawParam(ctx, 0);
     const route = localRoute(d, ctx, name);
-    answerSession(ctx, name, await uploads.status(route.repository, raw(ctx, 1)), 204);
+    answerSession(ctx, name, await uploads.status(route.repository, rawParam(ctx, 1)), 204);
   });
   router.patch('/v2/*name/blobs/uploads/:id', async (ctx) => {
-    const name = raw(ctx, 0);
+    const name = rawParam(ctx, 0);
     const route = localRoute(d, ctx, name);
-    const id = raw(ctx, 1);
+    const id = rawParam(ctx, 1);
     try {
       answerSession(ctx, name, await uploads.append(route.repository, id, ctx.req, chunkRange(ctx), contentLength(ctx)), 202);
     } catch (err) {
@@ -139,9 +129,9 @@ export function uploadRoutes(router: Router, d: UploadRouteDeps): void {
     }
   });
   router.put('/v2/*name/blobs/uploads/:id', async (ctx) => {
-    const name = raw(ctx, 0);
+    const name = rawParam(ctx, 0);
     const route = localRoute(d, ctx, name);
-    const id = raw(ctx, 1);
+    const id = rawParam(ctx, 1);
     const digest = queryParam(ctx, 'digest');
     if (digest === undefined) throw new RegistryError('DIGEST_INVALID', 'PUT of an upload session needs ?digest=<the blob digest>');
     const dg = parseDigest(digest);
@@ -153,9 +143,9 @@ export function uploadRoutes(router: Router, d: UploadRouteDeps): void {
     answerCreated(ctx, name, dg);
   });
   router.delete('/v2/*name/blobs/uploads/:id', async (ctx) => {
-    const name = raw(ctx, 0);
+    const name = rawParam(ctx, 0);
     const route = localRoute(d, ctx, name);
-    await uploads.cancel(route.repository, raw(ctx, 1));
+    await uploads.cancel(route.repository, rawParam(ctx, 1));
     ctx.status = 204;
     ctx.body = '';
   });

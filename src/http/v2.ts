@@ -15,6 +15,7 @@ import type { RegistryIndex } from '../store/index-roles.ts';
 import { checkRangeSyntax, requestedRanges, sendBlob, setBlobHeaders } from './blob-response.ts';
 import { catalogRoute } from './catalog.ts';
 import { pushRoutes } from './manifest-push.ts';
+import { queryParam, rawParam, routeOf } from './params.ts';
 import { referrersRoute } from './referrers.ts';
 import { uploadRoutes } from './uploads.ts';
 
@@ -42,21 +43,6 @@ const WRITE_PATH = /^\/v2\/(.+)\/(?:blobs\/uploads\/[^/]*|blobs\/[^/]+|manifests
 
 const MAX_PAGE = 10_000;
 
-/** A single-valued query parameter; repeated or malformed ones are a 400, not a guess. */
-function queryParam(ctx: Context, name: string): string | undefined {
-  const v = ctx.query[name];
-  if (Array.isArray(v)) throw new RegistryError('QUERY_INVALID', `query parameter "${name}" given more than once`);
-  return v;
-}
-
-/**
- * A path parameter as the client sent it, percent-escapes and all (the router's `ctx.params` are decoded):
- * `a%2Fb` is not the name `a/b`, and `sha256%3A…` is not a digest; the grammar checks see the raw text.
- */
-function raw(ctx: Context, i: number): string {
-  return (ctx as Context & { captures: string[] }).captures[i]!;
-}
-
 /**
  * The OCI distribution API, pull side: the whole /v2 table is the router below. Names have slashes, so
  * `*name` is a multi-segment wildcard; it is greedy, so `a/manifests/b/manifests/latest` is the name
@@ -74,11 +60,8 @@ export function v2Handler(d: V2Deps) {
   });
   router.get('/v2/*name/manifests/:reference', async (ctx) => {
     ctx.state.route = 'manifest';
-    const ns = queryParam(ctx, 'ns');
-    const route = d.upstreams.route(raw(ctx, 0), ns);
-    ctx.state.upstream = route.upstream;
-    const ref = parseReference(raw(ctx, 1));
-    if (ns !== undefined) ctx.set('OCI-Namespace', ns);
+    const route = routeOf(ctx, d.upstreams);
+    const ref = parseReference(rawParam(ctx, 1));
     const result = await d.manifests.get(route, ref, ctx.get('Accept'), ctx.method as 'GET' | 'HEAD');
     ctx.state.cache = result.cached ? 'hit' : 'miss';
     ctx.status = 200;
@@ -91,11 +74,8 @@ export function v2Handler(d: V2Deps) {
   });
   router.get('/v2/*name/blobs/:digest', async (ctx) => {
     ctx.state.route = 'blob';
-    const ns = queryParam(ctx, 'ns');
-    const route = d.upstreams.route(raw(ctx, 0), ns);
-    ctx.state.upstream = route.upstream;
-    const digest = parseDigest(raw(ctx, 1));
-    if (ns !== undefined) ctx.set('OCI-Namespace', ns);
+    const route = routeOf(ctx, d.upstreams);
+    const digest = parseDigest(rawParam(ctx, 1));
     if (ctx.method === 'HEAD') {
       const { size, cached } = await d.blobs.stat(route, digest);
       ctx.state.cache = cached ? 'hit' : 'miss';
@@ -125,7 +105,7 @@ export function v2Handler(d: V2Deps) {
   router.get('/v2/*name/tags/list', async (ctx) => {
     ctx.state.route = 'tags';
     const ns = queryParam(ctx, 'ns');
-    const name = raw(ctx, 0);
+    const name = rawParam(ctx, 0);
     const route = d.upstreams.route(name, ns);
     ctx.state.upstream = route.upstream;
     const nText = queryParam(ctx, 'n');
@@ -144,7 +124,7 @@ export function v2Handler(d: V2Deps) {
     ctx.body = { name: page.name, tags: page.tags };
   });
   if (d.uploads) uploadRoutes(router, { upstreams: d.upstreams, uploads: d.uploads });
-  router.get('/v2/*name/referrers/:digest', referrersRoute(d, raw));
+  router.get('/v2/*name/referrers/:digest', referrersRoute(d));
   pushRoutes(router, { upstreams: d.upstreams, local: d.local, maxManifestSize: d.maxManifestSize });
   catalogRoute(router, { index: d.catalog, upstreams: d.upstreams, ...(d.mayList ? { mayList: d.mayList } : {}) });
   const routes = router.routes();
