@@ -56,7 +56,8 @@ function descriptor(v: unknown, where: string): Descriptor {
  * whatever Content-Type came with them: `declared` (a Content-Type, an index entry's mediaType) is not
  * trusted and not used.
  */
-export function parseManifest(bytes: Buffer, _declared?: string): ParsedManifest {
+/** The manifest's JSON object; MANIFEST_INVALID when the bytes are not one. */
+export function manifestJson(bytes: Buffer): Record<string, unknown> {
   let json: Record<string, unknown>;
   try {
     json = JSON.parse(bytes.toString('utf8')) as Record<string, unknown>;
@@ -64,6 +65,11 @@ export function parseManifest(bytes: Buffer, _declared?: string): ParsedManifest
     throw new RegistryError('MANIFEST_INVALID', 'manifest is not valid JSON');
   }
   if (!json || typeof json !== 'object' || Array.isArray(json)) throw new RegistryError('MANIFEST_INVALID', 'manifest is not a JSON object');
+  return json;
+}
+
+export function parseManifest(bytes: Buffer, _declared?: string): ParsedManifest {
+  const json = manifestJson(bytes);
   if (json.schemaVersion !== 1 && json.schemaVersion !== 2) throw new RegistryError('MANIFEST_INVALID', 'manifest has no schemaVersion 1 or 2');
   const mediaType = mediaTypeOf(json);
   const about = referrerFields(json);

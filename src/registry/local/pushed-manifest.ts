@@ -1,5 +1,5 @@
 import { RegistryError } from '../../oci/errors.ts';
-import { type Descriptor, MEDIA_TYPE, type ParsedManifest, parseManifest } from '../../oci/manifest.ts';
+import { type Descriptor, MEDIA_TYPE, manifestJson, type ParsedManifest, parseManifest } from '../../oci/manifest.ts';
 import { bareMediaType, isIndexMediaType, MANIFEST_MEDIA_TYPES, MediaType } from '../../oci/media-types.ts';
 
 /**
@@ -21,13 +21,7 @@ export function checkPushedManifest(bytes: Buffer, contentType: string | undefin
       `Content-Type ${JSON.stringify(declared.slice(0, 100) || '(none)')} is not a manifest media type; send the manifest's own mediaType (${MANIFEST_MEDIA_TYPES.join(', ')})`,
     );
   }
-  let json: Record<string, unknown>;
-  try {
-    json = JSON.parse(bytes.toString('utf8')) as Record<string, unknown>;
-  } catch {
-    throw new RegistryError('MANIFEST_INVALID', 'manifest is not valid JSON');
-  }
-  if (!json || typeof json !== 'object' || Array.isArray(json)) throw new RegistryError('MANIFEST_INVALID', 'manifest is not a JSON object');
+  const json = manifestJson(bytes);
   if (json.schemaVersion !== 2) throw new RegistryError('MANIFEST_INVALID', 'manifest must have schemaVersion 2');
   const m = parseManifest(bytes);
   if (m.mediaType !== declared) {
