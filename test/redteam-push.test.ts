@@ -1,0 +1,68 @@
+// Red-team regressions for the local registry (issue #10): inputs an attacker or an unlucky client sends,
+// against a real berth over real HTTP.
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { after, before, describe, test } from 'node:test';
+import { type InProcessBerth, startBerth } from './support/berth.ts';
+
+const MT = 'application/vnd.oci.image.manifest.v1+json';
+let b: InProcessBerth;
+
+before(async () => {
+  b = await startBerth({ upstreams: [{ host: 'up.invalid', url: 'http://127.0.0.1:9' }], local: { prefixes: ['site/'], allowAnonymousPush: true }, delete: { enabled: true } });
+});
+after(async () => {
+  await b?.stop();
+});
+
+const sha = (x: Buffer) => `sha256:${createHash('sha256').update(x).digest('hex')}`;
+
+async function call(method: string, url: string, body?: Buffer, headers: Record<string, string> = {}): Promise<{ status: number; text: string; headers: Headers }> {
+  const res = await fetch(`${b.url}${url}`, { method, headers, body: body as BodyInit | undefined, redirect: 'manual' });
+  return { status: res.status, text: await res.text(), headers: res.headers };
+}
+
+async function pushBlob(repo: string, bytes: Buffer): Promise<string> {
+  const r = await call('POST', `/v2/${repo}/blobs/uploads/?digest=${sha(bytes)}`, bytes);
+  assert.equal(r.status, 201, r.text);
+  return sha(bytes);
+}
+
+async function pushManifest(repo: string, ref: string, m: object): Promise<{ digest: string; bytes: Buffer }> {
+  const bytes = Buffer.from(JSON.stringify(m));
+  const r = await call('PUT', `/v2/${repo}/manifests/${ref}`, bytes, { 'Content-Type': MT });
+  assert.equal(r.status, 201, r.text);
+  return { digest: r.headers.get('docker-content-digest')!, bytes };
+}
+
+describe('redteam: referrers after deletes', () => {
+  test('a referrer deleted by digest is no longer listed by the referrers API of its repository', async () => {
+    const repo = 'site/rt-ref';
+    const cfg = await pushBlob(repo, Buffer.from('{}'));
+    const layer = await pushBlob(repo, Buffer.from('layer bytes of the subject'));
+    const image = await pushManifest(repo, 'v1', {
+      schemaVersion: 2,
+      mediaType: MT,
+      config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: cfg, size: 2 },
+      layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: layer, size: 26 }],
+    });
+    const sig = await pushBlob(repo, Buffer.from('a signature'));
+    const sigManifest = {
+      schemaVersion: 2,
+      mediaType: MT,
+      artifactType: 'application/vnd.example.sig',
+      config: { mediaType: 'application/vnd.oci.empty.v1+json', digest: cfg, size: 2 },
+      layers: [{ mediaType: 'application/vnd.example.sig', digest: sig, size: 11 }],
+      subject: { mediaType: MT, digest: image.digest, size: image.bytes.length },
+    };
+    const bytes = Buffer.from(JSON.stringify(sigManifest));
+    const put = await call('PUT', `/v2/${repo}/manifests/${sha(bytes)}`, bytes, { 'Content-Type': MT });
+    assert.equal(put.status, 201, put.text);
+    const listed = async () => (JSON.parse((await call('GET', `/v2/${repo}/referrers/${image.digest}`)).text) as { manifests: Array<{ digest: string }> }).manifests.map((m) => m.digest);
+    assert.deepEqual(await listed(), [sha(bytes)]);
+    const del = await call('DELETE', `/v2/${repo}/manifests/${sha(bytes)}`);
+    assert.equal(del.status, 202, del.text);
+    assert.equal((await call('GET', `/v2/${repo}/manifests/${sha(bytes)}`)).status, 404, 'the deleted referrer is gone');
+    assert.deepEqual(await listed(), [], 'and no longer listed as a referrer of its subject');
+  });
+});
