@@ -2,8 +2,13 @@
 // against a real berth over real HTTP.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import bcrypt from 'bcryptjs';
+import { Pool } from 'undici';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
+import { makeTempDir, removeTempDir } from './support/tmp.ts';
 
 const MT = 'application/vnd.oci.image.manifest.v1+json';
 let b: InProcessBerth;
@@ -64,5 +69,63 @@ describe('redteam: referrers after deletes', () => {
     assert.equal(del.status, 202, del.text);
     assert.equal((await call('GET', `/v2/${repo}/manifests/${sha(bytes)}`)).status, 404, 'the deleted referrer is gone');
     assert.deepEqual(await listed(), [], 'and no longer listed as a referrer of its subject');
+  });
+});
+
+describe('redteam: the token endpoint', () => {
+  let work: string;
+  let a: InProcessBerth;
+  before(async () => {
+    work = await makeTempDir('redteam-push');
+    const htpasswd = path.join(work, 'htpasswd');
+    await writeFile(htpasswd, `writer:${bcrypt.hashSync('s3cret', 4)}\n`);
+    a = await startBerth({
+      upstreams: [{ host: 'up.invalid', url: 'http://127.0.0.1:9' }],
+      local: { prefixes: ['site/'] },
+      auth: { htpasswd, anonymous: true, push: [{ prefix: 'site/', users: ['writer'] }] },
+    });
+  });
+  after(async () => {
+    await a?.stop();
+    await removeTempDir(work);
+  });
+
+  test("a flood of anonymous token requests does not evict a pusher's token (its push goes on)", async () => {
+    const basic = `Basic ${Buffer.from('writer:s3cret').toString('base64')}`;
+    const got = await fetch(`${a.url}/_berth/token?service=berth&scope=repository:site/app:pull,push`, { headers: { authorization: basic } });
+    assert.equal(got.status, 200);
+    const { token } = (await got.json()) as { token: string };
+    const post = (t: string) => fetch(`${a.url}/v2/site/app/blobs/uploads/`, { method: 'POST', headers: { authorization: `Bearer ${t}` } });
+    assert.equal((await post(token)).status, 202, "the pusher's token works");
+    // Anyone may ask for an anonymous token, as often as it likes: more than the endpoint remembers.
+    const pool = new Pool(a.url, { connections: 16 });
+    try {
+      let next = 0;
+      const worker = async () => {
+        while (next++ < 50_100) {
+          const r = await pool.request({ path: '/_berth/token?service=berth', method: 'GET' });
+          await r.body.dump();
+          assert.equal(r.statusCode, 200);
+        }
+      };
+      await Promise.all(Array.from({ length: 16 }, worker));
+    } finally {
+      await pool.close();
+    }
+    assert.equal((await post(token)).status, 202, "the pusher's token still works");
+  });
+
+  test('the anonymous token is no credential where anonymous requests are refused', async () => {
+    const closed = await startBerth({
+      upstreams: [{ host: 'up.invalid', url: 'http://127.0.0.1:9' }],
+      local: { prefixes: ['site/'] },
+      auth: { htpasswd: path.join(work, 'htpasswd'), anonymous: false, push: [{ prefix: 'site/', users: ['writer'] }] },
+    });
+    try {
+      const r = await fetch(`${closed.url}/v2/site/app/tags/list`, { headers: { authorization: 'Bearer berth.anonymous' } });
+      assert.equal(r.status, 401);
+    } finally {
+      await closed.stop();
+    }
   });
 });
