@@ -1,10 +1,12 @@
 // Red-team regressions for the local registry (issue #10): inputs an attacker or an unlucky client sends,
 // against a real berth over real HTTP.
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
+import http from 'node:http';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import bcrypt from 'bcryptjs';
 import { Pool } from 'undici';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
@@ -69,6 +71,57 @@ describe('redteam: referrers after deletes', () => {
     assert.equal(del.status, 202, del.text);
     assert.equal((await call('GET', `/v2/${repo}/manifests/${sha(bytes)}`)).status, 404, 'the deleted referrer is gone');
     assert.deepEqual(await listed(), [], 'and no longer listed as a referrer of its subject');
+  });
+});
+
+describe('redteam: uploads cancelled mid-body', () => {
+  /** A PUT or PATCH whose body trickles in; resolves with the status (or the error) once it ends. */
+  function trickle(method: string, p: string, parts: Buffer[], gapMs: number): Promise<string> {
+    const u = new URL(b.url);
+    return new Promise((ok) => {
+      const length = parts.reduce((n, x) => n + x.length, 0);
+      const req = http.request({ host: u.hostname, port: u.port, method, path: p, headers: { 'Content-Length': String(length) } }, (res) => {
+        res.resume();
+        res.on('end', () => ok(String(res.statusCode)));
+      });
+      req.on('error', (e) => ok(`error ${e.message}`));
+      void (async () => {
+        for (const x of parts) {
+          if (req.destroyed) return;
+          req.write(x);
+          await sleep(gapMs);
+        }
+        req.end();
+      })();
+    });
+  }
+
+  test('a session DELETEd while its PUT or PATCH is still sending: 404 to the writer, and berth does not crash logging it', async () => {
+    const crashes: Error[] = [];
+    const onCrash = (err: Error) => crashes.push(err);
+    process.on('uncaughtException', onCrash);
+    try {
+      const parts = Array.from({ length: 10 }, () => randomBytes(10_000));
+      const all = Buffer.concat(parts);
+      for (const method of ['PUT', 'PATCH']) {
+        const post = await call('POST', '/v2/site/rt-cancel/blobs/uploads/');
+        assert.equal(post.status, 202, post.text);
+        const loc = post.headers.get('location')!;
+        const writing = trickle(method, method === 'PUT' ? `${loc}?digest=${sha(all)}` : loc, parts, 40);
+        await sleep(120);
+        assert.equal((await call('DELETE', loc)).status, 204);
+        assert.equal(await writing, '404', `${method} of a cancelled session`);
+        await sleep(100); // the request log line is written when the response closes
+      }
+      assert.equal((await call('HEAD', `/v2/site/rt-cancel/blobs/${sha(all)}`)).status, 404, 'nothing of it was kept');
+      assert.deepEqual(
+        crashes.map((e) => e.message),
+        [],
+      );
+      assert.equal((await call('GET', '/v2/')).status, 200, 'berth still answers');
+    } finally {
+      process.off('uncaughtException', onCrash);
+    }
   });
 });
 
