@@ -19,7 +19,10 @@ import { writeRules } from './write-rules.ts';
 function requestLog(log: Logger, metrics: Metrics) {
   return async function logged(ctx: Context, next: Next): Promise<void> {
     const started = performance.now();
-    const bytesBefore = ctx.req.socket.bytesWritten;
+    // Held here: node sets req.socket to null once the connection closes, and the log line below is written
+    // at the response's 'close' (a TypeError there is an uncaught exception: the process would die).
+    const socket = ctx.req.socket;
+    const bytesBefore = socket.bytesWritten;
     try {
       await next();
     } finally {
@@ -33,8 +36,8 @@ function requestLog(log: Logger, metrics: Metrics) {
           path: ctx.path,
           status,
           ms: Math.round(performance.now() - started),
-          bytes: ctx.req.socket.bytesWritten - bytesBefore,
-          client: ctx.req.socket.remoteAddress,
+          bytes: socket.bytesWritten - bytesBefore,
+          client: socket.remoteAddress,
         };
         const ua = ctx.get('User-Agent');
         if (ua) fields.userAgent = ua.slice(0, 200);

@@ -101,7 +101,8 @@ export class ClientAuth {
     const [scheme, value = ''] = header.split(/\s+/, 2);
     if (/^bearer$/i.test(scheme ?? '')) {
       const issued = this.issued.lookup(value);
-      if (issued) return issued;
+      // The anonymous token is good only where anonymous requests are (it is no credential).
+      if (issued && (issued.kind !== 'anonymous' || this.config.anonymous)) return issued;
       const h = sha(value);
       // Every token compared (no early exit): the time taken does not depend on which one matched.
       let found: StaticToken | undefined;

@@ -29,7 +29,9 @@ export function answerError(ctx: Context, err: unknown): void {
   ctx.state.errorCode = e.code;
   ctx.state.errorMessage = e.message;
   if (ctx.headerSent || !ctx.writable) {
-    ctx.req.socket.destroy();
+    // Null once the connection has closed (see app.ts requestLog): this runs from stream 'error' events too,
+    // where a TypeError would be an uncaught exception.
+    (ctx.req.socket as typeof ctx.req.socket | null)?.destroy();
     return;
   }
   for (const h of BODY_HEADERS) ctx.remove(h);

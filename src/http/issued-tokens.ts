@@ -20,10 +20,18 @@ export const TOKEN_PATH = '/_berth/token';
  * so a token never grants more than its owner has now. Tokens live in memory (a restart makes clients fetch
  * new ones after a 401), keyed by a hash, bounded in number, and expire after ISSUED_TOKEN_TTL_S.
  */
+/**
+ * The token of every anonymous client: it stands for no more than a request without credentials, so it
+ * is one constant and takes no room. Were anonymous tokens remembered, anyone could ask for 50,000 of them
+ * and push the pushers' tokens out of the cache (their pushes would fail with a 401 half-way).
+ */
+const ANONYMOUS_TOKEN = 'berth.anonymous';
+
 export class IssuedTokens {
   private readonly tokens = new LRUCache<string, Identity>({ max: 50_000, ttl: ISSUED_TOKEN_TTL_S * 1000 });
 
   issue(who: Identity): string {
+    if (who.kind === 'anonymous') return ANONYMOUS_TOKEN;
     const token = `berth.${randomBytes(32).toString('base64url')}`;
     this.tokens.set(key(token), who);
     return token;
@@ -31,6 +39,7 @@ export class IssuedTokens {
 
   /** The identity a token was issued to, or undefined (unknown, expired, or from before a restart). */
   lookup(token: string): Identity | undefined {
+    if (token === ANONYMOUS_TOKEN) return { kind: 'anonymous' };
     return token.startsWith('berth.') ? this.tokens.get(key(token)) : undefined;
   }
 }

@@ -39,6 +39,7 @@ export class ReferrerTable {
       checkedAt: p('SELECT checked_at AS checkedAt FROM referrer_lists WHERE upstream = ? AND repository = ? AND subject = ?'),
       forget: p('DELETE FROM referrers WHERE digest = ? OR subject = ?'),
       forgetLists: p('DELETE FROM referrer_lists WHERE subject = ?'),
+      forgetIn: p("DELETE FROM referrers WHERE upstream = ? AND repository = ? AND digest = ? AND source = 'manifest'"),
     };
   }
 
@@ -76,6 +77,11 @@ export class ReferrerTable {
 
   checkedAt(upstream: string, repository: string, subject: Digest): number | undefined {
     return (this.s.checkedAt.get(upstream, repository, subject) as { checkedAt: number } | undefined)?.checkedAt;
+  }
+
+  /** The stored manifest `d` left this repository (a DELETE, gc): it is no referrer there any more. */
+  forgetIn(upstream: string, repository: string, d: Digest): void {
+    this.s.forgetIn.run(upstream, repository, d);
   }
 
   forget(d: Digest): void {

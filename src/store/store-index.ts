@@ -293,9 +293,16 @@ export class StoreIndex implements RegistryIndex {
 
   // The local registry (issue #10): deletes and the catalog.
 
-  /** Forgets that `repository` on `upstream` references `d` (a DELETE of a local manifest or blob). */
+  /**
+   * Forgets that `repository` on `upstream` references `d` (a DELETE of a local manifest or blob, gc). A
+   * manifest the repository no longer holds is no referrer there either: the referrers API lists only what
+   * the repository can serve.
+   */
   deleteRef(upstream: string, repository: string, d: Digest): boolean {
-    return this.s.deleteRef.run(d, upstream, repository).changes > 0;
+    return this.db.transaction(() => {
+      this.referrers.forgetIn(upstream, repository, d);
+      return this.s.deleteRef.run(d, upstream, repository).changes > 0;
+    })();
   }
 
   /** Whether anything is known of the repository: a reference or a tag. */
