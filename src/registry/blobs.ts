@@ -148,15 +148,14 @@ export class Blobs {
     this.o.metrics.misses.inc({ kind: 'blob' });
     // A Range read needs the size before anything is fetched (a suffix range, a 416): when no cached
     // manifest declared it, a HEAD asks the upstream.
-    const sizeHint =
-      wantsWhole || this.o.fills.get(d, this.routeFor(route, d).upstream)?.size !== undefined
-        ? undefined
-        : (this.o.index.descriptorSize(d, this.routeFor(route, d)) ?? (await this.stat(route, d)).size);
+    // The route is looked up once (an index query): the fill below looks again only after awaits.
+    const r = this.routeFor(route, d);
+    const sizeHint = wantsWhole || this.o.fills.get(d, r.upstream)?.size !== undefined ? undefined : (this.o.index.descriptorSize(d, r) ?? (await this.stat(route, d)).size);
     const fill = await this.fill(route, d, sizeHint, client);
     if (!fill) return (await this.cached(d)) ?? this.open(route, d, wantsWhole, client);
     // Wrong size or bytes found before the headers go out are the upstream's fault: a 502 naming it.
     const blame = (err: unknown): never => {
-      if (err instanceof IntegrityError) throw new RegistryError('UPSTREAM_ERROR', `upstream ${this.routeFor(route, d).upstream}: ${err.message}`);
+      if (err instanceof IntegrityError) throw new RegistryError('UPSTREAM_ERROR', `upstream ${r.upstream}: ${err.message}`);
       throw err;
     };
     if (wantsWhole) {
