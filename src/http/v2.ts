@@ -18,6 +18,7 @@ import { pushRoutes } from './manifest-push.ts';
 import { queryParam, rawParam, routeOf } from './params.ts';
 import { referrersRoute } from './referrers.ts';
 import { uploadRoutes } from './uploads.ts';
+import { writeTarget } from './write-rules.ts';
 
 export interface V2Deps {
   upstreams: Upstreams;
@@ -38,8 +39,6 @@ export interface V2Deps {
 
 /** Methods that write: they reach the table only for local repositories. */
 const WRITE_METHODS = new Set(['POST', 'PATCH', 'PUT', 'DELETE']);
-/** The repository name of a path the push API has (greedy, as the router reads names). */
-const WRITE_PATH = /^\/v2\/(.+)\/(?:blobs\/uploads\/[^/]*|blobs\/[^/]+|manifests\/[^/]+)$/;
 
 const MAX_PAGE = 10_000;
 
@@ -137,7 +136,7 @@ export function v2Handler(d: V2Deps) {
     // Before the table: a method that writes reaches it only for a push path of a local repository (no
     // `?ns=`: that names an upstream); anything else is a 405 on every path, known or not.
     if (ctx.method !== 'GET' && ctx.method !== 'HEAD') {
-      const name = WRITE_METHODS.has(ctx.method) ? WRITE_PATH.exec(path)?.[1] : undefined;
+      const name = WRITE_METHODS.has(ctx.method) ? writeTarget(ctx) : undefined;
       if (name === undefined || ctx.query.ns !== undefined || !d.upstreams.local.owns(name)) {
         ctx.state.route = path === '/v2' || path === '/v2/' ? 'base' : 'other';
         const what = name === undefined ? '' : ` on ${name.slice(0, 200)}`;
