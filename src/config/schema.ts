@@ -252,6 +252,32 @@ export const ConfigSchema = z
       .object({ enabled: z.boolean().default(false) })
       .strict()
       .prefault({}),
+    /**
+     * eStargz on demand (issue #11): `<name>:<tag><suffix>` is the eStargz form of `<name>:<tag>`, converted by
+     * berth from the layers it caches, so stargz-snapshotter can pull any image lazily.
+     */
+    estargz: z
+      .object({
+        /** Off: a `-esgz` tag is an ordinary tag (fetched from the upstream like any other). */
+        enabled: z.boolean().default(true),
+        /** The tag suffix that asks for the converted image; what remains must still be a tag. */
+        suffix: z
+          .string()
+          .regex(/^[A-Za-z0-9._-]{1,32}$/, 'must be 1-32 tag characters (letters, digits, ".", "_", "-")')
+          .default('-esgz'),
+        /** Uncompressed bytes per gzip member of a large file: the unit a lazy reader fetches. */
+        chunkSize: byteSize('4MiB'),
+        /** Layers converted at once (worker threads, background priority). */
+        concurrency: z.number().int().min(1).max(64).default(1),
+        /** How long a manifest request waits for a conversion in progress before a 404 saying it is under way. */
+        waitFor: duration('30s'),
+        /** Lazy pulls observed before berth converts the image again with their start-up files first; 0: never. */
+        learnAfter: z.number().int().min(0).default(1),
+        /** Only these platforms of an index are converted (others are left out of the new index); empty: all. */
+        platforms: z.array(z.string().regex(/^[a-z0-9]+\/[a-z0-9_]+(\/[a-z0-9]+)?$/, 'must be os/arch or os/arch/variant')).default([]),
+      })
+      .strict()
+      .prefault({}),
     log: z
       .object({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
       .strict()
