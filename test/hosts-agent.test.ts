@@ -9,6 +9,7 @@ import { mkdir, readFile, rename, rm, stat, symlink, unlink, writeFile } from 'n
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { stringify } from 'yaml';
+import { describeRun, runBerth } from './support/berth-cli.ts';
 import { waitUntil } from './support/links.ts';
 import { type ManagedProcess, startProcess } from './support/process.ts';
 import { DEAD_ENDPOINT } from './support/safety.ts';
@@ -76,6 +77,7 @@ describe('berth hosts --watch (the node agent)', () => {
       config([
         { host: 'docker.io', url: UP_A },
         { host: 'quay.io', url: UP_B },
+        { host: 'gcr.io', url: UP_B },
         { host: 'ghcr.io', url: UP_B },
       ]),
     );
@@ -93,7 +95,11 @@ describe('berth hosts --watch (the node agent)', () => {
   });
 
   test('writes a hosts.toml for every upstream at start and leaves a foreign one for a registry it serves alone', async () => {
-    await waitUntil('the agent to write docker.io and quay.io', async () => (await read(hostsFile(out, 'docker.io'))) && (await read(hostsFile(out, 'quay.io'))), 20_000);
+    await waitUntil(
+      'the agent to write docker.io, quay.io and gcr.io',
+      async () => (await read(hostsFile(out, 'docker.io'))) && (await read(hostsFile(out, 'quay.io'))) && (await read(hostsFile(out, 'gcr.io'))),
+      20_000,
+    );
     const hub = (await read(hostsFile(out, 'docker.io')))!;
     assert.match(hub, /^# docker\.io through berth\. Written by `berth hosts`\./);
     assert.match(hub, new RegExp(`^server = "${UP_A}"$`, 'm'));
@@ -110,12 +116,18 @@ describe('berth hosts --watch (the node agent)', () => {
     await conf.publish(
       config([
         { host: 'docker.io', url: UP_A },
+        { host: 'quay.io', url: UP_A },
         { host: 'registry.k8s.io', url: UP_B },
         { host: 'ghcr.io', url: UP_A },
       ]),
     );
-    await waitUntil('registry.k8s.io written and quay.io removed', async () => !existsSync(path.join(out, 'quay.io')) && (await read(hostsFile(out, 'registry.k8s.io'))), 10_000);
+    await waitUntil(
+      'registry.k8s.io written, quay.io rewritten, gcr.io removed',
+      async () => !existsSync(path.join(out, 'gcr.io')) && (await read(hostsFile(out, 'registry.k8s.io'))) && (await read(hostsFile(out, 'quay.io')))?.includes(`server = "${UP_A}"`),
+      10_000,
+    );
     assert.match((await read(hostsFile(out, 'registry.k8s.io')))!, new RegExp(`^server = "${UP_B}"$`, 'm'));
+    assert.match((await read(hostsFile(out, 'quay.io')))!, /^# quay\.io through berth\. Written by `berth hosts`\./);
     const hubAfter = await stat(hostsFile(out, 'docker.io'));
     assert.equal(hubAfter.ino, hubBefore.ino, 'docker.io/hosts.toml was rewritten though nothing in it changed');
     assert.equal(hubAfter.mtimeMs, hubBefore.mtimeMs);
@@ -139,7 +151,8 @@ describe('berth hosts --watch (the node agent)', () => {
         { host: 'quay.io', url: UP_A },
       ]),
     );
-    await waitUntil('quay.io back, registry.k8s.io gone', async () => !existsSync(path.join(out, 'registry.k8s.io')) && (await read(hostsFile(out, 'quay.io'))), 10_000);
+    await waitUntil('registry.k8s.io gone', async () => !existsSync(path.join(out, 'registry.k8s.io')), 10_000);
+    assert.ok(await read(hostsFile(out, 'quay.io')));
   });
 
   test('SIGHUP resyncs: a file of its own someone removed is written again', async () => {
@@ -176,6 +189,18 @@ describe('berth hosts --watch (the node agent)', () => {
     } finally {
       await a.proc.stop('SIGKILL');
     }
+  });
+
+  test('without --watch too, berth hosts --out leaves a foreign hosts.toml alone and says so', async () => {
+    const out3 = path.join(work, 'certs.d-once');
+    await mkdir(path.join(out3, 'quay.io'), { recursive: true });
+    await writeFile(hostsFile(out3, 'quay.io'), FOREIGN);
+    const args = ['hosts', '--url', BERTH_URL, '--out', out3, '--config', conf.file];
+    const r = await runBerth(args);
+    assert.equal(r.code, 0, describeRun(args, r));
+    assert.match(r.stdout, /left quay\.io\/hosts\.toml alone: not written by berth hosts/, describeRun(args, r));
+    assert.equal(await read(hostsFile(out3, 'quay.io')), FOREIGN);
+    assert.match((await read(hostsFile(out3, 'docker.io')))!, /Written by `berth hosts`/);
   });
 
   test('--watch without --out is refused', async () => {

@@ -53,6 +53,7 @@ function summary(r: SyncReport, removed: string[]): string {
 export function runHostsAgent(o: AgentOptions): Promise<void> {
   let config: Readonly<Config> | undefined;
   let lastUrl: string | undefined;
+  let lastForeign = '';
   // Syncs run one after the other: a burst of watch events or signals queues one more, not many.
   let running: Promise<void> = Promise.resolve();
   let queued = false;
@@ -83,6 +84,10 @@ export function runHostsAgent(o: AgentOptions): Promise<void> {
     try {
       const report = await writeHostsFiles(o.out, wanted);
       const removed = await removeHostsFiles(o.out, new Set(wanted.keys()));
+      // Foreign files are reported when that list changes, not at every periodic check.
+      const foreign = report.foreign.join(',');
+      if (foreign === lastForeign) report.foreign = [];
+      lastForeign = foreign;
       if (report.written.length + removed.length + report.foreign.length > 0 || why === 'start') o.log(`${why}: ${summary(report, removed)}`);
     } catch (err) {
       o.log(`error: writing under ${o.out} (${why}): ${(err as Error).message}`);

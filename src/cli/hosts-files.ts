@@ -86,6 +86,10 @@ export async function removeHostsFiles(dir: string, keep: ReadonlySet<string>): 
     if (text === undefined || !writtenByBerth(text)) continue;
     await rm(file, { force: true });
     removed.push(host);
+    // A temp file of a write cut short (the agent killed between write and rename) is ours too.
+    for (const f of await readdir(join(dir, host)).catch(() => [])) {
+      if (/^\.hosts\.toml\..+\.tmp$/.test(f)) await rm(join(dir, host, f), { force: true });
+    }
     // Only an empty directory goes: rmdir refuses one that holds anything else.
     await rmdir(join(dir, host)).catch(() => undefined);
   }
