@@ -117,6 +117,10 @@ describe('deploy/kubernetes', () => {
       assert.equal(pod.automountServiceAccountToken, false);
       const c = container(d);
       assert.equal(c.image, IMAGE);
+      // The image's own command: `berth serve --config /etc/berth/berth.yaml`, where the ConfigMap is mounted.
+      assert.equal(c.command, undefined);
+      assert.equal(c.args, undefined);
+      assert.equal(c.volumeMounts.find((m: { name: string }) => m.name === 'config').mountPath, '/etc/berth');
       assert.equal(c.securityContext.readOnlyRootFilesystem, true);
       assert.equal(c.securityContext.allowPrivilegeEscalation, false);
       assert.deepEqual(c.securityContext.capabilities, { drop: ['ALL'] });
@@ -141,8 +145,10 @@ describe('deploy/kubernetes', () => {
       const pod = ds.spec.template.spec;
       const c = container(ds);
       assert.equal(c.image, IMAGE);
-      assert.deepEqual(c.command.slice(0, 3), ['berth', 'hosts', '--watch']);
-      const out = c.command[c.command.indexOf('--out') + 1];
+      // The image's entrypoint is berth itself; its default arguments (serve) are replaced.
+      assert.equal(c.command, undefined);
+      assert.deepEqual(c.args.slice(0, 2), ['hosts', '--watch']);
+      const out = c.args[c.args.indexOf('--out') + 1];
       const mount = c.volumeMounts.find((m: { mountPath: string }) => m.mountPath === out);
       assert.ok(mount, `--out ${out} is not a mount`);
       const hostPaths = pod.volumes.filter((v: { hostPath?: unknown }) => v.hostPath);
@@ -150,9 +156,9 @@ describe('deploy/kubernetes', () => {
         hostPaths.map((v: { name: string; hostPath: { path: string } }) => [v.name, v.hostPath.path]),
         [[mount.name, '/etc/containerd/certs.d']],
       );
-      assert.equal(c.command[c.command.indexOf('--url') + 1], 'http://berth.berth.svc.cluster.local:5000');
-      assert.ok(c.command.includes('--resolve'));
-      assert.equal(c.command.includes('--no-fallback'), k === 'overlays/isolated', `${k}: --no-fallback`);
+      assert.equal(c.args[c.args.indexOf('--url') + 1], 'http://berth.berth.svc.cluster.local:5000');
+      assert.ok(c.args.includes('--resolve'));
+      assert.equal(c.args.includes('--no-fallback'), k === 'overlays/isolated', `${k}: --no-fallback`);
       assert.deepEqual(pod.tolerations, [{ operator: 'Exists' }]);
       assert.equal(c.securityContext.readOnlyRootFilesystem, true);
       assert.equal(c.securityContext.allowPrivilegeEscalation, false);
