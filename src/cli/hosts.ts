@@ -1,9 +1,10 @@
-import { mkdir, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
-import { join } from 'node:path';
 import type { Command } from 'commander';
 import type { Config } from '../config/schema.ts';
 import { configFrom, run, withConfigOptions } from './common.ts';
+import { resolvedUrl, runHostsAgent } from './hosts-agent.ts';
+import { WRITTEN_BY, writeHostsFiles } from './hosts-files.ts';
 
 /**
  * Where a node falls back to when berth is down (`server` in hosts.toml): the upstream berth itself is
@@ -22,7 +23,7 @@ function fallbackServer(url: string): string {
 export function hostsToml(upstreamHost: string, upstreamUrl: string, berthUrl: string, fallback: boolean): string {
   const server = fallback ? fallbackServer(upstreamUrl) : berthUrl;
   return [
-    `# ${upstreamHost} through berth. Written by \`berth hosts\`.`,
+    `# ${upstreamHost} through berth. ${WRITTEN_BY}`,
     `server = "${server}"`,
     '',
     `[host."${berthUrl}"]`,
@@ -38,6 +39,15 @@ export function daemonJson(berthUrl: string): string {
   return `${JSON.stringify({ 'registry-mirrors': [berthUrl], ...insecure }, null, 2)}\n`;
 }
 
+/** Every registry host of the configuration → its hosts.toml (aliases too, but not Docker Hub's API host). */
+export function hostsFiles(config: Readonly<Config>, berthUrl: string, fallback: boolean): Map<string, string> {
+  const files = new Map<string, string>();
+  for (const u of config.upstreams) {
+    for (const host of [u.host, ...u.aliases.filter((a) => a !== 'registry-1.docker.io')]) files.set(host, hostsToml(host, u.url, berthUrl, fallback));
+  }
+  return files;
+}
+
 function defaultBerthUrl(config: Readonly<Config>): string {
   const port = config.listen.slice(config.listen.lastIndexOf(':') + 1);
   return `http://${hostname()}:${port}`;
@@ -51,31 +61,49 @@ export function hostsCommand(program: Command): void {
       .option('--url <url>', 'berth as the nodes reach it (default: http://<this hostname>:<listen port>)')
       .option('--no-fallback', 'isolated site: no fallback to the real registries')
       .option('--out <dir>', 'write <dir>/<registry>/hosts.toml (containerd certs.d) instead of printing')
-      .option('--docker <file>', "write docker's daemon.json mirror entry to this file (e.g. /etc/docker/daemon.json)"),
+      .option('--docker <file>', "write docker's daemon.json mirror entry to this file (e.g. /etc/docker/daemon.json)")
+      .option('--watch', 'node agent: keep the --out files in step with the configuration file (and SIGHUP), remove them on SIGTERM')
+      .option('--resolve', "write the address the --url host name resolves to here (a cluster Service name nodes' resolvers do not know)")
+      .option('--interval <seconds>', 'with --watch: also resync this often (repairs removed or changed files)', '60')
+      .option('--keep-on-exit', 'with --watch: leave the files in place on SIGTERM'),
   ).action(
     run(async (opts) => {
       const config = configFrom(opts);
       const url = (typeof opts.url === 'string' ? opts.url : defaultBerthUrl(config)).replace(/\/$/, '');
       new URL(url);
       const fallback = opts.fallback !== false;
-      for (const u of config.upstreams) {
-        for (const host of [u.host, ...u.aliases.filter((a) => a !== 'registry-1.docker.io')]) {
-          const toml = hostsToml(host, u.url, url, fallback);
-          if (typeof opts.out === 'string') {
-            await mkdir(join(opts.out, host), { recursive: true });
-            await writeFile(join(opts.out, host, 'hosts.toml'), toml);
-          } else {
-            process.stdout.write(`# --- ${host}/hosts.toml\n${toml}\n`);
-          }
-        }
+      const out = typeof opts.out === 'string' ? opts.out : undefined;
+      if (opts.watch === true) {
+        if (out === undefined) throw new Error('--watch keeps the files of --out DIR: give --out');
+        const intervalMs = Number(opts.interval);
+        if (!Number.isFinite(intervalMs) || intervalMs < 1) throw new Error(`--interval: "${String(opts.interval)}" is not a number of seconds`);
+        await runHostsAgent({
+          out,
+          configFile: typeof opts.config === 'string' ? opts.config : process.env.BERTH_CONFIG || undefined,
+          load: () => configFrom(opts),
+          render: (c, u) => hostsFiles(c, u, fallback),
+          url,
+          resolveHost: opts.resolve === true,
+          intervalMs: intervalMs * 1000,
+          keepOnExit: opts.keepOnExit === true,
+          log: (line) => process.stdout.write(`berth hosts: ${line}\n`),
+        });
+        return;
+      }
+      const files = hostsFiles(config, opts.resolve === true ? await resolvedUrl(url) : url, fallback);
+      if (out !== undefined) {
+        const report = await writeHostsFiles(out, files);
+        for (const host of report.foreign) process.stdout.write(`left ${host}/hosts.toml alone: not written by berth hosts (remove it to let berth hosts write one)\n`);
+      } else {
+        for (const [host, toml] of files) process.stdout.write(`# --- ${host}/hosts.toml\n${toml}\n`);
       }
       // daemon.json is docker's, not containerd's: it never goes into the certs.d folder.
       if (typeof opts.docker === 'string') {
         await writeFile(opts.docker, daemonJson(url));
         process.stdout.write(`wrote docker's mirror entry to ${opts.docker}\n`);
       }
-      if (typeof opts.out === 'string') {
-        process.stdout.write(`wrote hosts.toml for ${config.upstreams.length} registries under ${opts.out}\n`);
+      if (out !== undefined) {
+        process.stdout.write(`wrote hosts.toml for ${config.upstreams.length} registries under ${out}\n`);
       } else if (typeof opts.docker !== 'string') {
         process.stdout.write(`# --- /etc/docker/daemon.json (docker mirrors Docker Hub only; --docker FILE writes it)\n${daemonJson(url)}`);
       }
