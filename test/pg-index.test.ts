@@ -331,6 +331,49 @@ describe('the PostgreSQL index', () => {
     }
   });
 
+  test('PostgreSQL hung (SIGSTOP): probe and queries fail within their timeouts instead of hanging; it answers again once resumed', async () => {
+    const url = await server.createDatabase();
+    const index = await PgIndex.open({ url, poolSize: 2, connectTimeoutMs: 1500, queryTimeoutMs: 1500, probeTimeoutMs: 1000 });
+    try {
+      await index.putTag({ upstream: 'docker.io', repository: 'library/app', tag: '1', digest: someDigest(), mediaType: MANIFEST, size: 1, checkedAt: 1 });
+      await Promise.all([index.probe(), index.probe()]);
+      server.freeze();
+      try {
+        let t0 = Date.now();
+        await assert.rejects(index.probe(), (e: Error) => e instanceof PgUnavailableError && /did not answer within 1000 ms/.test(e.message));
+        assert.ok(Date.now() - t0 < 2000, `probe gave up after ${Date.now() - t0} ms`);
+        t0 = Date.now();
+        // Over a pooled connection (the read timeout) or a new one (the connect timeout): either way an error in seconds.
+        const errs = await Promise.all(
+          [1, 2, 3].map(() =>
+            index.listTags('docker.io', 'library/app').then(
+              () => undefined,
+              (e: Error) => e,
+            ),
+          ),
+        );
+        assert.ok(Date.now() - t0 < 6000, `queries gave up after ${Date.now() - t0} ms`);
+        for (const e of errs) assert.ok(e instanceof PgUnavailableError && e.message.includes(`PostgreSQL at 127.0.0.1:${server.port}`), String(e));
+      } finally {
+        server.thaw();
+      }
+      await waitUntil(
+        'the index answering again',
+        () =>
+          index.probe().then(
+            () => true,
+            () => false,
+          ),
+        15_000,
+        100,
+      );
+      assert.deepEqual(await index.listTags('docker.io', 'library/app'), ['1']);
+    } finally {
+      await index.close();
+      await server.dropDatabase(url);
+    }
+  });
+
   // Last: it stops the file's server.
   test('PostgreSQL stopped mid-run: calls fail fast naming it, pending access times wait; after a restart the same index works', async () => {
     const url = await server.createDatabase();

@@ -1,7 +1,7 @@
 // A throw-away PostgreSQL 15 per test file, on 127.0.0.1, state in a temp dir: test/support/postgres.sh (a copy of
 // the lab's ../shared/lab/postgres.sh) does initdb, start and stop, as user `postgres` (postgres refuses root).
 import { execFile } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { chmod } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
@@ -28,6 +28,10 @@ export interface Postgres {
   stop(): Promise<void>;
   /** Starts the stopped server again on the same port and data. */
   start(): Promise<void>;
+  /** SIGSTOP to the postmaster and its backends: a hung server (connections stay open, nothing answers). */
+  freeze(): void;
+  /** SIGCONT to what freeze() stopped. */
+  thaw(): void;
   /** Stops it and removes its directory. */
   destroy(): Promise<void>;
 }
@@ -38,12 +42,31 @@ const live = new Map<string, number>();
 let hooked = false;
 function killLeftovers(): void {
   for (const pid of live.values()) {
-    try {
-      process.kill(pid, 'SIGQUIT');
-    } catch {
-      // already gone
+    for (const sig of ['SIGCONT', 'SIGQUIT'] as const) {
+      try {
+        process.kill(pid, sig);
+      } catch {
+        // already gone
+      }
     }
   }
+}
+
+/** The postmaster and the processes it forked (backends, checkpointer, ...), from /proc. */
+function serverProcesses(postmaster: number): number[] {
+  const pids = [postmaster];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      // /proc/PID/stat: "pid (comm) state ppid ...": comm may hold spaces, so split after its closing parenthesis.
+      const stat = readFileSync(`/proc/${name}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (ppid === postmaster) pids.push(Number(name));
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return pids;
 }
 
 /** A free TCP port on 127.0.0.1 below 32768 (outgoing connections take ports from 32768 up, so never this one). */
@@ -102,6 +125,11 @@ export async function startPostgres(): Promise<Postgres> {
     }
   };
   let n = 0;
+  let frozen: number[] = [];
+  const thaw = () => {
+    for (const pid of frozen) process.kill(pid, 'SIGCONT');
+    frozen = [];
+  };
   return {
     host,
     port,
@@ -125,7 +153,15 @@ export async function startPostgres(): Promise<Postgres> {
       await script('start', dir, String(port));
       remember();
     },
+    freeze() {
+      const postmaster = live.get(dir);
+      if (postmaster === undefined) throw new Error('freeze: the server is not running');
+      frozen = serverProcesses(postmaster);
+      for (const pid of frozen) process.kill(pid, 'SIGSTOP');
+    },
+    thaw,
     async destroy() {
+      thaw();
       await script('stop', dir);
       live.delete(dir);
       await removeTempDir(dir);
