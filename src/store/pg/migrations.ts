@@ -74,6 +74,10 @@ const VERSION_TABLE = 'CREATE TABLE IF NOT EXISTS schema_version (one BOOLEAN PR
  * version already there and apply nothing. A crash or an error leaves the schema as it was. A database at a
  * newer version than this berth knows is left alone: the steps only add, so an older replica still works
  * during a rolling upgrade. Returns the version found and the version left.
+ *
+ * The pool's statement timeout (queryTimeoutMs, 30 s) bounds each step and a replica's wait for the lock
+ * alike: a replica that waits longer fails to start with that error and is restarted. Steps are DDL on small
+ * tables today; a step that rewrites a large table must lift the timeout for itself (SET LOCAL).
  */
 export async function migrate(db: PgDb, upTo = PG_SCHEMA_VERSION): Promise<{ from: number; to: number }> {
   return db.tx(async (q) => {
