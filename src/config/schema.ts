@@ -278,6 +278,33 @@ export const ConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /**
+     * The tag/manifest index. sqlite: berth.db under storage.path, embedded (the default: one instance).
+     * postgres: issue #12, not yet used by serve (src/store/pg/ implements it; serve still opens SQLite).
+     */
+    index: z
+      .object({
+        driver: z.enum(['sqlite', 'postgres']).default('sqlite'),
+        postgres: z
+          .object({
+            /** postgres://user:password@host:5432/database; the password may be left out and given as PGPASSWORD. Never logged. */
+            url: z
+              .string()
+              .min(1, 'is empty: give postgres://user:password@host:5432/database')
+              .refine((v) => /^postgres(ql)?:\/\//.test(v), 'must be a postgres:// or postgresql:// URL (postgres://user:password@host:5432/database)'),
+            /** Connections per replica at most. */
+            poolSize: z.number().int().min(1).max(1000).default(10),
+          })
+          .strict()
+          .optional(),
+      })
+      .strict()
+      .prefault({})
+      .superRefine((ix, ctx) => {
+        if (ix.driver === 'postgres' && !ix.postgres) {
+          ctx.addIssue({ code: 'custom', path: ['postgres', 'url'], message: 'is required with driver: postgres (postgres://user:password@host:5432/database)' });
+        }
+      }),
     log: z
       .object({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
       .strict()

@@ -6,12 +6,16 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { afterEach, describe, test } from 'node:test';
 import type { Digest } from '../../../src/oci/digest.ts';
+import type { AsyncRegistryIndex } from '../../../src/store/async-index-roles.ts';
 import type { ChildDescriptor, ManifestRecord, RegistryIndex } from '../../../src/store/index-roles.ts';
 
+/** The synchronous roles (SQLite) or the promised ones (PostgreSQL, asyncIndex()): every call below is awaited. */
+type AnyIndex = RegistryIndex | AsyncRegistryIndex;
+
 export interface IndexUnderTest {
-  index: RegistryIndex;
+  index: AnyIndex;
   /** Closes the index and opens the same one again (what a restart sees). */
-  reopen(): Promise<RegistryIndex>;
+  reopen(): Promise<AnyIndex>;
   cleanup(): Promise<void>;
 }
 
@@ -20,7 +24,7 @@ export interface IndexUnderTest {
  * `library/old:latest` → `digest` (a manifest row of `size` bytes). Opening it must migrate it.
  */
 export interface OldIndexUnderTest {
-  index: RegistryIndex;
+  index: AnyIndex;
   tag: { upstream: string; repository: string; tag: string; digest: Digest; size: number };
   cleanup(): Promise<void>;
 }
