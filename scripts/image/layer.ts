@@ -7,7 +7,7 @@ import { createReadStream, createWriteStream } from 'node:fs';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
-import tar from 'tar-stream';
+import tar, { type Header } from 'tar-stream';
 import { complete, type Entry, ROOT_OWNER } from './entries.ts';
 
 export const GZIP_LEVEL = 6;
@@ -34,7 +34,7 @@ function tap(hash: Hash, count: { bytes: number }): Transform {
   });
 }
 
-function header(e: Entry, mtime: Date): tar.Headers {
+function header(e: Entry, mtime: Date): Partial<Header> & Pick<Header, 'name'> {
   const name = e.path.slice(1) + (e.kind === 'dir' ? '/' : '');
   const owner = { uid: e.uid ?? ROOT_OWNER.uid, gid: e.gid ?? ROOT_OWNER.gid, uname: '', gname: '' };
   switch (e.kind) {
@@ -55,9 +55,10 @@ async function add(pack: tar.Pack, e: Entry, mtime: Date): Promise<void> {
     await pipeline(createReadStream(e.source), pack.entry(h));
     return;
   }
-  const body = e.kind === 'data' ? e.data : undefined;
+  const done = (resolve: () => void, reject: (err: Error) => void) => (err?: Error | null) => (err ? reject(err) : resolve());
   await new Promise<void>((resolve, reject) => {
-    pack.entry(h, body, (err) => (err ? reject(err) : resolve()));
+    if (e.kind === 'data') pack.entry(h, e.data, done(resolve, reject));
+    else pack.entry(h, done(resolve, reject));
   });
 }
 

@@ -1,8 +1,6 @@
-// berth's production dependencies as npm itself resolves them (`npm ls --omit=dev --parseable --all`: every
-// package directory of the installed tree that a production install keeps), not a hand-kept list, so a new
-// dependency is in the image as soon as it is in package.json. What each package holds is taken whole, except
-// what is known to be build-time only.
-import { execFileSync } from 'node:child_process';
+// berth's production dependencies as npm itself resolved them (package-lock.json: what `npm ci --omit=dev`
+// installs), not a hand-kept list, so a new dependency is in the image as soon as it is in the lockfile. What
+// each package holds is taken whole, except what is known to be build-time only.
 import { lstatSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import path from 'node:path';
 import { type Entry, fileEntry } from './entries.ts';
@@ -19,30 +17,40 @@ const KEEP: Record<string, (rel: string) => boolean> = {
   'better-sqlite3': (rel) => rel === 'package.json' || rel === 'LICENSE' || rel.startsWith('lib/') || rel === 'build/Release/better_sqlite3.node',
 };
 
+interface LockedPackage {
+  version?: string;
+  dev?: boolean;
+  optional?: boolean;
+  link?: boolean;
+}
+
 /**
- * Package directories of the production tree, absolute, the root excluded. `--long` marks each line; an
- * EXTRANEOUS package (installed, but required by nothing in package.json: another checkout's node_modules)
- * stays out, and a tree that does not satisfy package.json (INVALID, MISSING) stops the build.
+ * Package directories of the production tree, absolute, the root excluded: package-lock.json's `packages`,
+ * the tree npm ci installs (arborist's virtual tree), less what npm marks `dev` — what `npm ci --omit=dev`
+ * keeps. Taken from the lockfile rather than from `npm ls` of what is installed, because node_modules may hold
+ * packages this package.json does not require (another checkout's), which npm ls prints among the rest. Each
+ * package must be installed at its locked version; an optional one that is absent (another platform's) is skipped.
  */
 export function productionPackages(root: string): string[] {
-  // npm exits non-zero when the tree has extraneous or invalid packages, and still lists it.
-  let out: string;
-  try {
-    out = execFileSync('npm', ['ls', '--omit=dev', '--parseable', '--all', '--long'], { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 16 << 20 });
-  } catch (err) {
-    const e = err as { stdout?: string; stderr?: string };
-    if (!e.stdout || /missing|invalid/i.test(e.stderr ?? '')) throw new Error(`npm ls --omit=dev failed: ${e.stderr ?? String(err)}`);
-    out = e.stdout;
-  }
+  const lock = JSON.parse(readFileSync(path.join(root, 'package-lock.json'), 'utf8')) as { lockfileVersion?: number; packages?: Record<string, LockedPackage> };
+  if (!lock.packages || (lock.lockfileVersion ?? 0) < 2) throw new Error('package-lock.json has no `packages` (lockfileVersion 2 or later): npm install writes it');
   const dirs: string[] = [];
-  for (const line of out.split('\n').filter((l) => l.trim() !== '')) {
-    const [dir, id, ...marks] = line.trim().split(':');
-    if (marks.includes('EXTRANEOUS')) continue;
-    if (marks.length > 0 || id === undefined) throw new Error(`npm ls --omit=dev: ${line.trim()}: the installed tree does not match package.json (npm ci)`);
-    if (path.resolve(dir!) !== path.resolve(root)) dirs.push(dir!);
+  for (const [key, p] of Object.entries(lock.packages)) {
+    if (!key.startsWith('node_modules/') || p.dev === true) continue;
+    if (p.link === true) throw new Error(`${key} is a link (a workspace or file: dependency): not supported in the image`);
+    const dir = path.join(root, key);
+    let installed: string | undefined;
+    try {
+      installed = (JSON.parse(readFileSync(path.join(dir, 'package.json'), 'utf8')) as { version?: string }).version;
+    } catch {
+      if (p.optional === true) continue;
+      throw new Error(`${key} is locked but not installed: run npm ci`);
+    }
+    if (installed !== p.version) throw new Error(`${key} is ${installed} but package-lock.json locks ${p.version}: run npm ci`);
+    dirs.push(dir);
   }
-  if (dirs.length === 0) throw new Error('npm ls --omit=dev listed no packages: run npm ci first');
-  return dirs;
+  if (dirs.length === 0) throw new Error('package-lock.json locks no production packages');
+  return dirs.sort();
 }
 
 function packageName(dir: string): string {
