@@ -50,18 +50,25 @@ async function sha256File(file: string): Promise<string> {
   return `sha256:${h.digest('hex')}`;
 }
 
-/** Every entry header of a gzipped layer tar, in order (file bodies are read past, not kept). */
-async function layerHeaders(file: string): Promise<Header[]> {
+/** Every entry header of a gzipped layer tar, in order; the bodies of the few files named in `keep` (the rest are read past). */
+async function readLayer(file: string, keep: string[] = []): Promise<{ headers: Header[]; bodies: Map<string, string> }> {
   const headers: Header[] = [];
+  const bodies = new Map<string, string>();
   const extract = tar.extract();
   const consumed = (async () => {
     for await (const entry of extract) {
       headers.push(entry.header);
-      entry.resume();
+      if (!keep.includes(entry.header.name)) {
+        entry.resume();
+        continue;
+      }
+      const chunks: Buffer[] = [];
+      for await (const c of entry) chunks.push(c as Buffer);
+      bodies.set(entry.header.name, Buffer.concat(chunks).toString('utf8'));
     }
   })();
   await Promise.all([pipeline(createReadStream(file), createGunzip(), extract), consumed]);
-  return headers;
+  return { headers, bodies };
 }
 
 describe('the container image (npm run image)', () => {
@@ -117,19 +124,24 @@ describe('the container image (npm run image)', () => {
     const config = path.join(dir, 'berth.yaml');
     await writeFile(config, `listen: "${berthHost}"\nstorage:\n  path: /var/lib/berth\nupstreams:\n  - host: docker.io\n    url: ${up.url}\n`);
     const mounts = ['-v', `${data}:/var/lib/berth`, '-v', `${config}:/etc/berth/berth.yaml:ro`];
+    // Read-only as Kubernetes' readOnlyRootFilesystem makes it: podman's default tmpfs on /tmp, /run and /var/tmp off too.
+    const readOnly = ['--read-only', '--read-only-tmpfs=false'];
     const proxies = Object.entries(DEAD_PROXY_ENV).flatMap(([k, v]) => ['-e', `${k}=${v}`]);
 
-    // The isolated site's first step, done by the image itself: `berth import` of the archive it came in.
+    // The isolated site's first step, done by the image itself: `berth import` of the archive it came in. With
+    // the image's own /etc/berth/berth.yaml (no file mounted: its storage must be the volume) and no network at
+    // all (that file names the public registries; import contacts none).
     const imported = await podman([
       'run',
       '--rm',
       ...runArgs,
       '--network',
       'none',
-      '--read-only',
+      ...readOnly,
       '--user',
       '10001',
-      ...mounts,
+      '-v',
+      `${data}:/var/lib/berth`,
       '-v',
       `${image.archive}:/bundle/image.tar:ro`,
       image.name,
@@ -138,7 +150,7 @@ describe('the container image (npm run image)', () => {
     ]);
     importOutput = imported.stdout;
     // Then `berth serve`: the image's own Cmd and user (no --user), on the host's network for the loopback upstream.
-    const { stdout } = await podman(['run', '-d', ...runArgs, '--network', 'host', '--read-only', ...proxies, ...mounts, image.name]);
+    const { stdout } = await podman(['run', '-d', ...runArgs, '--network', 'host', ...readOnly, ...proxies, ...mounts, image.name]);
     containerId = stdout.trim();
     await waitForHttp(`http://${berthHost}/v2/`, { timeoutMs: 30_000 });
   });
@@ -160,6 +172,17 @@ describe('the container image (npm run image)', () => {
     assert.equal(again.manifestDigest, image.manifestDigest);
     assert.deepEqual(again.layers, image.layers);
     assert.equal(await sha256File(again.archive), await sha256File(image.archive));
+  });
+
+  test('a SOURCE_DATE_EPOCH that is not whole seconds stops the build, saying so, and writes nothing', async () => {
+    const out = path.join(dir, 'bad-epoch', 'image.tar');
+    const r = await run(process.execPath, [BUILDER, '--out', out], { cwd: ROOT, env: { ...process.env, SOURCE_DATE_EPOCH: 'yesterday' } }).then(
+      () => assert.fail('the build succeeded'),
+      (err: { code?: number; stderr?: string }) => err,
+    );
+    assert.equal(r.code, 1);
+    assert.match(r.stderr ?? '', /SOURCE_DATE_EPOCH must be whole seconds, not "yesterday"/);
+    await assert.rejects(readdir(path.dirname(out)), { code: 'ENOENT' });
   });
 
   test('it is under 120 MB compressed (sizes reported)', () => {
@@ -185,6 +208,7 @@ describe('the container image (npm run image)', () => {
     assert.deepEqual(cfg.config.Cmd, ['serve', '--config', '/etc/berth/berth.yaml']);
     assert.deepEqual(cfg.config.ExposedPorts, { '5000/tcp': {} });
     assert.deepEqual(cfg.config.Volumes, { '/var/lib/berth': {} });
+    assert.equal(cfg.config.WorkingDir, '/var/lib/berth');
     for (const e of ['NODE_ENV=production', 'MALLOC_ARENA_MAX=2', 'MALLOC_MMAP_THRESHOLD_=131072', 'BERTH_CONFIG=/etc/berth/berth.yaml']) assert.ok(cfg.config.Env.includes(e), e);
     assert.equal(cfg.config.Labels['org.opencontainers.image.version'], pkg.version);
     assert.equal(cfg.config.Labels['org.opencontainers.image.revision'], commit.revision);
@@ -198,8 +222,11 @@ describe('the container image (npm run image)', () => {
 
   test('it holds the runtime files only: no shell, no devDependencies, fixed owners, modes and times', async () => {
     const manifest = JSON.parse(await readFile(path.join(layout, 'blobs/sha256', image.manifestDigest.slice(7)), 'utf8')) as { layers: Array<{ digest: string }> };
-    const [runtime, app] = await Promise.all(manifest.layers.map((l) => layerHeaders(path.join(layout, 'blobs/sha256', l.digest.slice(7)))));
-    const all = [...runtime!, ...app!];
+    const CA = 'etc/ssl/certs/ca-certificates.crt';
+    const [base, top] = await Promise.all(manifest.layers.map((l) => readLayer(path.join(layout, 'blobs/sha256', l.digest.slice(7)), [CA])));
+    const runtime = base!.headers;
+    const app = top!.headers;
+    const all = [...runtime, ...app];
     const names = new Set(all.map((h) => h.name));
     const { epoch } = await commitOf();
     for (const h of all) {
@@ -207,8 +234,10 @@ describe('the container image (npm run image)', () => {
       const owner = h.name === 'var/lib/berth/' ? 10001 : 0;
       assert.deepEqual([h.uid, h.gid, h.uname ?? '', h.gname ?? ''], [owner, owner, '', ''], `${h.name} owner`);
     }
-    const sorted = runtime!.map((h) => h.name);
-    assert.deepEqual(sorted, [...sorted].sort(), 'entries in path order');
+    for (const layer of [runtime, app]) {
+      const order = layer.map((h) => h.name.replace(/\/$/, ''));
+      assert.deepEqual(order, [...order].sort(), 'entries in path order');
+    }
     for (const n of [
       'usr/local/bin/node',
       'etc/passwd',
@@ -222,7 +251,7 @@ describe('the container image (npm run image)', () => {
     ]) {
       assert.ok(names.has(n), `${n} is in the image`);
     }
-    assert.equal(runtime!.find((h) => h.name === 'tmp/')?.mode, 0o1777);
+    assert.equal(runtime.find((h) => h.name === 'tmp/')?.mode, 0o1777);
     assert.deepEqual(
       all.filter((h) => /^(usr\/)?s?bin\//.test(h.name)),
       [],
@@ -249,10 +278,7 @@ describe('the container image (npm run image)', () => {
     assert.deepEqual(inImage, locked);
     assert.ok(![...names].some((n) => n.startsWith('opt/berth/node_modules/better-sqlite3/deps/') || n.startsWith('opt/berth/node_modules/node-linux-')), 'no build leftovers, no second copy of node');
     // The CA bundle is Debian's, not the build machine's: local CAs added on this machine are not trusted in the image.
-    const files = path.join(dir, 'runtime-files');
-    await mkdir(files);
-    await run('tar', ['-xzf', path.join(layout, 'blobs/sha256', manifest.layers[0]!.digest.slice(7)), '-C', files, 'etc/ssl/certs/ca-certificates.crt']);
-    const bundle = await readFile(path.join(files, 'etc/ssl/certs/ca-certificates.crt'), 'utf8');
+    const bundle = base!.bodies.get(CA)!;
     const mozilla = (await readdir('/usr/share/ca-certificates/mozilla')).filter((f) => f.endsWith('.crt'));
     assert.equal(bundle.match(/-----BEGIN CERTIFICATE-----/g)?.length, mozilla.length);
     for (const local of await readdir('/usr/local/share/ca-certificates').catch(() => [] as string[])) {
@@ -266,7 +292,7 @@ describe('the container image (npm run image)', () => {
     assert.deepEqual(stdout.trim().split(' '), [image.manifestDigest, image.configDigest.slice(7)]);
   });
 
-  test('it runs as user 10001 with a read-only root filesystem and writes only its volume', async () => {
+  test('it runs as user 10001 with a read-only root filesystem (no tmpfs) and writes only its volume', async () => {
     const pid = (await podman(['inspect', '--format', '{{.State.Pid}}', containerId!])).stdout.trim();
     const status = await readFile(`/proc/${pid}/status`, 'utf8');
     assert.match(status, /^Uid:\s+10001\s+10001\s+10001\s+10001$/m);
@@ -274,13 +300,14 @@ describe('the container image (npm run image)', () => {
     const probe = [
       "const fs = require('node:fs');",
       'const tryWrite = (f) => { try { fs.writeFileSync(f, "x"); return "written"; } catch (e) { return e.code; } };',
-      "console.log(JSON.stringify({ uid: process.getuid(), root: tryWrite('/probe'), app: tryWrite('/opt/berth/probe'), volume: tryWrite('/var/lib/berth/probe'), volumeHolds: fs.readdirSync('/var/lib/berth').sort() }));",
+      "console.log(JSON.stringify({ uid: process.getuid(), root: tryWrite('/probe'), app: tryWrite('/opt/berth/probe'), tmp: tryWrite('/tmp/probe'), volume: tryWrite('/var/lib/berth/probe'), volumeHolds: fs.readdirSync('/var/lib/berth').sort() }));",
     ].join('\n');
     const { stdout } = await podman(['exec', containerId!, '/usr/local/bin/node', '-e', probe]);
-    const r = JSON.parse(stdout) as { uid: number; root: string; app: string; volume: string; volumeHolds: string[] };
+    const r = JSON.parse(stdout) as { uid: number; root: string; app: string; tmp: string; volume: string; volumeHolds: string[] };
     assert.equal(r.uid, 10001);
     assert.equal(r.root, 'EROFS');
     assert.equal(r.app, 'EROFS');
+    assert.equal(r.tmp, 'EROFS', 'no tmpfs on /tmp: berth needs none');
     assert.equal(r.volume, 'written');
     assert.ok(r.volumeHolds.includes('berth.db'), `berth keeps its index on the volume: ${r.volumeHolds.join(' ')}`);
   });
@@ -293,14 +320,21 @@ describe('the container image (npm run image)', () => {
     await up.waitForAccess((es) => es.some((e) => e.path === `/v2/library/small/manifests/1`), { since: mark });
   });
 
+  test('ctr images import loads the archive under its name, as on a node without a registry', async () => {
+    containerd ??= await startContainerd();
+    // Not unpacked here: podman above runs the very same layers; the point is the name and the digest.
+    await containerd.ctr(['images', 'import', '--no-unpack', image.archive], { timeoutMs: 180_000 });
+    assert.equal((await imageTargets(containerd)).get(image.name), image.manifestDigest);
+  });
+
   test('containerd pulls through the containerised berth (hosts.toml mirror)', async () => {
-    containerd = await startContainerd();
+    containerd ??= await startContainerd();
     await containerd.writeHosts('docker.io', mirrorHostsToml(`http://${berthHost}`));
     await containerd.pull('docker.io/org/multi:1');
     assert.equal((await imageTargets(containerd)).get('docker.io/org/multi:1'), seed.multi.digest);
   });
 
-  test('berth import, run in the image, loads the image into storage; berth then serves it with the same digest', async () => {
+  test('berth import, run in the image with its own berth.yaml, loads the image onto the volume; berth serve then serves it with the same digest', async () => {
     assert.match(importOutput, new RegExp(`^imported ${image.name.replace(/[.:]/g, '\\$&')} ${image.manifestDigest} \\(pinned\\)$`, 'm'));
     const mark = up.logLineCount();
     const out = path.join(dir, 'skopeo-berth');

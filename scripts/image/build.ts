@@ -123,7 +123,9 @@ export async function buildImage(out: string): Promise<ImageSummary> {
           Entrypoint: [NODE_PATH, `${APP_DIR}/bin/berth.js`],
           Cmd: ['serve', '--config', CONFIG_FILE],
           Volumes: { [STORAGE_DIR]: {} },
-          WorkingDir: APP_DIR,
+          // The volume: a relative path in an operator's berth.yaml (berth's default is ./storage) lands on it,
+          // not in the image's read-only (or, without --read-only, thrown-away) root filesystem.
+          WorkingDir: STORAGE_DIR,
           Labels: labels,
           StopSignal: 'SIGTERM',
         },
@@ -145,7 +147,8 @@ export async function buildImage(out: string): Promise<ImageSummary> {
         },
       ]),
     );
-    const partial = `${out}.partial`;
+    // Written beside and renamed: dist/image.tar is either the previous image or the whole new one.
+    const partial = path.join(work, 'image.tar');
     await writeArchive(partial, index.data, [config, manifest, base, top], epoch);
     renameSync(partial, out);
     return {
