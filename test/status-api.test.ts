@@ -13,8 +13,10 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import pkg from '../package.json' with { type: 'json' };
+import { RecentBytes } from '../src/http/status/recent-bytes.ts';
 import type { Status } from '../src/http/status/status.ts';
 import { type BerthOptions, type InProcessBerth, startBerth } from './support/berth.ts';
+import { request } from './support/http.ts';
 import { buildImage, type Image, MediaTypes, pushImage } from './support/images.ts';
 import { metricValue, waitUntil } from './support/links.ts';
 import { type Relay, startRelay } from './support/relay.ts';
@@ -132,7 +134,9 @@ describe('GET /_berth/api/status', () => {
     const later = await waitUntil('the byte count to grow', async () => (await status(berth.url)).fills.find((f) => f.digest === layer.digest && f.bytesOnDisk > first.bytesOnDisk + 100_000), 10_000);
     assert.ok(later.bytesOnDisk < layer.size, 'the fill was already complete: the link is not throttled');
     // The rate is measured over the last seconds of polls: the relay's rate, give or take.
-    assert.ok(later.rate > RATE / 4 && later.rate < RATE * 4, `rate ${later.rate} B/s through a ${RATE} B/s link`);
+    assert.ok(later.rate > RATE / 10 && later.rate < RATE * 4, `rate ${later.rate} B/s through a ${RATE} B/s link`);
+    const inUse = (await status(berth.url)).upstreams.find((x) => x.host === link.host)!.bandwidth.inUse;
+    assert.ok(inUse.foreground > RATE / 10 && inUse.foreground < RATE * 4 && inUse.background === 0, `in use ${JSON.stringify(inUse)}`);
     const pulled = await pulling;
     assert.equal(pulled.digest, layer.digest);
     const done = await waitUntil('the fill to leave the list', async () => {
@@ -211,6 +215,14 @@ describe('GET /_berth/api/status', () => {
       s.errors.recent.some((e) => e.path === '/v2/lab/x/manifests/1' && e.status === 503),
       JSON.stringify(s.errors.recent.slice(0, 3)),
     );
+    // a blob fetch through it: the fill fails, and shows as a fill failure beside the 503 its client got
+    const missing = `sha256:${createHash('sha256').update(`status-api ${Date.now()}`).digest('hex')}`;
+    const blob = await fetch(`${berth.url}/v2/lab/x/blobs/${missing}?ns=dead.test`);
+    assert.equal(blob.status, 503);
+    await blob.arrayBuffer();
+    const failed = await waitUntil('the failed fill to show', async () => (await status(berth.url)).errors.recent.find((e) => e.kind === 'fill' && e.digest === missing));
+    assert.equal(failed.repository, 'lab/x');
+    assert.match(failed.message, /dead\.test/);
   });
 
   test('error responses show in the recent errors, newest first, with time, status, code, path and message', async () => {
@@ -257,6 +269,28 @@ describe('GET /_berth/api/status', () => {
   });
 });
 
+describe('bytes in the last minute', () => {
+  test('count by priority, forget what is older than a minute, and measure the rate over what was seen', () => {
+    let now = 1_000_000;
+    const r = new RecentBytes(() => now);
+    assert.deepEqual(r.last('u'), { foreground: 0, background: 0 });
+    r.add('u', 1000, 'foreground');
+    r.add('u', 10, 'background');
+    now += 1000;
+    r.add('u', 1000, 'foreground');
+    assert.deepEqual(r.last('u'), { foreground: 2000, background: 10 });
+    assert.deepEqual(r.rate('u', 5), { foreground: 1000, background: 5 }, 'two seconds seen: over two, not five');
+    now += 30_000;
+    r.add('u', 500, 'foreground');
+    assert.deepEqual(r.last('u'), { foreground: 2500, background: 10 });
+    now += 30_500;
+    assert.deepEqual(r.last('u'), { foreground: 500, background: 0 }, 'the first two seconds are over a minute ago');
+    now += 120_000;
+    assert.deepEqual(r.last('u'), { foreground: 0, background: 0 });
+    assert.deepEqual(r.last('other'), { foreground: 0, background: 0 });
+  });
+});
+
 describe('who may read the status', () => {
   let locked: InProcessBerth;
   before(async () => {
@@ -297,19 +331,19 @@ describe('who may read the status', () => {
       return emit.call(this, event, ...args);
     };
     try {
+      // Fresh connections (request() pools nothing): a kept-alive one from before would still be loopback.
       for (const p of ['/_berth/api/status', '/_berth/']) {
-        const r = await fetch(`${berth.url}${p}`);
+        const r = await request(berth.url, p);
         assert.equal(r.status, 403, p);
-        const body = (await r.json()) as { errors: Array<{ code: string; message: string }> };
+        const body = JSON.parse(r.body.toString('utf8')) as { errors: Array<{ code: string; message: string }> };
         assert.equal(body.errors[0]!.code, 'DENIED');
-        const allowed = await fetch(`${open.url}${p}`);
+        assert.match(body.errors[0]!.message, /admin\.allowRemote/);
+        const allowed = await request(open.url, p);
         assert.equal(allowed.status, 200, p);
-        await allowed.arrayBuffer();
       }
       // the registry API is not an admin endpoint
-      const v2 = await fetch(`${berth.url}/v2/`);
+      const v2 = await request(berth.url, '/v2/');
       assert.equal(v2.status, 200);
-      await v2.arrayBuffer();
     } finally {
       if (hadOwn) proto.emit = emit;
       else delete (proto as { emit?: unknown }).emit;

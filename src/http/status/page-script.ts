@@ -36,12 +36,14 @@ export const PAGE_SCRIPT = `
     return (d ? d + 'd ' : '') + (d || h ? h + 'h ' : '') + m + 'm ' + (s % 60) + 's';
   }
   function bar(fraction, label) {
+    var meter = el('div', 'meter');
     var outer = el('div', 'bar');
     var inner = el('div', 'fill' + (fraction > 0.9 ? ' hot' : ''));
     inner.style.width = Math.max(0, Math.min(100, fraction * 100)).toFixed(1) + '%';
     outer.appendChild(inner);
-    outer.appendChild(el('span', 'label', label));
-    return outer;
+    meter.appendChild(outer);
+    meter.appendChild(el('span', 'label', label));
+    return meter;
   }
   function row(cells) {
     var tr = el('tr');
@@ -100,7 +102,7 @@ export const PAGE_SCRIPT = `
     var c = s.cache;
     var disk = $('disk');
     disk.replaceChildren(c.quotaBytes ? bar(c.usedFraction, bytes(c.usedBytes) + ' of ' + bytes(c.quotaBytes) + ' (' + (c.usedFraction * 100).toFixed(1) + '%)') : el('span', null, bytes(c.usedBytes) + ' (no quota)'));
-    $('blobs').textContent = c.blobs + ' blobs';
+    $('blobs').textContent = c.blobs + (c.blobs === 1 ? ' blob' : ' blobs');
     $('hits').textContent = c.hitRatio === null ? 'no requests yet' : (c.hitRatio * 100).toFixed(1) + '% hits (' + c.hits + ' hits, ' + c.misses + ' misses)';
     var repoRow = function (r) { var tr = row([r.upstream + '/' + r.repository, bytes(r.bytes), r.blobs, ago(r.lastUsed)]); tr.dataset.repository = r.upstream + '/' + r.repository; return tr; };
     var tagRow = function (t) {

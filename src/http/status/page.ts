@@ -21,10 +21,11 @@ code { font-size: 12px; }
 .muted { color: var(--muted); }
 .badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px; border: 1px solid currentColor; }
 .ok { color: var(--ok); } .warn { color: var(--warn); } .bad { color: var(--bad); }
-.bar { position: relative; min-width: 220px; height: 18px; background: var(--line); border-radius: 4px; overflow: hidden; }
+.meter { display: flex; gap: 8px; align-items: center; }
+.bar { position: relative; width: 200px; height: 12px; background: var(--line); border-radius: 3px; overflow: hidden; flex: none; }
 .bar .fill { position: absolute; inset: 0 auto 0 0; background: var(--bar); }
 .bar .fill.hot { background: var(--bad); }
-.bar .label { position: relative; padding: 0 6px; font-size: 12px; line-height: 18px; color: var(--fg); mix-blend-mode: difference; filter: invert(1); }
+.meter .label { font-size: 12px; font-variant-numeric: tabular-nums; }
 .cols { display: grid; grid-template-columns: repeat(auto-fit, minmax(340px, 1fr)); gap: 4px 16px; }
 .stats { display: flex; gap: 16px; align-items: center; flex-wrap: wrap; }
 `;

@@ -11,19 +11,20 @@ type Buckets = Record<Priority, Float64Array>;
  * the fill table's upstreamBytes hook; constant memory per upstream.
  */
 export class RecentBytes {
-  private readonly perUpstream = new Map<string, { buckets: Buckets; second: number }>();
+  private readonly perUpstream = new Map<string, { buckets: Buckets; second: number; firstSecond: number }>();
 
   constructor(private readonly now: () => number = Date.now) {}
 
   add(upstream: string, n: number, priority: Priority): void {
-    const e = this.advance(upstream);
+    const e = this.advance(upstream, true)!;
     e.buckets[priority][e.second % WINDOW_S]! += n;
   }
 
   /** Bytes in the last `seconds` (≤ 60), by priority. */
   last(upstream: string, seconds = WINDOW_S): Record<Priority, number> {
-    const e = this.advance(upstream);
+    const e = this.advance(upstream, false);
     const out: Record<Priority, number> = { foreground: 0, background: 0 };
+    if (!e) return out;
     const span = Math.min(WINDOW_S, Math.max(1, seconds));
     for (let i = 0; i < span; i++) {
       const b = (e.second - i + WINDOW_S * 2) % WINDOW_S;
@@ -33,12 +34,25 @@ export class RecentBytes {
     return out;
   }
 
-  /** Moves the upstream's window to the current second, zeroing the buckets it passed. */
-  private advance(upstream: string): { buckets: Buckets; second: number } {
+  /**
+   * Bytes per second over the last `seconds`, by priority; over less when the first byte from this
+   * upstream came later than that (a transfer that began a second ago is not averaged over five).
+   */
+  rate(upstream: string, seconds: number): Record<Priority, number> {
+    const e = this.advance(upstream, false);
+    if (!e) return { foreground: 0, background: 0 };
+    const span = Math.max(1, Math.min(seconds, e.second - e.firstSecond + 1));
+    const b = this.last(upstream, span);
+    return { foreground: Math.round(b.foreground / span), background: Math.round(b.background / span) };
+  }
+
+  /** Moves the upstream's window to now; `create`: start one for an upstream not seen yet (else undefined). */
+  private advance(upstream: string, create: boolean): { buckets: Buckets; second: number; firstSecond: number } | undefined {
     const second = Math.floor(this.now() / 1000);
     let e = this.perUpstream.get(upstream);
     if (!e) {
-      e = { buckets: { foreground: new Float64Array(WINDOW_S), background: new Float64Array(WINDOW_S) }, second };
+      if (!create) return undefined;
+      e = { buckets: { foreground: new Float64Array(WINDOW_S), background: new Float64Array(WINDOW_S) }, second, firstSecond: second };
       this.perUpstream.set(upstream, e);
       return e;
     }

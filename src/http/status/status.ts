@@ -102,7 +102,6 @@ const RATE_WINDOW_MS = 5000;
 
 const iso = (ms: number): string => new Date(ms).toISOString();
 const dated = <T extends { lastUsed: number }>(rows: T[]): Array<Dated<T>> => rows.map((r) => ({ ...r, lastUsed: r.lastUsed > 0 ? iso(r.lastUsed) : null }));
-const perSecond = (b: Record<Priority, number>, seconds: number): Record<Priority, number> => ({ foreground: Math.round(b.foreground / seconds), background: Math.round(b.background / seconds) });
 
 async function counterTotal(c: Metrics['hits']): Promise<number> {
   return (await c.get()).values.reduce((n, v) => n + v.value, 0);
@@ -135,12 +134,12 @@ export class StatusBuilder {
         trips: h.trips,
         retryInMs: h.retryInMs,
         bytesLastMinute: s.recentBytes.last(c.host),
-        bandwidth: { limit, inUse: perSecond(s.recentBytes.last(c.host, rateSeconds), rateSeconds) },
+        bandwidth: { limit, inUse: s.recentBytes.rate(c.host, rateSeconds) },
       };
     });
     const total = { foreground: 0, background: 0 };
     for (const c of s.upstreams.clients) {
-      const b = s.recentBytes.last(c.host, rateSeconds);
+      const b = s.recentBytes.rate(c.host, rateSeconds);
       total.foreground += b.foreground;
       total.background += b.background;
     }
@@ -155,7 +154,7 @@ export class StatusBuilder {
       uptimeSeconds: Math.round((now - s.startedAt) / 1000),
       offline: s.offline,
       upstreams,
-      bandwidth: { limit: limits.global ?? null, inUse: perSecond(total, rateSeconds), waitedSeconds: { foreground: waited.foreground / 1000, background: waited.background / 1000 } },
+      bandwidth: { limit: limits.global ?? null, inUse: total, waitedSeconds: { foreground: waited.foreground / 1000, background: waited.background / 1000 } },
       fills: this.fills(now),
       cache: {
         usedBytes,
