@@ -34,6 +34,7 @@ let link: Relay;
 let work: string;
 let slow: Image;
 let small: Image;
+let lazy: Image;
 let berth: InProcessBerth;
 let deadPort: number;
 const cleanups: Array<() => Promise<unknown>> = [];
@@ -59,6 +60,8 @@ before(async () => {
   small = await buildImage({ format: 'oci', layers: [{ files: { 'etc/motd': `status ${Date.now()}\n` } }] });
   await pushImage(up, 'lab/slow', '1', slow);
   await pushImage(up, 'lab/small', '1', small);
+  lazy = await buildImage({ format: 'oci', layers: [{ randomBytes: LAYER_BYTES, dir: work }] });
+  await pushImage(up, 'lab/lazy', '1', lazy);
   link = await startRelay({ target: { host: '127.0.0.1', port: up.port }, rateBytesPerSec: RATE });
   cleanups.push(() => link.close());
   deadPort = await unusedPort();
@@ -259,6 +262,24 @@ describe('GET /_berth/api/status', () => {
     assert.equal(s.errors.recent.length, 50);
     assert.ok(s.errors.recent[0]!.path!.length <= 501, String(s.errors.recent[0]!.path!.length));
     assert.ok(s.errors.recent[1]!.path!.startsWith('/v2/lab/small/manifests/missing-54-'));
+  });
+
+  test('a Range read far ahead of an uncached blob shows as a lazy range of its fill while it is fetched', async () => {
+    const layer = lazy.layers[0]!;
+    const m = await fetch(`${berth.url}/v2/lab/lazy/manifests/1`, { headers: ACCEPT });
+    assert.equal(m.status, 200);
+    await m.arrayBuffer();
+    const [start, end] = [1_000_000, 1_599_999];
+    const ranged = request(berth.url, `/v2/lab/lazy/blobs/${layer.digest}`, { headers: { range: `bytes=${start}-${end}` } });
+    const f = await waitUntil('the lazy range to show', async () => (await status(berth.url)).fills.find((x) => x.digest === layer.digest && x.lazyRanges.length > 0), 10_000, 10);
+    assert.ok(
+      f.lazyRanges.some((r) => r.start <= start && r.end >= end),
+      JSON.stringify(f.lazyRanges),
+    );
+    assert.equal(f.repository, 'lab/lazy');
+    const res = await ranged;
+    assert.equal(res.status, 206);
+    assert.equal(res.body.length, end - start + 1);
   });
 
   test('only GET: a POST is 405 UNSUPPORTED, not a crash', async () => {
