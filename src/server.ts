@@ -9,6 +9,9 @@ import type { Config } from './config/schema.ts';
 import { Failpoints } from './failpoints.ts';
 import { createApp } from './http/app.ts';
 import { ClientAuth } from './http/client-auth.ts';
+import { RecentBytes } from './http/status/recent-bytes.ts';
+import { RecentErrors } from './http/status/recent-errors.ts';
+import { StatusBuilder } from './http/status/status.ts';
 import { pushWarnings } from './http/write-rules.ts';
 import { FillMemory } from './memory.ts';
 import { Metrics } from './metrics.ts';
@@ -110,6 +113,9 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
     }),
   });
   for (const c of upstreams.clients) metrics.upstreamUp.set({ upstream: c.host }, 1);
+  // The status page's recent past (src/http/status): upstream bytes per second, the last errors.
+  const recentBytes = new RecentBytes();
+  const recentErrors = new RecentErrors();
   const memory = new FillMemory();
   const failpoints = new Failpoints(config.failpoints);
   const fills = new Fills(
@@ -125,7 +131,9 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
         if (!ok) metrics.fillsFailed.inc();
         // `quota` is built below; a fill cannot end before then.
         if (!ok && isDiskFull(fill.error)) void quota.diskFull().catch((err: Error) => log.error({ err }, 'could not free space'));
+        if (!ok) recentErrors.record({ kind: 'fill', digest: fill.digest, ...(fill.repository ? { repository: fill.repository } : {}), message: fill.error?.message ?? 'fill failed' });
       },
+      upstreamBytes: (upstream, n, priority) => recentBytes.add(upstream, n, priority),
     },
     config.fills,
     failpoints,
@@ -169,7 +177,8 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   const prewarmer = new Prewarmer(walker, blobs, pins, quota, store, new ReferrerWalker(referrers, manifests));
   const readiness = new Readiness(index, paths.tmp, upstreams.clients, config.offline);
   const local = new LocalRegistry({ index, store, deleteEnabled: config.delete.enabled, log });
-  const deps = { upstreams, manifests, blobs, tags, referrers, uploads, metrics, log, prewarmer, readiness, index, maxPrewarmReferences: config.admin.maxPrewarmReferences };
+  const status = new StatusBuilder({ startedAt: Date.now(), offline: config.offline, upstreams, budget, recentBytes, fills, index, quota, metrics, errors: recentErrors });
+  const deps = { upstreams, manifests, blobs, tags, referrers, uploads, metrics, log, prewarmer, readiness, index, maxPrewarmReferences: config.admin.maxPrewarmReferences, status, recentErrors };
   const localDeps = { local, catalog: index, maxManifestSize: config.local.maxManifestSize };
   const a = config.auth;
   const auth = a && (a.htpasswd || a.tokensFile || a.rules.length > 0) ? new ClientAuth({ ...a, onCheck: (result) => metrics.clientAuth.inc({ result }) }) : undefined;

@@ -12,11 +12,14 @@ import { type ClientAuth, unauthorized } from './client-auth.ts';
 import { answerError, errorMiddleware } from './errors.ts';
 import { bearerChallenge, ISSUED_TOKEN_TTL_S, TOKEN_PATH } from './issued-tokens.ts';
 import { type DigestOrigins, readRules } from './read-rules.ts';
+import { STATUS_API_PATH, STATUS_PAGE_PATHS, statusHandlers } from './status/handler.ts';
+import type { RecentErrors } from './status/recent-errors.ts';
+import type { StatusBuilder } from './status/status.ts';
 import { type V2Deps, v2Handler } from './v2.ts';
 import { writeRules } from './write-rules.ts';
 
 /** Bytes sent in the response body, counted at the socket so aborted streams count what really left. */
-function requestLog(log: Logger, metrics: Metrics) {
+function requestLog(log: Logger, metrics: Metrics, errors?: RecentErrors) {
   return async function logged(ctx: Context, next: Next): Promise<void> {
     const started = performance.now();
     // Held here: node sets req.socket to null once the connection closes, and the log line below is written
@@ -46,6 +49,10 @@ function requestLog(log: Logger, metrics: Metrics) {
         if (ctx.querystring) fields.query = ctx.querystring.slice(0, 200);
         if (ctx.state.cache) fields.cache = ctx.state.cache;
         if (ctx.state.errorCode) fields.error = `${ctx.state.errorCode as string}: ${ctx.state.errorMessage as string}`;
+        // For the status page. Not the 401 that asks a client to log in (every docker pull starts with one).
+        if (errors && ctx.state.errorCode && !(ctx.status === 401 && (ctx.path === '/v2/' || ctx.path === '/v2' || ctx.path === TOKEN_PATH))) {
+          errors.record({ kind: 'response', status: ctx.status, code: ctx.state.errorCode as string, method: ctx.method, path: ctx.path, message: String(ctx.state.errorMessage) });
+        }
         if (ctx.state.internalError) log.error({ err: ctx.state.internalError, path: ctx.path }, 'internal error');
         if (ctx.state.storageError) log.error({ err: ctx.state.storageError, path: ctx.path }, 'storage failure');
         log.info(fields, 'request');
@@ -63,6 +70,10 @@ export interface AppDeps extends V2Deps {
   /** Where auth.rules looks up which repositories a digest is known from. */
   index: DigestOrigins;
   maxPrewarmReferences: number;
+  /** The status page and its JSON (src/http/status); absent: 404. */
+  status?: StatusBuilder;
+  /** Where error responses are recorded for the status page. */
+  recentErrors?: RecentErrors;
 }
 
 export interface AppParts {
@@ -90,7 +101,7 @@ export function createApp(deps: AppDeps, parts: AppParts): Koa {
     if (err == null || this.headerSent || !this.writable) return;
     answerError(this, err);
   };
-  app.use(requestLog(deps.log, deps.metrics));
+  app.use(requestLog(deps.log, deps.metrics, deps.recentErrors));
   app.use(errorMiddleware);
   // The catalog lists only what the client may pull (auth.rules), as read-rules.ts guards each repository.
   const ruled = parts.auth?.rules.active ? parts.auth.rules : undefined;
@@ -147,6 +158,9 @@ export function createApp(deps: AppDeps, parts: AppParts): Koa {
     ctx.body = await deps.metrics.registry.metrics();
   });
   const prewarm = guarded(prewarmHandler(deps.prewarmer, deps.maxPrewarmReferences));
+  const status = deps.status ? statusHandlers(deps.status) : undefined;
+  const statusPage = status && guarded(status.page);
+  const statusApi = status && guarded(status.api);
   const ready = healthGuarded(async (ctx) => {
     ctx.state.route = 'health';
     const report = await deps.readiness.report();
@@ -170,6 +184,8 @@ export function createApp(deps: AppDeps, parts: AppParts): Koa {
       ctx.state.route = 'admin';
       return prewarm(ctx, next);
     }
+    if (parts.admin && statusApi && ctx.path === STATUS_API_PATH) return statusApi(ctx, next);
+    if (parts.admin && statusPage && STATUS_PAGE_PATHS.has(ctx.path)) return statusPage(ctx, next);
     // /healthz is the old name of /readyz.
     if (parts.admin && (ctx.path === '/readyz' || ctx.path === '/healthz')) {
       ctx.state.route = 'health';

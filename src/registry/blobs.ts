@@ -222,6 +222,7 @@ export class Blobs {
         dataFile: store.paths.ingestData(d, r.upstream),
         metaFile: store.paths.ingestMeta(d, r.upstream),
         ...(known !== undefined ? { expectedSize: known } : {}),
+        repository: r.repository,
         retries: this.o.retries,
         abandonAfterMs: this.o.fillTimeout,
         abandonGraceMs: this.o.abandonGrace,

@@ -8,6 +8,7 @@ import { migrate } from './migrations.ts';
 import { Pins } from './pins.ts';
 import { ReferrerTable } from './referrer-table.ts';
 import { TagTable } from './tag-table.ts';
+import { type CacheUsage, UsageQueries } from './usage.ts';
 
 export type { BlobRow, TagInput, TagRow } from './index-roles.ts';
 
@@ -58,6 +59,7 @@ export class StoreIndex implements RegistryIndex {
   private readonly tags: TagTable;
   private readonly referrers: ReferrerTable;
   readonly pins: Pins;
+  private readonly usageQueries: UsageQueries;
   private readonly s;
 
   /**
@@ -80,6 +82,7 @@ export class StoreIndex implements RegistryIndex {
     this.tags = new TagTable(this.db, tagJournal);
     this.pins = new Pins(this.db);
     this.referrers = new ReferrerTable(this.db);
+    this.usageQueries = new UsageQueries(this.db);
     const p = (sql: string) => this.db.prepare(sql);
     this.s = {
       getBlob: p('SELECT digest, size, media_type AS mediaType, created_at AS createdAt, accessed_at AS accessedAt FROM blobs WHERE digest = ?'),
@@ -134,6 +137,11 @@ export class StoreIndex implements RegistryIndex {
   /** Records a read; written to disk by flushAccess. */
   touch(d: Digest, now = Date.now()): void {
     this.pendingAccess.set(d, now);
+  }
+
+  /** The largest and most recently used repositories and tags (`n` of each), and the pins (status page; read-only). */
+  usage(n: number): CacheUsage {
+    return this.usageQueries.run(n, this.pendingAccess, (d) => this.refsOf(d));
   }
 
   /** Writes the recorded access times; on failure they stay pending for the next try. */

@@ -123,6 +123,11 @@ export class BandwidthBudget {
     }
   }
 
+  /** The configured rates in bytes per second (for the status page): the global one, and per upstream. */
+  limits(): { global: number | undefined; perUpstream: Map<string, number> } {
+    return { global: this.global?.rate, perUpstream: new Map([...this.perUpstream].map(([h, b]) => [h, b.rate])) };
+  }
+
   waitedMs(): Record<Priority, number> {
     const sum: Record<Priority, number> = { foreground: 0, background: 0 };
     for (const b of [this.global, ...this.perUpstream.values()]) {

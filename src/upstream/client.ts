@@ -76,7 +76,7 @@ export class UpstreamClient {
   }
 
   /** The circuit breaker's state (for readiness reports); only the client's own requests move it. */
-  get health(): Pick<UpstreamHealth, 'down' | 'retryInMs'> {
+  get health(): Pick<UpstreamHealth, 'down' | 'retryInMs' | 'breaker' | 'consecutiveFailures' | 'trips'> {
     return this.http.health;
   }
 

@@ -19,6 +19,20 @@ export class UpstreamHealth {
     return Date.now() < this.downUntil;
   }
 
+  /**
+   * closed: requests go through. open: they fail at once until the cool-off ends. half-open: the cool-off
+   * ended, the next request probes (a success closes it, a failure opens it again). For the status page.
+   */
+  get breaker(): 'closed' | 'open' | 'half-open' {
+    if (this.down) return 'open';
+    return this.downUntil > 0 ? 'half-open' : 'closed';
+  }
+
+  /** Failures in a row since the last success (the breaker opens at the threshold, then keeps threshold − 1). */
+  get consecutiveFailures(): number {
+    return this.failures;
+  }
+
   /** Milliseconds until the next probe is allowed, or 0. */
   get retryInMs(): number {
     return Math.max(0, this.downUntil - Date.now());

@@ -37,6 +37,8 @@ export interface FillOptions {
   readCommitted: (start: number, end: number) => Readable;
   log: (msg: string, extra?: Record<string, unknown>) => void;
   onUpstreamBytes?: (n: number, priority: Priority) => void;
+  /** The repository the fill was started for (only shown: the status page). */
+  repository?: string;
   /** Crash points for the fault tests (set by Fills from the config). */
   failpoints?: Pick<Failpoints, 'hit'>;
 }

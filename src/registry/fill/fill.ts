@@ -120,6 +120,18 @@ export class Fill implements ReadableFill {
   get retries(): { attempts: number; backoff: number } {
     return this.o.retries;
   }
+  /** The repository the fill was started for, when its starter said (status page). */
+  get repository(): string | undefined {
+    return this.o.repository;
+  }
+  /** The priority the sequential fill reads at now (status page). */
+  get priority(): Priority {
+    return this.demand.priority();
+  }
+  /** The Range fetches in flight, inclusive byte spans (status page). */
+  get lazyRanges(): Array<{ start: number; end: number }> {
+    return this.ranges.inFlightSpans();
+  }
 
   on<E extends keyof FillEvents>(event: E, listener: Listener<E>): this {
     this.s.on(event, listener as never);

@@ -1,6 +1,7 @@
 import { Failpoints } from '../../failpoints.ts';
 import type { Digest } from '../../oci/digest.ts';
 import { RegistryError } from '../../oci/errors.ts';
+import type { Priority } from '../../upstream/bandwidth.ts';
 import { type BlobSource, Fill, type FillOptions } from './fill.ts';
 
 export interface FillLimits {
@@ -25,9 +26,16 @@ export class Fills {
   private readonly fills = new Map<string, Fill>();
   private readonly opening = new Map<string, Promise<Fill>>();
   private readonly perClient = new Map<string, number>();
+  /** When each running fill (by key) started, and through which upstream: for the status page. */
+  private readonly since = new Map<string, { upstream: string; startedAt: number }>();
 
   constructor(
-    private readonly hooks: { started: () => void; ended: (fill: Fill, ok: boolean) => void },
+    private readonly hooks: {
+      started: () => void;
+      ended: (fill: Fill, ok: boolean) => void;
+      /** Blob bytes read from `upstream` by any fill (status page: bytes in the last minute). */
+      upstreamBytes?: (upstream: string, n: number, priority: Priority) => void;
+    },
     private readonly limits: FillLimits = { maxConcurrent: Infinity, maxPerClient: Infinity },
     /** The crash points of the fault tests (config `failpoints`), for every fill and its commit. */
     readonly failpoints: Failpoints = new Failpoints(),
@@ -74,14 +82,28 @@ export class Fills {
       else this.perClient.set(client, n);
     };
     const backgroundSlotFree = () => this.all().filter((f) => f.background).length < (this.limits.maxBackground ?? 4);
-    const p = Fill.open(d, source, { ...options, backgroundSlotFree, failpoints: this.failpoints });
+    const observe = this.hooks.upstreamBytes;
+    const observed: FillOptions = observe
+      ? {
+          ...options,
+          onUpstreamBytes: (n, priority) => {
+            options.onUpstreamBytes?.(n, priority);
+            observe(upstream, n, priority);
+          },
+        }
+      : options;
+    const p = Fill.open(d, source, { ...observed, backgroundSlotFree, failpoints: this.failpoints });
     this.opening.set(k, p);
     try {
       const fill = await p;
       this.fills.set(k, fill);
+      this.since.set(k, { upstream, startedAt: Date.now() });
       this.hooks.started();
       const end = (ok: boolean) => {
-        if (this.fills.get(k) === fill) this.fills.delete(k);
+        if (this.fills.get(k) === fill) {
+          this.fills.delete(k);
+          this.since.delete(k);
+        }
         uncount();
         this.hooks.ended(fill, ok);
       };
@@ -107,5 +129,10 @@ export class Fills {
 
   all(): Fill[] {
     return [...this.fills.values()];
+  }
+
+  /** The running fills with the upstream each reads from and when it started (read-only; status page). */
+  running(): Array<{ fill: Fill; upstream: string; startedAt: number }> {
+    return [...this.fills].map(([k, fill]) => ({ fill, ...(this.since.get(k) ?? { upstream: k.slice(0, k.indexOf(' ')), startedAt: Date.now() }) }));
   }
 }

@@ -59,6 +59,11 @@ export interface LazyFetch {
 export class LazyFetches {
   private readonly list: LazyFetch[] = [];
 
+  /** The spans in flight (inclusive), for introspection. */
+  spans(): Array<{ start: number; end: number }> {
+    return this.list.map((f) => ({ start: f.start, end: f.end }));
+  }
+
   /** The fetch in flight whose span covers `pos`. */
   covering(pos: number): LazyFetch | undefined {
     return this.list.find((r) => r.start <= pos && pos <= r.end);
@@ -127,6 +132,11 @@ export class LazyRanges {
   unsupported = false;
 
   constructor(private readonly f: RangeFill) {}
+
+  /** The Range fetches in flight (inclusive spans). */
+  inFlightSpans(): Array<{ start: number; end: number }> {
+    return this.inFlight.spans();
+  }
 
   /**
    * Fetches [start, end] (inclusive), unless a fetch already in flight covers `start` (that one is
