@@ -81,6 +81,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   await prepareStorageDir(paths, mode.createStorage ?? true, log);
   const lock = mode.lock === false ? undefined : await StorageLock.acquire(paths, mode.lock ?? 'serve');
   // onQuarantine runs only when a blob is served, after `index` below exists.
+  const failpoints = new Failpoints(config.failpoints);
   const storeOptions = {
     verifyReads: config.storage.verifyReads,
     onQuarantine: (d: Digest, movedTo: string) => {
@@ -92,7 +93,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   // process holding the storage lock clears its own leftovers under the bucket's ingest/.
   const s3 = config.storage.driver === 's3' ? config.storage.s3 : undefined;
   const store: Berth['store'] = s3
-    ? await openS3Store(s3, paths, { ...storeOptions, sweep: lock !== undefined }).catch(async (err: unknown) => {
+    ? await openS3Store(s3, paths, { ...storeOptions, failpoints, sweep: lock !== undefined }).catch(async (err: unknown) => {
         await lock?.release();
         throw err;
       })
@@ -124,7 +125,6 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   });
   for (const c of upstreams.clients) metrics.upstreamUp.set({ upstream: c.host }, 1);
   const memory = new FillMemory();
-  const failpoints = new Failpoints(config.failpoints);
   const fills = new Fills(
     {
       started: () => {

@@ -19,6 +19,8 @@ const FILE_READ = 1024 * 1024;
 export interface S3StoreOptions extends BlobStoreOptions {
   /** For tests: multipart copies above `single` bytes, in parts of `part` (defaults: 5 GiB, 1 GiB). */
   copyLimits?: { single: number; part: number };
+  /** The fault tests' crash points (src/failpoints.ts): `store.s3.mid-upload`. */
+  failpoints?: { hit(name: string): void };
 }
 
 /**
@@ -158,6 +160,7 @@ export class S3BlobStore implements BlobStorage {
           const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, size - pos), pos);
           if (bytesRead === 0) throw new DigestMismatchError(d, hashed.digest, `${file} shrank to ${pos} bytes while it was uploaded`);
           await w.write(buf.subarray(0, bytesRead));
+          if (pos < size / 2 && pos + bytesRead >= size / 2) this.opts.failpoints?.hit('store.s3.mid-upload');
           pos += bytesRead;
         }
         await w.commit();
