@@ -14,6 +14,7 @@ import { StoragePaths } from '../src/store/paths.ts';
 import { DigestMismatchError, writeBlob } from '../src/store/roles.ts';
 import { makeS3Client } from '../src/store/s3/client.ts';
 import { S3Keys } from '../src/store/s3/keys.ts';
+import { LocalBlobCache } from '../src/store/s3/local-cache.ts';
 import { sweepIngest } from '../src/store/s3/open.ts';
 import { S3BlobStore, type S3StoreOptions } from '../src/store/s3/s3-store.ts';
 import type { S3Bucket } from '../src/store/s3/s3-writer.ts';
@@ -48,10 +49,11 @@ async function filesUnder(root: string): Promise<string[]> {
   return entries.filter((e) => e.isFile()).map((e) => `file ${path.relative(root, path.join(e.parentPath, e.name))}`);
 }
 
-/** A fresh store on its own prefix, its local working directory in a temp dir. */
-async function freshStore(endpoint = ceph.endpoint, opts: S3StoreOptions = {}) {
+/** A fresh store on its own prefix, its local working directory in a temp dir (and its local cache, when asked for, in there too). */
+async function freshStore(endpoint = ceph.endpoint, opts: S3StoreOptions & { localCacheSize?: number } = {}) {
   const dir = await makeTempDir('conformance-s3');
   const paths = new StoragePaths(dir);
+  if (opts.localCacheSize) opts = { ...opts, cache: new LocalBlobCache(path.join(dir, 'local-cache'), opts.localCacheSize, opts.verifyReads ?? false) };
   const s3 = bucketAt(endpoint);
   const prefix = `t-${randomBytes(6).toString('hex')}/`;
   const store = new S3BlobStore(s3, new S3Keys(prefix, randomBytes(8).toString('hex')), paths, opts);
@@ -60,6 +62,7 @@ async function freshStore(endpoint = ceph.endpoint, opts: S3StoreOptions = {}) {
     store,
     s3,
     prefix,
+    cache: opts.cache,
     paths,
     residue: async () => [...(await bucketResidue(bucketAt(ceph.endpoint), prefix)), ...(await filesUnder(dir))].sort(),
     // Fills hand commitFile their files from the local ingest/ (the working directory), as here.
@@ -72,6 +75,7 @@ async function freshStore(endpoint = ceph.endpoint, opts: S3StoreOptions = {}) {
 }
 
 blobStoreConformance('S3BlobStore on Ceph RGW', () => freshStore());
+blobStoreConformance('S3BlobStore on Ceph RGW with a local cache', () => freshStore(ceph.endpoint, { localCacheSize: 64 * 1024 * 1024, verifyReads: true }));
 
 async function collect(stream: AsyncIterable<unknown>): Promise<Buffer> {
   const chunks: Buffer[] = [];
@@ -219,6 +223,55 @@ describe('S3BlobStore: what only the S3 driver has', () => {
       assert.equal(await sweepIngest(under.s3, under.store.keys), 2);
       assert.deepEqual(await bucketResidue(under.s3, under.prefix), [`object ${othersKey}`]);
       assert.equal(await sweepIngest(under.s3, under.store.keys, Date.now() + 25 * 3600_000), 1, 'a day later the other replica is gone too');
+    } finally {
+      await under.cleanup();
+    }
+  });
+
+  test('local cache: whole reads copy blobs in, served from local disk after; least recently used evicted past maxSize', async () => {
+    const under = await freshStore(ceph.endpoint, { localCacheSize: 1000, verifyReads: true });
+    const cache = under.cache!;
+    const local = (b: Buffer) => `file local-cache/blobs/sha256/${digestOf(b).slice(7, 9)}/${digestOf(b).slice(7)}`;
+    try {
+      const blobs = Array.from({ length: 4 }, () => randomBytes(300));
+      // Written through the store: in the bucket, and in the local cache (1000 bytes: three fit).
+      for (const b of blobs.slice(0, 3)) await under.store.putBytes(digestOf(b), b);
+      assert.equal(cache.size, 900);
+      // Gone from the bucket behind the store's back: still served, from local disk, whole and in ranges.
+      await under.s3.client.send(new PutObjectCommand({ Bucket: under.s3.bucket, Key: under.store.keys.blob(digestOf(blobs[0]!)), Body: Buffer.from('not it') }));
+      assert.ok((await collect(under.store.read(digestOf(blobs[0]!)))).equals(blobs[0]!), 'the local copy');
+      assert.ok((await collect(under.store.read(digestOf(blobs[0]!), 10, 19))).equals(blobs[0]!.subarray(10, 20)));
+      // blobs[0] was just used, so the fourth pushes out blobs[1], the least recently used.
+      await under.store.putBytes(digestOf(blobs[3]!), blobs[3]!);
+      const files = (await under.residue()).filter((f) => f.startsWith('file local-cache/blobs/'));
+      assert.deepEqual(files, [local(blobs[0]!), local(blobs[2]!), local(blobs[3]!)].sort());
+      // A whole send from the bucket copies the blob back in (verified: the bytes hash to the name).
+      const chunks: Buffer[] = [];
+      await under.store.send(digestOf(blobs[1]!), 0, 299, async (c) => void chunks.push(Buffer.from(c)));
+      assert.ok(Buffer.concat(chunks).equals(blobs[1]!));
+      assert.ok((await under.residue()).includes(local(blobs[1]!)));
+      // remove takes the local copy too.
+      await under.store.remove(digestOf(blobs[1]!));
+      assert.ok(!(await under.residue()).includes(local(blobs[1]!)));
+      assert.equal(await under.store.stat(digestOf(blobs[1]!)), undefined);
+    } finally {
+      await under.cleanup();
+    }
+  });
+
+  test('local cache: bytes in the bucket that do not hash to their name are never copied in', async () => {
+    // verifyReads off: the send itself does not check, so only the local commit stands in the way.
+    const under = await freshStore(ceph.endpoint, { localCacheSize: 10_000, verifyReads: false });
+    try {
+      const good = randomBytes(500);
+      const d = digestOf(good);
+      await under.s3.client.send(new PutObjectCommand({ Bucket: under.s3.bucket, Key: under.store.keys.blob(d), Body: randomBytes(500) }));
+      await under.store.send(d, 0, 499, async () => undefined);
+      assert.deepEqual(
+        (await under.residue()).filter((f) => f.startsWith('file ')),
+        [],
+        'nothing local: not in the cache, no temp file left',
+      );
     } finally {
       await under.cleanup();
     }

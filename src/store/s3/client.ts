@@ -12,6 +12,7 @@ export interface S3Settings {
   accessKeyId?: string | undefined;
   secretAccessKey?: string | undefined;
   forcePathStyle: boolean;
+  localCache?: { path: string; maxSize: number } | undefined;
 }
 
 /** A dead gateway must fail a request in seconds, not hang it: a miss then answers 503 promptly. */

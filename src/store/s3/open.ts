@@ -1,10 +1,11 @@
 import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { AbortMultipartUploadCommand, DeleteObjectCommand, HeadBucketCommand, ListMultipartUploadsCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
 import type { StoragePaths } from '../paths.ts';
 import { makeS3Client, type S3Settings, S3UnreachableError, s3Reason } from './client.ts';
 import { S3Keys } from './keys.ts';
+import { LocalBlobCache } from './local-cache.ts';
 import { S3BlobStore, type S3StoreOptions } from './s3-store.ts';
 import type { S3Bucket } from './s3-writer.ts';
 
@@ -41,7 +42,9 @@ export async function openS3Store(settings: S3Settings, paths: StoragePaths, opt
     const why = status === 404 ? 'no such bucket' : status === 403 ? 'access denied (check storage.s3 credentials or AWS_ACCESS_KEY_ID)' : s3Reason(err);
     throw new S3UnreachableError(`cannot reach S3 bucket "${settings.bucket}" at ${settings.endpoint} (storage.s3): ${why}`);
   }
-  const store = new S3BlobStore(s3, new S3Keys(settings.prefix, await replicaId(paths, opts.sweep)), paths, opts);
+  const lc = settings.localCache;
+  const cache = lc ? new LocalBlobCache(resolve(lc.path), lc.maxSize, opts.verifyReads ?? true) : undefined;
+  const store = new S3BlobStore(s3, new S3Keys(settings.prefix, await replicaId(paths, opts.sweep)), paths, { ...opts, ...(cache ? { cache } : {}) });
   await store.init();
   if (opts.sweep) await sweepIngest(s3, store.keys);
   return store;

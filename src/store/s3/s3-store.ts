@@ -4,12 +4,13 @@ import { Readable } from 'node:stream';
 import { DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
 import { type Digest, digestHex } from '../../oci/digest.ts';
 import { RegistryError } from '../../oci/errors.ts';
-import { type BlobStoreOptions, CorruptBlobError } from '../blob-store.ts';
+import { type BlobStoreOptions, CorruptBlobError, READ_CHUNK } from '../blob-store.ts';
 import type { StoragePaths } from '../paths.ts';
 import { type BlobInfo, type BlobStorage, type BlobWriter, DigestMismatchError, type HashedFile } from '../roles.ts';
 import { isNotFound, s3Failure } from './client.ts';
 import { copyObject } from './copy.ts';
 import type { S3Keys } from './keys.ts';
+import type { LocalBlobCache, LocalFill } from './local-cache.ts';
 import { objectBytes } from './s3-read.ts';
 import { S3BlobWriter, type S3Bucket, type Staged } from './s3-writer.ts';
 
@@ -21,7 +22,11 @@ export interface S3StoreOptions extends BlobStoreOptions {
   copyLimits?: { single: number; part: number };
   /** The fault tests' crash points (src/failpoints.ts): `store.s3.mid-upload`. */
   failpoints?: { hit(name: string): void };
+  /** storage.s3.localCache: whole blobs kept on local disk too, read from there first. */
+  cache?: LocalBlobCache;
 }
+
+const isMissing = (err: unknown) => (err as NodeJS.ErrnoException).code === 'ENOENT';
 
 /**
  * Blobs in an S3 bucket (the `s3` storage driver), keeping the filesystem store's invariant: an object under
@@ -43,6 +48,7 @@ export class S3BlobStore implements BlobStorage {
   /** The local working directories (blobs/ is in the bucket). */
   async init(): Promise<void> {
     for (const dir of [this.paths.ingest, this.paths.tmp, this.paths.uploads]) await mkdir(dir, { recursive: true });
+    await this.opts.cache?.init();
   }
 
   busy(d: Digest): boolean {
@@ -63,6 +69,8 @@ export class S3BlobStore implements BlobStorage {
 
   /** HeadObject: a 404 is "not cached"; anything else is thrown (a 503 for the client, not a 404 that sends it upstream). */
   async stat(d: Digest): Promise<BlobInfo | undefined> {
+    const local = this.opts.cache?.has(d);
+    if (local !== undefined) return { size: local };
     try {
       const head = await this.s3.client.send(new HeadObjectCommand({ Bucket: this.s3.bucket, Key: this.keys.blob(d) }));
       return { size: head.ContentLength ?? 0 };
@@ -75,9 +83,26 @@ export class S3BlobStore implements BlobStorage {
   /** [start, end] as ranged GETs; the stream errors (never ends early) if the object vanishes or the gateway goes. */
   read(d: Digest, start = 0, end?: number): Readable {
     const done = this.opened(d);
-    const stream = Readable.from(objectBytes(this.s3, this.keys.blob(d), start, end), { objectMode: false, highWaterMark: 256 * 1024 });
+    const stream = Readable.from(this.bytes(d, start, end), { objectMode: false, highWaterMark: READ_CHUNK });
     stream.once('close', done);
     return stream;
+  }
+
+  /** From the local cache when the blob is there (a copy evicted meanwhile is read from the bucket), else the bucket. */
+  private async *bytes(d: Digest, start: number, end: number | undefined): AsyncGenerator<Buffer> {
+    const cache = this.opts.cache;
+    if (cache?.has(d) !== undefined) {
+      const fh = await open(cache.store.paths.blob(d), 'r').catch((err: unknown) => {
+        if (isMissing(err)) return undefined;
+        throw err;
+      });
+      if (fh) {
+        // The handle's own stream closes it, also when the reader stops early.
+        yield* fh.createReadStream({ start, ...(end !== undefined ? { end } : {}), highWaterMark: READ_CHUNK, autoClose: true });
+        return;
+      }
+    }
+    yield* objectBytes(this.s3, this.keys.blob(d), start, end);
   }
 
   /**
@@ -87,12 +112,23 @@ export class S3BlobStore implements BlobStorage {
    */
   async send(d: Digest, start: number, end: number, write: (chunk: Buffer) => Promise<void>): Promise<void> {
     const done = this.opened(d);
+    const cache = this.opts.cache;
+    let local: LocalFill | undefined;
     try {
+      if (cache?.has(d) !== undefined) {
+        try {
+          return await cache.store.send(d, start, end, write);
+        } catch (err) {
+          if (!isMissing(err)) throw err; // evicted since has(): nothing was written, read the bucket
+        }
+      }
       let size: number | undefined;
       const hash = this.opts.verifyReads && start === 0 ? createHash('sha256') : undefined;
       let pos = start;
       let pending: Promise<void> = Promise.resolve();
       for await (const chunk of objectBytes(this.s3, this.keys.blob(d), start, end, (s) => (size = s))) {
+        // A whole read copies the blob into the local cache as it goes (verified there on commit).
+        if (pos === start && cache && start === 0 && size === end + 1 && cache.wants(d, size)) local = await cache.begin(d).catch(() => undefined);
         pos += chunk.length;
         if (hash && size === end + 1) {
           hash.update(chunk);
@@ -106,14 +142,22 @@ export class S3BlobStore implements BlobStorage {
         // Marked handled now: a write failing while the next chunk is read must not be "unhandled".
         pending = write(chunk);
         pending.catch(() => undefined);
+        // A local disk that fails stops the copy, never the client's transfer.
+        if (local) await local.write(chunk).catch(() => local?.abort().finally(() => (local = undefined)));
       }
       await pending;
+      await local?.commit().catch(() => undefined);
+      local = undefined;
     } finally {
+      await local?.abort();
       done();
     }
   }
 
   async readBytes(d: Digest): Promise<Buffer | undefined> {
+    const cache = this.opts.cache;
+    const local = cache?.has(d) !== undefined ? await cache?.store.readBytes(d).catch(() => undefined) : undefined;
+    if (local) return local;
     let bytes: Buffer;
     try {
       const res = await this.s3.client.send(new GetObjectCommand({ Bucket: this.s3.bucket, Key: this.keys.blob(d) }));
@@ -126,6 +170,7 @@ export class S3BlobStore implements BlobStorage {
       await this.quarantine(d);
       return undefined;
     }
+    await cache?.putBytes(d, bytes).catch(() => undefined);
     return bytes;
   }
 
@@ -138,6 +183,7 @@ export class S3BlobStore implements BlobStorage {
     const actual = `sha256:${createHash('sha256').update(bytes).digest('hex')}` as Digest;
     if (actual !== d) throw new RegistryError('DIGEST_INVALID', new DigestMismatchError(d, actual).message);
     await this.install(d, { digest: d, size: bytes.length }, { bytes });
+    await this.opts.cache?.putBytes(d, bytes).catch(() => undefined);
   }
 
   /**
@@ -171,7 +217,8 @@ export class S3BlobStore implements BlobStorage {
     } finally {
       await fh.close();
     }
-    await rm(file, { force: true });
+    // A fill's file is the freshest blob there is: it becomes the local copy when it can simply be renamed.
+    if (!(await this.opts.cache?.adopt(d, file, hashed))) await rm(file, { force: true });
   }
 
   /**
@@ -203,6 +250,7 @@ export class S3BlobStore implements BlobStorage {
   }
 
   async remove(d: Digest): Promise<void> {
+    await this.opts.cache?.forget(d);
     await this.s3.client.send(new DeleteObjectCommand({ Bucket: this.s3.bucket, Key: this.keys.blob(d) })).catch((err: unknown) => {
       if (!isNotFound(err)) throw s3Failure('remove a blob', this.s3.endpoint, err);
     });
@@ -227,6 +275,7 @@ export class S3BlobStore implements BlobStorage {
 
   /** Copies the blob to quarantine/ and deletes it from blobs/; undefined when it was not there. */
   async quarantine(d: Digest): Promise<string | undefined> {
+    await this.opts.cache?.forget(d);
     const info = await this.stat(d);
     if (!info) return undefined;
     const to = this.keys.quarantine(d);
