@@ -189,6 +189,13 @@ describe('S3BlobStore: what only the S3 driver has', () => {
       assert.ok((await collect(a.read(d))).equals(bytes), 'resumed: every byte, in order');
       assert.equal(relay.connections, 2, 'it did reconnect, once');
       a.close();
+      // Cut every time, but each time after more bytes: a read that keeps moving keeps resuming.
+      relay.setPlan({ connections: [1, 2, 3, 4, 5].map(() => ({ cutAfterBytes: 1 * MiB })) });
+      const many = viaRelay();
+      const before = relay.connections;
+      assert.ok((await collect(many.read(d))).equals(bytes), 'five cuts, every byte');
+      assert.equal(relay.connections - before, 6, 'five cut connections and the one that finished');
+      many.close();
       // Cut again, and remove the object before the resume: an error, never a short body that ends cleanly.
       relay.setPlan({ connections: [{ cutAfterBytes: 2 * MiB }] });
       const b = viaRelay();

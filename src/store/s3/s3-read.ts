@@ -3,7 +3,10 @@ import { GetObjectCommand, type GetObjectCommandOutput } from '@aws-sdk/client-s
 import { isNotFound, s3Failure } from './client.ts';
 import type { S3Bucket } from './s3-writer.ts';
 
-/** How often one read picks up a transfer that broke (a socket reset, an idle timeout) where it stopped. */
+/**
+ * How often in a row a read picks up a transfer that broke (a socket reset, an idle timeout while its
+ * client was not reading) where it stopped; a resume that moved bytes starts the count again.
+ */
 const RESUMES = 2;
 
 /** The object's whole size, from a ranged answer's Content-Range or a whole one's Content-Length. */
@@ -23,8 +26,10 @@ function totalSize(res: GetObjectCommandOutput): number | undefined {
 export async function* objectBytes(s3: S3Bucket, key: string, start: number, end: number | undefined, onSize?: (size: number) => void): AsyncGenerator<Buffer> {
   let pos = start;
   let last = end;
+  let failures = 0;
   for (let attempt = 0; ; attempt++) {
     if (last !== undefined && pos > last) return;
+    const from = pos;
     let res: GetObjectCommandOutput;
     try {
       // No Range for a whole read: an empty object has no byte 0 to ask for.
@@ -53,7 +58,8 @@ export async function* objectBytes(s3: S3Bucket, key: string, start: number, end
     }
     if (last !== undefined && pos > last) return;
     if (last === undefined && !broken) return;
-    if (attempt >= RESUMES) {
+    failures = pos > from ? 1 : failures + 1;
+    if (failures > RESUMES) {
       if (broken) throw s3Failure('read a blob', s3.endpoint, broken);
       throw new Error(`${key} ended at byte ${pos}, short of ${last! + 1}`);
     }
