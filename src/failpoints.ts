@@ -9,6 +9,7 @@
  *   fill.before-rename the digest is verified, the file not yet renamed into blobs/
  *   fill.index-write   the file is in blobs/, the index row not yet written
  *   upload.before-rename  a pushed blob is verified, its session file not yet renamed into blobs/
+ *   store.s3.mid-upload   (s3 driver) half of a file handed to commitFile is uploaded to the bucket's ingest/
  */
 export class Failpoints {
   private readonly armed: ReadonlySet<string>;

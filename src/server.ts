@@ -15,6 +15,7 @@ import { StatusBuilder } from './http/status/status.ts';
 import { pushWarnings } from './http/write-rules.ts';
 import { FillMemory } from './memory.ts';
 import { Metrics } from './metrics.ts';
+import type { Digest } from './oci/digest.ts';
 import { Readiness } from './readiness.ts';
 import { Blobs } from './registry/blobs.ts';
 import { Fills } from './registry/fill/fills.ts';
@@ -35,6 +36,8 @@ import { StorageLock } from './store/lock.ts';
 import { StoragePaths } from './store/paths.ts';
 import type { Pins } from './store/pins.ts';
 import { Quota } from './store/quota.ts';
+import type { BlobStorage } from './store/roles.ts';
+import { openS3Store } from './store/s3/open.ts';
 import { prepareStorageDir } from './store/storage-dir.ts';
 import { StoreIndex } from './store/store-index.ts';
 import { BandwidthBudget } from './upstream/bandwidth.ts';
@@ -44,7 +47,8 @@ const ACCESS_FLUSH_MS = 30_000;
 
 export interface Berth {
   config: Readonly<Config>;
-  store: BlobStore;
+  /** The blob store of storage.driver; `paths` is the storage directory (with s3: the replica's working directory). */
+  store: BlobStorage & { readonly paths: StoragePaths; close?(): void };
   index: StoreIndex;
   pins: Pins;
   quota: Quota;
@@ -80,14 +84,24 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   await prepareStorageDir(paths, mode.createStorage ?? true, log);
   const lock = mode.lock === false ? undefined : await StorageLock.acquire(paths, mode.lock ?? 'serve');
   // onQuarantine runs only when a blob is served, after `index` below exists.
-  const store = new BlobStore(paths, {
+  const failpoints = new Failpoints(config.failpoints);
+  const storeOptions = {
     verifyReads: config.storage.verifyReads,
-    onQuarantine: (d, movedTo) => {
+    onQuarantine: (d: Digest, movedTo: string) => {
       index.deleteBlob(d);
       log.error({ digest: d, movedTo }, 'cached blob does not hash to its digest: quarantined, it will be fetched again');
     },
-  });
-  await store.init();
+  };
+  // storage.driver s3: blobs/ is in the bucket (an unreachable bucket ends start-up, exit code 2); only the
+  // process holding the storage lock clears its own leftovers under the bucket's ingest/.
+  const s3 = config.storage.driver === 's3' ? config.storage.s3 : undefined;
+  const store: Berth['store'] = s3
+    ? await openS3Store(s3, paths, { ...storeOptions, failpoints, sweep: lock !== undefined }).catch(async (err: unknown) => {
+        await lock?.release();
+        throw err;
+      })
+    : new BlobStore(paths, storeOptions);
+  if (store instanceof BlobStore) await store.init();
   const index = new StoreIndex(paths.database, paths.tagJournal);
   const budget = new BandwidthBudget(
     config.bandwidth.limit,
@@ -117,7 +131,6 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   const recentBytes = new RecentBytes();
   const recentErrors = new RecentErrors();
   const memory = new FillMemory();
-  const failpoints = new Failpoints(config.failpoints);
   const fills = new Fills(
     {
       started: () => {
@@ -262,6 +275,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
       for (const f of fills.all()) f.fail(new Error('berth is shutting down'));
       await upstreams.close();
       index.close();
+      store.close?.();
       await lock?.release();
     },
   };

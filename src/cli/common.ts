@@ -1,6 +1,7 @@
 import { type Command, Option } from 'commander';
 import { ConfigError, type ConfigFlags, loadConfig } from '../config/load.ts';
 import type { Config } from '../config/schema.ts';
+import { S3UnreachableError } from '../store/s3/client.ts';
 
 /** The options every berth command takes, so an operator writes them the same way everywhere. */
 export function withConfigOptions(cmd: Command): Command {
@@ -40,7 +41,8 @@ export function run(body: (opts: Record<string, unknown>, ...args: unknown[]) =>
         process.exit(2);
       }
       process.stderr.write(`berth: ${(err as Error).message}\n`);
-      process.exit(1);
+      // The storage backend cannot be reached at start-up: as a configuration error, the operator must act.
+      process.exit(err instanceof S3UnreachableError ? 2 : 1);
     }
   };
 }

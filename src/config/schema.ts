@@ -123,6 +123,31 @@ export const UpstreamSchema = z
   })
   .strict();
 
+/** storage.s3: the bucket that holds blobs/ with the S3 driver (src/store/s3/). */
+const S3Schema = z
+  .object({
+    endpoint: url,
+    region: z.string().min(1).default('us-east-1'),
+    bucket: z.string().min(1),
+    /** Key prefix of everything berth keeps in the bucket (`berth/` → `berth/blobs/sha256/…`); '' for the bucket's root. */
+    prefix: z
+      .string()
+      .default('')
+      .refine((p) => p === '' || (p.endsWith('/') && !p.startsWith('/')), 'must be empty or end in "/" (and not start with one)'),
+    /** Both or neither; without them the SDK's default chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, profiles…). */
+    accessKeyId: z.string().min(1).optional(),
+    secretAccessKey: z.string().min(1).optional(),
+    /** Bucket in the path (`http://host/bucket/key`), as Ceph RGW and MinIO need without wildcard DNS. */
+    forcePathStyle: z.boolean().default(true),
+    /** Whole blobs read from the bucket are kept on local disk too (LRU up to maxSize), so hot blobs are read locally. */
+    localCache: z
+      .object({ path: z.string().min(1), maxSize: byteSize('10GiB') })
+      .strict()
+      .optional(),
+  })
+  .strict()
+  .refine((s) => !s.accessKeyId === !s.secretAccessKey, { message: 'accessKeyId and secretAccessKey go together: give both or neither' });
+
 export const DEFAULT_UPSTREAMS = [
   { host: 'docker.io', url: 'https://registry-1.docker.io', aliases: ['index.docker.io', 'registry-1.docker.io'] },
   { host: 'quay.io', url: 'https://quay.io' },
@@ -140,8 +165,14 @@ export const ConfigSchema = z
         maxSize: sizeOrPercent.optional(),
         /** Re-hash whole cached blobs as they are served (and manifests as they are read); false trusts the disk. */
         verifyReads: z.boolean().default(true),
+        /** Where blobs/ lives: under `path` (filesystem), or in an S3 bucket (`s3`; `path` stays the replica's working directory). */
+        driver: z.enum(['filesystem', 's3']).default('filesystem'),
+        s3: S3Schema.optional(),
       })
       .strict()
+      .superRefine((s, ctx) => {
+        if (s.driver === 's3' && !s.s3) ctx.addIssue({ code: 'custom', path: ['s3'], message: 'is required with driver: s3 (at least endpoint and bucket)' });
+      })
       .prefault({}),
     /** Contact no upstream at all: serve what is cached, answer 404 for the rest. */
     offline: z.boolean().default(false),

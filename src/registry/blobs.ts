@@ -6,9 +6,9 @@ import { RegistryError } from '../oci/errors.ts';
 import { IntegrityError } from '../oci/integrity.ts';
 import type { ByteRange } from '../oci/range.ts';
 import { SingleFlight } from '../single-flight.ts';
-import type { BlobStore } from '../store/blob-store.ts';
+import type { StoragePaths } from '../store/paths.ts';
 import type { Quota } from '../store/quota.ts';
-import { DigestMismatchError } from '../store/roles.ts';
+import { type BlobStorage, DigestMismatchError } from '../store/roles.ts';
 import type { StoreIndex } from '../store/store-index.ts';
 import type { BandwidthBudget, Priority } from '../upstream/bandwidth.ts';
 import type { BlobSource, Fill } from './fill/fill.ts';
@@ -38,7 +38,8 @@ export interface BlobHandle {
 /** What Blobs is built from (server.ts). */
 export interface BlobsOptions {
   index: StoreIndex;
-  store: BlobStore;
+  /** Any blob store; `paths` is the local working directory, where fills keep their partial files. */
+  store: BlobStorage & { readonly paths: StoragePaths };
   upstreams: Upstreams;
   fills: Fills;
   budget: BandwidthBudget;

@@ -9,7 +9,7 @@ import { choose, storageKey } from '../oci/negotiation.ts';
 import { type Reference, referenceString } from '../oci/reference.ts';
 import { referrerFieldsOf } from '../oci/referrers.ts';
 import { SingleFlight } from '../single-flight.ts';
-import type { BlobStore } from '../store/blob-store.ts';
+import type { BlobIngester, BlobReader } from '../store/roles.ts';
 import type { StoreIndex, TagRow } from '../store/store-index.ts';
 import { servesStale } from './failures.ts';
 import { isLocalRepository, LOCAL_UPSTREAM } from './local-names.ts';
@@ -29,7 +29,7 @@ export interface ManifestResult {
 /** What Manifests is built from (server.ts). */
 export interface ManifestsOptions {
   index: StoreIndex;
-  store: BlobStore;
+  store: BlobReader & BlobIngester;
   upstreams: Upstreams;
   metrics: Metrics;
   log: Logger;
@@ -52,7 +52,7 @@ export class Manifests {
   /** Manifest bytes by digest: content-addressed, so never stale. Saves a file read per hot tag request. */
   private readonly bytes = new LRUCache<string, Buffer>({ maxSize: 32 * 1024 * 1024, sizeCalculation: (b) => b.length || 1 });
   private readonly index: StoreIndex;
-  private readonly store: BlobStore;
+  private readonly store: BlobReader & BlobIngester;
   private readonly upstreams: Upstreams;
   private readonly metrics: Metrics;
   private readonly log: Logger;

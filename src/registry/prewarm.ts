@@ -1,9 +1,9 @@
 import { formatBytes } from '../config/units.ts';
 import type { Digest } from '../oci/digest.ts';
 import type { Platform } from '../oci/manifest.ts';
-import type { BlobStore } from '../store/blob-store.ts';
 import type { Pins } from '../store/pins.ts';
 import type { Quota } from '../store/quota.ts';
+import type { BlobStatter } from '../store/roles.ts';
 import type { Blobs } from './blobs.ts';
 import type { ImageWalker, WalkedImage } from './image-walk.ts';
 import type { ReferrerWalker } from './referrer-walk.ts';
@@ -31,7 +31,7 @@ export class Prewarmer {
     private readonly blobs: Blobs,
     private readonly pins: Pins,
     private readonly quota: Quota,
-    private readonly store: BlobStore,
+    private readonly store: BlobStatter,
     /** `withReferrers`: also fetch (and pin) the referrers of each image (signatures, SBOMs). */
     private readonly referrerWalker?: ReferrerWalker,
   ) {}

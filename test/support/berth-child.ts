@@ -63,13 +63,13 @@ export function berthConfig(o: BerthOptions, storage: string, listen: string): R
   for (const u of o.upstreams) {
     if (!isLoopback(u.url)) throw new Error(`test berth must use loopback upstreams only, got ${u.url}`);
   }
-  const { upstreams, storage: _s, maxSize, ...rest } = o;
+  const { upstreams, storage: _s, maxSize, s3, ...rest } = o;
   return {
     log: { level: 'info' },
     retries: { attempts: 5, backoff: '50ms' },
     ...rest,
     listen,
-    storage: { path: storage, ...(maxSize ? { maxSize } : {}) },
+    storage: { path: storage, ...(maxSize ? { maxSize } : {}), ...(s3 ? { driver: 's3', s3 } : {}) },
     upstreams,
   };
 }

@@ -28,6 +28,8 @@ export interface BerthOptions extends Omit<ConfigInput, 'upstreams' | 'listen' |
   /** Defaults to a fresh temp dir, removed on stop. */
   storage?: string;
   maxSize?: string;
+  /** storage.driver s3 with this storage.s3 (storage stays the working directory). */
+  s3?: NonNullable<NonNullable<ConfigInput['storage']>['s3']>;
 }
 
 export interface RunningBerth {
@@ -52,13 +54,13 @@ function assertLoopbackOnly(o: BerthOptions): void {
 }
 
 function rawConfig(o: BerthOptions, storage: string, listen: string): Record<string, unknown> {
-  const { upstreams, storage: _s, maxSize, ...rest } = o;
+  const { upstreams, storage: _s, maxSize, s3, ...rest } = o;
   return {
     log: { level: process.env.BERTH_TEST_LOG ?? 'silent' },
     retries: { attempts: 5, backoff: '50ms' },
     ...rest,
     listen,
-    storage: { path: storage, ...(maxSize ? { maxSize } : {}) },
+    storage: { path: storage, ...(maxSize ? { maxSize } : {}), ...(s3 ? { driver: 's3', s3 } : {}) },
     upstreams,
   };
 }

@@ -1,0 +1,88 @@
+// A one-node Ceph cluster with the RADOS Gateway (real S3) on 127.0.0.1, one per test file: started in `before`
+// by test/support/ceph-rgw.sh (a copy of the lab's ../shared/lab/ceph-rgw.sh), stopped by the same script in
+// `after`, which signals only the PIDs it recorded. Needs Debian's ceph-mon, ceph-osd, radosgw and
+// ceph-common (.ci/run installs them); without them start() fails, it does not skip.
+import { execFile } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { promisify } from 'node:util';
+import { makeTempDir, removeTempDir } from './tmp.ts';
+
+const run = promisify(execFile);
+const SCRIPT = path.join(import.meta.dirname, 'ceph-rgw.sh');
+
+export interface CephOptions {
+  /**
+   * First of ten ports (S3, mon, the OSD's): a fixed block per test file, below 32768 so that no outgoing
+   * connection takes one (ip_local_port_range starts there).
+   */
+  port: number;
+  /** Store capacity: at 95% full the gateway wedges (every PUT and DELETE hangs), so size it for the file's data. */
+  sizeGb?: number;
+  /** memstore (default: RAM; loses data on kill -9 of the OSD) or bluestore (a sparse file). */
+  store?: 'memstore' | 'bluestore';
+}
+
+export interface Ceph {
+  dir: string;
+  /** `http://127.0.0.1:PORT` */
+  endpoint: string;
+  port: number;
+  bucket: string;
+  accessKeyId: string;
+  secretAccessKey: string;
+  /** Stops only radosgw (the OSD and mon keep the data): S3 unreachable. */
+  stopGateway(): Promise<void>;
+  /** Starts whatever is not running (radosgw after stopGateway: about 2 s). */
+  start(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+function exported(out: string, name: string): string {
+  const m = new RegExp(`${name}=(\\S+)`).exec(out);
+  if (!m) throw new Error(`ceph-rgw.sh printed no ${name}: ${out}`);
+  return m[1]!;
+}
+
+/** Whether `pid` has exited (a zombie counts: PID 1 here reaps late). */
+async function gone(pid: number): Promise<boolean> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8').catch(() => '');
+  const state = /^State:\s+(\S)/m.exec(status)?.[1];
+  return state === undefined || state === 'Z';
+}
+
+export async function startCeph(o: CephOptions): Promise<Ceph> {
+  const dir = await makeTempDir('ceph');
+  const env = { ...process.env, CEPH_STORE: o.store ?? 'memstore', CEPH_SIZE_GB: String(o.sizeGb ?? 2) };
+  const start = async () => (await run('bash', [SCRIPT, 'start', dir, String(o.port)], { env, timeout: 120_000 })).stdout;
+  let out: string;
+  try {
+    out = await start();
+  } catch (err) {
+    await run('bash', [SCRIPT, 'stop', dir], { env }).catch(() => undefined);
+    const logs = await run('bash', ['-c', `tail -n 20 "${dir}"/log/*.out "${dir}"/log/*.log 2>/dev/null`]).catch(() => ({ stdout: '' }));
+    throw new Error(`could not start Ceph RGW (${(err as Error).message.trim()}); is ceph-mon/ceph-osd/radosgw/ceph-common installed?\n${logs.stdout}`);
+  }
+  return {
+    dir,
+    endpoint: exported(out, 'S3_ENDPOINT'),
+    port: o.port,
+    bucket: exported(out, 'S3_BUCKET'),
+    accessKeyId: exported(out, 'AWS_ACCESS_KEY_ID'),
+    secretAccessKey: exported(out, 'AWS_SECRET_ACCESS_KEY'),
+    async stopGateway() {
+      const pid = Number((await readFile(path.join(dir, 'run', 'rgw.a.pid0'), 'utf8')).trim());
+      process.kill(pid, 'SIGTERM');
+      for (let i = 0; i < 100 && !(await gone(pid)); i++) await sleep(100);
+      if (!(await gone(pid))) process.kill(pid, 'SIGKILL');
+    },
+    async start() {
+      await start();
+    },
+    async stop() {
+      await run('bash', [SCRIPT, 'stop', dir], { env, timeout: 120_000 });
+      await removeTempDir(dir);
+    },
+  };
+}
