@@ -158,9 +158,62 @@ export interface ReferrerIndex {
   forgetReferrer(d: Digest): void;
 }
 
+/** A converted layer (issue #11): what the eStargz blob is, kept under (source layer, options). */
+export interface EstargzLayerRow {
+  source: Digest;
+  /** The conversion options (chunk size, prioritised files) as one key string. */
+  options: string;
+  digest: Digest;
+  size: number;
+  diffId: Digest;
+  tocDigest: Digest;
+  uncompressedSize: number;
+}
+
+/** A converted image: the manifest (or index) made from `source` with `options`, and where it was converted. */
+export interface EstargzImageRow {
+  source: Digest;
+  options: string;
+  digest: Digest;
+  upstream: string;
+  repository: string;
+  createdAt: number;
+}
+
+/**
+ * The start-up set learned for one source image (issue #11 "Learning the startup set"): the files a lazy
+ * puller read first, in order, and how many pulls were observed.
+ */
+export interface EstargzStartupRow {
+  source: Digest;
+  files: string[];
+  bytes: number;
+  pulls: number;
+  updatedAt: number;
+}
+
+/**
+ * Conversions to eStargz (src/registry/estargz/): a second tag sharing layers converts nothing again, and
+ * a re-request of a converted image is an index read. Every method returns a promise (a PostgreSQL
+ * implementation will be asynchronous); callers await them.
+ */
+export interface EstargzIndex {
+  layer(source: Digest, options: string): Promise<EstargzLayerRow | undefined>;
+  putLayer(row: EstargzLayerRow): Promise<void>;
+  image(source: Digest, options: string): Promise<EstargzImageRow | undefined>;
+  putImage(row: EstargzImageRow): Promise<void>;
+  /** Every converted image, newest first (`berth ls`). */
+  images(): Promise<EstargzImageRow[]>;
+  /** Which conversion made `digest`, if one did. */
+  imageOf(digest: Digest): Promise<EstargzImageRow | undefined>;
+  startup(source: Digest): Promise<EstargzStartupRow | undefined>;
+  putStartup(row: EstargzStartupRow): Promise<void>;
+}
+
 /** Everything the index is. */
 export interface RegistryIndex extends BlobIndex, ManifestIndex, TagIndex, ReferrerIndex {
   readonly pins: PinIndex;
+  readonly estargz: EstargzIndex;
   /** A tiny real read and write; throws when the index cannot answer or take writes (readiness). */
   probe(): void;
   /** Which schema the index is at (migrations applied). */
