@@ -11,6 +11,7 @@ import { type InProcessBerth, startBerth, type UpstreamSpec } from './support/be
 import { buildEstargzLayer, estargzImage } from './support/estargz.ts';
 import { ACCEPT_ALL_MANIFESTS, buildImage, digestOf, type Image, MediaTypes, pushImage, type Seeded, seedStandard } from './support/images.ts';
 import { httpRequest, metricValue, waitUntil } from './support/links.ts';
+import { pushLocalImage, seedLocalBlobs } from './support/local-push.ts';
 import { makeConverter } from './support/test-converter.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
 import { startUpstream, type Upstream } from './support/upstream.ts';
@@ -229,6 +230,74 @@ describe('eStargz on demand: <tag>-esgz', () => {
     }
   });
 
+  test('offline after the conversion: the -esgz tag and its digests are served with the upstream never asked', async () => {
+    const storage = path.join(seedDir, 'offline-storage');
+    const online = await startBerth({ upstreams, storage }, undefined, { converter: conv.converter });
+    let digest: string;
+    let layer: string;
+    try {
+      const r = await get(online, '/v2/lab/small/manifests/1-esgz');
+      assert.equal(r.status, 200);
+      digest = r.headers['docker-content-digest'] as string;
+      layer = json(r.body).layers[1].digest;
+    } finally {
+      await online.stop();
+    }
+    const offline = await startBerth({ upstreams: [{ host: 'docker.io', url: 'http://127.0.0.1:9' }], storage, offline: true }, undefined, { converter: conv.converter });
+    try {
+      const calls = conv.calls;
+      const byTag = await get(offline, '/v2/lab/small/manifests/1-esgz');
+      assert.equal(byTag.status, 200, byTag.body.toString());
+      assert.equal(byTag.headers['docker-content-digest'], digest);
+      assert.equal((await get(offline, `/v2/lab/small/manifests/${digest}`, undefined, 'HEAD')).status, 200);
+      const blob = await get(offline, `/v2/lab/small/blobs/${layer}`);
+      assert.equal(blob.status, 200);
+      assert.equal(sha(blob.body), layer);
+      assert.equal(conv.calls, calls, 'nothing converted again');
+      const tags = json((await get(offline, '/v2/lab/small/tags/list')).body).tags as string[];
+      assert.ok(tags.includes('1-esgz'), `tags: ${tags.join(', ')}`);
+    } finally {
+      await offline.stop();
+    }
+  });
+
+  test('a source tag that moved upstream converts the new image; the old conversion is not served for it', async () => {
+    const moving = await startBerth({ upstreams, tagTtl: '1s' }, undefined, { converter: conv.converter });
+    try {
+      const one = await buildImage({ format: 'oci', layers: [{ files: { 'v.txt': `one ${Math.random()}\n` } }] });
+      const two = await buildImage({ format: 'oci', layers: [{ files: { 'v.txt': `two ${Math.random()}\n` } }] });
+      await pushImage(up, 'lab/moving', '1', one);
+      const first = await get(moving, '/v2/lab/moving/manifests/1-esgz');
+      assert.equal(first.status, 200);
+      assert.equal(json(first.body).annotations['dev.berth.estargz.source'], one.manifestDigest);
+      await pushImage(up, 'lab/moving', '1', two);
+      const second = await waitUntil('the moved tag to convert', async () => {
+        const r = await get(moving, '/v2/lab/moving/manifests/1-esgz');
+        return r.status === 200 && r.headers['docker-content-digest'] !== first.headers['docker-content-digest'] ? r : undefined;
+      });
+      assert.equal(json(second.body).annotations['dev.berth.estargz.source'], two.manifestDigest);
+    } finally {
+      await moving.stop();
+    }
+  });
+
+  test('a local repository converts too; its conversion is its own content', async () => {
+    const site = await startBerth({ upstreams, local: { prefixes: ['site/'], allowAnonymousPush: true } }, undefined, { converter: conv.converter });
+    try {
+      await seedLocalBlobs(site, 'site/app', [seeded.small.config, ...seeded.small.layers]);
+      assert.equal((await pushLocalImage(site, 'site/app', '1', seeded.small)).status, 201);
+      const r = await get(site, '/v2/site/app/manifests/1-esgz');
+      assert.equal(r.status, 200, r.body.toString());
+      const m = json(r.body);
+      assert.equal((await get(site, `/v2/site/app/manifests/${r.headers['docker-content-digest']}`)).status, 200);
+      const blob = await get(site, `/v2/site/app/blobs/${m.layers[2].digest}`);
+      assert.equal(blob.status, 200);
+      assert.equal(sha(blob.body), m.layers[2].digest);
+    } finally {
+      await site.stop();
+    }
+  });
+
   test('bad input stays 4xx: a suffix alone is an ordinary tag, a tag of the suffix twice converts nothing twice', async () => {
     const bare = await get(berth, '/v2/lab/small/manifests/-esgz');
     assert.equal(bare.status, 404);
@@ -266,5 +335,3 @@ async function withLayers(image: Image, extra: Image['layers'], annotations: Rec
   );
   return { ...image, manifest, manifestDigest: digestOf(manifest), config: configBlob, layers };
 }
-
-export { path };
