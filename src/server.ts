@@ -6,13 +6,16 @@ import { resolve } from 'node:path';
 import pino, { type Logger } from 'pino';
 import { listenAddress } from './config/load.ts';
 import type { Config } from './config/schema.ts';
-import { ConversionError, type LayerConverter } from './estargz/types.ts';
+import { convertLayer } from './estargz/convert-layer.ts';
+import type { LayerConverter } from './estargz/types.ts';
 import { Failpoints } from './failpoints.ts';
 import { createApp } from './http/app.ts';
 import { ClientAuth } from './http/client-auth.ts';
 import { pushWarnings } from './http/write-rules.ts';
 import { FillMemory } from './memory.ts';
 import { Metrics } from './metrics.ts';
+import type { Digest } from './oci/digest.ts';
+import type { ByteRange } from './oci/range.ts';
 import { Readiness } from './readiness.ts';
 import { Blobs } from './registry/blobs.ts';
 import { EstargzImages } from './registry/estargz/images.ts';
@@ -174,7 +177,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   const referrers = new Referrers({ index, upstreams, manifests, log, offline, tagTtl: config.tagTtl });
   // eStargz on demand (issue #11): conversions abort on shutdown and leave nothing half-written.
   const conversionsAbort = new AbortController();
-  const converter: LayerConverter = mode.converter ?? noConverter;
+  const converter: LayerConverter = mode.converter ?? { convert: convertLayer };
   const layerConversions = new LayerConversions({
     converter,
     store,
@@ -202,7 +205,21 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   );
   const readiness = new Readiness(index, paths.tmp, upstreams.clients, config.offline);
   const local = new LocalRegistry({ index, store, deleteEnabled: config.delete.enabled, log });
-  const deps = { upstreams, manifests, blobs, tags, referrers, uploads, metrics, log, prewarmer, readiness, index, maxPrewarmReferences: config.admin.maxPrewarmReferences };
+  const deps = {
+    blobReads: { observe: (d: Digest, r: readonly ByteRange[] | undefined, c: string | undefined) => estargz.learner?.observe(d, r, c) },
+    upstreams,
+    manifests,
+    blobs,
+    tags,
+    referrers,
+    uploads,
+    metrics,
+    log,
+    prewarmer,
+    readiness,
+    index,
+    maxPrewarmReferences: config.admin.maxPrewarmReferences,
+  };
   const localDeps = { local, catalog: index, maxManifestSize: config.local.maxManifestSize };
   const a = config.auth;
   const auth = a && (a.htpasswd || a.tokensFile || a.rules.length > 0) ? new ClientAuth({ ...a, onCheck: (result) => metrics.clientAuth.inc({ result }) }) : undefined;
@@ -285,6 +302,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
         await new Promise<void>((ok) => s.close(() => ok()));
       }
       conversionsAbort.abort(new Error('berth is shutting down'));
+      estargz.close();
       for (const f of fills.all()) f.fail(new Error('berth is shutting down'));
       await upstreams.close();
       index.close();
@@ -292,13 +310,6 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
     },
   };
 }
-
-/** Until the converter is wired in: every conversion fails with a clear reason. */
-const noConverter: LayerConverter = {
-  convert: async () => {
-    throw new ConversionError('this berth has no layer converter');
-  },
-};
 
 async function listenOn(server: Server | TlsServer, listen: string): Promise<AddressInfo> {
   const addr = listenAddress(listen);

@@ -8,7 +8,7 @@ import { after, before, describe, test } from 'node:test';
 import zlib from 'node:zlib';
 import type { ConvertedLayer, LayerConverter } from '../src/estargz/types.ts';
 import { type InProcessBerth, startBerth, type UpstreamSpec } from './support/berth.ts';
-import { buildEstargzLayer, estargzImage } from './support/estargz.ts';
+import { buildEstargzLayer, estargzImage, FOOTER_SIZE, parseFooter, parseTocMember } from './support/estargz.ts';
 import { ACCEPT_ALL_MANIFESTS, buildImage, digestOf, type Image, MediaTypes, pushImage, type Seeded, seedStandard } from './support/images.ts';
 import { httpRequest, metricValue, waitUntil } from './support/links.ts';
 import { pushLocalImage, seedLocalBlobs } from './support/local-push.ts';
@@ -82,7 +82,8 @@ describe('eStargz on demand: <tag>-esgz', () => {
     const made = await makeConverter();
     closeConverter = made.close;
     conv = counting(made.converter);
-    berth = await startBerth({ upstreams }, undefined, { converter: conv.converter });
+    // learnAfter 0: reads in these tests must not start learned re-conversions (estargz-learn tests those).
+    berth = await startBerth({ upstreams, estargz: { learnAfter: 0 } }, undefined, { converter: conv.converter });
   });
 
   after(async () => {
@@ -125,6 +126,33 @@ describe('eStargz on demand: <tag>-esgz', () => {
       assert.match(l.annotations[TOC], /^sha256:[0-9a-f]{64}$/);
       assert.equal(l.annotations[USIZE], String(tar.length));
     }
+  });
+
+  test('read as the snapshotter reads it: probe, HEAD, footer, TOC (its digest is the annotation), one file by its chunk', async () => {
+    const m = json((await get(berth, '/v2/lab/small/manifests/1-esgz')).body);
+    const layer = m.layers[1] as { digest: string; size: number; annotations: Record<string, string> };
+    const blob = `/v2/lab/small/blobs/${layer.digest}`;
+    const probe = await get(berth, blob, { range: 'bytes=0-1' });
+    assert.equal(probe.status, 206);
+    assert.equal(probe.body.length, 2);
+    const head = await get(berth, blob, {}, 'HEAD');
+    assert.equal(Number(head.headers['content-length']), layer.size);
+    const footer = await get(berth, blob, { range: `bytes=${layer.size - FOOTER_SIZE}-${layer.size - 1}` });
+    assert.equal(footer.status, 206);
+    const tocOffset = parseFooter(footer.body);
+    const tocMember = await get(berth, blob, { range: `bytes=${tocOffset}-${layer.size - FOOTER_SIZE - 1}` });
+    const { toc, json: tocJson } = parseTocMember(tocMember.body);
+    assert.equal(sha(tocJson), layer.annotations[TOC], 'the annotation is the digest of the TOC JSON');
+    const names = toc.entries.map((e) => e.name);
+    assert.equal(names[0], '.no.prefetch.landmark', 'no start-up set known: the no-prefetch landmark first');
+    const hello = toc.entries.find((e) => e.name === 'app/hello.txt');
+    assert.ok(hello?.offset, `app/hello.txt in the TOC: ${names.join(', ')}`);
+    const next = Math.min(...toc.entries.filter((e) => (e.offset ?? 0) > hello.offset!).map((e) => e.offset!), tocOffset);
+    const chunk = await get(berth, blob, { range: `bytes=${hello.offset}-${next - 1}` });
+    assert.equal(chunk.status, 206);
+    const content = zlib.gunzipSync(chunk.body);
+    assert.match(content.subarray(0, hello.size).toString('utf8'), /^hello from layer 2 /);
+    assert.equal(sha(content.subarray(0, hello.size)), hello.chunkDigest ?? hello.digest);
   });
 
   test('twenty concurrent requests of a cold -esgz index convert once; the upstream serves each source layer once', async () => {

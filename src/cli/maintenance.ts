@@ -34,7 +34,7 @@ export function maintenanceCommands(program: Command): void {
           const c = converted.get(d);
           if (!c) return undefined;
           const startup = await index.estargz.startup(c.source);
-          return { source: c.source, learned: startup !== undefined && startup.files.length > 0, startupFiles: startup?.files.length ?? 0, startupBytes: startup?.bytes ?? 0 };
+          return { source: c.source, learned: startup?.learnedAt != null, startupFiles: startup?.files.length ?? 0, startupBytes: startup?.bytes ?? 0 };
         };
         const estargz = new Map<string, Awaited<ReturnType<typeof estargzOf>>>();
         for (const t of index.allTags()) if (converted.has(t.digest)) estargz.set(t.digest, await estargzOf(t.digest));

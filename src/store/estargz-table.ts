@@ -1,6 +1,6 @@
 import type Database from 'better-sqlite3';
 import type { Digest } from '../oci/digest.ts';
-import type { EstargzImageRow, EstargzIndex, EstargzLayerRow, EstargzStartupRow } from './index-roles.ts';
+import type { EstargzImageRow, EstargzIndex, EstargzLayerRow, EstargzStartupRow, StartupFile } from './index-roles.ts';
 
 const LAYER = 'source, options, digest, size, diff_id AS diffId, toc_digest AS tocDigest, uncompressed_size AS uncompressedSize';
 const IMAGE = 'source, options, digest, upstream, repository, created_at AS createdAt';
@@ -25,10 +25,11 @@ export class EstargzTable implements EstargzIndex {
                    repository = excluded.repository, created_at = excluded.created_at`),
       images: p(`SELECT ${IMAGE} FROM estargz_images ORDER BY created_at DESC`),
       imageOf: p(`SELECT ${IMAGE} FROM estargz_images WHERE digest = ? ORDER BY created_at DESC LIMIT 1`),
-      startup: p('SELECT source, files, bytes, pulls, updated_at AS updatedAt FROM estargz_startup WHERE source = ?'),
-      putStartup: p(`INSERT INTO estargz_startup (source, files, bytes, pulls, updated_at) VALUES (?, ?, ?, ?, ?)
+      layerOf: p(`SELECT ${LAYER} FROM estargz_layers WHERE digest = ? LIMIT 1`),
+      startup: p('SELECT source, files, bytes, pulls, learned_at AS learnedAt, updated_at AS updatedAt FROM estargz_startup WHERE source = ?'),
+      putStartup: p(`INSERT INTO estargz_startup (source, files, bytes, pulls, learned_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)
                      ON CONFLICT(source) DO UPDATE SET files = excluded.files, bytes = excluded.bytes, pulls = excluded.pulls,
-                     updated_at = excluded.updated_at`),
+                     learned_at = excluded.learned_at, updated_at = excluded.updated_at`),
     };
   }
 
@@ -56,12 +57,16 @@ export class EstargzTable implements EstargzIndex {
     return this.s.imageOf.get(digest) as EstargzImageRow | undefined;
   }
 
+  async layerOf(digest: Digest): Promise<EstargzLayerRow | undefined> {
+    return this.s.layerOf.get(digest) as EstargzLayerRow | undefined;
+  }
+
   async startup(source: Digest): Promise<EstargzStartupRow | undefined> {
     const row = this.s.startup.get(source) as (Omit<EstargzStartupRow, 'files'> & { files: string }) | undefined;
-    return row ? { ...row, files: JSON.parse(row.files) as string[] } : undefined;
+    return row ? { ...row, files: JSON.parse(row.files) as StartupFile[] } : undefined;
   }
 
   async putStartup(r: EstargzStartupRow): Promise<void> {
-    this.s.putStartup.run(r.source, JSON.stringify(r.files), r.bytes, r.pulls, r.updatedAt);
+    this.s.putStartup.run(r.source, JSON.stringify(r.files), r.bytes, r.pulls, r.learnedAt, r.updatedAt);
   }
 }

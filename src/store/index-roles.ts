@@ -180,15 +180,23 @@ export interface EstargzImageRow {
   createdAt: number;
 }
 
+/** A file of a start-up set: which source layer holds it, and its tar name. */
+export interface StartupFile {
+  layer: Digest;
+  name: string;
+}
+
 /**
- * The start-up set learned for one source image (issue #11 "Learning the startup set"): the files a lazy
- * puller read first, in order, and how many pulls were observed.
+ * The start-up set learned for one source image (issue #11 "Learning the startup set"): the files lazy
+ * pullers read first, in the order first read, how many bytes they hold, how many pulls were observed,
+ * and when the set was taken as learned (the image is then converted with those files first).
  */
 export interface EstargzStartupRow {
   source: Digest;
-  files: string[];
+  files: StartupFile[];
   bytes: number;
   pulls: number;
+  learnedAt: number | null;
   updatedAt: number;
 }
 
@@ -206,6 +214,8 @@ export interface EstargzIndex {
   images(): Promise<EstargzImageRow[]>;
   /** Which conversion made `digest`, if one did. */
   imageOf(digest: Digest): Promise<EstargzImageRow | undefined>;
+  /** Which conversion made the layer blob `digest`, if one did. */
+  layerOf(digest: Digest): Promise<EstargzLayerRow | undefined>;
   startup(source: Digest): Promise<EstargzStartupRow | undefined>;
   putStartup(row: EstargzStartupRow): Promise<void>;
 }

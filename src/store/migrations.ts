@@ -71,9 +71,11 @@ const STEPS: Array<{ what: string; run: (db: Database.Database) => void }> = [
           PRIMARY KEY (source, options)
         );
         CREATE INDEX IF NOT EXISTS estargz_images_digest ON estargz_images(digest);
+        CREATE INDEX IF NOT EXISTS estargz_layers_digest ON estargz_layers(digest);
+        -- files: JSON [{layer, name}] in the order first read
         CREATE TABLE IF NOT EXISTS estargz_startup (
           source TEXT PRIMARY KEY, files TEXT NOT NULL, bytes INTEGER NOT NULL, pulls INTEGER NOT NULL,
-          updated_at INTEGER NOT NULL
+          learned_at INTEGER, updated_at INTEGER NOT NULL
         );
       `);
     },

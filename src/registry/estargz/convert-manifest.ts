@@ -1,5 +1,4 @@
 import { createHash } from 'node:crypto';
-import type { LayerConversion } from '../../estargz/types.ts';
 import type { Digest } from '../../oci/digest.ts';
 import { RegistryError } from '../../oci/errors.ts';
 import { MAX_MANIFEST_BYTES, parseManifest } from '../../oci/manifest.ts';
@@ -8,7 +7,8 @@ import type { StoreIndex } from '../../store/store-index.ts';
 import type { Route } from '../upstreams.ts';
 import type { WrittenManifest } from './images.ts';
 import type { LayerConversions } from './layer-conversions.ts';
-import { planLayer } from './layers.ts';
+import { planLayer, TOC_DIGEST_ANNOTATION } from './layers.ts';
+import type { Plan } from './options.ts';
 import { type NewLayer, rewriteConfig, rewriteManifest } from './rewrite.ts';
 
 export interface ConvertManifestInput {
@@ -16,7 +16,7 @@ export interface ConvertManifestInput {
   /** The source image manifest's digest and bytes. */
   source: Digest;
   bytes: Buffer;
-  layerOptions: LayerConversion;
+  plan: Plan;
   layers: LayerConversions;
   store: BlobStore;
   index: StoreIndex;
@@ -51,7 +51,10 @@ export async function convertManifest(i: ConvertManifestInput): Promise<WrittenM
   const converted: NewLayer[] = await Promise.all(
     planned.map(async ({ layer, plan }): Promise<NewLayer> => {
       if (plan.kind === 'pass') return { passed: true };
-      const c = await i.layers.convert(i.route, layer.digest, plan.compression, i.layerOptions.chunkSize, i.layerOptions.prioritizedFiles);
+      // eStargz already, without the annotation (built by a tool that does not add it): kept, annotated.
+      const toc = plan.compression === 'gzip' ? await i.layers.estargzToc(i.route, layer.digest) : undefined;
+      if (toc) return { passed: true, annotations: { [TOC_DIGEST_ANNOTATION]: toc } };
+      const c = await i.layers.convert(i.route, layer.digest, plan.compression, i.plan.chunkSize, i.plan.prioritized(layer.digest));
       return { converted: c, mediaType: plan.mediaType };
     }),
   );

@@ -16,10 +16,11 @@ import type { StoreIndex } from '../../store/store-index.ts';
 import type { WalkedImage } from '../image-walk.ts';
 import type { DerivedTags, ManifestResult, Manifests } from '../manifests.ts';
 import type { Route } from '../upstreams.ts';
-import { convertManifest } from './convert-manifest.ts';
+import { convertImage } from './convert-image.ts';
 import type { LayerConversions } from './layer-conversions.ts';
-import { imageOptionsKey } from './options.ts';
-import { rewriteIndex, sourceOf } from './rewrite.ts';
+import { StartupLearner } from './learning.ts';
+import { type Plan, planOf } from './options.ts';
+import { sourceOf } from './rewrite.ts';
 
 /** How long a failed conversion answers with its error before it is tried again (a client retrying in a loop). */
 const FAILURE_MEMO_MS = 30_000;
@@ -38,6 +39,18 @@ export interface ConvertedImage {
   options: string;
   root: WrittenManifest;
   manifests: WrittenManifest[];
+}
+
+/** One request's conversion: where, which tags, and the source image as resolved for it. */
+interface Job {
+  route: Route;
+  sourceTag: string;
+  /** The suffixed tag. */
+  tag: string;
+  accept: string;
+  source: Digest;
+  mediaType: string;
+  bytes: Buffer;
 }
 
 export interface EstargzImagesOptions {
@@ -65,9 +78,28 @@ export class EstargzImages implements DerivedTags {
   private readonly flights = new SingleFlight<ConvertedImage>();
   private readonly failures = new LRUCache<string, RegistryError>({ max: 1000, ttl: FAILURE_MEMO_MS });
   private readonly platforms;
+  /** Learning the start-up set (estargz.learnAfter > 0). */
+  readonly learner: StartupLearner | undefined;
 
   constructor(private readonly o: EstargzImagesOptions) {
     this.platforms = parsePlatforms(o.config.platforms.join(',') || undefined);
+    this.learner =
+      o.config.learnAfter > 0
+        ? new StartupLearner({
+            store: o.store,
+            index: o.index,
+            log: o.log,
+            learnAfter: o.config.learnAfter,
+            window: o.config.learnWindow,
+            relearn: async (image) => {
+              await this.convertTag(image.route, image.sourceTag, image.accept, Number.POSITIVE_INFINITY);
+            },
+          })
+        : undefined;
+  }
+
+  close(): void {
+    this.learner?.close();
   }
 
   /** The tag a suffixed tag converts, or undefined when `tag` is no conversion request. */
@@ -99,7 +131,11 @@ export class EstargzImages implements DerivedTags {
     return walk(`${image.name}${this.o.config.suffix}`);
   }
 
-  /** Resolves `sourceTag`, converts its image (or finds the conversion) and tags it; waits up to `waitMs`. */
+  /**
+   * Resolves `sourceTag`, converts its image (or finds the conversion) and tags it; waits up to `waitMs`.
+   * With a learned start-up set the conversion with those files first is the one wanted; while it runs,
+   * the plain conversion (if there is one) is served and the tag moves when the learned one is done.
+   */
   async convertTag(route: Route, sourceTag: string, accept: string, waitMs: number): Promise<{ source: Digest; digest: Digest }> {
     const tag = `${sourceTag}${this.o.config.suffix}`;
     let source: ManifestResult;
@@ -112,37 +148,58 @@ export class EstargzImages implements DerivedTags {
       throw err;
     }
     if (!source.bytes) throw new RegistryError('INTERNAL', `manifest ${source.digest} came without its bytes`);
-    const options = imageOptionsKey({ chunkSize: this.o.config.chunkSize, prioritizedFiles: [] }, this.o.config.platforms);
-    const known = await this.known(route, source.digest, options, tag, accept);
+    const job: Job = { route, sourceTag, tag, accept, source: source.digest, mediaType: source.mediaType, bytes: source.bytes };
+    const startup = await this.o.index.estargz.startup(source.digest);
+    const learned = startup?.learnedAt != null && startup.files.length > 0 ? startup.files : undefined;
+    const plan = planOf(this.o.config, learned);
+    const known = await this.known(job, plan.options, !learned);
     if (known) {
-      await this.tag(route, tag, accept, known);
+      await this.done(job, known);
       return { source: source.digest, digest: known.digest };
     }
-    const key = `${source.digest} ${options}`;
-    const failed = this.failures.get(key);
-    if (failed) throw failed;
-    const bytes = source.bytes;
-    const work = this.flights.run(key, () => this.convert(route, source.digest, source.mediaType, bytes, options, key));
-    // Recorded and tagged whether or not this request is still waiting: a later request finds it.
-    const recorded = work.then(async (image) => {
-      await this.record(route, image);
-      await this.tag(route, tag, accept, image.root);
-      return image;
-    });
-    recorded.catch(() => undefined);
-    const image = await within(recorded, waitMs);
+    if (learned) {
+      const plain = await this.known(job, planOf(this.o.config, undefined).options, true);
+      if (plain) {
+        this.start(job, plan).catch(() => undefined);
+        await this.done(job, plain);
+        return { source: source.digest, digest: plain.digest };
+      }
+    }
+    const image = await within(this.start(job, plan), waitMs);
     if (!image) {
       throw new RegistryError('MANIFEST_UNKNOWN', `${route.repository}:${tag} is being converted to eStargz from ${sourceTag} (${source.digest}); the conversion is under way, ask again shortly`);
     }
     return { source: source.digest, digest: image.root.digest };
   }
 
+  /** The one conversion of (source, options), recorded and tagged for this job whether or not its request still waits. */
+  private start(job: Job, plan: Plan): Promise<ConvertedImage> {
+    const key = `${job.source} ${plan.options}`;
+    const failed = this.failures.get(key);
+    if (failed) return Promise.reject(failed);
+    const work = this.flights.run(key, () => this.convert(job, plan, key));
+    const recorded = work.then(async (image) => {
+      await this.record(job.route, image);
+      await this.done(job, image.root);
+      return image;
+    });
+    recorded.catch(() => undefined);
+    return recorded;
+  }
+
+  /** The tag names `root` now, and reads of its layers are watched (learning). */
+  private async done(job: Job, root: Pick<WrittenManifest, 'digest' | 'size' | 'mediaType'>): Promise<void> {
+    await this.tag(job.route, job.tag, job.accept, root);
+    await this.learner?.watch(job, root.digest);
+  }
+
   /** A conversion of `source` that is complete on disk: from the index, or an imported converted tag naming it. */
-  private async known(route: Route, source: Digest, options: string, tag: string, accept: string): Promise<WrittenManifest | undefined> {
+  private async known(job: Job, options: string, byTag: boolean): Promise<WrittenManifest | undefined> {
     const { index, store } = this.o;
+    const { route, source, tag, accept } = job;
     let digest = (await index.estargz.image(source, options))?.digest;
     if (!digest) {
-      const row = choose(index.tagRows(route.upstream, route.repository, tag), accept);
+      const row = byTag ? choose(index.tagRows(route.upstream, route.repository, tag), accept) : undefined;
       const bytes = row && (await store.readBytes(row.digest));
       if (!row || !bytes || sourceOf(bytes) !== source) return undefined;
       digest = row.digest;
@@ -167,12 +224,13 @@ export class EstargzImages implements DerivedTags {
     return true;
   }
 
-  private async convert(route: Route, source: Digest, mediaType: string, bytes: Buffer, options: string, key: string): Promise<ConvertedImage> {
+  private async convert(job: Job, plan: Plan, key: string): Promise<ConvertedImage> {
+    const { route, source } = job;
     const started = Date.now();
     try {
-      const image = await this.convertRoot(route, source, mediaType, bytes, options);
-      await this.o.index.estargz.putImage({ source, options, digest: image.root.digest, upstream: route.upstream, repository: route.repository, createdAt: Date.now() });
-      this.o.log.info({ upstream: route.upstream, repository: route.repository, source, digest: image.root.digest, ms: Date.now() - started }, 'converted image to eStargz');
+      const image = await convertImage({ ...this.o, route, source, mediaType: job.mediaType, bytes: job.bytes, plan, platforms: this.platforms });
+      await this.o.index.estargz.putImage({ source, options: plan.options, digest: image.root.digest, upstream: route.upstream, repository: route.repository, createdAt: Date.now() });
+      this.o.log.info({ upstream: route.upstream, repository: route.repository, source, digest: image.root.digest, learned: plan.learned, ms: Date.now() - started }, 'converted image to eStargz');
       this.o.onConverted?.(image);
       return image;
     } catch (err) {
@@ -181,38 +239,6 @@ export class EstargzImages implements DerivedTags {
       this.failures.set(key, e);
       throw e;
     }
-  }
-
-  private async convertRoot(route: Route, source: Digest, mediaType: string, bytes: Buffer, options: string): Promise<ConvertedImage> {
-    const parsed = parseManifest(bytes, mediaType);
-    const layerOptions = { chunkSize: this.o.config.chunkSize, prioritizedFiles: [] };
-    const one = (digest: Digest, b: Buffer) => convertManifest({ ...this.o, route, source: digest, bytes: b, layerOptions });
-    if (parsed.manifests.length === 0) {
-      const root = await one(source, bytes);
-      return { source, options, root, manifests: [root] };
-    }
-    const chosen = parsed.manifests.filter((m) => !isAttestation(m) && platformMatches(m.platform, this.platforms));
-    if (chosen.length === 0) throw new RegistryError('MANIFEST_UNKNOWN', `${source} has no platform to convert to eStargz (estargz.platforms: ${this.o.config.platforms.join(', ') || 'all'})`);
-    const children: WrittenManifest[] = [];
-    for (const m of chosen) {
-      const child = await this.o.manifests.source(route, { kind: 'digest', digest: m.digest }, DEFAULT_MANIFEST_ACCEPT, 'GET');
-      children.push(await one(m.digest, child.bytes!));
-    }
-    const out = rewriteIndex(
-      bytes,
-      source,
-      chosen.map((m, i) => ({ from: m.digest, digest: children[i]!.digest, size: children[i]!.size, mediaType: children[i]!.mediaType })),
-    );
-    const digest = await this.putManifest(out);
-    const root = { digest, size: out.length, mediaType: parseManifest(out).mediaType, children: children.map((c) => ({ digest: c.digest, size: c.size, mediaType: c.mediaType })) };
-    return { source, options, root, manifests: [...children, root] };
-  }
-
-  private async putManifest(bytes: Buffer): Promise<Digest> {
-    manifestJson(bytes);
-    const digest = `sha256:${createHash('sha256').update(bytes).digest('hex')}` as Digest;
-    await this.o.store.putBytes(digest, bytes);
-    return digest;
   }
 
   /** The conversion's manifests as content of this repository (references, children), children first. */
@@ -227,11 +253,6 @@ export class EstargzImages implements DerivedTags {
     if (row?.digest === root.digest) return;
     index.putTag({ upstream: route.upstream, repository: route.repository, tag, digest: root.digest, mediaType: root.mediaType, size: root.size, accept: key, checkedAt: Date.now() });
   }
-}
-
-/** BuildKit's attestation manifests (`unknown/unknown` entries) describe the source image, not a platform. */
-function isAttestation(m: Descriptor): boolean {
-  return m.annotations?.['vnd.docker.reference.type'] === 'attestation-manifest';
 }
 
 /** The promise's value, or undefined once `ms` passed first. */

@@ -2,6 +2,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import { open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
+import { isEstargzFooter } from '../../estargz/convert-layer.ts';
+import { readToc } from '../../estargz/toc.ts';
 import { ConversionError, type ConvertedLayer, type LayerConverter, type SourceCompression } from '../../estargz/types.ts';
 import type { Digest } from '../../oci/digest.ts';
 import { RegistryError } from '../../oci/errors.ts';
@@ -12,6 +14,10 @@ import type { StoreIndex } from '../../store/store-index.ts';
 import type { Blobs } from '../blobs.ts';
 import type { Route } from '../upstreams.ts';
 import { layerOptionsKey } from './options.ts';
+import { readRange } from './read-range.ts';
+
+/** The eStargz footer's size (an empty gzip member whose extra field names the TOC's offset). */
+const FOOTER_SIZE = 51;
 
 export interface LayerConversionsOptions {
   converter: LayerConverter;
@@ -54,6 +60,24 @@ export class LayerConversions {
         release();
       }
     });
+  }
+
+  /**
+   * The TOC digest of a gzip source layer that already is eStargz without saying so (no annotation, found
+   * by its footer), else undefined. Fetches the layer (it is converted next otherwise).
+   */
+  async estargzToc(route: Route, source: Digest): Promise<string | undefined> {
+    await this.fetchSource(route, source);
+    const size = (await this.o.store.stat(source))?.size ?? 0;
+    if (size < FOOTER_SIZE) return undefined;
+    const read = (start: number, end: number) => readRange(this.o.store, source, start, end);
+    if (!isEstargzFooter(await read(size - FOOTER_SIZE, size))) return undefined;
+    try {
+      return (await readToc(read, size)).tocDigest;
+    } catch {
+      // A footer but no readable TOC: not eStargz after all; converting it tells what is wrong.
+      return undefined;
+    }
   }
 
   /** The source layer on disk; a layer the upstream does not have (or sends wrong) is the upstream's problem. */

@@ -11,7 +11,7 @@ import { SOURCE_ANNOTATION, TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION 
 type Json = Record<string, unknown>;
 
 /** A layer of the new manifest: converted (new descriptor, the two annotations) or passed through. */
-export type NewLayer = { converted: ConvertedLayer; mediaType: string } | { passed: true };
+export type NewLayer = { converted: ConvertedLayer; mediaType: string } | { passed: true; annotations?: Record<string, string> };
 
 /** The config with `rootfs.diff_ids` replaced where a layer was converted. */
 export function rewriteConfig(bytes: Buffer, layers: readonly NewLayer[]): Buffer {
@@ -32,7 +32,7 @@ export function rewriteManifest(bytes: Buffer, source: string, config: { digest:
   const old = m.layers as Json[];
   m.layers = old.map((d, i) => {
     const l = layers[i]!;
-    if (!('converted' in l)) return d;
+    if (!('converted' in l)) return l.annotations ? { ...d, annotations: { ...((d.annotations as Json | undefined) ?? {}), ...l.annotations } } : d;
     const c = l.converted;
     const annotations = { ...((d.annotations as Json | undefined) ?? {}), [TOC_DIGEST_ANNOTATION]: c.tocDigest, [UNCOMPRESSED_SIZE_ANNOTATION]: String(c.uncompressedSize) };
     return { ...d, mediaType: l.mediaType, digest: c.digest, size: c.size, annotations };
