@@ -1,13 +1,11 @@
-import { createHash } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
 import type { Config } from '../../config/schema.ts';
 import type { Digest } from '../../oci/digest.ts';
 import { RegistryError } from '../../oci/errors.ts';
-import { type Descriptor, manifestJson, parseManifest } from '../../oci/manifest.ts';
 import { DEFAULT_MANIFEST_ACCEPT } from '../../oci/media-types.ts';
 import { choose, storageKey } from '../../oci/negotiation.ts';
-import { parsePlatforms, platformMatches } from '../../oci/platform.ts';
+import { parsePlatforms } from '../../oci/platform.ts';
 import { isTag } from '../../oci/reference.ts';
 import { SingleFlight } from '../../single-flight.ts';
 import type { BlobStore } from '../../store/blob-store.ts';
