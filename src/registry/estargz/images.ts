@@ -111,6 +111,10 @@ export class EstargzImages implements DerivedTags {
   answer(route: Route, tag: string, accept: string, method: 'GET' | 'HEAD'): Promise<ManifestResult> | undefined {
     const sourceTag = this.sourceTagOf(tag);
     if (sourceTag === undefined) return undefined;
+    if (sourceTag.endsWith(this.o.config.suffix)) {
+      // The source would be berth's own converted tag (cached under that name): an image is converted once.
+      return Promise.reject(new RegistryError('MANIFEST_UNKNOWN', `${route.repository}:${tag}: a converted image (${sourceTag}) is not converted again`));
+    }
     return (async () => {
       const converted = await this.convertTag(route, sourceTag, accept, this.o.config.waitFor);
       return this.o.manifests.source(route, { kind: 'digest', digest: converted.digest }, accept, method);
