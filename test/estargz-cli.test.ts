@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { request } from 'undici';
 import { startBerth } from './support/berth.ts';
 import { describeRun, lsJson, runBerth, writeCliConfig } from './support/berth-cli.ts';
 import { ACCEPT_ALL_MANIFESTS, type Seeded, seedStandard } from './support/images.ts';
@@ -44,6 +45,31 @@ describe('prewarm, ls, export and import of -esgz images', () => {
     assert.deepEqual(esgz.estargz, { source: seeded.small.manifestDigest, learned: false, startupFiles: 0, startupBytes: 0 });
     const plain = rows.find((row) => row.reference === 'docker.io/lab/small:1');
     assert.equal(plain?.estargz, undefined);
+  });
+
+  test('POST /_berth/prewarm with "estargz": true converts through the running berth and pins the -esgz image', async () => {
+    const b = await startBerth({ upstreams: [{ host: 'docker.io', url: up.url }] });
+    try {
+      const r = await request(`${b.url}/_berth/prewarm`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ references: ['docker.io/lab/small:v2s2'], estargz: true }),
+      });
+      assert.equal(r.statusCode, 200);
+      const events = (await r.body.text())
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as { type: string; ref?: string; digest?: string; failed?: unknown[] });
+      const done = events.filter((e) => e.type === 'done').map((e) => e.ref);
+      assert.deepEqual(done, ['docker.io/lab/small:v2s2', 'docker.io/lab/small:v2s2-esgz'], JSON.stringify(events));
+      assert.deepEqual(events.at(-1)?.failed, []);
+      assert.ok(b.berth.pins.references().includes('docker.io/lab/small:v2s2-esgz'));
+      const head = await httpRequest(b.url, '/v2/lab/small/manifests/v2s2-esgz', { method: 'HEAD', headers: { accept: ACCEPT_ALL_MANIFESTS } });
+      assert.equal(head.status, 200);
+      assert.equal(events.find((e) => e.ref === 'docker.io/lab/small:v2s2-esgz')?.digest, head.headers['docker-content-digest']);
+    } finally {
+      await b.stop();
+    }
   });
 
   test('export --estargz, import into an offline berth: the -esgz index and its layers are served with no upstream', async () => {
