@@ -238,7 +238,8 @@ export class EstargzImages implements DerivedTags {
     } catch (err) {
       const e = err instanceof RegistryError ? err : new RegistryError('UNAVAILABLE', `eStargz conversion of ${source} failed: ${(err as Error).message}`);
       this.o.log.error({ upstream: route.upstream, repository: route.repository, source, reason: e.message }, 'eStargz conversion failed');
-      this.failures.set(key, e);
+      // What the source is (a bad layer, not an image) is remembered; a busy or unreachable upstream is not.
+      if (e.code !== 'UNAVAILABLE') this.failures.set(key, e);
       throw e;
     }
   }
