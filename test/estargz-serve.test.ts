@@ -355,6 +355,29 @@ describe('eStargz on demand: <tag>-esgz', () => {
     }
   });
 
+  test('estargz.platforms keeps only those platforms in the new index; estargz.enabled false makes -esgz an upstream tag', async () => {
+    const arm = await startBerth({ upstreams, estargz: { platforms: ['linux/arm64'], learnAfter: 0 } }, undefined, { converter: conv.converter });
+    try {
+      const r = await get(arm, '/v2/lab/multi/manifests/1-esgz');
+      assert.equal(r.status, 200, r.body.toString());
+      const platforms = json(r.body).manifests.map((m: Json) => `${m.platform.os}/${m.platform.architecture}`);
+      assert.deepEqual(platforms, ['linux/arm64']);
+    } finally {
+      await arm.stop();
+    }
+    const off = await startBerth({ upstreams, estargz: { enabled: false } }, undefined, { converter: conv.converter });
+    try {
+      const mark = up.logLineCount();
+      const calls = conv.calls;
+      const r = await get(off, '/v2/lab/small/manifests/1-esgz');
+      assert.equal(r.status, 404);
+      assert.equal(conv.calls, calls);
+      await up.waitForAccess((e) => e.some((x) => x.path.endsWith('/v2/lab/small/manifests/1-esgz')), { since: mark });
+    } finally {
+      await off.stop();
+    }
+  });
+
   test('bad input stays 4xx: a suffix alone is an ordinary tag, the suffix twice is a 404', async () => {
     const bare = await get(berth, '/v2/lab/small/manifests/-esgz');
     assert.equal(bare.status, 404);
