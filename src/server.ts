@@ -198,6 +198,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
     index,
     blobs,
     log,
+    offline,
     onConverted: () => metrics.estargzConversions.inc({ kind: 'image' }),
   });
   manifests.derive(estargz);

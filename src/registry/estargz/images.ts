@@ -59,6 +59,8 @@ export interface EstargzImagesOptions {
   index: StoreIndex;
   blobs: { warm(route: Route, d: Digest): Promise<unknown> };
   log: Logger;
+  /** berth is offline: a converted tag whose source tag is not cached is served as stored (an import of the -esgz tag alone). */
+  offline: boolean;
   /** Called once per image actually converted. */
   onConverted?: (image: ConvertedImage) => void;
 }
@@ -146,7 +148,8 @@ export class EstargzImages implements DerivedTags {
     } catch (err) {
       // The source cannot be resolved (offline, and only the converted tag was imported): the converted tag as stored.
       const row = choose(this.o.index.tagRows(route.upstream, route.repository, tag), accept);
-      if (row && err instanceof RegistryError && err.code === 'MANIFEST_UNKNOWN' && (await this.o.store.stat(row.digest))) return { source: row.digest, digest: row.digest };
+      // Online, a source tag the upstream does not have (any more) is a 404 for its conversion too.
+      if (this.o.offline && row && err instanceof RegistryError && err.code === 'MANIFEST_UNKNOWN' && (await this.o.store.stat(row.digest))) return { source: row.digest, digest: row.digest };
       throw err;
     }
     if (!source.bytes) throw new RegistryError('INTERNAL', `manifest ${source.digest} came without its bytes`);
