@@ -197,11 +197,14 @@ describe('eStargz on demand: <tag>-esgz', () => {
 
   test('a second tag sharing the layers converts nothing again', async () => {
     const before = conv.calls;
+    const mark = up.logLineCount();
     const r = await get(berth, '/v2/lab/small/manifests/v2s2-esgz');
     assert.equal(r.status, 200, r.body.toString());
     const m = json(r.body);
     assert.equal(m.mediaType, MediaTypes.docker.manifest, 'the same media type family as the source');
     assert.equal(conv.calls, before, 'every layer was converted for lab/small:1 already');
+    const layerGets = up.accessLogSince(mark).filter((e) => e.method === 'GET' && e.path.includes('/blobs/') && seeded.v2s2.layers.some((l) => e.path.includes(l.digest)));
+    assert.deepEqual(layerGets, [], 'no source layer fetched again');
     const first = json((await get(berth, '/v2/lab/small/manifests/1-esgz')).body);
     assert.deepEqual(
       m.layers.map((l: Json) => l.digest),
