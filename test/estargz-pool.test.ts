@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createReadStream } from 'node:fs';
-import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { Worker } from 'node:worker_threads';
@@ -46,6 +46,7 @@ before(async () => {
 
 after(async () => {
   await Promise.all(pools.map((p) => p.close()));
+  await rm(path.join(ROOT, 'dist', `estargz-pool-check-${process.pid}.mjs`), { force: true });
   if (dir) await removeTempDir(dir);
 });
 
@@ -169,10 +170,14 @@ describe('bundled by esbuild', () => {
   before(async () => {
     // An entry that imports the pool and then does what the CLI does after its imports: run. If the
     // worker (which runs the bundle itself) ever got past the pool's module, it would exit 3.
+    // It also imports every CLI module (as main.ts does), so the worker loads all of berth's packages
+    // (better-sqlite3's addon, koa, undici, pino…) the way it will inside dist/berth.mjs.
+    const cli = (await readdir(path.join(ROOT, 'src/cli'))).filter((f) => f.endsWith('.ts')).map((f) => `import ${JSON.stringify(path.join(ROOT, 'src/cli', f))};`);
     const entry = path.join(dir, 'entry.ts');
     await writeFile(
       entry,
-      `import { createReadStream, createWriteStream } from 'node:fs';
+      `${cli.join('\n')}
+import { createReadStream, createWriteStream } from 'node:fs';
 import { isMainThread } from 'node:worker_threads';
 import { ConversionPool } from ${JSON.stringify(path.join(ROOT, 'src/estargz/pool.ts'))};
 if (!isMainThread) { console.error('the CLI ran in a worker'); process.exit(3); }
@@ -193,7 +198,8 @@ console.log(JSON.stringify({ warm, result, maxRssBeforeKb: before, maxRssAfterKb
 await pool.close();
 `,
     );
-    bundle = path.join(dir, 'bundle.mjs');
+    // Next to dist/berth.mjs (git-ignored), where the bundle's external packages resolve as they do for berth's.
+    bundle = path.join(ROOT, 'dist', `estargz-pool-check-${process.pid}.mjs`);
     execFileSync(
       path.join(ROOT, 'node_modules/.bin/esbuild'),
       [entry, '--bundle', '--platform=node', '--format=esm', '--packages=external', '--target=node24', `--outfile=${bundle}`, '--log-level=warning'],

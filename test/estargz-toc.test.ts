@@ -160,3 +160,34 @@ test('prefetchSize is the prefetch landmark payload offset: one request covers t
   const prefetched = zlib.gunzipSync(blob.subarray(0, size));
   assert.ok(prefetched.includes(Buffer.alloc(9000, 1)));
 });
+
+test('an eStargz blob converted again gives the same blob; trailing bytes that are not gzip are refused', async () => {
+  const tar = tarOf(fileEntry('a', 'hello'), fileEntry('b', Buffer.alloc(10_000, 3)));
+  const first = await convert(tar);
+  const parts: Buffer[] = [];
+  const again = await convertLayer(
+    (async function* () {
+      yield first;
+    })(),
+    'gzip',
+    { chunkSize: 4096, prioritizedFiles: [] },
+    async (b) => {
+      parts.push(b);
+    },
+  );
+  assert.deepEqual(Buffer.concat(parts), first, 'the old landmark and TOC are dropped, new ones written');
+  assert.equal(again.size, first.length);
+  const gz = zlib.gzipSync(tar);
+  const tryGzip = (bytes: Buffer) =>
+    convertLayer(
+      (async function* () {
+        yield bytes;
+      })(),
+      'gzip',
+      { chunkSize: 4096, prioritizedFiles: [] },
+      async () => {},
+    );
+  await assert.rejects(tryGzip(Buffer.concat([gz, Buffer.from('garbage!')])), isConversionError(/not a valid gzip stream/));
+  const members = await tryGzip(Buffer.concat([zlib.gzipSync(tar.subarray(0, 1000)), zlib.gzipSync(tar.subarray(1000))]));
+  assert.equal(members.diffId, (await tryGzip(gz)).diffId, 'a multi-member gzip is one stream');
+});

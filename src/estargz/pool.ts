@@ -87,7 +87,9 @@ export class ConversionPool implements LayerConverter {
   private run(source: AsyncIterable<Buffer>, compression: SourceCompression, options: LayerConversion, sink: (chunk: Buffer) => Promise<void>, signal?: AbortSignal): Promise<ConvertedLayer> {
     return new Promise((resolve, reject) => {
       const job: Job = { [WORKER_FLAG]: true, compression, options: { chunkSize: options.chunkSize, prioritizedFiles: [...options.prioritizedFiles] } };
-      const worker = new Worker(new URL(import.meta.url), { workerData: job });
+      // A small young generation: a conversion makes few JS objects, so scavenges would be rare and the spent
+      // source and gunzip buffers (freed only by a GC) would pile up; at 4 MB they go every few MB of data.
+      const worker = new Worker(new URL(import.meta.url), { workerData: job, resourceLimits: { maxYoungGenerationSizeMb: 4 } });
       this.workers.add(worker);
       this.opts.onWorker?.(worker);
       const input = source[Symbol.asyncIterator]();
@@ -136,7 +138,12 @@ export class ConversionPool implements LayerConverter {
         if (m.t === 'pull') pull().catch((err) => finish(err));
         else if (m.t === 'out') {
           sink(Buffer.from(m.chunk.buffer, m.chunk.byteOffset, m.chunk.byteLength)).then(
-            () => send({ t: 'ack' }),
+            () => {
+              // Free the member now rather than at this isolate's next GC, which V8 puts off until
+              // ~64 MB of such buffers have piled up: the sink is done with it once its promise resolves.
+              (m.chunk.buffer as ArrayBuffer).transfer(0);
+              send({ t: 'ack' });
+            },
             (err) => finish(err),
           );
         } else if (m.t === 'done') finish(null, m.result);
