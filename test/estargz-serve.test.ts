@@ -8,6 +8,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import zlib from 'node:zlib';
 import type { ConvertedLayer, LayerConverter } from '../src/estargz/types.ts';
+import type { Digest } from '../src/oci/digest.ts';
 import { type InProcessBerth, startBerth, type UpstreamSpec } from './support/berth.ts';
 import { buildEstargzLayer, estargzImage, FOOTER_SIZE, parseFooter, parseTocMember } from './support/estargz.ts';
 import { ACCEPT_ALL_MANIFESTS, buildImage, digestOf, type Image, MediaTypes, pushImage, type Seeded, seedStandard } from './support/images.ts';
@@ -215,6 +216,22 @@ describe('eStargz on demand: <tag>-esgz', () => {
     assert.equal(other.status, 200);
     assert.equal(conv.calls, before);
     assert.ok(berth.berth.index.listTags('docker.io', 'library/small').includes('1-esgz'));
+  });
+
+  test('a converted layer evicted from the store: the next request converts that layer again, the tag serves a whole image', async () => {
+    const m = json((await get(berth, '/v2/lab/small/manifests/1-esgz')).body);
+    const gone = m.layers[1].digest as Digest;
+    // As the quota evicts: the file and its row go (converted blobs exist nowhere upstream).
+    await berth.berth.store.remove(gone);
+    berth.berth.index.deleteBlob(gone);
+    const before = conv.calls;
+    const again = await get(berth, '/v2/lab/small/manifests/1-esgz');
+    assert.equal(again.status, 200);
+    assert.equal(conv.calls - before, 1, 'only the missing layer is converted again');
+    assert.deepEqual(json(again.body), m, 'deterministic: the same bytes again');
+    const blob = await get(berth, `/v2/lab/small/blobs/${gone}`);
+    assert.equal(blob.status, 200);
+    assert.equal(sha(blob.body), gone);
   });
 
   test('zstd and already-eStargz layers pass through unchanged', async () => {
