@@ -40,7 +40,8 @@ export type SourceCompression = 'gzip' | 'none';
 
 /**
  * Converts one layer. `source` is the stored blob's bytes as they are (gzip or an uncompressed tar);
- * `sink` receives the eStargz bytes in order and its promise is the backpressure. Memory stays bounded by
+ * `sink` receives the eStargz bytes in order and its promise is the backpressure; it must be done with each
+ * buffer when that promise resolves (the pool frees it then, so a kept reference would read zero bytes). Memory stays bounded by
  * the chunk size whatever the layer's size. Throws ConversionError on input that is not a valid layer
  * (bad gzip, bad tar, an absurd header, a `..` path): nothing the sink received may then be kept.
  * Deterministic: the same source and options give the same bytes.
@@ -61,6 +62,17 @@ export interface TocEntry {
   chunkDigest?: string;
   digest?: string;
   linkName?: string;
+  /** Further fields of the estargz TOC (readToc keeps them; berth's converter writes them all). */
+  modtime?: string;
+  mode?: number;
+  uid?: number;
+  gid?: number;
+  userName?: string;
+  groupName?: string;
+  devMajor?: number;
+  devMinor?: number;
+  /** Extended attributes, values base64 (Go's []byte in JSON). */
+  xattrs?: Record<string, string>;
 }
 
 /** Why a layer cannot be converted; the message is for the operator's log and the client's error. */

@@ -1,4 +1,4 @@
-import type { BlobIndex, ManifestIndex, PinIndex, ReferrerIndex, RegistryIndex, TagIndex } from './index-roles.ts';
+import type { BlobIndex, EstargzIndex, ManifestIndex, PinIndex, ReferrerIndex, RegistryIndex, TagIndex } from './index-roles.ts';
 
 /**
  * The index roles of src/store/index-roles.ts with promised results, for an index that answers over the
@@ -20,8 +20,10 @@ export type AsyncPinIndex = Promised<PinIndex>;
 export type AsyncReferrerIndex = Promised<ReferrerIndex>;
 
 /** Everything the index is, asynchronously. */
-export interface AsyncRegistryIndex extends Promised<Omit<RegistryIndex, 'pins'>> {
+export interface AsyncRegistryIndex extends Promised<Omit<RegistryIndex, 'pins' | 'estargz'>> {
   readonly pins: AsyncPinIndex;
+  /** Already asynchronous in index-roles.ts. */
+  readonly estargz: EstargzIndex;
 }
 
 /**
@@ -33,6 +35,7 @@ export function asyncIndex(sqlite: RegistryIndex): AsyncRegistryIndex {
   const s = sqlite;
   const p = s.pins;
   return {
+    estargz: s.estargz,
     pins: {
       pin: async (reference, digests) => p.pin(reference, digests),
       unpin: async (reference) => p.unpin(reference),

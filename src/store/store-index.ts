@@ -2,6 +2,7 @@ import Database from 'better-sqlite3';
 import { LRUCache } from 'lru-cache';
 import type { Digest } from '../oci/digest.ts';
 import type { ReferrerDescriptor } from '../oci/referrers.ts';
+import { EstargzTable } from './estargz-table.ts';
 import type { BlobRow, ChildDescriptor, ManifestRecord, RegistryIndex, TagInput, TagRow } from './index-roles.ts';
 import { LOCAL_UPSTREAM } from './index-roles.ts';
 import { migrate } from './migrations.ts';
@@ -60,6 +61,7 @@ export class StoreIndex implements RegistryIndex {
   private readonly referrers: ReferrerTable;
   readonly pins: Pins;
   private readonly usageQueries: UsageQueries;
+  readonly estargz: EstargzTable;
   private readonly s;
 
   /**
@@ -83,6 +85,7 @@ export class StoreIndex implements RegistryIndex {
     this.pins = new Pins(this.db);
     this.referrers = new ReferrerTable(this.db);
     this.usageQueries = new UsageQueries(this.db);
+    this.estargz = new EstargzTable(this.db);
     const p = (sql: string) => this.db.prepare(sql);
     this.s = {
       getBlob: p('SELECT digest, size, media_type AS mediaType, created_at AS createdAt, accessed_at AS accessedAt FROM blobs WHERE digest = ?'),

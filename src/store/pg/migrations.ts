@@ -61,6 +61,26 @@ const STEPS: Array<{ what: string; sql: string }> = [
         PRIMARY KEY (upstream, repository, subject)
       );`,
   },
+  {
+    what: 'eStargz conversions: layers and images by (source, options), and learned start-up sets',
+    sql: `
+      CREATE TABLE IF NOT EXISTS estargz_layers (
+        source TEXT NOT NULL, options TEXT NOT NULL, digest TEXT NOT NULL, size BIGINT NOT NULL,
+        diff_id TEXT NOT NULL, toc_digest TEXT NOT NULL, uncompressed_size BIGINT NOT NULL,
+        PRIMARY KEY (source, options)
+      );
+      CREATE TABLE IF NOT EXISTS estargz_images (
+        source TEXT NOT NULL, options TEXT NOT NULL, digest TEXT NOT NULL,
+        upstream TEXT NOT NULL, repository TEXT NOT NULL, created_at BIGINT NOT NULL,
+        PRIMARY KEY (source, options)
+      );
+      CREATE INDEX IF NOT EXISTS estargz_images_digest ON estargz_images (digest);
+      CREATE INDEX IF NOT EXISTS estargz_layers_digest ON estargz_layers (digest);
+      CREATE TABLE IF NOT EXISTS estargz_startup (
+        source TEXT PRIMARY KEY, files TEXT NOT NULL, bytes BIGINT NOT NULL, pulls INTEGER NOT NULL,
+        learned_at BIGINT, updated_at BIGINT NOT NULL
+      );`,
+  },
 ];
 
 export const PG_SCHEMA_VERSION = STEPS.length;

@@ -5,6 +5,7 @@ import type { BlobRow, ChildDescriptor, ManifestRecord, TagInput, TagRow } from 
 import { LOCAL_UPSTREAM } from '../index-roles.ts';
 import { PgDb, type PgIndexOptions, PgUnavailableError, type Queryable, safeInt } from './db.ts';
 import { migrate, schemaVersionOf } from './migrations.ts';
+import { PgEstargz } from './pg-estargz.ts';
 import { PgPins } from './pg-pins.ts';
 import { PgReferrers } from './pg-referrers.ts';
 import { PgTags } from './pg-tags.ts';
@@ -26,6 +27,7 @@ const sortedUnique = (xs: Iterable<string>): string[] => [...new Set(xs)].sort()
  */
 export class PgIndex implements AsyncRegistryIndex {
   readonly pins: PgPins;
+  readonly estargz: PgEstargz;
   /** The schema version found at open and the one left (equal when another replica or an earlier start migrated). */
   readonly migrated: { from: number; to: number };
   private readonly tags: PgTags;
@@ -42,6 +44,7 @@ export class PgIndex implements AsyncRegistryIndex {
     this.tags = new PgTags(db);
     this.referrers = new PgReferrers(db);
     this.pins = new PgPins(db);
+    this.estargz = new PgEstargz(db);
   }
 
   /**

@@ -333,6 +333,28 @@ export function indexConformance(name: string, make: () => Promise<IndexUnderTes
       assert.deepEqual(await reopened.referrerDigests(subject), []);
     });
 
+    test('estargz: conversions kept by (source, options), found by their digest; start-up sets replaced whole; all survive a reopen', async () => {
+      const under = await fresh();
+      const { index } = under;
+      const source = someDigest('layer');
+      const layer = { source, options: 'chunk=4194304;files=none', digest: someDigest('esgz'), size: 10, diffId: someDigest('diff'), tocDigest: someDigest('toc'), uncompressedSize: 20 };
+      await index.estargz.putLayer(layer);
+      assert.deepEqual(await index.estargz.layer(source, layer.options), layer);
+      assert.equal(await index.estargz.layer(source, 'chunk=1;files=none'), undefined, 'other options are another conversion');
+      const image = { source: someDigest('image'), options: 'o', digest: someDigest('converted'), upstream: 'docker.io', repository: 'lab/x', createdAt: 5 };
+      await index.estargz.putImage(image);
+      const files = [{ layer: source, name: 'etc/passwd' }];
+      await index.estargz.putStartup({ source: image.source, files, bytes: 3, pulls: 1, learnedAt: null, updatedAt: 1 });
+      await index.estargz.putStartup({ source: image.source, files, bytes: 3, pulls: 2, learnedAt: 9, updatedAt: 2 });
+      const reopened = await under.reopen();
+      assert.deepEqual(await reopened.estargz.layerOf(layer.digest), layer);
+      assert.deepEqual(await reopened.estargz.image(image.source, 'o'), image);
+      assert.deepEqual(await reopened.estargz.imageOf(image.digest), image);
+      assert.deepEqual(await reopened.estargz.images(), [image]);
+      assert.deepEqual(await reopened.estargz.startup(image.source), { source: image.source, files, bytes: 3, pulls: 2, learnedAt: 9, updatedAt: 2 });
+      assert.equal(await reopened.estargz.startup(someDigest('none')), undefined);
+    });
+
     if (o.openOldSchema) {
       const openOld = o.openOldSchema;
       test('an index of an older schema is migrated when opened: its tags are there, at the current version', async () => {
