@@ -39,6 +39,7 @@ export interface Stargz {
   namespace: string;
   hostsDir: string;
   logFiles: { containerd: string; snapshotter: string };
+  pids: { containerd: number; snapshotter: number };
   ctr(args: string[], opts?: ExecOptions): Promise<Output>;
   /** `ctr-remote ARGS` against this containerd (`images convert --estargz`, `images optimize`). */
   ctrRemote(args: string[], opts?: ExecOptions): Promise<Output>;
@@ -121,6 +122,7 @@ export async function startStargz(o: StargzOptions): Promise<Stargz> {
     namespace,
     hostsDir,
     logFiles,
+    pids: { snapshotter: procs[0]!.pid, containerd: procs[1]!.pid },
     ctr,
     ctrRemote,
     rpull: (ref, opts = {}) => ctrRemote(['images', 'rpull', '--snapshotter', 'stargz', '--hosts-dir', hostsDir, ref], opts),
