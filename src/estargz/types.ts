@@ -61,6 +61,17 @@ export interface TocEntry {
   chunkDigest?: string;
   digest?: string;
   linkName?: string;
+  /** Further fields of the estargz TOC (readToc keeps them; berth's converter writes them all). */
+  modtime?: string;
+  mode?: number;
+  uid?: number;
+  gid?: number;
+  userName?: string;
+  groupName?: string;
+  devMajor?: number;
+  devMinor?: number;
+  /** Extended attributes, values base64 (Go's []byte in JSON). */
+  xattrs?: Record<string, string>;
 }
 
 /** Why a layer cannot be converted; the message is for the operator's log and the client's error. */

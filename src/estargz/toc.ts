@@ -1,0 +1,120 @@
+/**
+ * Reading an eStargz blob's TOC back, by ranges (footer → TOC member → JSON), and what berth learns from
+ * it: which files a set of Range requests touched (the start-up set a snapshotter read) and how many
+ * bytes one prefetch request covers.
+ */
+import { createHash } from 'node:crypto';
+import { promisify } from 'node:util';
+import zlib from 'node:zlib';
+import { z } from 'zod';
+import { FOOTER_SIZE, parseFooter } from './gzip-member.ts';
+import { BLOCK, checksumMatches, numeric, text } from './tar-header.ts';
+import { NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_TAR_NAME } from './toc-json.ts';
+import { ConversionError, type TocEntry } from './types.ts';
+
+const gunzip = promisify(zlib.gunzip);
+/** A TOC member larger than this, or a TOC JSON larger than MAX_TOC_JSON, is not one berth will read. */
+const MAX_TOC_MEMBER = 64 << 20;
+const MAX_TOC_JSON = 256 << 20;
+
+const count = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER).optional();
+const tocEntry = z.object({
+  name: z.string(),
+  type: z.enum(['dir', 'reg', 'symlink', 'hardlink', 'char', 'block', 'fifo', 'chunk']),
+  size: count,
+  modtime: z.string().optional(),
+  linkName: z.string().optional(),
+  mode: count,
+  uid: count,
+  gid: count,
+  userName: z.string().optional(),
+  groupName: z.string().optional(),
+  offset: count,
+  devMajor: count,
+  devMinor: count,
+  xattrs: z.record(z.string(), z.string()).optional(),
+  digest: z.string().optional(),
+  chunkOffset: count,
+  chunkSize: count,
+  chunkDigest: z.string().optional(),
+});
+const tocJson = z.object({ version: z.number().int(), entries: z.array(tocEntry) });
+
+/** readRange's answer for [start, end): an end-inclusive reader's one extra byte is tolerated. */
+async function exactly(readRange: (start: number, end: number) => Promise<Buffer>, start: number, end: number, what: string): Promise<Buffer> {
+  const b = await readRange(start, end);
+  if (b.length === end - start || b.length === end - start + 1) return b.subarray(0, end - start);
+  throw new ConversionError(`reading ${what} (bytes ${start}-${end - 1}) gave ${b.length} bytes`);
+}
+
+/**
+ * The TOC of an eStargz blob of `blobSize` bytes. `readRange(start, end)` returns the blob's bytes from
+ * `start` up to, not including, `end`.
+ */
+export async function readToc(readRange: (start: number, end: number) => Promise<Buffer>, blobSize: number): Promise<{ entries: TocEntry[]; tocOffset: number; tocDigest: string }> {
+  if (!Number.isSafeInteger(blobSize) || blobSize < FOOTER_SIZE + 20) throw new ConversionError(`a blob of ${blobSize} bytes cannot be eStargz`);
+  const footerAt = blobSize - FOOTER_SIZE;
+  const { tocOffset } = parseFooter(await exactly(readRange, footerAt, blobSize, 'the footer'));
+  if (tocOffset >= footerAt) throw new ConversionError(`the footer names a TOC at ${tocOffset}, past the end of the blob's data (${footerAt})`);
+  if (footerAt - tocOffset > MAX_TOC_MEMBER) throw new ConversionError(`the TOC member is ${footerAt - tocOffset} bytes, more than berth reads (${MAX_TOC_MEMBER})`);
+  const member = await exactly(readRange, tocOffset, footerAt, 'the TOC');
+  let tar: Buffer;
+  try {
+    tar = await gunzip(member, { maxOutputLength: MAX_TOC_JSON + 4 * BLOCK });
+  } catch (err) {
+    throw new ConversionError(`the TOC member at ${tocOffset} is not valid gzip: ${(err as Error).message}`);
+  }
+  const header = tar.subarray(0, BLOCK);
+  if (header.length < BLOCK || !checksumMatches(header) || text(header, 0, 100) !== TOC_TAR_NAME) throw new ConversionError(`the member at ${tocOffset} does not hold ${TOC_TAR_NAME}`);
+  const size = numeric(header, 124, 12, 'size');
+  if (tar.length < BLOCK + size) throw new ConversionError(`${TOC_TAR_NAME} is cut short (${tar.length - BLOCK} of ${size} bytes)`);
+  const json = tar.subarray(BLOCK, BLOCK + size);
+  let parsed: z.infer<typeof tocJson>;
+  try {
+    parsed = tocJson.parse(JSON.parse(json.toString('utf8')));
+  } catch (err) {
+    throw new ConversionError(`${TOC_TAR_NAME} is not a valid TOC: ${(err as Error).message.slice(0, 300)}`);
+  }
+  for (const e of parsed.entries) {
+    if (e.offset !== undefined && e.offset >= tocOffset) throw new ConversionError(`TOC entry ${JSON.stringify(e.name)} points at ${e.offset}, past the TOC`);
+  }
+  return { entries: parsed.entries, tocOffset, tocDigest: `sha256:${createHash('sha256').update(json).digest('hex')}` };
+}
+
+const isLandmark = (name: string) => name === PREFETCH_LANDMARK || name === NO_PREFETCH_LANDMARK;
+
+/**
+ * The regular files whose payload members (or chunks) overlap any of `ranges` (blob offsets, each
+ * [start, end) — end exclusive), in blob order, each once. A member spans from its `offset` to the next
+ * entry's offset; the last one to `dataEnd` (the TOC's offset) when given, else only its first byte
+ * counts, so reads of the TOC and footer are never taken for a file. The landmarks are not files.
+ */
+export function filesInRanges(entries: readonly TocEntry[], ranges: ReadonlyArray<readonly [number, number]>, dataEnd?: number): string[] {
+  const data = entries.filter((e) => (e.type === 'reg' || e.type === 'chunk') && e.offset !== undefined && e.offset > 0);
+  const extents = data.map((e, i) => ({ name: e.name, start: e.offset!, end: i + 1 < data.length ? data[i + 1]!.offset! : (dataEnd ?? e.offset! + 1) })).sort((a, b) => a.start - b.start);
+  const sorted = ranges.filter(([s, e]) => e > s).sort((a, b) => a[0] - b[0]);
+  const out: string[] = [];
+  const seen = new Set<string>();
+  let r = 0;
+  for (const x of extents) {
+    while (r < sorted.length && sorted[r]![1] <= x.start) r++;
+    // Ranges are sorted by start; any overlapping one starts before x.end and ends after x.start.
+    let hit = false;
+    for (let k = r; k < sorted.length && sorted[k]![0] < x.end; k++) {
+      if (sorted[k]![1] > x.start) {
+        hit = true;
+        break;
+      }
+    }
+    if (hit && !isLandmark(x.name) && !seen.has(x.name)) {
+      seen.add(x.name);
+      out.push(x.name);
+    }
+  }
+  return out;
+}
+
+/** Bytes one prefetch covers: the blob up to the prefetch landmark's payload member (the snapshotter's prefetchSize). */
+export function prefetchSize(entries: readonly TocEntry[]): number {
+  return entries.find((e) => e.name === PREFETCH_LANDMARK)?.offset ?? 0;
+}
