@@ -56,6 +56,12 @@ export class Metrics {
     labelNames: ['upstream', 'kind'],
     registers: [this.registry],
   });
+  readonly estargzConversions = new Counter({
+    name: 'berth_estargz_conversions_total',
+    help: 'Layers and images converted to eStargz (not counting conversions found done)',
+    labelNames: ['kind'],
+    registers: [this.registry],
+  });
   readonly evictions = new Counter({ name: 'berth_evictions_total', help: 'Blobs evicted by the storage quota', registers: [this.registry] });
   readonly evictedBytes = new Counter({ name: 'berth_evicted_bytes_total', help: 'Bytes evicted by the storage quota', registers: [this.registry] });
   readonly storageBytes = new Gauge({

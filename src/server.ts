@@ -6,14 +6,20 @@ import { resolve } from 'node:path';
 import pino, { type Logger } from 'pino';
 import { listenAddress } from './config/load.ts';
 import type { Config } from './config/schema.ts';
+import { convertLayer } from './estargz/convert-layer.ts';
+import type { LayerConverter } from './estargz/types.ts';
 import { Failpoints } from './failpoints.ts';
 import { createApp } from './http/app.ts';
 import { ClientAuth } from './http/client-auth.ts';
 import { pushWarnings } from './http/write-rules.ts';
 import { FillMemory } from './memory.ts';
 import { Metrics } from './metrics.ts';
+import type { Digest } from './oci/digest.ts';
+import type { ByteRange } from './oci/range.ts';
 import { Readiness } from './readiness.ts';
 import { Blobs } from './registry/blobs.ts';
+import { EstargzImages } from './registry/estargz/images.ts';
+import { LayerConversions } from './registry/estargz/layer-conversions.ts';
 import { Fills } from './registry/fill/fills.ts';
 import { isDiskFull } from './registry/fill-errors.ts';
 import { ImageWalker } from './registry/image-walk.ts';
@@ -56,6 +62,8 @@ export interface Berth {
   referrers: Referrers;
   walker: ImageWalker;
   prewarmer: Prewarmer;
+  /** eStargz on demand (issue #11): `<tag>-esgz` tags. */
+  estargz: EstargzImages;
   /** Starts listening; resolves with the bound address (and the admin listener's, when configured). */
   listen(): Promise<AddressInfo & { admin?: AddressInfo }>;
   /** Re-reads the TLS certificate and key (SIGHUP). */
@@ -69,6 +77,8 @@ export interface OpenMode {
   lock?: string | false;
   /** Create a missing storage directory (serve), or refuse (operator commands). */
   createStorage?: boolean;
+  /** The layer converter (tests inject one); default: berth's own. */
+  converter?: LayerConverter;
 }
 
 /** The composition root: everything is built here from the validated config and passed in. */
@@ -165,11 +175,51 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   const uploadSweeper = new UploadSweeper(uploadFiles, uploads, config.local.uploadIdle, log);
   if (lock) uploadSweeper.start();
   const referrers = new Referrers({ index, upstreams, manifests, log, offline, tagTtl: config.tagTtl });
+  // eStargz on demand (issue #11): conversions abort on shutdown and leave nothing half-written.
+  const conversionsAbort = new AbortController();
+  const converter: LayerConverter = mode.converter ?? { convert: convertLayer };
+  const layerConversions = new LayerConversions({
+    converter,
+    store,
+    index,
+    blobs,
+    quota,
+    log,
+    signal: conversionsAbort.signal,
+    onConverted: () => metrics.estargzConversions.inc({ kind: 'layer' }),
+  });
+  const estargz = new EstargzImages({
+    config: config.estargz,
+    manifests,
+    layers: layerConversions,
+    store,
+    index,
+    blobs,
+    log,
+    onConverted: () => metrics.estargzConversions.inc({ kind: 'image' }),
+  });
+  manifests.derive(estargz);
   const walker = new ImageWalker(upstreams, manifests);
-  const prewarmer = new Prewarmer(walker, blobs, pins, quota, store, new ReferrerWalker(referrers, manifests));
+  const prewarmer = new Prewarmer(walker, blobs, pins, quota, store, new ReferrerWalker(referrers, manifests), (image, platforms) =>
+    estargz.convertWalked(image, (name) => walker.walk(name, platforms)),
+  );
   const readiness = new Readiness(index, paths.tmp, upstreams.clients, config.offline);
   const local = new LocalRegistry({ index, store, deleteEnabled: config.delete.enabled, log });
-  const deps = { upstreams, manifests, blobs, tags, referrers, uploads, metrics, log, prewarmer, readiness, index, maxPrewarmReferences: config.admin.maxPrewarmReferences };
+  const deps = {
+    blobReads: { observe: (d: Digest, r: readonly ByteRange[] | undefined, c: string | undefined) => estargz.learner?.observe(d, r, c) },
+    upstreams,
+    manifests,
+    blobs,
+    tags,
+    referrers,
+    uploads,
+    metrics,
+    log,
+    prewarmer,
+    readiness,
+    index,
+    maxPrewarmReferences: config.admin.maxPrewarmReferences,
+  };
   const localDeps = { local, catalog: index, maxManifestSize: config.local.maxManifestSize };
   const a = config.auth;
   const auth = a && (a.htpasswd || a.tokensFile || a.rules.length > 0) ? new ClientAuth({ ...a, onCheck: (result) => metrics.clientAuth.inc({ result }) }) : undefined;
@@ -207,6 +257,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
     referrers,
     walker,
     prewarmer,
+    estargz,
     async listen() {
       // Node checks headersTimeout on this interval: a fraction of it, so a slowloris ends on time.
       const { headers, idle } = config.clientTimeouts;
@@ -250,6 +301,8 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
         s.closeAllConnections();
         await new Promise<void>((ok) => s.close(() => ok()));
       }
+      conversionsAbort.abort(new Error('berth is shutting down'));
+      estargz.close();
       for (const f of fills.all()) f.fail(new Error('berth is shutting down'));
       await upstreams.close();
       index.close();

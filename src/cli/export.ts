@@ -19,7 +19,8 @@ export function exportCommand(program: Command): void {
       .option('--skip-bad-lines', 'go on when lines of the image list hold no reference (each is still named)')
       .requiredOption('-o, --output <file>', 'the archive to write, e.g. bundle.tar')
       .option('--platform <list>', 'platforms to include from an index (default: all)')
-      .option('--with-referrers', "also carry each image's referrers (signatures, SBOMs), which `berth import` keeps"),
+      .option('--with-referrers', "also carry each image's referrers (signatures, SBOMs), which `berth import` keeps")
+      .option('--estargz', 'also carry the eStargz form of each image (its <tag>-esgz tag, converted now if need be)'),
   ).action(
     run(async (opts, args) => {
       const refs = collectReferences(opts.file as string | undefined, args as string[], opts.skipBadLines === true);
@@ -39,6 +40,12 @@ export function exportCommand(program: Command): void {
             await berth.prewarmer.warm(img, (e) => showPrewarmEvent(progress, e));
             progress.finish(img.name, true);
             images.push(img);
+            if (opts.estargz === true) {
+              const converted = await berth.estargz.convertWalked(img, (name) => berth.walker.walk(name, platforms));
+              holds.push(berth.quota.protect([...converted.manifests.map((m) => m.digest), ...converted.blobs.map((b) => b.digest)]));
+              progress.finish(converted.name, true);
+              images.push(converted);
+            }
           } catch (err) {
             failed.push(`${ref}: ${(err as Error).message}`);
             progress.finish(ref, false, (err as Error).message);

@@ -28,6 +28,16 @@ export function maintenanceCommands(program: Command): void {
         const { index, pins } = berth;
         index.flushAccess();
         const pinned = new Set(pins.references());
+        // Converted images (issue #11): what they were converted from, and the learned start-up set.
+        const converted = new Map((await index.estargz.images()).map((r) => [r.digest, r]));
+        const estargzOf = async (d: Digest) => {
+          const c = converted.get(d);
+          if (!c) return undefined;
+          const startup = await index.estargz.startup(c.source);
+          return { source: c.source, learned: startup?.learnedAt != null, startupFiles: startup?.files.length ?? 0, startupBytes: startup?.bytes ?? 0 };
+        };
+        const estargz = new Map<string, Awaited<ReturnType<typeof estargzOf>>>();
+        for (const t of index.allTags()) if (converted.has(t.digest)) estargz.set(t.digest, await estargzOf(t.digest));
         const rows = index.allTags().map((t) => {
           // A local repository's tag is named as clients pull it: no host.
           const local = t.upstream === LOCAL_UPSTREAM;
@@ -45,6 +55,7 @@ export function maintenanceCommands(program: Command): void {
             checked: new Date(t.checkedAt).toISOString(),
             pinned: pinned.has(name) || pins.isPinned(t.digest),
             local,
+            ...(estargz.has(t.digest) ? { estargz: estargz.get(t.digest) } : {}),
           };
         });
         if (opts.json) {

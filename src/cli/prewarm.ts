@@ -22,7 +22,8 @@ export function prewarmCommand(program: Command): void {
       .option('--platform <list>', 'platforms to fetch from an index, e.g. linux/amd64,linux/arm64 (default: all)')
       .option('--server <url>', 'ask this running berth to do it (its own fills), e.g. http://127.0.0.1:5000')
       .option('--no-pin', 'do not pin the prewarmed images')
-      .option('--with-referrers', "also fetch each image's referrers (signatures, SBOMs: referrers API or the sha256-<hex> tag) and pin them with it"),
+      .option('--with-referrers', "also fetch each image's referrers (signatures, SBOMs: referrers API or the sha256-<hex> tag) and pin them with it")
+      .option('--estargz', 'also convert each image to eStargz (the <tag>-esgz tag, estargz.suffix) and pin that too'),
   ).action(
     run(async (opts, args) => {
       const refs = collectReferences(opts.file as string | undefined, args as string[], opts.skipBadLines === true);
@@ -33,11 +34,11 @@ export function prewarmCommand(program: Command): void {
       let summary: (PrewarmEvent & { type: 'summary' }) | undefined;
       const server = typeof opts.server === 'string' ? opts.server : await runningServer(opts);
       if (server !== undefined) {
-        summary = await viaServer(server, refs, platforms, opts.pin !== false, onEvent, opts.withReferrers === true);
+        summary = await viaServer(server, refs, platforms, opts.pin !== false, onEvent, opts.withReferrers === true, opts.estargz === true);
       } else {
         const berth = await openBerth(opts, { lock: 'prewarm', createStorage: true });
         try {
-          summary = await berth.prewarmer.run(refs, parsePlatforms(platforms), onEvent, { pin: opts.pin !== false, withReferrers: opts.withReferrers === true });
+          summary = await berth.prewarmer.run(refs, parsePlatforms(platforms), onEvent, { pin: opts.pin !== false, withReferrers: opts.withReferrers === true, estargz: opts.estargz === true });
         } finally {
           await berth.close();
         }
@@ -65,11 +66,11 @@ export async function runningServer(opts: Record<string, unknown>): Promise<stri
   return url;
 }
 
-export async function viaServer(server: string, refs: string[], platforms: string | undefined, pin: boolean, onEvent: (e: PrewarmEvent) => void, withReferrers = false) {
+export async function viaServer(server: string, refs: string[], platforms: string | undefined, pin: boolean, onEvent: (e: PrewarmEvent) => void, withReferrers = false, estargz = false) {
   const res = await request(new URL('/_berth/prewarm', server), {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ references: refs, platforms, pin, ...(withReferrers ? { referrers: true } : {}) }),
+    body: JSON.stringify({ references: refs, platforms, pin, ...(withReferrers ? { referrers: true } : {}), ...(estargz ? { estargz: true } : {}) }),
     bodyTimeout: 0,
   });
   if (res.statusCode !== 200) throw new Error(`${server} answered ${res.statusCode}: ${(await res.body.text()).slice(0, 300)}`);

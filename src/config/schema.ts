@@ -273,6 +273,8 @@ export const ConfigSchema = z
         waitFor: duration('30s'),
         /** Lazy pulls observed before berth converts the image again with their start-up files first; 0: never. */
         learnAfter: z.number().int().min(0).default(1),
+        /** A lazy pull's start-up reads: the Range reads of one client for one converted image within this time of its first. */
+        learnWindow: duration('10s'),
         /** Only these platforms of an index are converted (others are left out of the new index); empty: all. */
         platforms: z.array(z.string().regex(/^[a-z0-9]+\/[a-z0-9_]+(\/[a-z0-9]+)?$/, 'must be os/arch or os/arch/variant')).default([]),
       })

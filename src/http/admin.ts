@@ -25,7 +25,7 @@ async function jsonBody(ctx: Context): Promise<Record<string, unknown>> {
 }
 
 /**
- * `POST /_berth/prewarm {"references": [...], "platforms": "linux/amd64", "pin": true, "referrers": false}`: the running
+ * `POST /_berth/prewarm {"references": [...], "platforms": "linux/amd64", "pin": true, "referrers": false, "estargz": false}`: the running
  * berth fetches the images with its own fills at background priority and streams progress as NDJSON
  * (one PrewarmEvent a line), ending with a summary. `berth prewarm --server URL` is its client.
  * At most `maxReferences` a request (a list is refused whole, before any fetch); the references are
@@ -56,7 +56,7 @@ export function prewarmHandler(prewarmer: Prewarmer, maxReferences: number) {
     const emit = (e: PrewarmEvent) => {
       if (!hungUp) out.write(`${JSON.stringify(e)}\n`);
     };
-    void runEach(prewarmer, refs as string[], platforms, emit, { pin: body.pin !== false, withReferrers: body.referrers === true }, () => hungUp)
+    void runEach(prewarmer, refs as string[], platforms, emit, { pin: body.pin !== false, withReferrers: body.referrers === true, estargz: body.estargz === true }, () => hungUp)
       .then((summary) => {
         emit(summary);
         out.end();
@@ -71,7 +71,7 @@ async function runEach(
   refs: string[],
   platforms: Platform[] | undefined,
   emit: (e: PrewarmEvent) => void,
-  opts: { pin: boolean; withReferrers: boolean },
+  opts: { pin: boolean; withReferrers: boolean; estargz: boolean },
   stopped: () => boolean,
 ): Promise<PrewarmEvent & { type: 'summary' }> {
   const total: PrewarmEvent & { type: 'summary' } = { type: 'summary', ok: [], failed: [], bytes: 0, fetched: 0 };

@@ -1,8 +1,9 @@
 import Router from '@koa/router';
 import type { Context, Next } from 'koa';
 import type { Metrics } from '../metrics.ts';
-import { parseDigest } from '../oci/digest.ts';
+import { type Digest, parseDigest } from '../oci/digest.ts';
 import { RegistryError } from '../oci/errors.ts';
+import type { ByteRange } from '../oci/range.ts';
 import { isTag, parseReference } from '../oci/reference.ts';
 import type { Blobs } from '../registry/blobs.ts';
 import type { LocalRegistry } from '../registry/local/local-registry.ts';
@@ -33,6 +34,8 @@ export interface V2Deps {
   local: LocalRegistry;
   catalog: Pick<RegistryIndex, 'repositories'>;
   maxManifestSize: number;
+  /** Sees every blob GET's ranges (learning eStargz start-up sets, issue #11); must be cheap for other digests. */
+  blobReads?: { observe(digest: Digest, ranges: readonly ByteRange[] | undefined, client: string | undefined): void };
   /** With auth.rules: whether the client may see a repository in the catalog (catalog.ts). */
   mayList?: (ctx: Context, name: string) => boolean;
 }
@@ -98,6 +101,7 @@ export function v2Handler(d: V2Deps) {
       blob.unused?.();
       throw err;
     }
+    d.blobReads?.observe(digest, ranges, ctx.req.socket.remoteAddress);
     const source = blob.source;
     sendBlob(ctx, blob, ranges, (n) => d.metrics.bytesServed.inc({ source }, n));
   });

@@ -26,6 +26,14 @@ export interface ManifestResult {
   cached: boolean;
 }
 
+/**
+ * Tags that another part of berth answers instead of the upstream (issue #11: `<tag>-esgz` is the eStargz
+ * conversion of `<tag>`, src/registry/estargz/). `answer` returns undefined for a tag it does not own.
+ */
+export interface DerivedTags {
+  answer(route: Route, tag: string, accept: string, method: 'GET' | 'HEAD'): Promise<ManifestResult> | undefined;
+}
+
 /** What Manifests is built from (server.ts). */
 export interface ManifestsOptions {
   index: StoreIndex;
@@ -69,7 +77,20 @@ export class Manifests {
     this.tagTtl = o.tagTtl;
   }
 
+  private derived: DerivedTags | undefined;
+
+  /** Hands the tags `d` owns to it (set once, in server.ts: the conversion needs Manifests itself). */
+  derive(d: DerivedTags): void {
+    this.derived = d;
+  }
+
   get(route: Route, ref: Reference, accept: string, method: 'GET' | 'HEAD'): Promise<ManifestResult> {
+    const derived = ref.kind === 'tag' ? this.derived?.answer(route, ref.tag, accept || DEFAULT_MANIFEST_ACCEPT, method) : undefined;
+    return derived ?? this.source(route, ref, accept, method);
+  }
+
+  /** What `get` answers without derived tags: the tag or digest as cached, pushed or upstream. */
+  source(route: Route, ref: Reference, accept: string, method: 'GET' | 'HEAD'): Promise<ManifestResult> {
     const key = `${route.upstream}|${route.repository}|${referenceString(ref)}|${method}|${accept}`;
     return this.inflight.run(key, () => this.resolve(route, ref, accept || DEFAULT_MANIFEST_ACCEPT, method));
   }

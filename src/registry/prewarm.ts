@@ -34,9 +34,16 @@ export class Prewarmer {
     private readonly store: BlobStore,
     /** `withReferrers`: also fetch (and pin) the referrers of each image (signatures, SBOMs). */
     private readonly referrerWalker?: ReferrerWalker,
+    /** `estargz`: the image's eStargz form (issue #11), converted and walked (src/registry/estargz/images.ts). */
+    private readonly estargz?: (image: WalkedImage, platforms: Platform[] | undefined) => Promise<WalkedImage>,
   ) {}
 
-  async run(refs: string[], platforms: Platform[] | undefined, emit: (e: PrewarmEvent) => void, opts: { pin?: boolean; withReferrers?: boolean } = {}): Promise<PrewarmEvent & { type: 'summary' }> {
+  async run(
+    refs: string[],
+    platforms: Platform[] | undefined,
+    emit: (e: PrewarmEvent) => void,
+    opts: { pin?: boolean; withReferrers?: boolean; estargz?: boolean } = {},
+  ): Promise<PrewarmEvent & { type: 'summary' }> {
     const ok: string[] = [];
     const failed: Array<{ ref: string; message: string }> = [];
     let bytes = 0;
@@ -59,6 +66,14 @@ export class Prewarmer {
         bytes += r.bytes;
         fetched += r.fetched;
         emit({ type: 'done', ref: image.name, digest: image.root.digest, bytes: r.bytes, fetched: r.fetched });
+        if (opts.estargz) {
+          // --estargz: the converted image too, pinned under its own (suffixed) name when pinning.
+          if (!this.estargz) throw new Error('eStargz conversion is not available in this berth');
+          const converted = await this.estargz(image, platforms);
+          const size = converted.blobs.reduce((n, b) => n + Math.max(0, b.size), 0);
+          if (opts.pin !== false) this.pins.pin(converted.name, [...converted.manifests.map((m) => m.digest), ...converted.blobs.map((b) => b.digest)]);
+          emit({ type: 'done', ref: converted.name, digest: converted.root.digest, bytes: size, fetched: 0 });
+        }
       } catch (err) {
         const message = (err as Error).message;
         failed.push({ ref, message });

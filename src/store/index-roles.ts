@@ -158,9 +158,72 @@ export interface ReferrerIndex {
   forgetReferrer(d: Digest): void;
 }
 
+/** A converted layer (issue #11): what the eStargz blob is, kept under (source layer, options). */
+export interface EstargzLayerRow {
+  source: Digest;
+  /** The conversion options (chunk size, prioritised files) as one key string. */
+  options: string;
+  digest: Digest;
+  size: number;
+  diffId: Digest;
+  tocDigest: Digest;
+  uncompressedSize: number;
+}
+
+/** A converted image: the manifest (or index) made from `source` with `options`, and where it was converted. */
+export interface EstargzImageRow {
+  source: Digest;
+  options: string;
+  digest: Digest;
+  upstream: string;
+  repository: string;
+  createdAt: number;
+}
+
+/** A file of a start-up set: which source layer holds it, and its tar name. */
+export interface StartupFile {
+  layer: Digest;
+  name: string;
+}
+
+/**
+ * The start-up set learned for one source image (issue #11 "Learning the startup set"): the files lazy
+ * pullers read first, in the order first read, how many bytes they hold, how many pulls were observed,
+ * and when the set was taken as learned (the image is then converted with those files first).
+ */
+export interface EstargzStartupRow {
+  source: Digest;
+  files: StartupFile[];
+  bytes: number;
+  pulls: number;
+  learnedAt: number | null;
+  updatedAt: number;
+}
+
+/**
+ * Conversions to eStargz (src/registry/estargz/): a second tag sharing layers converts nothing again, and
+ * a re-request of a converted image is an index read. Every method returns a promise (a PostgreSQL
+ * implementation will be asynchronous); callers await them.
+ */
+export interface EstargzIndex {
+  layer(source: Digest, options: string): Promise<EstargzLayerRow | undefined>;
+  putLayer(row: EstargzLayerRow): Promise<void>;
+  image(source: Digest, options: string): Promise<EstargzImageRow | undefined>;
+  putImage(row: EstargzImageRow): Promise<void>;
+  /** Every converted image, newest first (`berth ls`). */
+  images(): Promise<EstargzImageRow[]>;
+  /** Which conversion made `digest`, if one did. */
+  imageOf(digest: Digest): Promise<EstargzImageRow | undefined>;
+  /** Which conversion made the layer blob `digest`, if one did. */
+  layerOf(digest: Digest): Promise<EstargzLayerRow | undefined>;
+  startup(source: Digest): Promise<EstargzStartupRow | undefined>;
+  putStartup(row: EstargzStartupRow): Promise<void>;
+}
+
 /** Everything the index is. */
 export interface RegistryIndex extends BlobIndex, ManifestIndex, TagIndex, ReferrerIndex {
   readonly pins: PinIndex;
+  readonly estargz: EstargzIndex;
   /** A tiny real read and write; throws when the index cannot answer or take writes (readiness). */
   probe(): void;
   /** Which schema the index is at (migrations applied). */

@@ -54,6 +54,32 @@ const STEPS: Array<{ what: string; run: (db: Database.Database) => void }> = [
       `);
     },
   },
+  {
+    what: 'eStargz conversions: converted layers, converted images, learned start-up sets',
+    run(db) {
+      // Keyed by what was converted and how (src/registry/estargz/options.ts): the same source layer with
+      // the same options always gives the same bytes, so a row stands for its blob wherever it is used.
+      db.exec(`
+        CREATE TABLE IF NOT EXISTS estargz_layers (
+          source TEXT NOT NULL, options TEXT NOT NULL, digest TEXT NOT NULL, size INTEGER NOT NULL,
+          diff_id TEXT NOT NULL, toc_digest TEXT NOT NULL, uncompressed_size INTEGER NOT NULL,
+          PRIMARY KEY (source, options)
+        );
+        CREATE TABLE IF NOT EXISTS estargz_images (
+          source TEXT NOT NULL, options TEXT NOT NULL, digest TEXT NOT NULL,
+          upstream TEXT NOT NULL, repository TEXT NOT NULL, created_at INTEGER NOT NULL,
+          PRIMARY KEY (source, options)
+        );
+        CREATE INDEX IF NOT EXISTS estargz_images_digest ON estargz_images(digest);
+        CREATE INDEX IF NOT EXISTS estargz_layers_digest ON estargz_layers(digest);
+        -- files: JSON [{layer, name}] in the order first read
+        CREATE TABLE IF NOT EXISTS estargz_startup (
+          source TEXT PRIMARY KEY, files TEXT NOT NULL, bytes INTEGER NOT NULL, pulls INTEGER NOT NULL,
+          learned_at INTEGER, updated_at INTEGER NOT NULL
+        );
+      `);
+    },
+  },
 ];
 
 export const SCHEMA_VERSION = STEPS.length;

@@ -2,6 +2,7 @@ import Database from 'better-sqlite3';
 import { LRUCache } from 'lru-cache';
 import type { Digest } from '../oci/digest.ts';
 import type { ReferrerDescriptor } from '../oci/referrers.ts';
+import { EstargzTable } from './estargz-table.ts';
 import type { BlobRow, ChildDescriptor, ManifestRecord, RegistryIndex, TagInput, TagRow } from './index-roles.ts';
 import { LOCAL_UPSTREAM } from './index-roles.ts';
 import { migrate } from './migrations.ts';
@@ -58,6 +59,7 @@ export class StoreIndex implements RegistryIndex {
   private readonly tags: TagTable;
   private readonly referrers: ReferrerTable;
   readonly pins: Pins;
+  readonly estargz: EstargzTable;
   private readonly s;
 
   /**
@@ -80,6 +82,7 @@ export class StoreIndex implements RegistryIndex {
     this.tags = new TagTable(this.db, tagJournal);
     this.pins = new Pins(this.db);
     this.referrers = new ReferrerTable(this.db);
+    this.estargz = new EstargzTable(this.db);
     const p = (sql: string) => this.db.prepare(sql);
     this.s = {
       getBlob: p('SELECT digest, size, media_type AS mediaType, created_at AS createdAt, accessed_at AS accessedAt FROM blobs WHERE digest = ?'),

@@ -6,7 +6,7 @@ import path from 'node:path';
 import pino from 'pino';
 import { stringify } from 'yaml';
 import { type Config, type ConfigInput, ConfigSchema } from '../../src/config/schema.ts';
-import { type Berth, createBerth } from '../../src/server.ts';
+import { type Berth, createBerth, type OpenMode } from '../../src/server.ts';
 import { freePort, waitForHttp } from './ports.ts';
 import { type ManagedProcess, startProcess } from './process.ts';
 import { isLoopback } from './safety.ts';
@@ -63,13 +63,16 @@ function rawConfig(o: BerthOptions, storage: string, listen: string): Record<str
   };
 }
 
-/** berth in this process, on an ephemeral port; `log` replaces the silent test logger (to assert on log lines). */
-export async function startBerth(o: BerthOptions, log?: pino.Logger): Promise<InProcessBerth> {
+/**
+ * berth in this process, on an ephemeral port; `log` replaces the silent test logger (to assert on log lines);
+ * `mode` is createBerth's (a test's own layer converter, say).
+ */
+export async function startBerth(o: BerthOptions, log?: pino.Logger, mode?: OpenMode): Promise<InProcessBerth> {
   assertLoopbackOnly(o);
   const ownStorage = o.storage === undefined;
   const storage = o.storage ?? (await makeTempDir('store'));
   const config = Object.freeze({ ...ConfigSchema.parse(rawConfig(o, storage, '127.0.0.1:0')), defaultUpstream: o.defaultUpstream ?? o.upstreams[0]!.host }) as Config;
-  const berth = await createBerth(config, log ?? pino({ level: config.log.level }));
+  const berth = await createBerth(config, log ?? pino({ level: config.log.level }), mode);
   const addr = await berth.listen();
   return {
     berth,
