@@ -6,7 +6,7 @@ import { randomUUID } from 'node:crypto';
 import { rm } from 'node:fs/promises';
 import { type Blob, digestOf, type Image, MediaTypes } from '../test/support/blobs.ts';
 import { baseLayer, buildLayer, pushImage } from '../test/support/images.ts';
-import { httpRequest } from '../test/support/links.ts';
+import { httpRequest, metricValue } from '../test/support/links.ts';
 import type { BenchContext } from './context.ts';
 import { CHUNK_SIZE, type Conversion, convertWithBerth, convertWithCtrRemote, GZIP_LEVEL } from './estargz-convert.ts';
 import { buildMixedLayer, HELLO_PATH } from './estargz-layer.ts';
@@ -31,7 +31,8 @@ export async function estargzFigure(ctx: BenchContext): Promise<Row[]> {
   const mine = await convertWithBerth(layer.path, dir);
   await rm(`${dir}/berth-converted.tar.gz`, { force: true });
 
-  const berth = await startBerthServer(ctx.bed.up.url);
+  // No learning: a reconversion with a learned start-up set would run during the full pull and slow it.
+  const berth = await startBerthServer(ctx.bed.up.url, { estargz: { learnAfter: 0 } });
   const node = await startNode(berth.host);
   try {
     ctx.log('estargz: ctr-remote images convert --estargz…');
@@ -41,10 +42,14 @@ export async function estargzFigure(ctx: BenchContext): Promise<Row[]> {
     const onDemand = await untilConverted(berth.url);
     const berthPeak = peakOf(sampler.stop());
     ctx.log(`estargz: converted by berth's server in ${num(onDemand)} s; lazy read through the snapshotter…`);
+    const served = () => metricValue(berth.url, 'berth_bytes_served_total');
+    const s0 = await served();
     const lazy = await node.lazy(`docker.io/${REPO}:1${SUFFIX}`, HELLO_PATH);
+    const s1 = await served();
     const mounted = await node.fuseMounts();
     ctx.log(`estargz: lazy ${num(lazy.seconds)} s (${mounted} FUSE layers); full pull of the original…`);
     const full = await node.full(`docker.io/${REPO}:1`, HELLO_PATH);
+    const s2 = await served();
     ctx.log(`estargz: full pull ${num(full.seconds)} s`);
     for (const [what, r] of [
       ['lazy', lazy],
@@ -64,6 +69,8 @@ export async function estargzFigure(ctx: BenchContext): Promise<Row[]> {
       berthPeak,
       lazy: lazy.seconds,
       full: full.seconds,
+      lazyBytes: s1 - s0,
+      fullBytes: s2 - s1,
     });
   } finally {
     await node.stop();
@@ -82,6 +89,9 @@ interface Figures {
   berthPeak: number;
   lazy: number;
   full: number;
+  /** Blob bytes berth sent for each (berth_bytes_served_total). */
+  lazyBytes: number;
+  fullBytes: number;
 }
 
 function rows(f: Figures): Row[] {
@@ -118,6 +128,7 @@ function rows(f: Figures): Row[] {
       pass: f.lazy < f.full,
       notes: [
         'lazy: ctr-remote i rpull of the -esgz tag + ctr run --snapshotter stargz cat FILE; full: ctr images pull of the original tag (overlayfs) + ctr run cat FILE; both from the same warm berth on loopback',
+        `blob bytes berth sent: lazy ${bytesText(f.lazyBytes)}, full pull ${bytesText(f.fullBytes)}`,
       ],
     },
   ];
