@@ -6,7 +6,7 @@ import { resolve } from 'node:path';
 import pino, { type Logger } from 'pino';
 import { listenAddress } from './config/load.ts';
 import type { Config } from './config/schema.ts';
-import { convertLayer } from './estargz/convert-layer.ts';
+import { ConversionPool } from './estargz/pool.ts';
 import type { LayerConverter } from './estargz/types.ts';
 import { Failpoints } from './failpoints.ts';
 import { createApp } from './http/app.ts';
@@ -177,7 +177,9 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   const referrers = new Referrers({ index, upstreams, manifests, log, offline, tagTtl: config.tagTtl });
   // eStargz on demand (issue #11): conversions abort on shutdown and leave nothing half-written.
   const conversionsAbort = new AbortController();
-  const converter: LayerConverter = mode.converter ?? { convert: convertLayer };
+  // Worker threads at background priority, estargz.concurrency at once (src/estargz/pool.ts).
+  const pool = mode.converter ? undefined : new ConversionPool({ concurrency: config.estargz.concurrency });
+  const converter: LayerConverter = mode.converter ?? pool!;
   const layerConversions = new LayerConversions({
     converter,
     store,
@@ -303,6 +305,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
       }
       conversionsAbort.abort(new Error('berth is shutting down'));
       estargz.close();
+      await pool?.close();
       for (const f of fills.all()) f.fail(new Error('berth is shutting down'));
       await upstreams.close();
       index.close();

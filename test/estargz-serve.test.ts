@@ -3,6 +3,7 @@
 // reached the upstream is read from its access log.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import zlib from 'node:zlib';
@@ -10,6 +11,7 @@ import type { ConvertedLayer, LayerConverter } from '../src/estargz/types.ts';
 import { type InProcessBerth, startBerth, type UpstreamSpec } from './support/berth.ts';
 import { buildEstargzLayer, estargzImage, FOOTER_SIZE, parseFooter, parseTocMember } from './support/estargz.ts';
 import { ACCEPT_ALL_MANIFESTS, buildImage, digestOf, type Image, MediaTypes, pushImage, type Seeded, seedStandard } from './support/images.ts';
+import { fileEntry, tarOf } from './support/layers.ts';
 import { httpRequest, metricValue, waitUntil } from './support/links.ts';
 import { pushLocalImage, seedLocalBlobs } from './support/local-push.ts';
 import { makeConverter } from './support/test-converter.ts';
@@ -40,7 +42,9 @@ function counting(inner: LayerConverter) {
   return c;
 }
 
-const json = (b: Buffer) => JSON.parse(b.toString('utf8')) as Record<string, any>;
+// biome-ignore lint/suspicious/noExplicitAny: registry JSON, read field by field in assertions
+type Json = Record<string, any>;
+const json = (b: Buffer) => JSON.parse(b.toString('utf8')) as Json;
 const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
 async function get(b: InProcessBerth, p: string, headers: Record<string, string> = { accept: ACCEPT_ALL_MANIFESTS }, method = 'GET') {
@@ -61,6 +65,7 @@ describe('eStargz on demand: <tag>-esgz', () => {
   let conv: ReturnType<typeof counting>;
   let closeConverter: () => Promise<void>;
   let badGzip: Image;
+  let dotdot: Image;
   let mixed: Image;
 
   before(async () => {
@@ -72,6 +77,11 @@ describe('eStargz on demand: <tag>-esgz', () => {
     const junk = Buffer.from('this is not gzip at all');
     badGzip = await withLayer(plain, { digest: digestOf(junk), size: junk.length, mediaType: MediaTypes.oci.layer, bytes: junk, diffId: digestOf(junk) });
     await pushImage(up, 'lab/badgzip', '1', badGzip);
+    // A real gzip tar whose second entry climbs out of the root.
+    const evil = zlib.gzipSync(tarOf(fileEntry('ok.txt', 'ok\n'), fileEntry('../../etc/evil', 'pwned\n')));
+    const evilTar = zlib.gunzipSync(evil);
+    dotdot = await withLayer(plain, { digest: digestOf(evil), size: evil.length, mediaType: MediaTypes.oci.layer, bytes: evil, diffId: digestOf(evilTar) });
+    await pushImage(up, 'lab/dotdot', '1', dotdot);
     const esgz = buildEstargzLayer([['already/estargz.txt', 'lazy\n']]);
     const zstdBytes = Buffer.from('(not really zstd: passed through unread)');
     const zstd = { digest: digestOf(zstdBytes), size: zstdBytes.length, mediaType: 'application/vnd.oci.image.layer.v1.tar+zstd', bytes: zstdBytes, diffId: digestOf('zstd-diff') };
@@ -114,7 +124,7 @@ describe('eStargz on demand: <tag>-esgz', () => {
     const diffIds = json(config.body).rootfs.diff_ids as string[];
     const source = json(seeded.small.config.bytes!);
     assert.deepEqual({ ...json(config.body), rootfs: undefined }, { ...source, rootfs: undefined }, 'only rootfs changes in the config');
-    for (const [i, l] of (m.layers as Array<Record<string, any>>).entries()) {
+    for (const [i, l] of (m.layers as Array<Json>).entries()) {
       assert.equal(l.mediaType, MediaTypes.oci.layer);
       assert.notEqual(l.digest, seeded.small.layers[i]!.digest);
       const blob = await get(berth, `/v2/lab/small/blobs/${l.digest}`);
@@ -165,7 +175,7 @@ describe('eStargz on demand: <tag>-esgz', () => {
     const index = json(answers[0]!.body);
     assert.equal(index.mediaType, MediaTypes.oci.index);
     assert.deepEqual(
-      index.manifests.map((m: any) => m.platform),
+      index.manifests.map((m: Json) => m.platform),
       seeded.multi.images.map((i) => i.platform),
     );
     const layers = new Set(seeded.multi.images.flatMap((i) => i.layers.map((l) => l.digest)));
@@ -179,7 +189,7 @@ describe('eStargz on demand: <tag>-esgz', () => {
       const r = await get(berth, `/v2/lab/multi/manifests/${child.digest}`);
       assert.equal(r.status, 200);
       assert.equal(
-        json(r.body).layers.every((l: any) => typeof l.annotations?.[TOC] === 'string'),
+        json(r.body).layers.every((l: Json) => typeof l.annotations?.[TOC] === 'string'),
         true,
       );
     }
@@ -194,8 +204,8 @@ describe('eStargz on demand: <tag>-esgz', () => {
     assert.equal(conv.calls, before, 'every layer was converted for lab/small:1 already');
     const first = json((await get(berth, '/v2/lab/small/manifests/1-esgz')).body);
     assert.deepEqual(
-      m.layers.map((l: any) => l.digest),
-      first.layers.map((l: any) => l.digest),
+      m.layers.map((l: Json) => l.digest),
+      first.layers.map((l: Json) => l.digest),
     );
     // Another repository naming the same image: nothing converted either, and its own tag.
     const other = await get(berth, '/v2/library/small/manifests/1-esgz');
@@ -235,6 +245,25 @@ describe('eStargz on demand: <tag>-esgz', () => {
     assert.equal(again.status, 502);
     assert.equal(conv.calls, calls, 'the failure is remembered');
     assert.ok(calls > before);
+  });
+
+  test('a tar with a `..` path: a clear 502 naming the layer and why; the original image still pulls; nothing tagged', async () => {
+    const r = await get(berth, '/v2/lab/dotdot/manifests/1-esgz');
+    assert.equal(r.status, 502, r.body.toString());
+    const err = json(r.body).errors[0];
+    assert.equal(err.code, 'UPSTREAM_ERROR');
+    assert.match(err.message, new RegExp(dotdot.layers[1]!.digest));
+    assert.match(err.message, /\.\./);
+    assert.equal(berth.berth.index.listTags('docker.io', 'lab/dotdot').includes('1-esgz'), false);
+    assert.equal((await get(berth, '/v2/lab/dotdot/manifests/1')).status, 200);
+    const layer = await get(berth, `/v2/lab/dotdot/blobs/${dotdot.layers[1]!.digest}`);
+    assert.equal(layer.status, 200);
+    assert.equal(sha(layer.body), dotdot.layers[1]!.digest);
+    // No converted file was left in tmp/.
+    assert.deepEqual(
+      (await readdir(path.join(berth.storage, 'tmp'))).filter((f) => f.startsWith('esgz.')),
+      [],
+    );
   });
 
   test('past waitFor a 404 says the conversion is under way; it goes on and the tag resolves later', async () => {
@@ -326,12 +355,16 @@ describe('eStargz on demand: <tag>-esgz', () => {
     }
   });
 
-  test('bad input stays 4xx: a suffix alone is an ordinary tag, a tag of the suffix twice converts nothing twice', async () => {
+  test('bad input stays 4xx: a suffix alone is an ordinary tag, the suffix twice is a 404', async () => {
     const bare = await get(berth, '/v2/lab/small/manifests/-esgz');
     assert.equal(bare.status, 404);
     const missing = await get(berth, '/v2/lab/small/manifests/nosuchtag-esgz');
     assert.equal(missing.status, 404);
     assert.equal(json(missing.body).errors[0].code, 'MANIFEST_UNKNOWN');
+    // A converted image is not converted again.
+    const twice = await get(berth, '/v2/lab/small/manifests/1-esgz-esgz');
+    assert.equal(twice.status, 404, twice.body.toString());
+    assert.equal(json(twice.body).errors[0].code, 'MANIFEST_UNKNOWN');
   });
 });
 

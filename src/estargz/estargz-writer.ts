@@ -30,7 +30,8 @@ const ZEROS = Buffer.alloc(2 * BLOCK);
 export class EstargzWriter {
   /** Compressed bytes emitted so far: the offset of the next member. */
   private offset = 0;
-  private pending: Buffer[] = [];
+  /** The open member's uncompressed bytes, in one buffer reused member after member (no per-chunk garbage). */
+  private member: Buffer;
   private pendingLength = 0;
   private readonly diff = createHash('sha256');
   private uncompressed = 0;
@@ -41,11 +42,19 @@ export class EstargzWriter {
   constructor(
     private readonly chunkSize: number,
     private readonly deflate: Deflate,
+    /** Takes ownership of the buffer (it may be transferred to another thread). */
     private readonly emit: (member: Buffer) => Promise<void>,
-  ) {}
+  ) {
+    this.member = Buffer.allocUnsafeSlow(chunkSize + 4 * BLOCK);
+  }
 
   private write(b: Buffer): void {
-    this.pending.push(b);
+    if (this.pendingLength + b.length > this.member.length) {
+      const bigger = Buffer.allocUnsafeSlow(Math.max(2 * this.member.length, this.pendingLength + b.length));
+      this.member.copy(bigger, 0, 0, this.pendingLength);
+      this.member = bigger;
+    }
+    b.copy(this.member, this.pendingLength);
     this.pendingLength += b.length;
     this.diff.update(b);
     this.uncompressed += b.length;
@@ -53,12 +62,13 @@ export class EstargzWriter {
 
   private async closeMember(): Promise<void> {
     if (this.pendingLength === 0) return;
-    const data = this.pending.length === 1 ? this.pending[0]! : Buffer.concat(this.pending, this.pendingLength);
-    this.pending = [];
+    const data = this.member.subarray(0, this.pendingLength);
+    const parts = await gzipMember(data, this.deflate);
     this.pendingLength = 0;
-    const member = await gzipMember(data, this.deflate);
-    await this.emit(member);
-    this.offset += member.length;
+    for (const part of parts) {
+      this.offset += part.length; // before emit: a worker's sink transfers (detaches) the buffer
+      await this.emit(part);
+    }
   }
 
   /** estargz's nameIfChanged: a user/group name is written only where it changes for that id. */
@@ -160,8 +170,8 @@ export class EstargzWriter {
     this.write(ZEROS);
     await this.closeMember();
     const footer = footerBytes(tocOffset);
-    await this.emit(footer);
     this.offset += footer.length;
+    await this.emit(footer);
     return { tocOffset, tocDigest: sha256(json), diffId: `sha256:${this.diff.digest('hex')}`, uncompressedSize: this.uncompressed };
   }
 }

@@ -21,13 +21,18 @@ export const deflateSync: Deflate = async (data) => zlib.deflateRawSync(data, { 
 
 const MEMBER_HEADER = Buffer.from([0x1f, 0x8b, 0x08, 0x00, 0, 0, 0, 0, 0x00, 0xff]);
 
-/** One complete gzip member holding `data`. */
-export async function gzipMember(data: Buffer, deflate: Deflate): Promise<Buffer> {
+/** Members smaller than this come as one buffer; larger ones as header, deflate data, trailer (no copy). */
+const JOIN_BELOW = 64 << 10;
+
+/** One complete gzip member holding `data`, as consecutive buffers (fresh ones: the caller may keep them). */
+export async function gzipMember(data: Buffer, deflate: Deflate): Promise<Buffer[]> {
+  const crc = zlib.crc32(data) >>> 0; // before deflate: data is the caller's buffer, reused afterwards
   const body = await deflate(data);
   const trailer = Buffer.alloc(8);
-  trailer.writeUInt32LE(zlib.crc32(data) >>> 0, 0);
+  trailer.writeUInt32LE(crc, 0);
   trailer.writeUInt32LE(data.length % 2 ** 32, 4);
-  return Buffer.concat([MEMBER_HEADER, body, trailer]);
+  if (body.length < JOIN_BELOW) return [Buffer.concat([MEMBER_HEADER, body, trailer])];
+  return [Buffer.from(MEMBER_HEADER), body, trailer];
 }
 
 const SUBFIELD_LEN = 22; // 16 hex digits + "STARGZ"

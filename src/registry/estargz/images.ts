@@ -1,13 +1,11 @@
-import { createHash } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
 import type { Config } from '../../config/schema.ts';
 import type { Digest } from '../../oci/digest.ts';
 import { RegistryError } from '../../oci/errors.ts';
-import { type Descriptor, manifestJson, parseManifest } from '../../oci/manifest.ts';
 import { DEFAULT_MANIFEST_ACCEPT } from '../../oci/media-types.ts';
 import { choose, storageKey } from '../../oci/negotiation.ts';
-import { parsePlatforms, platformMatches } from '../../oci/platform.ts';
+import { parsePlatforms } from '../../oci/platform.ts';
 import { isTag } from '../../oci/reference.ts';
 import { SingleFlight } from '../../single-flight.ts';
 import type { BlobStore } from '../../store/blob-store.ts';
@@ -113,6 +111,10 @@ export class EstargzImages implements DerivedTags {
   answer(route: Route, tag: string, accept: string, method: 'GET' | 'HEAD'): Promise<ManifestResult> | undefined {
     const sourceTag = this.sourceTagOf(tag);
     if (sourceTag === undefined) return undefined;
+    if (sourceTag.endsWith(this.o.config.suffix)) {
+      // The source would be berth's own converted tag (cached under that name): an image is converted once.
+      return Promise.reject(new RegistryError('MANIFEST_UNKNOWN', `${route.repository}:${tag}: a converted image (${sourceTag}) is not converted again`));
+    }
     return (async () => {
       const converted = await this.convertTag(route, sourceTag, accept, this.o.config.waitFor);
       return this.o.manifests.source(route, { kind: 'digest', digest: converted.digest }, accept, method);
