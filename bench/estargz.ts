@@ -58,7 +58,7 @@ export async function estargzFigure(ctx: BenchContext): Promise<Row[]> {
       if (r.output !== hello) throw new Error(`the ${what} read printed ${JSON.stringify(r.output.slice(0, 80))}`);
     }
     if (mounted < 2) throw new Error(`the snapshotter mounted ${mounted} layers over FUSE, not both: the -esgz image was not pulled lazily`);
-    return rows({
+    const out = rows({
       nominal,
       sourceBytes: layer.size,
       tarBytes: layer.tarBytes,
@@ -72,6 +72,9 @@ export async function estargzFigure(ctx: BenchContext): Promise<Row[]> {
       lazyBytes: s1 - s0,
       fullBytes: s2 - s1,
     });
+    // The notes go to RESULTS.md; say them here too, for a --no-write run.
+    for (const note of out.flatMap((r) => r.notes ?? [])) ctx.log(`estargz: ${note}`);
+    return out;
   } finally {
     await node.stop();
     await berth.stop();
@@ -109,7 +112,7 @@ function rows(f: Figures): Row[] {
     `berth's server converting on demand (the -esgz tag asked for, source already upstream on loopback): ${num(f.onDemand)} s to the served manifest, berth's RSS peak ${bytesText(f.berthPeak)}`,
   ];
   return [
-    { figure: 'estargz', label: `eStargz conversion of a ${f.nominal} layer (MB/s of source)`, cells: { berth: num(mbps[0]) }, ratio: vsCtr(mbps[0], mbps[1], 'MB/s'), notes },
+    { figure: 'estargz', label: `eStargz conversion of a ${f.nominal} layer (MB/s of gzip source)`, cells: { berth: num(mbps[0]) }, ratio: vsCtr(mbps[0], mbps[1], 'MB/s'), notes },
     { figure: 'estargz', label: 'eStargz conversion, per core (MB/s of source per CPU-second)', cells: { berth: num(core[0]) }, ratio: vsCtr(core[0], core[1], 'MB/s') },
     {
       figure: 'estargz',
