@@ -2,8 +2,8 @@
 // bench/estargz-convert-child.ts) and `ctr-remote images convert --estargz` (stargz-snapshotter's Go
 // estargz package, converting in a containerd content store), both with a 4 MiB chunk and gzip level 6.
 import path from 'node:path';
+import type { Containerd } from '../test/support/containerd.ts';
 import { DEAD_PROXY_ENV } from '../test/support/safety.ts';
-import type { Stargz } from '../test/support/stargz.ts';
 import { timed } from './estargz-timed.ts';
 import { cpuSeconds } from './rss.ts';
 
@@ -31,31 +31,36 @@ export async function convertWithBerth(layerFile: string, scratch: string): Prom
   return { ...r, outBytes: result.size, baselineRssBytes: baseline.maxRssBytes };
 }
 
+/** What ctr-remote needs of a containerd: its socket, its PID (for its CPU time) and ctr. */
+type ContentStore = Pick<Containerd, 'socket' | 'pid' | 'ctr'>;
+
 /**
  * ctr-remote on `src` (fetched into the `convert` namespace first, not timed): its own CPU and RSS from GNU
- * time plus the CPU containerd spent meanwhile (it writes the converted blobs to its content store).
+ * time plus the CPU containerd spent meanwhile (it writes the converted blobs to its content store). Use a
+ * containerd of its own: containerd shares content across namespaces, so a node's containerd holding these
+ * blobs would later "pull" the original image without fetching it.
  */
-export async function convertWithCtrRemote(sgz: Stargz, src: string, dst: string, scratch: string): Promise<Conversion> {
+export async function convertWithCtrRemote(c: ContentStore, src: string, dst: string, scratch: string): Promise<Conversion> {
   const ns = { namespace: 'convert', timeoutMs: 1_800_000 };
-  await sgz.ctr(['content', 'fetch', '--plain-http', src], ns);
-  const containerdBefore = cpuSeconds([sgz.pids.containerd]);
-  const args = ['--address', sgz.socket, '--namespace', 'convert', 'images', 'convert', '--oci', '--estargz'];
+  await c.ctr(['content', 'fetch', '--plain-http', src], ns);
+  const containerdBefore = cpuSeconds([c.pid]);
+  const args = ['--address', c.socket, '--namespace', 'convert', 'images', 'convert', '--oci', '--estargz'];
   args.push('--estargz-compression-level', String(GZIP_LEVEL), '--estargz-chunk-size', String(CHUNK_SIZE), src, dst);
   const r = await timed('ctr-remote', args, { scratch, env: { ...process.env, ...DEAD_PROXY_ENV } });
-  const containerdCpu = cpuSeconds([sgz.pids.containerd]) - containerdBefore;
-  const { stdout } = await sgz.ctr(['images', 'ls'], ns);
+  const containerdCpu = cpuSeconds([c.pid]) - containerdBefore;
+  const { stdout } = await c.ctr(['images', 'ls'], ns);
   if (!stdout.includes(dst)) throw new Error(`ctr-remote did not create ${dst}`);
-  const manifest = await convertedManifest(sgz, dst);
+  const manifest = await convertedManifest(c, dst);
   return { ...r, cpuSeconds: r.cpuSeconds + containerdCpu, outBytes: manifest.layers.reduce((n, l) => n + l.size, 0) };
 }
 
-async function convertedManifest(sgz: Stargz, ref: string): Promise<{ layers: Array<{ size: number; annotations?: Record<string, string> }> }> {
+async function convertedManifest(c: ContentStore, ref: string): Promise<{ layers: Array<{ size: number; annotations?: Record<string, string> }> }> {
   const ns = { namespace: 'convert' };
-  const { stdout: ls } = await sgz.ctr(['images', 'ls'], ns);
+  const { stdout: ls } = await c.ctr(['images', 'ls'], ns);
   const row = ls.split('\n').find((l) => l.startsWith(`${ref} `));
   const target = row?.trim().split(/\s+/)[2];
   if (target === undefined) throw new Error(`no image ${ref} in ctr images ls`);
-  const { stdout } = await sgz.ctr(['content', 'get', target], ns);
+  const { stdout } = await c.ctr(['content', 'get', target], ns);
   const m = JSON.parse(stdout) as { layers?: Array<{ size: number; annotations?: Record<string, string> }> };
   if (!m.layers?.every((l) => l.annotations?.['containerd.io/snapshot/stargz/toc.digest'])) throw new Error(`ctr-remote's ${ref} has layers without a TOC digest`);
   return { layers: m.layers };

@@ -5,8 +5,10 @@
 import { randomUUID } from 'node:crypto';
 import { rm } from 'node:fs/promises';
 import { type Blob, digestOf, type Image, MediaTypes } from '../test/support/blobs.ts';
+import { startContainerd } from '../test/support/containerd.ts';
 import { baseLayer, buildLayer, pushImage } from '../test/support/images.ts';
 import { httpRequest, metricValue } from '../test/support/links.ts';
+import { guarded } from './cleanup.ts';
 import type { BenchContext } from './context.ts';
 import { CHUNK_SIZE, type Conversion, convertWithBerth, convertWithCtrRemote, GZIP_LEVEL } from './estargz-convert.ts';
 import { buildMixedLayer, HELLO_PATH } from './estargz-layer.ts';
@@ -36,7 +38,9 @@ export async function estargzFigure(ctx: BenchContext): Promise<Row[]> {
   const node = await startNode(berth.host);
   try {
     ctx.log('estargz: ctr-remote images convert --estargz…');
-    const theirs = await convertWithCtrRemote(node.sgz, `${ctx.bed.up.host}/${REPO}:1`, `${ctx.bed.up.host}/${REPO}:ctr-remote-esgz`, dir);
+    const store = guarded('containerd (ctr-remote)', await startContainerd());
+    const theirs = await convertWithCtrRemote(store, `${ctx.bed.up.host}/${REPO}:1`, `${ctx.bed.up.host}/${REPO}:ctr-remote-esgz`, dir);
+    await store.stop();
     ctx.log('estargz: berth converting on demand (GET the -esgz manifest until it is served)…');
     const sampler = sampleRss(berth.pids);
     const onDemand = await untilConverted(berth.url);
@@ -57,12 +61,14 @@ export async function estargzFigure(ctx: BenchContext): Promise<Row[]> {
     ] as const) {
       if (r.output !== hello) throw new Error(`the ${what} read printed ${JSON.stringify(r.output.slice(0, 80))}`);
     }
+    const imageBytes = image.layers.reduce((n, l) => n + l.size, 0);
+    if (s2 - s1 < imageBytes) throw new Error(`berth sent ${s2 - s1} blob bytes for the full pull of a ${imageBytes}-byte image: containerd did not fetch it`);
     if (mounted < 2) throw new Error(`the snapshotter mounted ${mounted} layers over FUSE, not both: the -esgz image was not pulled lazily`);
     const out = rows({
       nominal,
       sourceBytes: layer.size,
       tarBytes: layer.tarBytes,
-      imageBytes: image.layers.reduce((n, l) => n + l.size, 0),
+      imageBytes,
       mine,
       theirs,
       onDemand,

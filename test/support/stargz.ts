@@ -39,7 +39,6 @@ export interface Stargz {
   namespace: string;
   hostsDir: string;
   logFiles: { containerd: string; snapshotter: string };
-  pids: { containerd: number; snapshotter: number };
   ctr(args: string[], opts?: ExecOptions): Promise<Output>;
   /** `ctr-remote ARGS` against this containerd (`images convert --estargz`, `images optimize`). */
   ctrRemote(args: string[], opts?: ExecOptions): Promise<Output>;
@@ -122,7 +121,6 @@ export async function startStargz(o: StargzOptions): Promise<Stargz> {
     namespace,
     hostsDir,
     logFiles,
-    pids: { snapshotter: procs[0]!.pid, containerd: procs[1]!.pid },
     ctr,
     ctrRemote,
     rpull: (ref, opts = {}) => ctrRemote(['images', 'rpull', '--snapshotter', 'stargz', '--hosts-dir', hostsDir, ref], opts),
