@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { installSignalHandlers, isStopping, stopAll } from './cleanup.ts';
 import { type BenchContext, createContext } from './context.ts';
+import { estargzFigure } from './estargz.ts';
 import { bandwidth } from './figures/bandwidth.ts';
 import { cachedEightClients, cachedOneClient } from './figures/cached.ts';
 import { coldConcurrent } from './figures/cold-concurrent.ts';
@@ -33,6 +34,7 @@ const RUNNERS: Record<FigureName, { title: string; run: (ctx: BenchContext) => P
   rss64: { title: 'berth RSS, 64 streams', run: rss64 },
   startup: { title: 'start-up with a big index', run: startup },
   coldsmall: { title: 'cold small-object latency', run: coldLatency },
+  estargz: { title: 'eStargz conversion and lazy pull', run: estargzFigure },
 };
 
 async function main(): Promise<number> {
