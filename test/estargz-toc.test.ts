@@ -214,3 +214,40 @@ test('header forms: a ustar prefix joins the name, a PAX global header is kept b
   const plain = zlib.gunzipSync(blob);
   assert.ok(plain.includes(globalBody), 'the global header is still in the layer');
 });
+
+test('a failing conversion stops reading its source and closes it', async () => {
+  let pulled = 0;
+  let closed = false;
+  async function* source() {
+    try {
+      yield tarOf(fileEntry('../escape', 'x'));
+      for (;;) {
+        pulled++;
+        yield Buffer.alloc(512);
+      }
+    } finally {
+      closed = true;
+    }
+  }
+  await assert.rejects(
+    convertLayer(source(), 'none', { chunkSize: 4096, prioritizedFiles: [] }, async () => {}),
+    ConversionError,
+  );
+  assert.ok(closed);
+  assert.equal(pulled, 0);
+  const gz = zlib.gzipSync(tarOf(fileEntry('../escape', 'x')));
+  closed = false;
+  async function* gzSource() {
+    try {
+      yield gz;
+      for (;;) yield zlib.gzipSync(Buffer.alloc(512));
+    } finally {
+      closed = true;
+    }
+  }
+  await assert.rejects(
+    convertLayer(gzSource(), 'gzip', { chunkSize: 4096, prioritizedFiles: [] }, async () => {}),
+    ConversionError,
+  );
+  assert.ok(closed);
+});

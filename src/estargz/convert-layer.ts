@@ -94,7 +94,12 @@ export async function convertLayerWith(
       throw gzipError(err);
     }
   } else {
-    await run(input[Symbol.asyncIterator]());
+    const it = input[Symbol.asyncIterator]();
+    try {
+      await run(it);
+    } finally {
+      await it.return(undefined); // on failure too: stop reading (and close) the source
+    }
   }
   const r = await writer.finish();
   return { digest: `sha256:${blob.digest('hex')}`, size, diffId: r.diffId, tocDigest: r.tocDigest, uncompressedSize: r.uncompressedSize };
