@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createReadStream } from 'node:fs';
-import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { Worker } from 'node:worker_threads';
@@ -128,6 +128,23 @@ describe('the pool', () => {
     assert.match(String((a as PromiseRejectedResult).reason), /worker exited/);
     assert.equal(b.status, 'fulfilled');
     assert.deepEqual((b as PromiseFulfilledResult<ConvertedLayer>).value, expected);
+  });
+
+  test('prioritised files: the worker spools under spoolDir (and leaves nothing there), same bytes as the main thread', async () => {
+    const spoolDir = path.join(dir, 'spool');
+    await mkdir(spoolDir);
+    const pool = newPool({ concurrency: 1, spoolDir });
+    const prio = { chunkSize: 4 << 20, prioritizedFiles: ['odd/ping', 'links/hard2'] };
+    let seen: string[] = [];
+    const r = await pool.convert(createReadStream(small.path), 'gzip', prio, async () => {
+      if (seen.length === 0) seen = await readdir(spoolDir);
+    });
+    assert.equal(seen.length, 1);
+    assert.match(seen[0]!, /^berth-estargz-/);
+    assert.deepEqual(await readdir(spoolDir), []);
+    assert.deepEqual(r, await convertLayer(createReadStream(small.path), 'gzip', prio, discard));
+    const nowhere = newPool({ concurrency: 1, spoolDir: path.join(dir, 'no-such-dir') });
+    await assert.rejects(nowhere.convert(createReadStream(small.path), 'gzip', prio, discard), /ENOENT/);
   });
 
   test('a bad layer is a ConversionError from the worker too', async () => {

@@ -191,3 +191,63 @@ test('an eStargz blob converted again gives the same blob; trailing bytes that a
   const members = await tryGzip(Buffer.concat([zlib.gzipSync(tar.subarray(0, 1000)), zlib.gzipSync(tar.subarray(1000))]));
   assert.equal(members.diffId, (await tryGzip(gz)).diffId, 'a multi-member gzip is one stream');
 });
+
+test('header forms: a ustar prefix joins the name, a PAX global header is kept but not applied, GNU long names win', async () => {
+  const prefixed = rawHeader({ name: 'file.txt', size: 2 });
+  prefixed.write('some/deep/dir', 345, 'latin1');
+  prefixed.write('        ', 148, 'latin1');
+  let sum = 0;
+  for (const b of prefixed) sum += b;
+  prefixed.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 'latin1');
+  const globalBody = Buffer.from('18 path=evil/name\n');
+  const global = Buffer.concat([rawHeader({ name: 'pax_global_header', type: 'g', size: globalBody.length }), globalBody, Buffer.alloc(512 - globalBody.length)]);
+  const longName = `${'n'.repeat(150)}/x`;
+  const longBody = Buffer.from(`${longName}\0`);
+  const gnuLong = Buffer.concat([rawHeader({ name: '././@LongLink', type: 'L', size: longBody.length }), longBody, Buffer.alloc(512 - longBody.length)]);
+  const tar = tarOf(global, prefixed, Buffer.from('ok'.padEnd(512, '\0')), gnuLong, fileEntry('truncated-name', 'y'));
+  const blob = await convert(tar);
+  const { entries } = await readToc(ranged(blob), blob.length);
+  assert.deepEqual(
+    entries.map((e) => e.name),
+    ['.no.prefetch.landmark', 'some/deep/dir/file.txt', longName],
+  );
+  const plain = zlib.gunzipSync(blob);
+  assert.ok(plain.includes(globalBody), 'the global header is still in the layer');
+});
+
+test('a failing conversion stops reading its source and closes it', async () => {
+  let pulled = 0;
+  let closed = false;
+  async function* source() {
+    try {
+      yield tarOf(fileEntry('../escape', 'x'));
+      for (;;) {
+        pulled++;
+        yield Buffer.alloc(512);
+      }
+    } finally {
+      closed = true;
+    }
+  }
+  await assert.rejects(
+    convertLayer(source(), 'none', { chunkSize: 4096, prioritizedFiles: [] }, async () => {}),
+    ConversionError,
+  );
+  assert.ok(closed);
+  assert.equal(pulled, 0);
+  const gz = zlib.gzipSync(tarOf(fileEntry('../escape', 'x')));
+  closed = false;
+  async function* gzSource() {
+    try {
+      yield gz;
+      for (;;) yield zlib.gzipSync(Buffer.alloc(512));
+    } finally {
+      closed = true;
+    }
+  }
+  await assert.rejects(
+    convertLayer(gzSource(), 'gzip', { chunkSize: 4096, prioritizedFiles: [] }, async () => {}),
+    ConversionError,
+  );
+  assert.ok(closed);
+});

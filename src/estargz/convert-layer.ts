@@ -56,6 +56,8 @@ export async function convertLayerWith(
   sink: (chunk: Buffer) => Promise<void>,
   signal: AbortSignal | undefined,
   deflate: Deflate,
+  /** Where prioritised conversions spool the layer's entries (default os.tmpdir()). */
+  spoolDir?: string,
 ): Promise<ConvertedLayer> {
   const { chunkSize, prioritizedFiles } = options;
   if (!Number.isSafeInteger(chunkSize) || chunkSize < 1 || chunkSize > MAX_CHUNK) throw new RangeError(`chunkSize ${chunkSize} is not between 1 and ${MAX_CHUNK}`);
@@ -79,7 +81,7 @@ export async function convertLayerWith(
         await writer.add(e, (max) => reader.readSome(max, `the payload of ${JSON.stringify(e.name)}`));
       }
     } else {
-      await writeReordered(entries, reader, writer, prioritizedFiles, signal);
+      await writeReordered(entries, reader, writer, prioritizedFiles, signal, spoolDir);
     }
     await reader.drain();
     if (seen.bytes === 0) throw new ConversionError('the layer is empty (0 bytes)');
@@ -92,7 +94,12 @@ export async function convertLayerWith(
       throw gzipError(err);
     }
   } else {
-    await run(input[Symbol.asyncIterator]());
+    const it = input[Symbol.asyncIterator]();
+    try {
+      await run(it);
+    } finally {
+      await it.return(undefined); // on failure too: stop reading (and close) the source
+    }
   }
   const r = await writer.finish();
   return { digest: `sha256:${blob.digest('hex')}`, size, diffId: r.diffId, tocDigest: r.tocDigest, uncompressedSize: r.uncompressedSize };

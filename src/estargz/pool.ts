@@ -32,6 +32,7 @@ interface Job {
   [WORKER_FLAG]: true;
   compression: SourceCompression;
   options: LayerConversion;
+  spoolDir?: string;
 }
 
 /** Whether b is the whole of its ArrayBuffer (so transferring it takes nobody else's bytes). */
@@ -41,6 +42,12 @@ const transferable = (b: Uint8Array): Uint8Array => (ownsMemory(b) ? b : new Uin
 
 export interface PoolOptions {
   concurrency: number;
+  /**
+   * Where conversions with prioritised files spool the layer's entries (uncompressed, removed after):
+   * berth's own temporary directory on the storage volume, not a possibly read-only or small /tmp.
+   * Default os.tmpdir().
+   */
+  spoolDir?: string;
   /** Sees each worker as it starts (tests end one to check that a crash fails only its conversion). */
   onWorker?: (worker: Worker) => void;
 }
@@ -86,7 +93,7 @@ export class ConversionPool implements LayerConverter {
 
   private run(source: AsyncIterable<Buffer>, compression: SourceCompression, options: LayerConversion, sink: (chunk: Buffer) => Promise<void>, signal?: AbortSignal): Promise<ConvertedLayer> {
     return new Promise((resolve, reject) => {
-      const job: Job = { [WORKER_FLAG]: true, compression, options: { chunkSize: options.chunkSize, prioritizedFiles: [...options.prioritizedFiles] } };
+      const job: Job = { [WORKER_FLAG]: true, compression, spoolDir: this.opts.spoolDir, options: { chunkSize: options.chunkSize, prioritizedFiles: [...options.prioritizedFiles] } };
       // A small young generation: a conversion makes few JS objects, so scavenges would be rare and the spent
       // source and gunzip buffers (freed only by a GC) would pile up; at 4 MB they go every few MB of data.
       const worker = new Worker(new URL(import.meta.url), { workerData: job, resourceLimits: { maxYoungGenerationSizeMb: 4 } });
@@ -199,7 +206,7 @@ async function runWorker(job: Job): Promise<void> {
       port.postMessage({ t: 'out', chunk } satisfies FromWorker, [chunk.buffer as ArrayBuffer]);
     });
   try {
-    const result = await convertLayerWith(source(), job.compression, job.options, sink, undefined, deflateSync);
+    const result = await convertLayerWith(source(), job.compression, job.options, sink, undefined, deflateSync, job.spoolDir);
     port.postMessage({ t: 'done', result } satisfies FromWorker);
   } catch (err) {
     port.postMessage({ t: 'fail', conversion: err instanceof ConversionError, message: err instanceof Error ? err.message : String(err) } satisfies FromWorker);

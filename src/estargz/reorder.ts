@@ -62,8 +62,16 @@ export function prioritisedOrder(entries: readonly TarEntry[], prioritized: read
   return { moved, rest };
 }
 
-export async function writeReordered(entries: AsyncIterable<TarEntry>, reader: ByteReader, writer: EstargzWriter, prioritized: readonly string[], signal?: AbortSignal): Promise<void> {
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'berth-estargz-'));
+/** `spoolDir`: where the spool file goes (a directory of its own is made in it and removed); default os.tmpdir(). */
+export async function writeReordered(
+  entries: AsyncIterable<TarEntry>,
+  reader: ByteReader,
+  writer: EstargzWriter,
+  prioritized: readonly string[],
+  signal?: AbortSignal,
+  spoolDir: string = os.tmpdir(),
+): Promise<void> {
+  const dir = await mkdtemp(path.join(spoolDir, 'berth-estargz-'));
   try {
     const file = await open(path.join(dir, 'entries'), 'w+');
     try {

@@ -40,7 +40,6 @@ const XATTR = 'SCHILY.xattr.';
 const pad = (n: number): number => (BLOCK - (n % BLOCK)) % BLOCK;
 
 export async function* readTar(r: ByteReader): AsyncGenerator<TarEntry> {
-  let global = new Map<string, Buffer>();
   for (;;) {
     const pre: Buffer[] = [];
     let local = new Map<string, Buffer>();
@@ -69,7 +68,8 @@ export async function* readTar(r: ByteReader): AsyncGenerator<TarEntry> {
       pre.push(h, payload);
       const body = payload.subarray(0, size);
       if (flag === 'x') local = paxRecords(body);
-      else if (flag === 'g') global = new Map([...global, ...paxRecords(body)]);
+      else if (flag === 'g')
+        paxRecords(body); // checked, kept in the output, not applied (Go's archive/tar and containerd ignore it)
       else if (flag === 'L') longName = pathBytes(body, 'a GNU long name');
       else longLink = pathBytes(body, 'a GNU long link name');
     }
@@ -78,7 +78,7 @@ export async function* readTar(r: ByteReader): AsyncGenerator<TarEntry> {
       const what = UNSUPPORTED[flag] ?? `entry type ${JSON.stringify(flag)}`;
       throw new ConversionError(`unsupported tar entry: ${what} at byte ${r.position - BLOCK}`);
     }
-    const pax = new Map([...global, ...local]);
+    const pax = local;
     for (const k of pax.keys()) if (k.startsWith('GNU.sparse.')) throw new ConversionError('unsupported tar entry: GNU sparse file (PAX)');
     const magic = h.toString('latin1', 257, 263);
     let rawName = text(h, 0, 100);
