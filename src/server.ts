@@ -198,7 +198,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   // eStargz on demand (issue #11): conversions abort on shutdown and leave nothing half-written.
   const conversionsAbort = new AbortController();
   // Worker threads at background priority, estargz.concurrency at once (src/estargz/pool.ts).
-  const pool = mode.converter ? undefined : new ConversionPool({ concurrency: config.estargz.concurrency });
+  const pool = mode.converter ? undefined : new ConversionPool({ concurrency: config.estargz.concurrency, spoolDir: paths.tmp });
   const converter: LayerConverter = mode.converter ?? pool!;
   const layerConversions = new LayerConversions({
     converter,
