@@ -2,15 +2,15 @@
 // writes) of `totalBytes` of files shaped like a real image's — many small files, some of a few MB, a few
 // large ones — and content that compresses about as real binaries and text do (half random, half text),
 // plus one small file to read lazily. Streamed to a file: memory stays flat whatever the size.
-import { createHash, randomFillSync } from 'node:crypto';
+import { randomFillSync } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import { Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import zlib from 'node:zlib';
 import tar from 'tar-stream';
 import { type Blob, MediaTypes } from '../test/support/blobs.ts';
+import { HashTap } from '../test/support/layer.ts';
 
 export const HELLO_PATH = 'etc/bench/hello.txt';
 
@@ -69,17 +69,4 @@ async function writeContent(out: NodeJS.WritableStream, size: number, seed: numb
     if (!out.write(buf)) await new Promise((resolve) => out.once('drain', resolve));
   }
   await new Promise<void>((resolve) => out.end(resolve));
-}
-
-class HashTap extends Transform {
-  bytes = 0;
-  private readonly hash = createHash('sha256');
-  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
-    this.hash.update(chunk);
-    this.bytes += chunk.length;
-    cb(null, chunk);
-  }
-  digest(): string {
-    return `sha256:${this.hash.digest('hex')}`;
-  }
 }

@@ -98,7 +98,7 @@ async function writeRandom(out: NodeJS.WritableStream, size: number): Promise<vo
 }
 
 /** Pass-through that hashes and counts what flows by. */
-class HashTap extends Transform {
+export class HashTap extends Transform {
   bytes = 0;
   private readonly hash = createHash('sha256');
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
