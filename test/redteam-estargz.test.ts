@@ -1,0 +1,73 @@
+// Red team for eStargz on demand (issue #11), with a real docker-registry upstream and an in-process berth:
+// what a client can make berth's learning do with many small Range reads of a converted layer.
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import type { Digest } from '../src/oci/digest.ts';
+import { type InProcessBerth, startBerth } from './support/berth.ts';
+import { FOOTER_SIZE, parseFooter, parseTocMember } from './support/estargz.ts';
+import { ACCEPT_ALL_MANIFESTS, buildImage, type Image, pushImage } from './support/images.ts';
+import { httpRequest, waitUntil } from './support/links.ts';
+import { startUpstream, type Upstream } from './support/upstream.ts';
+
+type Layer = { digest: string; size: number };
+
+async function range(b: InProcessBerth, layer: Layer, start: number, end: number): Promise<Buffer> {
+  const r = await httpRequest(b.url, `/v2/lab/many/blobs/${layer.digest}`, { headers: { range: `bytes=${start}-${end}` } });
+  assert.equal(r.status, 206, r.body.toString());
+  return r.body;
+}
+
+describe('learning from thousands of small Range reads of a layer of 20000 files', () => {
+  let up: Upstream;
+  let berth: InProcessBerth;
+  let image: Image;
+  const FILES = 20_000;
+  const READS = 3000;
+
+  before(async () => {
+    up = await startUpstream();
+    const files: Record<string, string> = {};
+    for (let i = 0; i < FILES; i++) files[`d${i % 100}/f${i}.txt`] = `file ${i}\n`;
+    image = await buildImage({ format: 'oci', layers: [{ files }] });
+    await pushImage(up, 'lab/many', '1', image);
+    berth = await startBerth({ upstreams: [{ host: 'docker.io', url: up.url }], estargz: { learnAfter: 1, learnWindow: '8s' } });
+  });
+
+  after(async () => {
+    await berth?.stop();
+    await up?.stop();
+  });
+
+  test('the pull ending maps them to files without stalling the event loop', async () => {
+    const r = await httpRequest(berth.url, '/v2/lab/many/manifests/1-esgz', { headers: { accept: ACCEPT_ALL_MANIFESTS } });
+    assert.equal(r.status, 200, r.body.toString());
+    const [layer] = (JSON.parse(r.body.toString('utf8')) as { layers: Layer[] }).layers as [Layer];
+    const tocOffset = parseFooter(await range(berth, layer, layer.size - FOOTER_SIZE, layer.size - 1));
+    const { toc } = parseTocMember(await range(berth, layer, tocOffset, layer.size - FOOTER_SIZE - 1));
+    const offsets = toc.entries.filter((e) => e.type === 'reg' && e.offset && !e.name.endsWith('.landmark')).map((e) => e.offset!);
+    assert.ok(offsets.length >= READS, `${offsets.length} files in the TOC`);
+    // One byte of each of READS files, 16 at a time: each a Range read the learner keeps for the pull.
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: 16 }, async () => {
+        for (let i = next++; i < READS; i = next++) await range(berth, layer, offsets[i]!, offsets[i]!);
+      }),
+    );
+    // The event loop's longest stall from here until the pull's window ends and its files are recorded.
+    let last = performance.now();
+    let worst = 0;
+    const tick = setInterval(() => {
+      const now = performance.now();
+      worst = Math.max(worst, now - last);
+      last = now;
+    }, 10);
+    try {
+      const startup = await waitUntil('the start-up set to be recorded', async () => berth.berth.index.estargz.startup(image.manifestDigest as Digest), 60_000, 50);
+      assert.equal(startup.files.length, READS, 'every file read is in the set, once');
+    } finally {
+      clearInterval(tick);
+      console.log(`worst event-loop stall: ${Math.round(worst)} ms`);
+    }
+    assert.ok(worst < 1000, `the event loop stalled ${Math.round(worst)} ms mapping ${READS} reads to files`);
+  });
+});
