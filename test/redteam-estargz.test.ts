@@ -1,12 +1,14 @@
 // Red team for eStargz on demand (issue #11), with a real docker-registry upstream and an in-process berth:
 // what a client can make berth's learning do with many small Range reads of a converted layer.
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import type { Digest } from '../src/oci/digest.ts';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
 import { FOOTER_SIZE, parseFooter, parseTocMember } from './support/estargz.ts';
 import { ACCEPT_ALL_MANIFESTS, buildImage, type Image, pushImage } from './support/images.ts';
 import { httpRequest, waitUntil } from './support/links.ts';
+import { pushLocalImage } from './support/local-push.ts';
 import { startUpstream, type Upstream } from './support/upstream.ts';
 
 type Layer = { digest: string; size: number };
@@ -69,5 +71,45 @@ describe('learning from thousands of small Range reads of a layer of 20000 files
       console.log(`worst event-loop stall: ${Math.round(worst)} ms`);
     }
     assert.ok(worst < 1000, `the event loop stalled ${Math.round(worst)} ms mapping ${READS} reads to files`);
+  });
+});
+
+describe('a pushed <tag>-esgz naming another image as its source', () => {
+  let up: Upstream;
+  let berth: InProcessBerth;
+  let image: Image;
+  let forged: Image;
+
+  before(async () => {
+    up = await startUpstream();
+    image = await buildImage({ format: 'oci', layers: [{ files: { 'app/run.sh': 'echo genuine\n' } }] });
+    await pushImage(up, 'lab/app', '1', image);
+    // A pusher's own image, marked as berth marks a conversion: converted from lab/app:1's digest.
+    const other = await buildImage({ format: 'oci', layers: [{ files: { 'app/run.sh': 'echo forged\n' } }] });
+    const m = JSON.parse(other.manifest.toString('utf8'));
+    m.annotations = { 'dev.berth.estargz.source': image.manifestDigest };
+    const bytes = Buffer.from(JSON.stringify(m));
+    forged = { ...other, manifest: bytes, manifestDigest: `sha256:${createHash('sha256').update(bytes).digest('hex')}` };
+    berth = await startBerth({ upstreams: [{ host: 'docker.io', url: up.url }], local: { prefixes: ['site/'], allowAnonymousPush: true }, estargz: { learnAfter: 0 } });
+  });
+
+  after(async () => {
+    await berth?.stop();
+    await up?.stop();
+  });
+
+  test("is that repository's own tag: it is never served as the conversion of the upstream image", async () => {
+    // The same source image pushed locally, the forgery as its -esgz tag, and asked for once.
+    assert.equal((await pushLocalImage(berth, 'site/evil', '1', image)).status, 201);
+    assert.equal((await pushLocalImage(berth, 'site/evil', '1-esgz', forged)).status, 201);
+    const own = await httpRequest(berth.url, '/v2/site/evil/manifests/1-esgz', { headers: { accept: ACCEPT_ALL_MANIFESTS } });
+    assert.equal(own.status, 200, own.body.toString());
+    // The upstream image's conversion is berth's own.
+    const r = await httpRequest(berth.url, '/v2/lab/app/manifests/1-esgz', { headers: { accept: ACCEPT_ALL_MANIFESTS } });
+    assert.equal(r.status, 200, r.body.toString());
+    assert.notEqual(r.headers['docker-content-digest'], forged.manifestDigest, 'the forged image is served as lab/app:1-esgz');
+    const m = JSON.parse(r.body.toString('utf8')) as { layers: Array<{ digest: string; annotations?: Record<string, string> }> };
+    assert.ok(m.layers[0]!.annotations?.['containerd.io/snapshot/stargz/toc.digest'], 'a converted layer');
+    assert.notEqual(m.layers[0]!.digest, forged.layers[0]!.digest);
   });
 });

@@ -12,6 +12,7 @@ import type { ChildDescriptor } from '../../store/index-roles.ts';
 import type { BlobIngester, BlobReader } from '../../store/roles.ts';
 import type { StoreIndex } from '../../store/store-index.ts';
 import type { WalkedImage } from '../image-walk.ts';
+import { LOCAL_UPSTREAM } from '../local-names.ts';
 import type { DerivedTags, ManifestResult, Manifests } from '../manifests.ts';
 import type { Route } from '../upstreams.ts';
 import { convertImage } from './convert-image.ts';
@@ -208,7 +209,9 @@ export class EstargzImages implements DerivedTags {
       const bytes = row && (await store.readBytes(row.digest));
       if (!row || !bytes || sourceOf(bytes) !== source) return undefined;
       digest = row.digest;
-      await index.estargz.putImage({ source, options, digest, upstream: route.upstream, repository: route.repository, createdAt: Date.now() });
+      // A local repository's tag is what a client pushed, trusted for that repository alone: recorded as
+      // the conversion of `source` it would be served for every repository whose tag names that source.
+      if (route.upstream !== LOCAL_UPSTREAM) await index.estargz.putImage({ source, options, digest, upstream: route.upstream, repository: route.repository, createdAt: Date.now() });
     }
     // Converted layers exist nowhere upstream: one evicted means the image is converted again (its other layers are found).
     if (!(await this.complete(digest))) return undefined;
