@@ -1,7 +1,7 @@
 // Red team for eStargz on demand (issue #11), with a real docker-registry upstream and an in-process berth:
 // what a client can make berth's learning do with many small Range reads of a converted layer.
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import type { Digest } from '../src/oci/digest.ts';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
@@ -9,6 +9,7 @@ import { FOOTER_SIZE, parseFooter, parseTocMember } from './support/estargz.ts';
 import { ACCEPT_ALL_MANIFESTS, buildImage, type Image, pushImage } from './support/images.ts';
 import { httpRequest, waitUntil } from './support/links.ts';
 import { pushLocalImage } from './support/local-push.ts';
+import { type Relay, startRelay } from './support/relay.ts';
 import { startUpstream, type Upstream } from './support/upstream.ts';
 
 type Layer = { digest: string; size: number };
@@ -111,5 +112,51 @@ describe('a pushed <tag>-esgz naming another image as its source', () => {
     const m = JSON.parse(r.body.toString('utf8')) as { layers: Array<{ digest: string; annotations?: Record<string, string> }> };
     assert.ok(m.layers[0]!.annotations?.['containerd.io/snapshot/stargz/toc.digest'], 'a converted layer');
     assert.notEqual(m.layers[0]!.digest, forged.layers[0]!.digest);
+  });
+});
+
+describe('an upstream that stalls the source layer while it is fetched for a conversion', () => {
+  let up: Upstream;
+  let relay: Relay;
+  let berth: InProcessBerth;
+  let image: Image;
+
+  before(async () => {
+    up = await startUpstream();
+    image = await buildImage({ format: 'oci', layers: [{ files: { 'big.bin': randomBytes(3 << 20) } }] });
+    await pushImage(up, 'lab/cut', '1', image);
+    const u = new URL(up.url);
+    relay = await startRelay({ target: { host: u.hostname, port: Number(u.port) }, plan: { all: { stallAfterBytes: 64 << 10 } } });
+    berth = await startBerth({ upstreams: [{ host: 'docker.io', url: relay.url() }], estargz: { learnAfter: 0, waitFor: '2s' } });
+  });
+
+  after(async () => {
+    await berth?.stop();
+    await relay?.close();
+    await up?.stop();
+  });
+
+  test('the -esgz request answers a clear error; once the upstream is well it converts, and the original pulls', async () => {
+    const t0 = Date.now();
+    const failed = await httpRequest(berth.url, '/v2/lab/cut/manifests/1-esgz', { headers: { accept: ACCEPT_ALL_MANIFESTS } });
+    console.log(`cut: ${failed.status} after ${Date.now() - t0} ms: ${failed.body.toString().slice(0, 300)}`);
+    assert.ok(failed.status >= 400 && failed.status < 600 && failed.status !== 500, `${failed.status}`);
+    assert.ok(Date.now() - t0 < 2000 + 3000, 'within waitFor and some slack');
+    relay.setPlan({});
+    const t1 = Date.now();
+    const r = await waitUntil(
+      'the -esgz tag to convert once the upstream is well',
+      async () => {
+        const a = await httpRequest(berth.url, '/v2/lab/cut/manifests/1-esgz', { headers: { accept: ACCEPT_ALL_MANIFESTS } });
+        console.log(`${Date.now() - t1} ms: ${a.status} ${a.body.toString().slice(0, 200)}`);
+        return a.status === 200 ? a : undefined;
+      },
+      120_000,
+      2000,
+    );
+    assert.equal(r.status, 200);
+    const blob = await httpRequest(berth.url, `/v2/lab/cut/blobs/${image.layers[0]!.digest}`);
+    assert.equal(blob.status, 200);
+    assert.equal(`sha256:${createHash('sha256').update(blob.body).digest('hex')}`, image.layers[0]!.digest);
   });
 });
