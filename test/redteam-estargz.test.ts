@@ -2,9 +2,11 @@
 // what a client can make berth's learning do with many small Range reads of a converted layer.
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
+import { readdir } from 'node:fs/promises';
+import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { Digest } from '../src/oci/digest.ts';
-import { type InProcessBerth, startBerth } from './support/berth.ts';
+import { type ChildBerth, type InProcessBerth, startBerth, startBerthProcess } from './support/berth.ts';
 import { FOOTER_SIZE, parseFooter, parseTocMember } from './support/estargz.ts';
 import { ACCEPT_ALL_MANIFESTS, buildImage, type Image, pushImage } from './support/images.ts';
 import { httpRequest, waitUntil } from './support/links.ts';
@@ -158,5 +160,52 @@ describe('an upstream that stalls the source layer while it is fetched for a con
     const blob = await httpRequest(berth.url, `/v2/lab/cut/blobs/${image.layers[0]!.digest}`);
     assert.equal(blob.status, 200);
     assert.equal(`sha256:${createHash('sha256').update(blob.body).digest('hex')}`, image.layers[0]!.digest);
+  });
+});
+
+describe('berth killed (SIGKILL) while it converts', () => {
+  let up: Upstream;
+  let child: ChildBerth;
+  let image: Image;
+
+  before(async () => {
+    up = await startUpstream();
+    // Enough to convert for seconds on a shared core: 48 MiB of incompressible bytes in small chunks.
+    image = await buildImage({ format: 'oci', layers: [{ files: { 'big.bin': randomBytes(48 << 20) } }] });
+    await pushImage(up, 'lab/kill', '1', image);
+    child = await startBerthProcess({ upstreams: [{ host: 'docker.io', url: up.url }], estargz: { learnAfter: 0, waitFor: '200ms', chunkSize: '64KiB' } });
+  });
+
+  after(async () => {
+    await child?.stop();
+    await up?.stop();
+  });
+
+  test('after a restart nothing half-converted is tagged or served, and the request converts again', async () => {
+    const tmp = path.join(child.storage, 'tmp');
+    const first = await httpRequest(child.url, '/v2/lab/kill/manifests/1-esgz', { headers: { accept: ACCEPT_ALL_MANIFESTS } });
+    assert.equal(first.status, 404, first.body.toString());
+    await waitUntil('the conversion to write its temp file', async () => (await readdir(tmp)).some((f) => f.startsWith('esgz.')) || undefined, 60_000, 20);
+    await child.kill('SIGKILL');
+    const left = (await readdir(tmp)).filter((f) => f.startsWith('esgz.'));
+    await child.restart();
+    // What the killed process left is not a conversion: HEAD of the tag converts anew (404 under way, then 200).
+    const r = await waitUntil(
+      'the -esgz tag to convert after the restart',
+      async () => {
+        const a = await httpRequest(child.url, '/v2/lab/kill/manifests/1-esgz', { headers: { accept: ACCEPT_ALL_MANIFESTS } });
+        if (a.status !== 404 && a.status !== 200) assert.fail(`${a.status} ${a.body.toString()}`);
+        return a.status === 200 ? a : undefined;
+      },
+      120_000,
+      500,
+    );
+    const m = JSON.parse(r.body.toString('utf8')) as { layers: Array<{ digest: string; size: number }> };
+    const blob = await httpRequest(child.url, `/v2/lab/kill/blobs/${m.layers[0]!.digest}`);
+    assert.equal(blob.status, 200);
+    assert.equal(`sha256:${createHash('sha256').update(blob.body).digest('hex')}`, m.layers[0]!.digest, 'the converted layer is whole');
+    assert.equal(blob.body.length, m.layers[0]!.size);
+    const stillLeft = (await readdir(tmp)).filter((f) => left.includes(f));
+    console.log(`temp files the kill left: ${left.length}, still there after the restart: ${stillLeft.length}`);
   });
 });
