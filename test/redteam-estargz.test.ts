@@ -209,3 +209,54 @@ describe('berth killed (SIGKILL) while it converts', () => {
     console.log(`temp files the kill left: ${left.length}, still there after the restart: ${stillLeft.length}`);
   });
 });
+
+describe('odd references to the suffix', () => {
+  let up: Upstream;
+  let berth: InProcessBerth;
+  let image: Image;
+
+  before(async () => {
+    up = await startUpstream();
+    image = await buildImage({ format: 'oci', layers: [{ files: { 'a.txt': 'a\n' } }] });
+    await pushImage(up, 'lab/odd', '1', image);
+    await pushImage(up, 'lab/odd', 't'.repeat(123), image);
+    await pushImage(up, 'lab/odd', 'x-esgz', image);
+    berth = await startBerth({
+      upstreams: [
+        { host: 'docker.io', url: up.url },
+        { host: 'ghcr.io', url: up.url },
+      ],
+      estargz: { learnAfter: 0 },
+    });
+  });
+
+  after(async () => {
+    await berth?.stop();
+    await up?.stop();
+  });
+
+  test('each is a 2xx or a clear 4xx, never a 500', async () => {
+    const refs = [
+      `${image.manifestDigest}-esgz`,
+      `1@${image.manifestDigest}-esgz`,
+      `${'t'.repeat(123)}-esgz`,
+      `${'t'.repeat(124)}-esgz`,
+      '1-ESGZ',
+      '1-esgz-esgz',
+      'x-esgz-esgz',
+      '-esgz',
+      '_-esgz',
+      '1-esgz?ns=ghcr.io',
+      '1-esgz?ns=nowhere.example',
+      '1-esgz%00',
+      '1-es%67z',
+    ];
+    for (const ref of refs) {
+      for (const method of ['GET', 'HEAD']) {
+        const r = await httpRequest(berth.url, `/v2/lab/odd/manifests/${ref}`, { method, headers: { accept: ACCEPT_ALL_MANIFESTS } });
+        console.log(`${method} ${ref.slice(0, 40)}: ${r.status} ${r.body.toString().slice(0, 160)}`);
+        assert.ok(r.status < 500, `${method} ${ref}: ${r.status} ${r.body.toString()}`);
+      }
+    }
+  });
+});
