@@ -5,9 +5,10 @@ import { createHash, randomBytes } from 'node:crypto';
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import zlib from 'node:zlib';
 import type { Digest } from '../src/oci/digest.ts';
 import { type ChildBerth, type InProcessBerth, startBerth, startBerthProcess } from './support/berth.ts';
-import { FOOTER_SIZE, parseFooter, parseTocMember } from './support/estargz.ts';
+import { estargzFooter, FOOTER_SIZE, parseFooter, parseTocMember } from './support/estargz.ts';
 import { ACCEPT_ALL_MANIFESTS, buildImage, type Image, pushImage } from './support/images.ts';
 import { httpRequest, waitUntil } from './support/links.ts';
 import { pushLocalImage } from './support/local-push.ts';
@@ -258,5 +259,84 @@ describe('odd references to the suffix', () => {
         assert.ok(r.status < 500, `${method} ${ref}: ${r.status} ${r.body.toString()}`);
       }
     }
+  });
+});
+
+/** A 600 KiB gzip layer that looks eStargz (a footer, a TOC member) whose TOC JSON is 250 MiB of tiny entries. */
+function tocBombLayer(): { bytes: Buffer; digest: string; tocDigest: string } {
+  const one = '{"name":"a","type":"dir"},';
+  const json = Buffer.from(`{"version":1,"entries":[${one.repeat((250 << 20) / one.length)}{"name":"a","type":"dir"}]}`);
+  const header = Buffer.alloc(512);
+  header.write('stargz.index.json', 0);
+  header.write('0000644\0', 100);
+  header.write('0000000\0', 108);
+  header.write('0000000\0', 116);
+  header.write(`${json.length.toString(8).padStart(11, '0')}\0`, 124);
+  header.write('00000000000\0', 136);
+  header.write('0', 156);
+  header.write('ustar\u000000', 257);
+  header.fill(' ', 148, 156);
+  let sum = 0;
+  for (const b of header) sum += b;
+  header.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148);
+  const member = zlib.gzipSync(Buffer.concat([header, json, Buffer.alloc((512 - (json.length % 512)) % 512), Buffer.alloc(1024)]));
+  const data = zlib.gzipSync(Buffer.alloc(0));
+  const bytes = Buffer.concat([data, member, estargzFooter(data.length)]);
+  const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+  return { bytes, digest: sha(bytes), tocDigest: sha(json) };
+}
+
+describe('an upstream layer that looks eStargz with a 250 MiB TOC of tiny entries', () => {
+  let up: Upstream;
+  let berth: InProcessBerth;
+  let layer: ReturnType<typeof tocBombLayer>;
+
+  before(async () => {
+    up = await startUpstream();
+    layer = tocBombLayer();
+    const plain = await buildImage({ format: 'oci', layers: [{ files: { 'a.txt': 'a\n' } }] });
+    const config = JSON.parse(plain.config.bytes!.toString('utf8'));
+    config.rootfs.diff_ids = [layer.digest];
+    const configBytes = Buffer.from(JSON.stringify(config));
+    const configDigest = `sha256:${createHash('sha256').update(configBytes).digest('hex')}`;
+    const manifest = JSON.parse(plain.manifest.toString('utf8'));
+    manifest.config = { ...manifest.config, digest: configDigest, size: configBytes.length };
+    manifest.layers = [{ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: layer.digest, size: layer.bytes.length }];
+    const bytes = Buffer.from(JSON.stringify(manifest));
+    await pushImage(up, 'lab/tocbomb', '1', {
+      ...plain,
+      manifest: bytes,
+      manifestDigest: `sha256:${createHash('sha256').update(bytes).digest('hex')}`,
+      config: { ...plain.config, digest: configDigest, size: configBytes.length, bytes: configBytes },
+      layers: [{ digest: layer.digest, size: layer.bytes.length, mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', bytes: layer.bytes }],
+    });
+    berth = await startBerth({ upstreams: [{ host: 'docker.io', url: up.url }], estargz: { learnAfter: 0 } });
+  });
+
+  after(async () => {
+    await berth?.stop();
+    await up?.stop();
+  });
+
+  test('its -esgz is answered without stalling berth: the layer passes through as eStargz', async () => {
+    let last = performance.now();
+    let worst = 0;
+    const tick = setInterval(() => {
+      const now = performance.now();
+      worst = Math.max(worst, now - last);
+      last = now;
+    }, 10);
+    let r: Awaited<ReturnType<typeof httpRequest>>;
+    try {
+      r = await httpRequest(berth.url, '/v2/lab/tocbomb/manifests/1-esgz', { headers: { accept: ACCEPT_ALL_MANIFESTS } });
+    } finally {
+      clearInterval(tick);
+      console.log(`worst event-loop stall: ${Math.round(worst)} ms`);
+    }
+    assert.equal(r.status, 200, r.body.toString());
+    const m = JSON.parse(r.body.toString('utf8')) as { layers: Array<{ digest: string; annotations?: Record<string, string> }> };
+    assert.equal(m.layers[0]!.digest, layer.digest, 'passed through');
+    assert.equal(m.layers[0]!.annotations?.['containerd.io/snapshot/stargz/toc.digest'], layer.tocDigest);
+    assert.ok(worst < 2000, `the event loop stalled ${Math.round(worst)} ms reading an upstream layer's TOC`);
   });
 });

@@ -16,6 +16,7 @@ const gunzip = promisify(zlib.gunzip);
 /** A TOC member larger than this, or a TOC JSON larger than MAX_TOC_JSON, is not one berth will read. */
 const MAX_TOC_MEMBER = 64 << 20;
 const MAX_TOC_JSON = 256 << 20;
+const HASH_SLICE = 8 << 20;
 
 const count = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER).optional();
 const tocEntry = z.object({
@@ -48,10 +49,12 @@ async function exactly(readRange: (start: number, end: number) => Promise<Buffer
 }
 
 /**
- * The TOC of an eStargz blob of `blobSize` bytes. `readRange(start, end)` returns the blob's bytes from
- * `start` up to, not including, `end`.
+ * The TOC JSON of an eStargz blob of `blobSize` bytes, unparsed, and its digest (the TOC digest
+ * annotation). `readRange(start, end)` returns the blob's bytes from `start` up to, not including, `end`.
+ * Telling that a blob is eStargz needs no more: parsing is what costs (a small member can inflate to
+ * millions of entries, seconds of JSON.parse on the event loop and gigabytes of objects).
  */
-export async function readToc(readRange: (start: number, end: number) => Promise<Buffer>, blobSize: number): Promise<{ entries: TocEntry[]; tocOffset: number; tocDigest: string }> {
+export async function readTocJson(readRange: (start: number, end: number) => Promise<Buffer>, blobSize: number): Promise<{ json: Buffer; tocOffset: number; tocDigest: string }> {
   if (!Number.isSafeInteger(blobSize) || blobSize < FOOTER_SIZE + 20) throw new ConversionError(`a blob of ${blobSize} bytes cannot be eStargz`);
   const footerAt = blobSize - FOOTER_SIZE;
   const { tocOffset } = parseFooter(await exactly(readRange, footerAt, blobSize, 'the footer'));
@@ -69,6 +72,18 @@ export async function readToc(readRange: (start: number, end: number) => Promise
   const size = numeric(header, 124, 12, 'size');
   if (tar.length < BLOCK + size) throw new ConversionError(`${TOC_TAR_NAME} is cut short (${tar.length - BLOCK} of ${size} bytes)`);
   const json = tar.subarray(BLOCK, BLOCK + size);
+  // Hashed a slice at a time, yielding between: hundreds of MiB hashed at once would hold the event loop.
+  const hash = createHash('sha256');
+  for (let at = 0; at < json.length; at += HASH_SLICE) {
+    hash.update(json.subarray(at, at + HASH_SLICE));
+    if (at + HASH_SLICE < json.length) await new Promise((ok) => setImmediate(ok));
+  }
+  return { json, tocOffset, tocDigest: `sha256:${hash.digest('hex')}` };
+}
+
+/** The TOC of an eStargz blob (readTocJson), parsed and checked entry by entry. */
+export async function readToc(readRange: (start: number, end: number) => Promise<Buffer>, blobSize: number): Promise<{ entries: TocEntry[]; tocOffset: number; tocDigest: string }> {
+  const { json, tocOffset, tocDigest } = await readTocJson(readRange, blobSize);
   let parsed: z.infer<typeof tocJson>;
   try {
     parsed = tocJson.parse(JSON.parse(json.toString('utf8')));
@@ -78,7 +93,7 @@ export async function readToc(readRange: (start: number, end: number) => Promise
   for (const e of parsed.entries) {
     if (e.offset !== undefined && e.offset >= tocOffset) throw new ConversionError(`TOC entry ${JSON.stringify(e.name)} points at ${e.offset}, past the TOC`);
   }
-  return { entries: parsed.entries, tocOffset, tocDigest: `sha256:${createHash('sha256').update(json).digest('hex')}` };
+  return { entries: parsed.entries, tocOffset, tocDigest };
 }
 
 const isLandmark = (name: string) => name === PREFETCH_LANDMARK || name === NO_PREFETCH_LANDMARK;
