@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { readdir } from 'node:fs/promises';
+import http from 'node:http';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import zlib from 'node:zlib';
@@ -338,5 +339,62 @@ describe('an upstream layer that looks eStargz with a 250 MiB TOC of tiny entrie
     assert.equal(m.layers[0]!.digest, layer.digest, 'passed through');
     assert.equal(m.layers[0]!.annotations?.['containerd.io/snapshot/stargz/toc.digest'], layer.tocDigest);
     assert.ok(worst < 2000, `the event loop stalled ${Math.round(worst)} ms reading an upstream layer's TOC`);
+  });
+});
+
+/** A GET that the client abandons (destroys its socket) after `ms`. */
+function abandonedGet(url: string, p: string, ms: number): Promise<void> {
+  const u = new URL(url);
+  return new Promise((resolve) => {
+    const req = http.request({ host: u.hostname, port: u.port, path: p, headers: { accept: ACCEPT_ALL_MANIFESTS }, agent: false }, (res) => res.resume());
+    req.on('error', () => resolve());
+    req.on('close', () => resolve());
+    setTimeout(() => req.destroy(), ms);
+    req.end();
+  });
+}
+
+describe('30 cold -esgz tags at once, their clients abandoning them by the hundred', () => {
+  let up: Upstream;
+  let berth: InProcessBerth;
+  const TAGS = 30;
+  const images: Image[] = [];
+
+  before(async () => {
+    up = await startUpstream();
+    for (let i = 0; i < TAGS; i++) {
+      const image = await buildImage({ format: 'oci', layers: [{ files: { 'id.txt': `image ${i}\n`, 'blob.bin': randomBytes(256 << 10) } }] });
+      await pushImage(up, 'lab/many', String(i), image);
+      images.push(image);
+    }
+    berth = await startBerth({ upstreams: [{ host: 'docker.io', url: up.url }], estargz: { learnAfter: 0, waitFor: '5s' } });
+  });
+
+  after(async () => {
+    await berth?.stop();
+    await up?.stop();
+  });
+
+  test('every conversion ends, each source layer fetched once; asked again, each tag is its own image', async () => {
+    const mark = up.accessLogSince(0).length;
+    await Promise.all(Array.from({ length: 300 }, (_, n) => abandonedGet(berth.url, `/v2/lab/many/manifests/${n % TAGS}-esgz`, 5 + (n % 50))));
+    for (let i = 0; i < TAGS; i++) {
+      const r = await waitUntil(
+        `lab/many:${i}-esgz to convert`,
+        async () => {
+          const a = await httpRequest(berth.url, `/v2/lab/many/manifests/${i}-esgz`, { headers: { accept: ACCEPT_ALL_MANIFESTS } });
+          if (a.status !== 200 && a.status !== 404) assert.fail(`${i}-esgz: ${a.status} ${a.body.toString()}`);
+          return a.status === 200 ? a : undefined;
+        },
+        120_000,
+        200,
+      );
+      const m = JSON.parse(r.body.toString('utf8')) as { annotations: Record<string, string> };
+      assert.equal(m.annotations['dev.berth.estargz.source'], images[i]!.manifestDigest);
+    }
+    for (const image of images) {
+      const gets = up.accessLogSince(mark).filter((e) => e.method === 'GET' && e.path.includes(`/blobs/${image.layers[0]!.digest}`) && e.status < 300).length;
+      assert.equal(gets, 1, `layer of ${image.manifestDigest} fetched ${gets} times`);
+    }
   });
 });
