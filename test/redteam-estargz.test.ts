@@ -398,3 +398,45 @@ describe('30 cold -esgz tags at once, their clients abandoning them by the hundr
     }
   });
 });
+
+describe('local repositories: a conversion shared between them, and deleted from one', () => {
+  let up: Upstream;
+  let berth: InProcessBerth;
+  let image: Image;
+
+  before(async () => {
+    up = await startUpstream();
+    image = await buildImage({ format: 'oci', layers: [{ files: { 'a.txt': 'local\n' } }] });
+    berth = await startBerth({ upstreams: [{ host: 'docker.io', url: up.url }], local: { prefixes: ['site/'], allowAnonymousPush: true }, delete: { enabled: true }, estargz: { learnAfter: 0 } });
+  });
+
+  after(async () => {
+    await berth?.stop();
+    await up?.stop();
+  });
+
+  test('a second local repository pushing the same image gets its -esgz (the conversion is found, and served through it)', async () => {
+    assert.equal((await pushLocalImage(berth, 'site/a', '1', image)).status, 201);
+    assert.equal((await pushLocalImage(berth, 'site/b', '1', image)).status, 201);
+    const a = await httpRequest(berth.url, '/v2/site/a/manifests/1-esgz', { headers: { accept: ACCEPT_ALL_MANIFESTS } });
+    assert.equal(a.status, 200, a.body.toString());
+    const b = await httpRequest(berth.url, '/v2/site/b/manifests/1-esgz', { headers: { accept: ACCEPT_ALL_MANIFESTS } });
+    assert.equal(b.status, 200, b.body.toString());
+    assert.equal(b.headers['docker-content-digest'], a.headers['docker-content-digest']);
+  });
+
+  test('the converted manifest deleted by digest: the next -esgz request converts again, never a 404 for good', async () => {
+    assert.equal((await pushLocalImage(berth, 'site/del', '1', image)).status, 201);
+    const first = await httpRequest(berth.url, '/v2/site/del/manifests/1-esgz', { headers: { accept: ACCEPT_ALL_MANIFESTS } });
+    assert.equal(first.status, 200, first.body.toString());
+    const converted = first.headers['docker-content-digest'] as string;
+    const del = await httpRequest(berth.url, `/v2/site/del/manifests/${converted}`, { method: 'DELETE' });
+    console.log(`DELETE ${converted}: ${del.status} ${del.body.toString().slice(0, 200)}`);
+    assert.equal(del.status, 202, del.body.toString());
+    const again = await httpRequest(berth.url, '/v2/site/del/manifests/1-esgz', { headers: { accept: ACCEPT_ALL_MANIFESTS } });
+    console.log(`after: ${again.status} ${again.body.toString().slice(0, 200)}`);
+    assert.equal(again.status, 200, again.body.toString());
+    const byDigest = await httpRequest(berth.url, `/v2/site/del/manifests/${again.headers['docker-content-digest']}`, { headers: { accept: ACCEPT_ALL_MANIFESTS } });
+    assert.equal(byDigest.status, 200, 'what the tag names is served by digest');
+  });
+});

@@ -217,7 +217,30 @@ export class EstargzImages implements DerivedTags {
     if (!(await this.complete(digest))) return undefined;
     const blob = index.getBlob(digest);
     if (!blob?.mediaType) return undefined;
+    this.adopt(route, digest);
     return { digest, size: blob.size, mediaType: blob.mediaType, children: [] };
+  }
+
+  /**
+   * A conversion made for another repository (or deleted from this local one) recorded as this
+   * repository's content too, manifests children first, as record() does for a new one: the tag is
+   * answered by digest through this repository, and a local repository serves only what it references.
+   */
+  private adopt(route: Route, root: Digest): void {
+    const { index } = this.o;
+    if (index.refsOf(root).some((r) => r.upstream === route.upstream && r.repository === route.repository)) return;
+    const order: Digest[] = [];
+    const visit = (d: Digest, depth: number) => {
+      const children = index.childrenOf(d);
+      if (children.length === 0 || depth > 4) return;
+      for (const c of children) visit(c.digest, depth + 1);
+      order.push(d);
+    };
+    visit(root, 0);
+    for (const d of order) {
+      const blob = index.getBlob(d);
+      if (blob?.mediaType) index.recordManifest({ upstream: route.upstream, repository: route.repository, digest: d, size: blob.size, mediaType: blob.mediaType, children: index.childrenOf(d) });
+    }
   }
 
   private async complete(root: Digest): Promise<boolean> {
