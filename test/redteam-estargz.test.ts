@@ -117,6 +117,17 @@ describe('a pushed <tag>-esgz naming another image as its source', () => {
     assert.ok(m.layers[0]!.annotations?.['containerd.io/snapshot/stargz/toc.digest'], 'a converted layer');
     assert.notEqual(m.layers[0]!.digest, forged.layers[0]!.digest);
   });
+
+  test('another upstream repository with the same image: its -esgz is the same conversion, served through it by digest', async () => {
+    await pushImage(up, 'lab/app2', '1', image);
+    const a = await httpRequest(berth.url, '/v2/lab/app/manifests/1-esgz', { headers: { accept: ACCEPT_ALL_MANIFESTS } });
+    assert.equal(a.status, 200, a.body.toString());
+    const b = await httpRequest(berth.url, '/v2/lab/app2/manifests/1-esgz', { headers: { accept: ACCEPT_ALL_MANIFESTS } });
+    assert.equal(b.status, 200, b.body.toString());
+    assert.equal(b.headers['docker-content-digest'], a.headers['docker-content-digest']);
+    const byDigest = await httpRequest(berth.url, `/v2/lab/app2/manifests/${b.headers['docker-content-digest']}`, { headers: { accept: ACCEPT_ALL_MANIFESTS } });
+    assert.equal(byDigest.status, 200, byDigest.body.toString());
+  });
 });
 
 describe('an upstream that stalls the source layer while it is fetched for a conversion', () => {
