@@ -16,6 +16,7 @@ const gunzip = promisify(zlib.gunzip);
 /** A TOC member larger than this, or a TOC JSON larger than MAX_TOC_JSON, is not one berth will read. */
 const MAX_TOC_MEMBER = 64 << 20;
 const MAX_TOC_JSON = 256 << 20;
+const HASH_SLICE = 8 << 20;
 
 const count = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER).optional();
 const tocEntry = z.object({
@@ -48,10 +49,12 @@ async function exactly(readRange: (start: number, end: number) => Promise<Buffer
 }
 
 /**
- * The TOC of an eStargz blob of `blobSize` bytes. `readRange(start, end)` returns the blob's bytes from
- * `start` up to, not including, `end`.
+ * The TOC JSON of an eStargz blob of `blobSize` bytes, unparsed, and its digest (the TOC digest
+ * annotation). `readRange(start, end)` returns the blob's bytes from `start` up to, not including, `end`.
+ * Telling that a blob is eStargz needs no more: parsing is what costs (a small member can inflate to
+ * millions of entries, seconds of JSON.parse on the event loop and gigabytes of objects).
  */
-export async function readToc(readRange: (start: number, end: number) => Promise<Buffer>, blobSize: number): Promise<{ entries: TocEntry[]; tocOffset: number; tocDigest: string }> {
+export async function readTocJson(readRange: (start: number, end: number) => Promise<Buffer>, blobSize: number): Promise<{ json: Buffer; tocOffset: number; tocDigest: string }> {
   if (!Number.isSafeInteger(blobSize) || blobSize < FOOTER_SIZE + 20) throw new ConversionError(`a blob of ${blobSize} bytes cannot be eStargz`);
   const footerAt = blobSize - FOOTER_SIZE;
   const { tocOffset } = parseFooter(await exactly(readRange, footerAt, blobSize, 'the footer'));
@@ -69,6 +72,18 @@ export async function readToc(readRange: (start: number, end: number) => Promise
   const size = numeric(header, 124, 12, 'size');
   if (tar.length < BLOCK + size) throw new ConversionError(`${TOC_TAR_NAME} is cut short (${tar.length - BLOCK} of ${size} bytes)`);
   const json = tar.subarray(BLOCK, BLOCK + size);
+  // Hashed a slice at a time, yielding between: hundreds of MiB hashed at once would hold the event loop.
+  const hash = createHash('sha256');
+  for (let at = 0; at < json.length; at += HASH_SLICE) {
+    hash.update(json.subarray(at, at + HASH_SLICE));
+    if (at + HASH_SLICE < json.length) await new Promise((ok) => setImmediate(ok));
+  }
+  return { json, tocOffset, tocDigest: `sha256:${hash.digest('hex')}` };
+}
+
+/** The TOC of an eStargz blob (readTocJson), parsed and checked entry by entry. */
+export async function readToc(readRange: (start: number, end: number) => Promise<Buffer>, blobSize: number): Promise<{ entries: TocEntry[]; tocOffset: number; tocDigest: string }> {
+  const { json, tocOffset, tocDigest } = await readTocJson(readRange, blobSize);
   let parsed: z.infer<typeof tocJson>;
   try {
     parsed = tocJson.parse(JSON.parse(json.toString('utf8')));
@@ -78,40 +93,58 @@ export async function readToc(readRange: (start: number, end: number) => Promise
   for (const e of parsed.entries) {
     if (e.offset !== undefined && e.offset >= tocOffset) throw new ConversionError(`TOC entry ${JSON.stringify(e.name)} points at ${e.offset}, past the TOC`);
   }
-  return { entries: parsed.entries, tocOffset, tocDigest: `sha256:${createHash('sha256').update(json).digest('hex')}` };
+  return { entries: parsed.entries, tocOffset, tocDigest };
 }
 
 const isLandmark = (name: string) => name === PREFETCH_LANDMARK || name === NO_PREFETCH_LANDMARK;
 
+/** A regular file's payload member (or chunk) in the blob: [start, end), blob offsets. */
+export interface FileExtent {
+  name: string;
+  start: number;
+  end: number;
+}
+
 /**
- * The regular files whose payload members (or chunks) overlap any of `ranges` (blob offsets, each
- * [start, end) — end exclusive), in blob order, each once. A member spans from its `offset` to the next
- * entry's offset; the last one to `dataEnd` (the TOC's offset) when given, else only its first byte
- * counts, so reads of the TOC and footer are never taken for a file. The landmarks are not files.
+ * The payload members of a TOC's regular files, sorted by offset, each spanning to the next one's start;
+ * the last one to `dataEnd` (the TOC's offset) when given, else only its first byte, so reads of the TOC
+ * and footer are never taken for a file. Computed once per TOC: filesInExtents then costs a binary search
+ * per range, not a pass over every entry (a client's thousands of small reads must not stall berth).
  */
-export function filesInRanges(entries: readonly TocEntry[], ranges: ReadonlyArray<readonly [number, number]>, dataEnd?: number): string[] {
-  const data = entries.filter((e) => (e.type === 'reg' || e.type === 'chunk') && e.offset !== undefined && e.offset > 0);
-  const extents = data.map((e, i) => ({ name: e.name, start: e.offset!, end: i + 1 < data.length ? data[i + 1]!.offset! : (dataEnd ?? e.offset! + 1) })).sort((a, b) => a.start - b.start);
-  const sorted = ranges.filter(([s, e]) => e > s).sort((a, b) => a[0] - b[0]);
+export function fileExtents(entries: readonly TocEntry[], dataEnd?: number): FileExtent[] {
+  const data = entries.filter((e) => (e.type === 'reg' || e.type === 'chunk') && e.offset !== undefined && e.offset > 0).sort((a, b) => a.offset! - b.offset!);
+  return data.map((e, i) => ({ name: e.name, start: e.offset!, end: i + 1 < data.length ? data[i + 1]!.offset! : Math.max(dataEnd ?? 0, e.offset! + 1) }));
+}
+
+/** The files of `extents` (fileExtents) that any of `ranges` ([start, end), end exclusive) overlaps, in blob order, each once; landmarks are not files. */
+export function filesInExtents(extents: readonly FileExtent[], ranges: ReadonlyArray<readonly [number, number]>): string[] {
+  const hit = new Set<number>();
+  for (const [s, e] of ranges) {
+    if (e <= s) continue;
+    // The first extent ending after s (ends ascend: each extent ends where the next one starts).
+    let lo = 0;
+    let hi = extents.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (extents[mid]!.end <= s) lo = mid + 1;
+      else hi = mid;
+    }
+    for (let i = lo; i < extents.length && extents[i]!.start < e; i++) hit.add(i);
+  }
   const out: string[] = [];
   const seen = new Set<string>();
-  let r = 0;
-  for (const x of extents) {
-    while (r < sorted.length && sorted[r]![1] <= x.start) r++;
-    // Ranges are sorted by start; any overlapping one starts before x.end and ends after x.start.
-    let hit = false;
-    for (let k = r; k < sorted.length && sorted[k]![0] < x.end; k++) {
-      if (sorted[k]![1] > x.start) {
-        hit = true;
-        break;
-      }
-    }
-    if (hit && !isLandmark(x.name) && !seen.has(x.name)) {
-      seen.add(x.name);
-      out.push(x.name);
-    }
+  for (const i of [...hit].sort((a, b) => a - b)) {
+    const name = extents[i]!.name;
+    if (isLandmark(name) || seen.has(name)) continue;
+    seen.add(name);
+    out.push(name);
   }
   return out;
+}
+
+/** The regular files whose payload members (or chunks) overlap any of `ranges` (fileExtents, filesInExtents). */
+export function filesInRanges(entries: readonly TocEntry[], ranges: ReadonlyArray<readonly [number, number]>, dataEnd?: number): string[] {
+  return filesInExtents(fileExtents(entries, dataEnd), ranges);
 }
 
 /** Bytes one prefetch covers: the blob up to the prefetch landmark's payload member (the snapshotter's prefetchSize). */

@@ -12,6 +12,7 @@ import type { ChildDescriptor } from '../../store/index-roles.ts';
 import type { BlobIngester, BlobReader } from '../../store/roles.ts';
 import type { StoreIndex } from '../../store/store-index.ts';
 import type { WalkedImage } from '../image-walk.ts';
+import { LOCAL_UPSTREAM } from '../local-names.ts';
 import type { DerivedTags, ManifestResult, Manifests } from '../manifests.ts';
 import type { Route } from '../upstreams.ts';
 import { convertImage } from './convert-image.ts';
@@ -208,13 +209,38 @@ export class EstargzImages implements DerivedTags {
       const bytes = row && (await store.readBytes(row.digest));
       if (!row || !bytes || sourceOf(bytes) !== source) return undefined;
       digest = row.digest;
-      await index.estargz.putImage({ source, options, digest, upstream: route.upstream, repository: route.repository, createdAt: Date.now() });
+      // A local repository's tag is what a client pushed, trusted for that repository alone: recorded as
+      // the conversion of `source` it would be served for every repository whose tag names that source.
+      if (route.upstream !== LOCAL_UPSTREAM) await index.estargz.putImage({ source, options, digest, upstream: route.upstream, repository: route.repository, createdAt: Date.now() });
     }
     // Converted layers exist nowhere upstream: one evicted means the image is converted again (its other layers are found).
     if (!(await this.complete(digest))) return undefined;
     const blob = index.getBlob(digest);
     if (!blob?.mediaType) return undefined;
+    this.adopt(route, digest);
     return { digest, size: blob.size, mediaType: blob.mediaType, children: [] };
+  }
+
+  /**
+   * A conversion made for another repository (or deleted from this local one) recorded as this
+   * repository's content too, manifests children first, as record() does for a new one: the tag is
+   * answered by digest through this repository, and a local repository serves only what it references.
+   */
+  private adopt(route: Route, root: Digest): void {
+    const { index } = this.o;
+    if (index.refsOf(root).some((r) => r.upstream === route.upstream && r.repository === route.repository)) return;
+    const order: Digest[] = [];
+    const visit = (d: Digest, depth: number) => {
+      const children = index.childrenOf(d);
+      if (children.length === 0 || depth > 4) return;
+      for (const c of children) visit(c.digest, depth + 1);
+      order.push(d);
+    };
+    visit(root, 0);
+    for (const d of order) {
+      const blob = index.getBlob(d);
+      if (blob?.mediaType) index.recordManifest({ upstream: route.upstream, repository: route.repository, digest: d, size: blob.size, mediaType: blob.mediaType, children: index.childrenOf(d) });
+    }
   }
 
   private async complete(root: Digest): Promise<boolean> {

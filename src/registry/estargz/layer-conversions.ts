@@ -3,7 +3,7 @@ import { open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { isEstargzFooter } from '../../estargz/convert-layer.ts';
-import { readToc } from '../../estargz/toc.ts';
+import { readTocJson } from '../../estargz/toc.ts';
 import { ConversionError, type ConvertedLayer, type LayerConverter, type SourceCompression } from '../../estargz/types.ts';
 import type { Digest } from '../../oci/digest.ts';
 import { RegistryError } from '../../oci/errors.ts';
@@ -74,9 +74,11 @@ export class LayerConversions {
     const read = (start: number, end: number) => readRange(this.o.store, source, start, end);
     if (!isEstargzFooter(await read(size - FOOTER_SIZE, size))) return undefined;
     try {
-      return (await readToc(read, size)).tocDigest;
+      // The TOC as the snapshotter finds it (footer, member, stargz.index.json), not parsed: it checks the
+      // entries itself, as it does those of a layer annotated upstream, which berth passes through unread.
+      return (await readTocJson(read, size)).tocDigest;
     } catch {
-      // A footer but no readable TOC: not eStargz after all; converting it tells what is wrong.
+      // A footer but no TOC member: not eStargz after all; converting it tells what is wrong.
       return undefined;
     }
   }

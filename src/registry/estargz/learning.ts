@@ -1,7 +1,6 @@
 import { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
-import { filesInRanges, readToc } from '../../estargz/toc.ts';
-import type { TocEntry } from '../../estargz/types.ts';
+import { type FileExtent, fileExtents, filesInExtents, readToc } from '../../estargz/toc.ts';
 import type { Digest } from '../../oci/digest.ts';
 import type { ByteRange } from '../../oci/range.ts';
 import type { StartupFile } from '../../store/index-roles.ts';
@@ -20,6 +19,17 @@ export interface TrackedLayer {
   sourceLayer: Digest;
   size: number;
 }
+
+/** A layer's TOC as the learner uses it: file extents for mapping reads, file sizes for the set's bytes. */
+interface LayerFiles {
+  extents: FileExtent[];
+  sizes: Map<string, number>;
+}
+
+/** Range reads kept per pull: a start-up reads far fewer; past this a client is not a lazy puller. */
+const MAX_READS_PER_PULL = 20_000;
+/** Pulls watched at once (client address × image): each holds its reads until its window ends. */
+const MAX_PULLS = 1024;
 
 interface Pull {
   layers: Map<Digest, TrackedLayer>;
@@ -53,7 +63,7 @@ export interface StartupLearnerOptions {
 export class StartupLearner {
   private readonly layers = new Map<Digest, TrackedLayer>();
   private readonly watched = new Set<Digest>();
-  private readonly tocs = new LRUCache<Digest, Promise<{ entries: TocEntry[]; tocOffset: number }>>({ max: 256 });
+  private readonly tocs = new LRUCache<Digest, Promise<LayerFiles>>({ max: 256 });
   private readonly pulls = new Map<string, Pull>();
   private readonly timers = new Set<NodeJS.Timeout>();
 
@@ -81,7 +91,9 @@ export class StartupLearner {
     if (spans.reduce((n, [s, e]) => n + (e - s), 0) > layer.size / 2) return;
     const key = `${client ?? '?'} ${layer.source}`;
     let pull = this.pulls.get(key);
+    if (pull && pull.reads.length >= MAX_READS_PER_PULL) return;
     if (!pull) {
+      if (this.pulls.size >= MAX_PULLS) return;
       pull = { layers: new Map(), reads: [] };
       this.pulls.set(key, pull);
       const done = pull;
@@ -105,12 +117,12 @@ export class StartupLearner {
     for (const read of pull.reads) {
       const layer = pull.layers.get(read.digest)!;
       const toc = await this.toc(read.digest, layer.size);
-      for (const name of filesInRanges(toc.entries, read.ranges, toc.tocOffset)) {
+      for (const name of filesInExtents(toc.extents, read.ranges)) {
         const key = `${layer.sourceLayer} ${name}`;
         if (seen.has(key)) continue;
         seen.add(key);
         files.push({ layer: layer.sourceLayer, name });
-        bytes += toc.entries.find((e) => e.name === name && e.type === 'reg')?.size ?? 0;
+        bytes += toc.sizes.get(name) ?? 0;
         any = layer;
       }
     }
@@ -128,10 +140,14 @@ export class StartupLearner {
     if (learned) await this.o.relearn(any);
   }
 
-  private toc(digest: Digest, size: number): Promise<{ entries: TocEntry[]; tocOffset: number }> {
+  private toc(digest: Digest, size: number): Promise<LayerFiles> {
     const cached = this.tocs.get(digest);
     if (cached) return cached;
-    const p: Promise<{ entries: TocEntry[]; tocOffset: number }> = readToc((start: number, end: number) => readRange(this.o.store, digest, start, end), size);
+    const p = readToc((start: number, end: number) => readRange(this.o.store, digest, start, end), size).then(({ entries, tocOffset }): LayerFiles => {
+      const sizes = new Map<string, number>();
+      for (const e of entries) if (e.type === 'reg' && !sizes.has(e.name)) sizes.set(e.name, e.size ?? 0);
+      return { extents: fileExtents(entries, tocOffset), sizes };
+    });
     this.tocs.set(digest, p);
     p.catch(() => this.tocs.delete(digest));
     return p;
