@@ -210,6 +210,10 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
     signal: conversionsAbort.signal,
     onConverted: () => metrics.estargzConversions.inc({ kind: 'layer' }),
   });
+  if (lock) {
+    const swept = await layerConversions.sweepLeftovers();
+    if (swept > 0) log.info({ swept }, 'removed the temp files of eStargz conversions a stopped berth left');
+  }
   const estargz = new EstargzImages({
     config: config.estargz,
     manifests,

@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { open, rm } from 'node:fs/promises';
+import { open, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { isEstargzFooter } from '../../estargz/convert-layer.ts';
@@ -44,6 +44,18 @@ export class LayerConversions {
   private readonly flights = new SingleFlight<ConvertedLayer>();
 
   constructor(private readonly o: LayerConversionsOptions) {}
+
+  /**
+   * Removes the temp files of conversions a killed process left (`tmp/esgz.*.tmp`, up to a layer's size each).
+   * Only for the process that holds the storage lock: no other process converts into this storage.
+   */
+  async sweepLeftovers(): Promise<number> {
+    const tmp = this.o.store.paths.tmp;
+    const names = await readdir(tmp).catch(() => [] as string[]);
+    const left = names.filter((f) => /^esgz\.[0-9a-f]{16}\.tmp$/.test(f));
+    await Promise.all(left.map((f) => rm(join(tmp, f), { force: true })));
+    return left.length;
+  }
 
   convert(route: Route, source: Digest, compression: SourceCompression, chunkSize: number, prioritizedFiles: readonly string[]): Promise<ConvertedLayer> {
     const options = layerOptionsKey({ chunkSize, prioritizedFiles });
