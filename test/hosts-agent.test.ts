@@ -5,7 +5,7 @@
 // files `berth hosts` writes is test/quota.test.ts's; here it is what the agent keeps, and what it leaves.
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, rename, rm, stat, symlink, unlink, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, readFile, rename, rm, stat, symlink, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { stringify } from 'yaml';
@@ -201,6 +201,40 @@ describe('berth hosts --watch (the node agent)', () => {
     assert.match(r.stdout, /left quay\.io\/hosts\.toml alone: not written by berth hosts/, describeRun(args, r));
     assert.equal(await read(hostsFile(out3, 'quay.io')), FOREIGN);
     assert.match((await read(hostsFile(out3, 'docker.io')))!, /Written by `berth hosts`/);
+  });
+
+  test('a symlink planted in DIR (a registry directory or a hosts.toml pointing outside) is never written or removed through', async () => {
+    const out4 = path.join(work, 'certs.d-symlinks');
+    const outside = path.join(work, 'outside-dir');
+    const outsideStale = path.join(work, 'outside-stale');
+    const outsideFile = path.join(work, 'outside-file.toml');
+    await mkdir(outside, { recursive: true });
+    await mkdir(outsideStale, { recursive: true });
+    await mkdir(path.join(out4, 'quay.io'), { recursive: true });
+    // docker.io/ -> a directory outside DIR: the agent must not create outside/hosts.toml.
+    await symlink(outside, path.join(out4, 'docker.io'));
+    // quay.io/hosts.toml -> a berth-marked file outside DIR: neither rewritten nor replaced.
+    const marked = '# quay.io through berth. Written by `berth hosts`.\nserver = "http://127.0.0.1:9"\n';
+    await writeFile(outsideFile, marked);
+    await symlink(outsideFile, hostsFile(out4, 'quay.io'));
+    // stale.example/ -> outside DIR with a berth-marked hosts.toml: SIGTERM must not delete it.
+    await writeFile(path.join(outsideStale, 'hosts.toml'), marked);
+    await symlink(outsideStale, path.join(out4, 'stale.example'));
+    const a = startAgent(work, 'agent-symlinks', conf.file, out4);
+    try {
+      await waitUntil('the agent to report its start', async () => /start: /.test(await a.log()), 20_000);
+      assert.equal(await read(path.join(outside, 'hosts.toml')), undefined, `wrote through the docker.io symlink:\n${await a.log()}`);
+      assert.equal(await read(path.join(outsideStale, 'hosts.toml')), marked, `removed a file outside DIR through a symlink:\n${await a.log()}`);
+      process.kill(a.proc.pid, 'SIGTERM');
+      assert.equal(await a.proc.exited, 0, await a.log());
+      assert.equal(await read(path.join(outside, 'hosts.toml')), undefined, `wrote through the docker.io symlink:\n${await a.log()}`);
+      assert.equal(await read(outsideFile), marked, 'rewrote the file a quay.io/hosts.toml symlink points at');
+      assert.equal(await read(path.join(outsideStale, 'hosts.toml')), marked, `removed a file outside DIR through a symlink:\n${await a.log()}`);
+      assert.ok((await lstat(hostsFile(out4, 'quay.io'))).isSymbolicLink(), 'the quay.io/hosts.toml symlink was replaced');
+      assert.match(await a.log(), /left alone \(not written by berth hosts\) .*docker\.io/);
+    } finally {
+      await a.proc.stop('SIGKILL');
+    }
   });
 
   test('--watch without --out is refused', async () => {
