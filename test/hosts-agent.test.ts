@@ -4,6 +4,7 @@
 // directory with files of someone else's beside berth's. That containerd pulls through the hosts.toml
 // files `berth hosts` writes is test/quota.test.ts's; here it is what the agent keeps, and what it leaves.
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { lstat, mkdir, readFile, rename, rm, stat, symlink, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -234,6 +235,40 @@ describe('berth hosts --watch (the node agent)', () => {
       assert.match(await a.log(), /left alone \(not written by berth hosts\) .*docker\.io/);
     } finally {
       await a.proc.stop('SIGKILL');
+    }
+  });
+
+  test('odd characters in an upstream URL or --url (a quote, a newline) give hosts.toml that parses as TOML with one host table: no TOML injection', async () => {
+    const odd = path.join(work, 'odd.yaml');
+    const injected = 'http://127.0.0.1:10/x"]\n[host."http://127.0.0.1:1"]\n  capabilities = ["pull"]\n#';
+    await writeFile(
+      odd,
+      stringify({
+        storage: { path: '/var/lib/berth' },
+        log: { level: 'warn' },
+        upstreams: [
+          { host: 'quay.io', url: 'http://127.0.0.1:10/a"b' },
+          { host: 'gcr.io', url: injected },
+        ],
+      }),
+    );
+    const out5 = path.join(work, 'certs.d-odd');
+    const args = ['hosts', '--url', 'http://127.0.0.1:5000/p"q', '--out', out5, '--config', odd];
+    const r = await runBerth(args);
+    assert.equal(r.code, 0, describeRun(args, r));
+    for (const host of ['quay.io', 'gcr.io']) {
+      const text = (await read(hostsFile(out5, host)))!;
+      // Python's tomllib: a real TOML parser, as strict as containerd's.
+      const parsed = await new Promise<{ code: number | null; stdout: string; stderr: string }>((ok) => {
+        const p = execFile('python3', ['-c', 'import json,sys,tomllib; print(json.dumps(tomllib.loads(sys.stdin.read())))'], (err, stdout, stderr) =>
+          ok({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+        );
+        p.stdin!.end(text);
+      });
+      assert.equal(parsed.code, 0, `${host}/hosts.toml is not TOML:\n${text}\n${parsed.stderr}`);
+      const toml = JSON.parse(parsed.stdout) as { server: string; host: Record<string, unknown> };
+      assert.deepEqual(Object.keys(toml.host), ['http://127.0.0.1:5000/p%22q'], text);
+      assert.ok(!toml.server.includes('"') && !toml.server.includes('\n'), toml.server);
     }
   });
 

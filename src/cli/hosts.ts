@@ -12,21 +12,33 @@ import { WRITTEN_BY, writeHostsFiles } from './hosts-files.ts';
  * to fall back there, not to Docker Hub).
  */
 function fallbackServer(url: string): string {
-  return url.replace(/\/$/, '');
+  return normalized(url);
 }
+
+/**
+ * A URL as berth itself parses it (WHATWG: a quote percent-encoded, tabs and newlines dropped), without
+ * the trailing slash: the configuration's text is never what goes into the TOML.
+ */
+function normalized(url: string): string {
+  return new URL(url).href.replace(/\/$/, '');
+}
+
+/** A TOML basic string: JSON's escapes (\", \\, \n, \uXXXX) are TOML's. */
+const tomlString = (s: string): string => JSON.stringify(s);
 
 /**
  * containerd's `certs.d/<registry>/hosts.toml` for one upstream: berth first (containerd adds
  * `?ns=<registry>`, which is how berth routes), the real registry as fallback, or berth alone when the
  * site is isolated and a fallback could only time out.
  */
-export function hostsToml(upstreamHost: string, upstreamUrl: string, berthUrl: string, fallback: boolean): string {
+export function hostsToml(upstreamHost: string, upstreamUrl: string, berthUrlText: string, fallback: boolean): string {
+  const berthUrl = normalized(berthUrlText);
   const server = fallback ? fallbackServer(upstreamUrl) : berthUrl;
   return [
     `# ${upstreamHost} through berth. ${WRITTEN_BY}`,
-    `server = "${server}"`,
+    `server = ${tomlString(server)}`,
     '',
-    `[host."${berthUrl}"]`,
+    `[host.${tomlString(berthUrl)}]`,
     '  capabilities = ["pull", "resolve"]',
     ...(berthUrl.startsWith('http://') ? [] : ['  # ca = "/etc/containerd/certs.d/berth-ca.pem"   # when berth serves TLS with a private CA']),
     '',
