@@ -272,6 +272,26 @@ describe('berth hosts --watch (the node agent)', () => {
     }
   });
 
+  test('an --interval past what a timer holds (2^31 ms) is refused, not run as a resync every millisecond', async () => {
+    const logFile = path.join(work, 'huge-interval.log');
+    const a = startProcess(
+      'agent-huge-interval',
+      process.execPath,
+      ['--import', 'tsx', path.join(ROOT, 'src/main.ts'), 'hosts', '--watch', '--out', path.join(work, 'certs.d-huge'), '--url', BERTH_URL, '--config', conf.file, '--interval', '2147484'],
+      {
+        cwd: ROOT,
+        logFile,
+      },
+    );
+    try {
+      await waitUntil('the agent to refuse the interval and exit', () => !a.running, 20_000);
+      assert.equal(await a.exited, 1);
+      assert.match(await readFile(logFile, 'utf8'), /--interval/);
+    } finally {
+      await a.stop('SIGKILL');
+    }
+  });
+
   test('--watch without --out is refused', async () => {
     const a = startProcess('agent-no-out', process.execPath, ['--import', 'tsx', path.join(ROOT, 'src/main.ts'), 'hosts', '--watch', '--config', conf.file], {
       cwd: ROOT,

@@ -60,6 +60,9 @@ export function hostsFiles(config: Readonly<Config>, berthUrl: string, fallback:
   return files;
 }
 
+/** The longest delay setInterval keeps (2^31-1 ms, about 24.8 days). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 function defaultBerthUrl(config: Readonly<Config>): string {
   const port = config.listen.slice(config.listen.lastIndexOf(':') + 1);
   return `http://${hostname()}:${port}`;
@@ -89,6 +92,8 @@ export function hostsCommand(program: Command): void {
         if (out === undefined) throw new Error('--watch keeps the files of --out DIR: give --out');
         const intervalMs = Number(opts.interval);
         if (!Number.isFinite(intervalMs) || intervalMs < 1) throw new Error(`--interval: "${String(opts.interval)}" is not a number of seconds`);
+        // Node runs a timer longer than 2^31-1 ms every millisecond instead: a resync loop as root.
+        if (intervalMs * 1000 > MAX_TIMER_MS) throw new Error(`--interval: ${intervalMs} s is longer than a timer can wait (at most ${Math.floor(MAX_TIMER_MS / 1000)} s)`);
         await runHostsAgent({
           out,
           configFile: typeof opts.config === 'string' ? opts.config : process.env.BERTH_CONFIG || undefined,
