@@ -238,6 +238,19 @@ describe('berth hosts --watch (the node agent)', () => {
     }
   });
 
+  test('a registry entry in DIR that is a file, or a hosts.toml that is a directory, is left alone, not an error that stops the sync', async () => {
+    const out6 = path.join(work, 'certs.d-odd-entries');
+    await mkdir(path.join(out6, 'quay.io', 'hosts.toml'), { recursive: true });
+    await writeFile(path.join(out6, 'docker.io'), 'not a directory\n');
+    const args = ['hosts', '--url', BERTH_URL, '--out', out6, '--config', conf.file];
+    const r = await runBerth(args);
+    assert.equal(r.code, 0, describeRun(args, r));
+    assert.equal(await readFile(path.join(out6, 'docker.io'), 'utf8'), 'not a directory\n');
+    assert.ok((await stat(hostsFile(out6, 'quay.io'))).isDirectory());
+    assert.match(r.stdout, /left docker\.io\/hosts\.toml alone/, describeRun(args, r));
+    assert.match(r.stdout, /left quay\.io\/hosts\.toml alone/, describeRun(args, r));
+  });
+
   test('odd characters in an upstream URL or --url (a quote, a newline) give hosts.toml that parses as TOML with one host table: no TOML injection', async () => {
     const odd = path.join(work, 'odd.yaml');
     const injected = 'http://127.0.0.1:10/x"]\n[host."http://127.0.0.1:1"]\n  capabilities = ["pull"]\n#';
