@@ -4,8 +4,9 @@
 // directory with files of someone else's beside berth's. That containerd pulls through the hosts.toml
 // files `berth hosts` writes is test/quota.test.ts's; here it is what the agent keeps, and what it leaves.
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, rename, rm, stat, symlink, unlink, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, readFile, rename, rm, stat, symlink, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { stringify } from 'yaml';
@@ -201,6 +202,107 @@ describe('berth hosts --watch (the node agent)', () => {
     assert.match(r.stdout, /left quay\.io\/hosts\.toml alone: not written by berth hosts/, describeRun(args, r));
     assert.equal(await read(hostsFile(out3, 'quay.io')), FOREIGN);
     assert.match((await read(hostsFile(out3, 'docker.io')))!, /Written by `berth hosts`/);
+  });
+
+  test('a symlink planted in DIR (a registry directory or a hosts.toml pointing outside) is never written or removed through', async () => {
+    const out4 = path.join(work, 'certs.d-symlinks');
+    const outside = path.join(work, 'outside-dir');
+    const outsideStale = path.join(work, 'outside-stale');
+    const outsideFile = path.join(work, 'outside-file.toml');
+    await mkdir(outside, { recursive: true });
+    await mkdir(outsideStale, { recursive: true });
+    await mkdir(path.join(out4, 'quay.io'), { recursive: true });
+    // docker.io/ -> a directory outside DIR: the agent must not create outside/hosts.toml.
+    await symlink(outside, path.join(out4, 'docker.io'));
+    // quay.io/hosts.toml -> a berth-marked file outside DIR: neither rewritten nor replaced.
+    const marked = '# quay.io through berth. Written by `berth hosts`.\nserver = "http://127.0.0.1:9"\n';
+    await writeFile(outsideFile, marked);
+    await symlink(outsideFile, hostsFile(out4, 'quay.io'));
+    // stale.example/ -> outside DIR with a berth-marked hosts.toml: SIGTERM must not delete it.
+    await writeFile(path.join(outsideStale, 'hosts.toml'), marked);
+    await symlink(outsideStale, path.join(out4, 'stale.example'));
+    const a = startAgent(work, 'agent-symlinks', conf.file, out4);
+    try {
+      await waitUntil('the agent to report its start', async () => /start: /.test(await a.log()), 20_000);
+      assert.equal(await read(path.join(outside, 'hosts.toml')), undefined, `wrote through the docker.io symlink:\n${await a.log()}`);
+      assert.equal(await read(path.join(outsideStale, 'hosts.toml')), marked, `removed a file outside DIR through a symlink:\n${await a.log()}`);
+      process.kill(a.proc.pid, 'SIGTERM');
+      assert.equal(await a.proc.exited, 0, await a.log());
+      assert.equal(await read(path.join(outside, 'hosts.toml')), undefined, `wrote through the docker.io symlink:\n${await a.log()}`);
+      assert.equal(await read(outsideFile), marked, 'rewrote the file a quay.io/hosts.toml symlink points at');
+      assert.equal(await read(path.join(outsideStale, 'hosts.toml')), marked, `removed a file outside DIR through a symlink:\n${await a.log()}`);
+      assert.ok((await lstat(hostsFile(out4, 'quay.io'))).isSymbolicLink(), 'the quay.io/hosts.toml symlink was replaced');
+      assert.match(await a.log(), /left alone \(not written by berth hosts\) .*docker\.io/);
+    } finally {
+      await a.proc.stop('SIGKILL');
+    }
+  });
+
+  test('a registry entry in DIR that is a file, or a hosts.toml that is a directory, is left alone, not an error that stops the sync', async () => {
+    const out6 = path.join(work, 'certs.d-odd-entries');
+    await mkdir(path.join(out6, 'quay.io', 'hosts.toml'), { recursive: true });
+    await writeFile(path.join(out6, 'docker.io'), 'not a directory\n');
+    const args = ['hosts', '--url', BERTH_URL, '--out', out6, '--config', conf.file];
+    const r = await runBerth(args);
+    assert.equal(r.code, 0, describeRun(args, r));
+    assert.equal(await readFile(path.join(out6, 'docker.io'), 'utf8'), 'not a directory\n');
+    assert.ok((await stat(hostsFile(out6, 'quay.io'))).isDirectory());
+    assert.match(r.stdout, /left docker\.io\/hosts\.toml alone/, describeRun(args, r));
+    assert.match(r.stdout, /left quay\.io\/hosts\.toml alone/, describeRun(args, r));
+  });
+
+  test('odd characters in an upstream URL or --url (a quote, a newline) give hosts.toml that parses as TOML with one host table: no TOML injection', async () => {
+    const odd = path.join(work, 'odd.yaml');
+    const injected = 'http://127.0.0.1:10/x"]\n[host."http://127.0.0.1:1"]\n  capabilities = ["pull"]\n#';
+    await writeFile(
+      odd,
+      stringify({
+        storage: { path: '/var/lib/berth' },
+        log: { level: 'warn' },
+        upstreams: [
+          { host: 'quay.io', url: 'http://127.0.0.1:10/a"b' },
+          { host: 'gcr.io', url: injected },
+        ],
+      }),
+    );
+    const out5 = path.join(work, 'certs.d-odd');
+    const args = ['hosts', '--url', 'http://127.0.0.1:5000/p"q', '--out', out5, '--config', odd];
+    const r = await runBerth(args);
+    assert.equal(r.code, 0, describeRun(args, r));
+    for (const host of ['quay.io', 'gcr.io']) {
+      const text = (await read(hostsFile(out5, host)))!;
+      // Python's tomllib: a real TOML parser, as strict as containerd's.
+      const parsed = await new Promise<{ code: number | null; stdout: string; stderr: string }>((ok) => {
+        const p = execFile('python3', ['-c', 'import json,sys,tomllib; print(json.dumps(tomllib.loads(sys.stdin.read())))'], (err, stdout, stderr) =>
+          ok({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+        );
+        p.stdin!.end(text);
+      });
+      assert.equal(parsed.code, 0, `${host}/hosts.toml is not TOML:\n${text}\n${parsed.stderr}`);
+      const toml = JSON.parse(parsed.stdout) as { server: string; host: Record<string, unknown> };
+      assert.deepEqual(Object.keys(toml.host), ['http://127.0.0.1:5000/p%22q'], text);
+      assert.ok(!toml.server.includes('"') && !toml.server.includes('\n'), toml.server);
+    }
+  });
+
+  test('an --interval past what a timer holds (2^31 ms) is refused, not run as a resync every millisecond', async () => {
+    const logFile = path.join(work, 'huge-interval.log');
+    const a = startProcess(
+      'agent-huge-interval',
+      process.execPath,
+      ['--import', 'tsx', path.join(ROOT, 'src/main.ts'), 'hosts', '--watch', '--out', path.join(work, 'certs.d-huge'), '--url', BERTH_URL, '--config', conf.file, '--interval', '2147484'],
+      {
+        cwd: ROOT,
+        logFile,
+      },
+    );
+    try {
+      await waitUntil('the agent to refuse the interval and exit', () => !a.running, 20_000);
+      assert.equal(await a.exited, 1);
+      assert.match(await readFile(logFile, 'utf8'), /--interval/);
+    } finally {
+      await a.stop('SIGKILL');
+    }
   });
 
   test('--watch without --out is refused', async () => {

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { mkdir, readdir, readFile, rename, rm, rmdir, unlink, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, readdir, readFile, rename, rm, rmdir, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
 /**
@@ -34,14 +34,38 @@ async function readOrUndefined(file: string): Promise<string | undefined> {
 }
 
 /**
+ * Whether `<dir>/<registry>` and its hosts.toml are a real directory and file, or not there yet. berth
+ * never makes a symlink there, so one (the agent runs as root: a symlink to /etc would have it write or
+ * delete outside DIR) is someone else's and is not followed.
+ */
+async function notSymlinked(dir: string, host: string): Promise<boolean> {
+  for (const [p, want] of [
+    [join(dir, host), 'dir'],
+    [join(dir, host, 'hosts.toml'), 'file'],
+  ] as const) {
+    const s = await lstat(p).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return undefined;
+      throw err;
+    });
+    if (s === undefined) return true;
+    if (want === 'dir' ? !s.isDirectory() : !s.isFile()) return false;
+  }
+  return true;
+}
+
+/**
  * Writes `<dir>/<registry>/hosts.toml` for each entry of `wanted` whose file is missing or differs, by a
  * temp file in the same directory and a rename, so containerd (which reads hosts.toml at every pull)
- * never sees half a file. A foreign file in the way is left alone.
+ * never sees half a file. A foreign file in the way, or a symlink, is left alone.
  */
 export async function writeHostsFiles(dir: string, wanted: ReadonlyMap<string, string>): Promise<SyncReport> {
   const report: SyncReport = { written: [], unchanged: [], removed: [], foreign: [] };
   for (const [host, toml] of wanted) {
     const file = join(dir, host, 'hosts.toml');
+    if (!(await notSymlinked(dir, host))) {
+      report.foreign.push(host);
+      continue;
+    }
     const current = await readOrUndefined(file);
     if (current === toml) {
       report.unchanged.push(host);
@@ -82,6 +106,7 @@ export async function removeHostsFiles(dir: string, keep: ReadonlySet<string>): 
   for (const host of entries) {
     if (keep.has(host)) continue;
     const file = join(dir, host, 'hosts.toml');
+    if (!(await notSymlinked(dir, host).catch(() => false))) continue;
     const text = await readOrUndefined(file).catch(() => undefined);
     if (text === undefined || !writtenByBerth(text)) continue;
     await rm(file, { force: true });

@@ -12,21 +12,33 @@ import { WRITTEN_BY, writeHostsFiles } from './hosts-files.ts';
  * to fall back there, not to Docker Hub).
  */
 function fallbackServer(url: string): string {
-  return url.replace(/\/$/, '');
+  return normalized(url);
 }
+
+/**
+ * A URL as berth itself parses it (WHATWG: a quote percent-encoded, tabs and newlines dropped), without
+ * the trailing slash: the configuration's text is never what goes into the TOML.
+ */
+function normalized(url: string): string {
+  return new URL(url).href.replace(/\/$/, '');
+}
+
+/** A TOML basic string: JSON's escapes (\", \\, \n, \uXXXX) are TOML's. */
+const tomlString = (s: string): string => JSON.stringify(s);
 
 /**
  * containerd's `certs.d/<registry>/hosts.toml` for one upstream: berth first (containerd adds
  * `?ns=<registry>`, which is how berth routes), the real registry as fallback, or berth alone when the
  * site is isolated and a fallback could only time out.
  */
-export function hostsToml(upstreamHost: string, upstreamUrl: string, berthUrl: string, fallback: boolean): string {
+export function hostsToml(upstreamHost: string, upstreamUrl: string, berthUrlText: string, fallback: boolean): string {
+  const berthUrl = normalized(berthUrlText);
   const server = fallback ? fallbackServer(upstreamUrl) : berthUrl;
   return [
     `# ${upstreamHost} through berth. ${WRITTEN_BY}`,
-    `server = "${server}"`,
+    `server = ${tomlString(server)}`,
     '',
-    `[host."${berthUrl}"]`,
+    `[host.${tomlString(berthUrl)}]`,
     '  capabilities = ["pull", "resolve"]',
     ...(berthUrl.startsWith('http://') ? [] : ['  # ca = "/etc/containerd/certs.d/berth-ca.pem"   # when berth serves TLS with a private CA']),
     '',
@@ -47,6 +59,9 @@ export function hostsFiles(config: Readonly<Config>, berthUrl: string, fallback:
   }
   return files;
 }
+
+/** The longest delay setInterval keeps (2^31-1 ms, about 24.8 days). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 function defaultBerthUrl(config: Readonly<Config>): string {
   const port = config.listen.slice(config.listen.lastIndexOf(':') + 1);
@@ -77,6 +92,8 @@ export function hostsCommand(program: Command): void {
         if (out === undefined) throw new Error('--watch keeps the files of --out DIR: give --out');
         const intervalMs = Number(opts.interval);
         if (!Number.isFinite(intervalMs) || intervalMs < 1) throw new Error(`--interval: "${String(opts.interval)}" is not a number of seconds`);
+        // Node runs a timer longer than 2^31-1 ms every millisecond instead: a resync loop as root.
+        if (intervalMs * 1000 > MAX_TIMER_MS) throw new Error(`--interval: ${intervalMs} s is longer than a timer can wait (at most ${Math.floor(MAX_TIMER_MS / 1000)} s)`);
         await runHostsAgent({
           out,
           configFile: typeof opts.config === 'string' ? opts.config : process.env.BERTH_CONFIG || undefined,
