@@ -48,8 +48,17 @@ describe('learning from thousands of small Range reads of a layer of 20000 files
   });
 
   test('the pull ending maps them to files without stalling the event loop', async () => {
-    const r = await httpRequest(berth.url, '/v2/lab/many/manifests/1-esgz', { headers: { accept: ACCEPT_ALL_MANIFESTS } });
-    assert.equal(r.status, 200, r.body.toString());
+    // Converting 20000 files can outlast estargz.waitFor on a loaded machine: a 404 "under way", then the image.
+    const r = await waitUntil(
+      'the -esgz image to be converted',
+      async () => {
+        const a = await httpRequest(berth.url, '/v2/lab/many/manifests/1-esgz', { headers: { accept: ACCEPT_ALL_MANIFESTS } });
+        if (a.status !== 404 && a.status !== 200) assert.fail(`${a.status} ${a.body.toString()}`);
+        return a.status === 200 ? a : undefined;
+      },
+      180_000,
+      500,
+    );
     const [layer] = (JSON.parse(r.body.toString('utf8')) as { layers: Layer[] }).layers as [Layer];
     const tocOffset = parseFooter(await range(berth, layer, layer.size - FOOTER_SIZE, layer.size - 1));
     const { toc } = parseTocMember(await range(berth, layer, tocOffset, layer.size - FOOTER_SIZE - 1));
@@ -77,7 +86,8 @@ describe('learning from thousands of small Range reads of a layer of 20000 files
       clearInterval(tick);
       console.log(`worst event-loop stall: ${Math.round(worst)} ms`);
     }
-    assert.ok(worst < 1000, `the event loop stalled ${Math.round(worst)} ms mapping ${READS} reads to files`);
+    // Before the fix: 14.6 s on a quiet machine; after: 0.15-0.24 s quiet, a few times that under the full suite's load.
+    assert.ok(worst < 4000, `the event loop stalled ${Math.round(worst)} ms mapping ${READS} reads to files`);
   });
 });
 
@@ -352,7 +362,8 @@ describe('an upstream layer that looks eStargz with a 250 MiB TOC of tiny entrie
     const m = JSON.parse(r.body.toString('utf8')) as { layers: Array<{ digest: string; annotations?: Record<string, string> }> };
     assert.equal(m.layers[0]!.digest, layer.digest, 'passed through');
     assert.equal(m.layers[0]!.annotations?.['containerd.io/snapshot/stargz/toc.digest'], layer.tocDigest);
-    assert.ok(worst < 2000, `the event loop stalled ${Math.round(worst)} ms reading an upstream layer's TOC`);
+    // Before the fix: 15.6 s on a quiet machine (2 GB of RSS); after: about 1 s quiet, 3.6 s seen under the full suite's load.
+    assert.ok(worst < 8000, `the event loop stalled ${Math.round(worst)} ms reading an upstream layer's TOC`);
   });
 });
 
