@@ -64,7 +64,9 @@ before(async () => {
   await pushImage(up, 'lab/lazy', '1', lazy);
   link = await startRelay({ target: { host: '127.0.0.1', port: up.port }, rateBytesPerSec: RATE });
   cleanups.push(() => link.close());
-  deadPort = await unusedPort();
+  // Port 9 (discard): nothing here listens there, and no test can take it (a port freed and handed back by the
+  // kernel could be bound by another test's server meanwhile, and the upstream would not be down).
+  deadPort = 9;
   berth = await berthWith({
     maxSize: '1GiB',
     bandwidth: { limit: '40MiB/s' },
