@@ -62,6 +62,23 @@ async function add(pack: tar.Pack, e: Entry, mtime: Date): Promise<void> {
   });
 }
 
+/**
+ * Runs `feed` into `pack`, finalises it, and waits for `written` (the pipeline draining it): a failing feed
+ * destroys the pack so the pipeline ends too, and the feed's error wins over the pipeline's echo of it.
+ */
+export async function feedPack(pack: tar.Pack, written: Promise<void>, feed: () => Promise<void>): Promise<void> {
+  const fed = (async () => {
+    await feed();
+    pack.finalize();
+  })().catch((err: Error) => {
+    pack.destroy(err);
+    throw err;
+  });
+  const [w, f] = await Promise.allSettled([written, fed]);
+  if (f.status === 'rejected') throw f.reason;
+  if (w.status === 'rejected') throw w.reason;
+}
+
 /** Writes the entries (parents added, sorted) as a gzipped tar to `file`. `epoch`: seconds, every entry's mtime. */
 export async function writeLayer(entries: Iterable<Entry>, file: string, epoch: number): Promise<LayerBlob> {
   const list = complete(entries);
@@ -72,16 +89,9 @@ export async function writeLayer(entries: Iterable<Entry>, file: string, epoch: 
   const raw = { bytes: 0 };
   const gz = { bytes: 0 };
   const written = pipeline(pack, tap(diff, raw), createGzip({ level: GZIP_LEVEL }), tap(compressed, gz), createWriteStream(file));
-  const fed = (async () => {
+  await feedPack(pack, written, async () => {
     for (const e of list) await add(pack, e, mtime);
-    pack.finalize();
-  })().catch((err: Error) => {
-    pack.destroy(err);
-    throw err;
   });
-  const [w, f] = await Promise.allSettled([written, fed]);
-  if (f.status === 'rejected') throw f.reason;
-  if (w.status === 'rejected') throw w.reason;
   return {
     digest: `sha256:${compressed.digest('hex')}`,
     size: gz.bytes,

@@ -6,6 +6,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
+import { feedPack } from './layer.ts';
 
 export const MediaTypes = {
   manifest: 'application/vnd.oci.image.manifest.v1+json',
@@ -73,7 +74,7 @@ export async function writeArchive(out: string, index: Buffer, blobs: Blob[], ep
   const written = pipeline(pack, createWriteStream(out));
   const put = (name: string, data: Buffer) =>
     new Promise<void>((resolve, reject) => pack.entry({ name, type: 'file', mode: 0o644, size: data.length, ...owner }, data, (err) => (err ? reject(err) : resolve())));
-  const fed = (async () => {
+  await feedPack(pack, written, async () => {
     await put('oci-layout', Buffer.from('{"imageLayoutVersion":"1.0.0"}'));
     await put('index.json', index);
     for (const dir of ['blobs/', 'blobs/sha256/']) {
@@ -85,12 +86,5 @@ export async function writeArchive(out: string, index: Buffer, blobs: Blob[], ep
       if (b.data) await put(name, b.data);
       else await pipeline(createReadStream(b.file!), pack.entry({ name, type: 'file', mode: 0o644, size: b.size, ...owner }));
     }
-    pack.finalize();
-  })().catch((err: Error) => {
-    pack.destroy(err);
-    throw err;
   });
-  const [w, f] = await Promise.allSettled([written, fed]);
-  if (f.status === 'rejected') throw f.reason;
-  if (w.status === 'rejected') throw w.reason;
 }
