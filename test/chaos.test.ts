@@ -215,9 +215,17 @@ describe('chaos: hostile clients, a failing upstream, a lying upstream and a ful
 
     const summary = [...statuses].map(([k, n]) => `${k}: ${n}`).join(', ');
     const crash = b.process.running ? '' : `\nberth exited; its last log lines:\n${b.log().split('\n').slice(-15).join('\n')}`;
+    // A 500 is a bug in berth: its log says which (the error and its stack), so the failure carries them.
+    const internal = b
+      .log()
+      .split('\n')
+      .filter((line) => line.includes('"internal error"'))
+      .slice(0, 3)
+      .join('\n');
+    const why = internal ? `\nberth logged:\n${internal}` : '';
     // One finding of each kind is enough to tell what broke.
     const kinds = [...new Map(findings.map((f) => [f.what.replace(/[0-9a-f]{64}|\d+/g, '#'), f])).values()];
-    assert.deepEqual(kinds, [], `${findings.length} findings; responses: ${summary}${crash}`);
+    assert.deepEqual(kinds, [], `${findings.length} findings; responses: ${summary}${crash}${why}`);
     assert.ok(probeWorst < 3_000, `the API root once took ${Math.round(probeWorst)} ms to answer: berth froze`);
     assert.ok(b.process.running && b.process.pid === pid, 'berth is the same running process');
 
