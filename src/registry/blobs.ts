@@ -11,6 +11,7 @@ import type { Quota } from '../store/quota.ts';
 import { type BlobStorage, DigestMismatchError } from '../store/roles.ts';
 import type { StoreIndex } from '../store/store-index.ts';
 import type { BandwidthBudget, Priority } from '../upstream/bandwidth.ts';
+import { refetchIfEvicted } from './evicted.ts';
 import type { BlobSource, Fill } from './fill/fill.ts';
 import type { Fills } from './fill/fills.ts';
 import { LOCAL_UPSTREAM } from './local-names.ts';
@@ -139,11 +140,13 @@ export class Blobs {
    * counted against `fills.maxPerClient` if a new fill starts for it.
    */
   async open(route: Route, d: Digest, wantsWhole: boolean, client?: string): Promise<BlobHandle> {
-    if (route.local) return this.local(route, d);
+    // A local blob deleted in that gap (a DELETE, gc) is a 404 after all.
+    if (route.local) return refetchIfEvicted(await this.local(route, d), wantsWhole, () => this.local(route, d));
     const hit = await this.cached(d);
     if (hit) {
       this.o.metrics.hits.inc({ kind: 'blob' });
-      return hit;
+      // Evicted between this look and the read (the quota, gc, another replica): a miss after all (offline: a 404).
+      return refetchIfEvicted(hit, wantsWhole, () => this.open(route, d, wantsWhole, client));
     }
     this.ensureOnline(d);
     this.o.metrics.misses.inc({ kind: 'blob' });

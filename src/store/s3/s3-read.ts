@@ -36,7 +36,8 @@ export async function* objectBytes(s3: S3Bucket, key: string, start: number, end
       const Range = pos > 0 || last !== undefined ? `bytes=${pos}-${last ?? ''}` : undefined;
       res = await s3.client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: key, ...(Range ? { Range } : {}) }));
     } catch (err) {
-      if (isNotFound(err)) throw new Error(`${key} is not in bucket ${s3.bucket}${pos > start ? ` (it vanished at byte ${pos})` : ''}`);
+      // ENOENT, as the filesystem says it: a blob evicted since it was found is fetched again (src/registry/evicted.ts).
+      if (isNotFound(err)) throw Object.assign(new Error(`${key} is not in bucket ${s3.bucket}${pos > start ? ` (it vanished at byte ${pos})` : ''}`), { code: 'ENOENT' });
       throw s3Failure('read a blob', s3.endpoint, err);
     }
     const size = totalSize(res);
