@@ -36,15 +36,15 @@ import { UploadFiles } from './registry/uploads/session-files.ts';
 import { UploadSweeper } from './registry/uploads/sweeper.ts';
 import { Uploads } from './registry/uploads/uploads.ts';
 import { Upstreams } from './registry/upstreams.ts';
-import { type AsyncPinIndex, type AsyncRegistryIndex, asyncIndex } from './store/async-index-roles.ts';
+import type { AsyncPinIndex, AsyncRegistryIndex } from './store/async-index-roles.ts';
 import { BlobStore } from './store/blob-store.ts';
 import { StorageLock } from './store/lock.ts';
+import { openIndex } from './store/open-index.ts';
 import { StoragePaths } from './store/paths.ts';
 import { Quota } from './store/quota.ts';
 import type { BlobStorage } from './store/roles.ts';
 import { openS3Store } from './store/s3/open.ts';
 import { prepareStorageDir } from './store/storage-dir.ts';
-import { StoreIndex } from './store/store-index.ts';
 import { BandwidthBudget } from './upstream/bandwidth.ts';
 
 /** How often recorded access times are written to the index. */
@@ -112,8 +112,13 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
       })
     : new BlobStore(paths, storeOptions);
   if (store instanceof BlobStore) await store.init();
-  const sqlite = new StoreIndex(paths.database, paths.tagJournal);
-  const index = asyncIndex(sqlite);
+  // index.driver postgres: an unreachable server ends start-up (exit code 2), as an unreachable bucket does.
+  const opened = await openIndex(config.index, paths).catch(async (err: unknown) => {
+    store.close?.();
+    await lock?.release();
+    throw err;
+  });
+  const { index } = opened;
   const budget = new BandwidthBudget(
     config.bandwidth.limit,
     config.upstreams.map((u) => [u.host, u.bandwidth] as [string, number | undefined]),
@@ -234,7 +239,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   );
   const readiness = new Readiness(index, paths.tmp, upstreams.clients, config.offline);
   const local = new LocalRegistry({ index, store, deleteEnabled: config.delete.enabled, log });
-  const usage = { totals: () => index.totals(), usage: async (n: number) => sqlite.usage(n) };
+  const usage = { totals: () => index.totals(), usage: (n: number) => opened.usage(n) };
   const status = new StatusBuilder({ startedAt: Date.now(), offline: config.offline, upstreams, budget, recentBytes, fills, index: usage, quota, metrics, errors: recentErrors });
   const deps = {
     blobReads: { observe: (d: Digest, r: readonly ByteRange[] | undefined, c: string | undefined) => estargz.learner?.observe(d, r, c) },
@@ -335,7 +340,8 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
       await pool?.close();
       for (const f of fills.all()) f.fail(new Error('berth is shutting down'));
       await upstreams.close();
-      await index.close();
+      // PostgreSQL down at shutdown: the pending access times are lost (they only order eviction), the pool still ends.
+      await index.close().catch((err: Error) => log.warn({ err: err.message }, 'could not write the last access times to the index'));
       store.close?.();
       await lock?.release();
     },
