@@ -1,6 +1,7 @@
 import type { Config } from '../config/schema.ts';
 import { type AsyncRegistryIndex, asyncIndex } from './async-index-roles.ts';
 import type { StoragePaths } from './paths.ts';
+import { CachingIndex } from './pg/caching-index.ts';
 import { PgIndex } from './pg/pg-index.ts';
 import { StoreIndex } from './store-index.ts';
 import type { CacheUsage } from './usage.ts';
@@ -25,7 +26,7 @@ const PG_CONNECT_TIMEOUT_MS = 3000;
 
 /**
  * Opens the index: SQLite (`berth.db` under storage.path) behind the asynchronous roles, or PostgreSQL
- * (index.postgres), whose open connects and migrates. A PostgreSQL that cannot be reached or refuses the
+ * (index.postgres) behind a per-replica cache, whose open connects and migrates. A PostgreSQL that cannot be reached or refuses the
  * login is an IndexUnavailableError naming it and where it is, never the password.
  */
 export async function openIndex(config: Readonly<Config['index']>, paths: StoragePaths): Promise<OpenedIndex> {
@@ -37,7 +38,8 @@ export async function openIndex(config: Readonly<Config['index']>, paths: Storag
     } catch (err) {
       throw new IndexUnavailableError(`${(err as Error).message} (index.driver: postgres)`, { cause: err });
     }
-    return { index: pg, usage: async () => NO_USAGE };
+    // The hot rows from this replica's memory (caching-index.ts), the rest from the database.
+    return { index: new CachingIndex(pg), usage: async () => NO_USAGE };
   }
   const sqlite = new StoreIndex(paths.database, paths.tagJournal);
   return { index: asyncIndex(sqlite), usage: async (n) => sqlite.usage(n) };
