@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { RegistryIndex } from './store/index-roles.ts';
+import type { AsyncRegistryIndex } from './store/async-index-roles.ts';
 import type { UpstreamClient } from './upstream/client.ts';
 
 export interface ReadinessReport {
@@ -19,14 +19,14 @@ export interface ReadinessReport {
  */
 export class Readiness {
   constructor(
-    private readonly index: Pick<RegistryIndex, 'probe'>,
+    private readonly index: Pick<AsyncRegistryIndex, 'probe'>,
     private readonly tmpDir: string,
     private readonly upstreams: readonly UpstreamClient[],
     private readonly offline: boolean,
   ) {}
 
   async report(): Promise<ReadinessReport> {
-    const index = this.checkIndex();
+    const index = await this.checkIndex();
     const storage = await this.checkStorage();
     return {
       ready: index === 'ok' && storage === 'ok',
@@ -36,10 +36,10 @@ export class Readiness {
     };
   }
 
-  private checkIndex(): string {
-    // A read and a write lock taken and given back, with a short lock wait (StoreIndex.probe).
+  private async checkIndex(): Promise<string> {
+    // A tiny real read and write with a short wait (StoreIndex.probe: a lock taken and given back; PgIndex: a statement).
     try {
-      this.index.probe();
+      await this.index.probe();
       return 'ok';
     } catch (err) {
       return `failed: ${(err as Error).message}`;

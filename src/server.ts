@@ -36,15 +36,15 @@ import { UploadFiles } from './registry/uploads/session-files.ts';
 import { UploadSweeper } from './registry/uploads/sweeper.ts';
 import { Uploads } from './registry/uploads/uploads.ts';
 import { Upstreams } from './registry/upstreams.ts';
+import type { AsyncPinIndex, AsyncRegistryIndex } from './store/async-index-roles.ts';
 import { BlobStore } from './store/blob-store.ts';
 import { StorageLock } from './store/lock.ts';
+import { openIndex } from './store/open-index.ts';
 import { StoragePaths } from './store/paths.ts';
-import type { Pins } from './store/pins.ts';
 import { Quota } from './store/quota.ts';
 import type { BlobStorage } from './store/roles.ts';
 import { openS3Store } from './store/s3/open.ts';
 import { prepareStorageDir } from './store/storage-dir.ts';
-import { StoreIndex } from './store/store-index.ts';
 import { BandwidthBudget } from './upstream/bandwidth.ts';
 
 /** How often recorded access times are written to the index. */
@@ -54,8 +54,9 @@ export interface Berth {
   config: Readonly<Config>;
   /** The blob store of storage.driver; `paths` is the storage directory (with s3: the replica's working directory). */
   store: BlobStorage & { readonly paths: StoragePaths; close?(): void };
-  index: StoreIndex;
-  pins: Pins;
+  /** The index of index.driver, asynchronous whatever the driver (SQLite runs behind asyncIndex()). */
+  index: AsyncRegistryIndex;
+  pins: AsyncPinIndex;
   quota: Quota;
   fills: Fills;
   upstreams: Upstreams;
@@ -97,7 +98,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   const storeOptions = {
     verifyReads: config.storage.verifyReads,
     onQuarantine: (d: Digest, movedTo: string) => {
-      index.deleteBlob(d);
+      void index.deleteBlob(d).catch((err: Error) => log.warn({ digest: d, err: err.message }, 'could not forget a quarantined blob in the index'));
       log.error({ digest: d, movedTo }, 'cached blob does not hash to its digest: quarantined, it will be fetched again');
     },
   };
@@ -111,7 +112,13 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
       })
     : new BlobStore(paths, storeOptions);
   if (store instanceof BlobStore) await store.init();
-  const index = new StoreIndex(paths.database, paths.tagJournal);
+  // index.driver postgres: an unreachable server ends start-up (exit code 2), as an unreachable bucket does.
+  const opened = await openIndex(config.index, paths).catch(async (err: unknown) => {
+    store.close?.();
+    await lock?.release();
+    throw err;
+  });
+  const { index } = opened;
   const budget = new BandwidthBudget(
     config.bandwidth.limit,
     config.upstreams.map((u) => [u.host, u.bandwidth] as [string, number | undefined]),
@@ -120,7 +127,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
     bandwidthWait: () => budget.waitedMs(),
     // Read at scrape time only: `quota` is built below, and nothing scrapes before listen().
     storage: async () => {
-      const { total, count } = index.totals();
+      const { total, count } = await index.totals();
       return { bytes: total, blobs: count, quota: await quota.limit() };
     },
   });
@@ -232,7 +239,8 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   );
   const readiness = new Readiness(index, paths.tmp, upstreams.clients, config.offline);
   const local = new LocalRegistry({ index, store, deleteEnabled: config.delete.enabled, log });
-  const status = new StatusBuilder({ startedAt: Date.now(), offline: config.offline, upstreams, budget, recentBytes, fills, index, quota, metrics, errors: recentErrors });
+  const usage = { totals: () => index.totals(), usage: (n: number) => opened.usage(n) };
+  const status = new StatusBuilder({ startedAt: Date.now(), offline: config.offline, upstreams, budget, recentBytes, fills, index: usage, quota, metrics, errors: recentErrors });
   const deps = {
     blobReads: { observe: (d: Digest, r: readonly ByteRange[] | undefined, c: string | undefined) => estargz.learner?.observe(d, r, c) },
     upstreams,
@@ -259,12 +267,8 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   const adminApp = config.admin.listen ? createApp({ ...deps, ...localDeps }, { registry: false, admin: true }) : undefined;
   const tlsFiles = () => ({ cert: readFileSync(config.tls!.certificate), key: readFileSync(config.tls!.key) });
   const flush = setInterval(() => {
-    try {
-      index.flushAccess();
-    } catch (err) {
-      // A full disk or a busy index: the access times stay pending and go out with the next flush.
-      log.warn({ err: (err as Error).message }, 'could not record access times');
-    }
+    // A full disk or a busy index: the access times stay pending and go out with the next flush.
+    index.flushAccess().catch((err: Error) => log.warn({ err: err.message }, 'could not record access times'));
   }, ACCESS_FLUSH_MS);
   flush.unref();
   let server: Server | TlsServer | undefined;
@@ -336,7 +340,8 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
       await pool?.close();
       for (const f of fills.all()) f.fail(new Error('berth is shutting down'));
       await upstreams.close();
-      index.close();
+      // PostgreSQL down at shutdown: the pending access times are lost (they only order eviction), the pool still ends.
+      await index.close().catch((err: Error) => log.warn({ err: err.message }, 'could not write the last access times to the index'));
       store.close?.();
       await lock?.release();
     },

@@ -12,7 +12,7 @@ export class SingleFlight<V> {
   /** The promise of the call in flight (or memoised) for `key`, else of a new `work()`. */
   run(key: string, work: () => Promise<V>): Promise<V> {
     const running = this.calls.get(key);
-    if (running) return running;
+    if (running !== undefined) return running;
     let p: Promise<V>;
     try {
       p = work();

@@ -63,7 +63,7 @@ describe('a cached blob that no longer hashes to its name', () => {
         quarantined.some((f) => f.startsWith(layer.digest.slice(7))),
         `quarantine/ holds it: ${quarantined.join(', ')}`,
       );
-      assert.equal(b.berth.index.getBlob(layer.digest as never), undefined, 'its index row is gone');
+      assert.equal(await b.berth.index.getBlob(layer.digest as never), undefined, 'its index row is gone');
 
       const mark = up.logLineCount();
       const good = await fetchOutcome(b.url, url);

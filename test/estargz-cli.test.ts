@@ -63,7 +63,7 @@ describe('prewarm, ls, export and import of -esgz images', () => {
       const done = events.filter((e) => e.type === 'done').map((e) => e.ref);
       assert.deepEqual(done, ['docker.io/lab/small:v2s2', 'docker.io/lab/small:v2s2-esgz'], JSON.stringify(events));
       assert.deepEqual(events.at(-1)?.failed, []);
-      assert.ok(b.berth.pins.references().includes('docker.io/lab/small:v2s2-esgz'));
+      assert.ok((await b.berth.pins.references()).includes('docker.io/lab/small:v2s2-esgz'));
       const head = await httpRequest(b.url, '/v2/lab/small/manifests/v2s2-esgz', { method: 'HEAD', headers: { accept: ACCEPT_ALL_MANIFESTS } });
       assert.equal(head.status, 200);
       assert.equal(events.find((e) => e.ref === 'docker.io/lab/small:v2s2-esgz')?.digest, head.headers['docker-content-digest']);

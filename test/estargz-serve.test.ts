@@ -215,7 +215,7 @@ describe('eStargz on demand: <tag>-esgz', () => {
     const other = await get(berth, '/v2/library/small/manifests/1-esgz');
     assert.equal(other.status, 200);
     assert.equal(conv.calls, before);
-    assert.ok(berth.berth.index.listTags('docker.io', 'library/small').includes('1-esgz'));
+    assert.ok((await berth.berth.index.listTags('docker.io', 'library/small')).includes('1-esgz'));
   });
 
   test('a converted layer evicted from the store: the next request converts that layer again, the tag serves a whole image', async () => {
@@ -223,7 +223,7 @@ describe('eStargz on demand: <tag>-esgz', () => {
     const gone = m.layers[1].digest as Digest;
     // As the quota evicts: the file and its row go (converted blobs exist nowhere upstream).
     await berth.berth.store.remove(gone);
-    berth.berth.index.deleteBlob(gone);
+    await berth.berth.index.deleteBlob(gone);
     const before = conv.calls;
     const again = await get(berth, '/v2/lab/small/manifests/1-esgz');
     assert.equal(again.status, 200);
@@ -256,7 +256,7 @@ describe('eStargz on demand: <tag>-esgz', () => {
     const err = json(r.body).errors[0];
     assert.equal(err.code, 'UPSTREAM_ERROR');
     assert.match(err.message, new RegExp(badGzip.layers[1]!.digest));
-    assert.equal(berth.berth.index.listTags('docker.io', 'lab/badgzip').includes('1-esgz'), false);
+    assert.equal((await berth.berth.index.listTags('docker.io', 'lab/badgzip')).includes('1-esgz'), false);
     const original = await get(berth, '/v2/lab/badgzip/manifests/1');
     assert.equal(original.status, 200);
     assert.equal(original.headers['docker-content-digest'], badGzip.manifestDigest);
@@ -274,7 +274,7 @@ describe('eStargz on demand: <tag>-esgz', () => {
     assert.equal(err.code, 'UPSTREAM_ERROR');
     assert.match(err.message, new RegExp(dotdot.layers[1]!.digest));
     assert.match(err.message, /\.\./);
-    assert.equal(berth.berth.index.listTags('docker.io', 'lab/dotdot').includes('1-esgz'), false);
+    assert.equal((await berth.berth.index.listTags('docker.io', 'lab/dotdot')).includes('1-esgz'), false);
     assert.equal((await get(berth, '/v2/lab/dotdot/manifests/1')).status, 200);
     const layer = await get(berth, `/v2/lab/dotdot/blobs/${dotdot.layers[1]!.digest}`);
     assert.equal(layer.status, 200);

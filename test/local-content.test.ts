@@ -97,7 +97,7 @@ describe('local content is the site’s own: quota, gc, offline, ls, export and 
     for (const d of [gone.layers[0]!.digest, gone.config.digest, stray.digest]) {
       assert.ok(removed2.has(d as Digest), `${d} was kept`);
       assert.equal(await has(d), false);
-      assert.ok(!b.index.refsOf(d as Digest).some((r) => r.upstream === LOCAL_UPSTREAM), 'the repository still claims a removed blob');
+      assert.ok(!(await b.index.refsOf(d as Digest)).some((r) => r.upstream === LOCAL_UPSTREAM), 'the repository still claims a removed blob');
     }
     for (const img of [keep, untagged, localBig]) {
       for (const d of [img.manifestDigest, img.config.digest, ...img.layers.map((l) => l.digest)]) assert.ok(await has(d), `${d} of a local image was removed`);
@@ -174,8 +174,8 @@ describe('local content is the site’s own: quota, gc, offline, ls, export and 
       const got = await send(there, 'GET', '/v2/site/keep/manifests/1');
       assert.equal(got.status, 200);
       assert.ok(got.body.equals(keep.manifest));
-      assert.ok(there.berth.index.getTag(LOCAL_UPSTREAM, 'site/keep', '1'), 'not a local tag');
-      assert.equal(there.berth.index.getTag('docker.io', 'site/keep', '1'), undefined, 'imported as a Docker Hub image');
+      assert.ok(await there.berth.index.getTag(LOCAL_UPSTREAM, 'site/keep', '1'), 'not a local tag');
+      assert.equal(await there.berth.index.getTag('docker.io', 'site/keep', '1'), undefined, 'imported as a Docker Hub image');
       const layer = await send(there, 'GET', `/v2/site/keep/blobs/${keep.layers[0]!.digest}`);
       assert.ok(layer.body.equals(await blobBytes(keep.layers[0]!)));
       // And the imported image can be built on: a new tag of it is accepted (its blobs are in the repository).
@@ -219,10 +219,10 @@ describe('local content is the site’s own: quota, gc, offline, ls, export and 
       // An index's grandchildren (its images' layers) are the repository's again, so never evicted.
       const layer = multi.images[0]!.layers[0]!.digest as Digest;
       assert.ok(
-        after.berth.index.refsOf(layer).some((r) => r.upstream === LOCAL_UPSTREAM && r.repository === 'site/multi'),
+        (await after.berth.index.refsOf(layer)).some((r) => r.upstream === LOCAL_UPSTREAM && r.repository === 'site/multi'),
         'a local index’s layer lost its repository',
       );
-      assert.ok(!after.berth.index.evictable(10_000).some((e) => e.digest === layer));
+      assert.ok(!(await after.berth.index.evictable(10_000)).some((e) => e.digest === layer));
     } finally {
       await after.stop();
     }

@@ -139,7 +139,7 @@ describe('pushing to and pulling from a local repository', () => {
     const r = await putManifest(berth, 'site/wrong', claimed, img.manifest, img.mediaType);
     assert.equal(r.status, 400);
     assert.equal(r.code, 'DIGEST_INVALID');
-    assert.equal(berth.berth.index.getBlob(img.manifestDigest as Digest), undefined);
+    assert.equal(await berth.berth.index.getBlob(img.manifestDigest as Digest), undefined);
     assert.equal((await send(berth, 'GET', `/v2/site/wrong/manifests/${claimed}`)).status, 404);
   });
 
@@ -306,7 +306,7 @@ describe('pushing to and pulling from a local repository', () => {
     assert.equal(push.status, 400, 'the deleted blob is no longer in the repository');
     assert.equal(push.code, 'MANIFEST_BLOB_UNKNOWN');
     assert.equal(
-      berth.berth.index.refsOf(img.config.digest as Digest).some((r) => r.upstream === LOCAL_UPSTREAM && r.repository === 'site/del'),
+      (await berth.berth.index.refsOf(img.config.digest as Digest)).some((r) => r.upstream === LOCAL_UPSTREAM && r.repository === 'site/del'),
       true,
       'the other blob stays',
     );
@@ -345,8 +345,8 @@ describe('pushing to and pulling from a local repository', () => {
     });
     try {
       const d = digestOf(Buffer.from(randomUUID())) as Digest;
-      ruled.berth.index.addRefs('docker.io', 'lab/private/x', [d]);
-      ruled.berth.index.addRefs('docker.io', 'lab/public', [d]);
+      await ruled.berth.index.addRefs('docker.io', 'lab/private/x', [d]);
+      await ruled.berth.index.addRefs('docker.io', 'lab/public', [d]);
       const r = await send(ruled, 'GET', '/v2/_catalog');
       assert.equal(r.status, 200);
       assert.deepEqual(JSON.parse(r.body.toString()), { repositories: ['docker.io/lab/public'] });

@@ -130,8 +130,8 @@ describe('manifest types come from the manifest, not from the upstream', () => {
         }
       }
       assert.equal(committed(b, digestOf(bytes)), false, 'the invalid manifest is not stored');
-      assert.equal(b.berth.index.getBlob(digestOf(bytes) as Digest), undefined, 'nor indexed');
-      assert.deepEqual(b.berth.index.listTags(EVIL, c.repo), [], 'nor tagged');
+      assert.equal(await b.berth.index.getBlob(digestOf(bytes) as Digest), undefined, 'nor indexed');
+      assert.deepEqual(await b.berth.index.listTags(EVIL, c.repo), [], 'nor tagged');
     });
   }
 

@@ -123,7 +123,7 @@ describe('metrics', () => {
     assert.equal(quota, 1024 * 1024);
     await waitUntil('an eviction to be counted', async () => (await metricValue(b.url, 'berth_evictions_total')) >= 1, 10_000);
     const stored = await metricValue(b.url, 'berth_storage_bytes');
-    const { total } = b.berth.index.totals();
+    const { total } = await b.berth.index.totals();
     assert.equal(stored, total, 'berth_storage_bytes is what the index holds');
     assert.ok(stored > 0 && stored <= quota, `stored ${stored} within the quota ${quota}`);
     assert.ok((await metricValue(b.url, 'berth_evicted_bytes_total')) > 0);

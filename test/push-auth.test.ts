@@ -269,7 +269,7 @@ describe('cross-repository mounts and the catalog under read rules', () => {
       }),
     );
     // A local repository, as a push leaves it in the index.
-    b.berth.index.addRefs(LOCAL_UPSTREAM, 'site/secret/app', [image.layers[0]!.digest as Digest]);
+    await b.berth.index.addRefs(LOCAL_UPSTREAM, 'site/secret/app', [image.layers[0]!.digest as Digest]);
     // The reader pulls the image: its layer is now cached under lab/app.
     for (const p of ['/v2/lab/app/manifests/1', `/v2/lab/app/blobs/${layer()}`]) {
       const r = await fetchOutcome(b.url, p, { headers: { accept: ACCEPT_ALL_MANIFESTS, authorization: READER } });

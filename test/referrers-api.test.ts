@@ -116,7 +116,7 @@ describe('referrers from an upstream with the referrers API (a stand-in origin),
       const r = await referrers(b.url, 'api/app', s);
       assert.equal(r.status, 502, r.body);
       assert.match(r.body, /upstream docker\.io/);
-      assert.equal(b.berth.index.referrersCheckedAt('docker.io', 'api/app', s as Digest), undefined);
+      assert.equal(await b.berth.index.referrersCheckedAt('docker.io', 'api/app', s as Digest), undefined);
     });
   }
 
@@ -194,7 +194,7 @@ describe('referrers of local repositories, from the index', () => {
     const seed = async (repository: string, m: Artifact | Image) => {
       await b.berth.store.putBytes(m.manifestDigest as Digest, m.manifest);
       const parsed = parseManifest(m.manifest);
-      b.berth.index.recordManifest({
+      await b.berth.index.recordManifest({
         upstream: LOCAL_UPSTREAM,
         repository,
         digest: m.manifestDigest as Digest,

@@ -227,7 +227,7 @@ describe('referrers of cached images, through the referrers tag of an upstream w
       assert.equal(res.statusCode, 200);
       assert.deepEqual(lines.at(-1)?.ok, ['docker.io/lab/signed:1']);
       for (const d of [sig.manifestDigest, sbom.layers[0]!.digest]) assert.ok(await warm.berth.store.stat(d as Digest), `${d} was prewarmed`);
-      assert.equal(warm.berth.pins.isPinned(sig.manifestDigest as Digest), true);
+      assert.equal(await warm.berth.pins.isPinned(sig.manifestDigest as Digest), true);
     } finally {
       await warm.stop();
     }

@@ -168,7 +168,7 @@ describe('GET /_berth/api/status', () => {
     const hit = await pull(`${berth.url}/v2/lab/slow/blobs/${slow.layers[0]!.digest}`);
     assert.equal(hit.status, 200);
     const s = await status(berth.url);
-    const totals = berth.berth.index.totals();
+    const totals = await berth.berth.index.totals();
     assert.equal(s.cache.usedBytes, totals.total);
     assert.equal(s.cache.blobs, totals.count);
     assert.equal(s.cache.quotaBytes, 1024 ** 3);

@@ -7,6 +7,7 @@ import path from 'node:path';
 import { describe, test } from 'node:test';
 import Database from 'better-sqlite3';
 import type { Digest } from '../src/oci/digest.ts';
+import { asyncIndex } from '../src/store/async-index-roles.ts';
 import { BlobStore } from '../src/store/blob-store.ts';
 import { collectGarbage } from '../src/store/gc.ts';
 import type { RegistryIndex } from '../src/store/index-roles.ts';
@@ -131,7 +132,8 @@ describe('collectGarbage over a BlobStore and a StoreIndex', () => {
       const unreachable = await put('unreachable');
       index.putBlob(unreachable.d, unreachable.size, null);
       const unindexed = await put('unindexed');
-      const deps = { index, pins: index.pins, store, staging: [paths.ingest, paths.tmp] };
+      const a = asyncIndex(index);
+      const deps = { index: a, pins: a.pins, store, staging: [paths.ingest, paths.tmp] };
 
       const dry = await collectGarbage(deps, { dryRun: true, minAgeMs: 0 });
       assert.deepEqual(dry.blobs, [{ digest: unreachable.d, size: unreachable.size }]);
@@ -189,7 +191,8 @@ describe('collectGarbage over a BlobStore and a StoreIndex', () => {
       const orphanSigBlob = await put('signature blob of removed');
       const orphanSig = await manifest('signature of removed', [orphanSigBlob], removed.d);
 
-      const r = await collectGarbage({ index, pins: index.pins, store, staging: [paths.ingest, paths.tmp] }, { dryRun: false, minAgeMs: 0 });
+      const a = asyncIndex(index);
+      const r = await collectGarbage({ index: a, pins: a.pins, store, staging: [paths.ingest, paths.tmp] }, { dryRun: false, minAgeMs: 0 });
       assert.deepEqual(r.blobs.map((b) => b.digest).sort(), [removed.d, removedLayer.d, orphanSig.d, orphanSigBlob.d].sort());
       for (const d of [kept.d, sig.d, sigBlob.d, sigOfSig.d]) assert.ok(await store.stat(d), `${d} stays`);
       assert.deepEqual(

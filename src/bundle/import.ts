@@ -8,7 +8,7 @@ import { type ImageReference, parseImageReference } from '../oci/image-reference
 import { MAX_MANIFEST_BYTES, parseManifest } from '../oci/manifest.ts';
 import { referrerFieldsOf } from '../oci/referrers.ts';
 import { LOCAL_UPSTREAM, type LocalNames } from '../registry/local-names.ts';
-import type { BlobIndex, ManifestIndex, TagIndex } from '../store/index-roles.ts';
+import type { AsyncBlobIndex, AsyncManifestIndex, AsyncTagIndex } from '../store/async-index-roles.ts';
 import { imageClosure } from '../store/pins.ts';
 import { type BlobIngester, type BlobReader, DigestMismatchError, writeBlob } from '../store/roles.ts';
 import { importSkopeoDirs } from './import-dirs.ts';
@@ -26,7 +26,7 @@ export interface ImportResult {
 /** What an import writes through: the store's verified writes, the index, and the configured upstreams' names. */
 export interface ImportDeps {
   store: BlobIngester & Pick<BlobReader, 'stat' | 'readBytes'>;
-  index: Pick<BlobIndex, 'getBlob' | 'putBlob'> & Pick<ManifestIndex, 'recordManifest' | 'childrenOf'> & Pick<TagIndex, 'putTag'>;
+  index: Pick<AsyncBlobIndex, 'getBlob' | 'putBlob'> & Pick<AsyncManifestIndex, 'recordManifest' | 'childrenOf'> & Pick<AsyncTagIndex, 'putTag'>;
   /** Resolves a reference's registry to a configured upstream (its canonical host), as pulls do. */
   upstreams: { readonly defaultHost: string; get(host: string): { readonly host: string } | undefined; readonly local?: Pick<LocalNames, 'owns'> };
 }
@@ -125,7 +125,7 @@ export async function putVerified(ctx: ImportDeps, d: Digest, body: AsyncIterabl
   counts.blobs++;
   const there = await ctx.store.stat(d);
   if (there !== undefined) {
-    if (!ctx.index.getBlob(d)) ctx.index.putBlob(d, there.size, null);
+    if (!(await ctx.index.getBlob(d))) await ctx.index.putBlob(d, there.size, null);
     for await (const c of body) onBytes(c.length);
     return there.size;
   }
@@ -136,7 +136,7 @@ export async function putVerified(ctx: ImportDeps, d: Digest, body: AsyncIterabl
     if (err instanceof DigestMismatchError) throw new Error(`blob ${d} in the bundle hashes to ${err.actual}: the bundle is damaged`);
     throw err;
   }
-  ctx.index.putBlob(d, size, null);
+  await ctx.index.putBlob(d, size, null);
   counts.added++;
   counts.bytes += size;
   return size;
@@ -175,7 +175,8 @@ export async function register(ctx: ImportDeps, entries: IndexEntry[]): Promise<
       skipped.push({ name: full, reason: `manifest ${e.digest} is missing from the bundle`, incomplete: true });
       continue;
     }
-    const absent = imageClosure(ctx.index, e.digest).filter((d) => !ctx.index.getBlob(d));
+    const absent: Digest[] = [];
+    for (const d of await imageClosure(ctx.index, e.digest)) if (!(await ctx.index.getBlob(d))) absent.push(d);
     if (absent.length > 0) {
       skipped.push({
         name: full,
@@ -184,7 +185,7 @@ export async function register(ctx: ImportDeps, entries: IndexEntry[]): Promise<
       });
       continue;
     }
-    if (ref.tag) ctx.index.putTag({ upstream, repository: ref.repository, tag: ref.tag, digest: e.digest, mediaType: root.mediaType, size: root.size, checkedAt: Date.now() });
+    if (ref.tag) await ctx.index.putTag({ upstream, repository: ref.repository, tag: ref.tag, digest: e.digest, mediaType: root.mediaType, size: root.size, checkedAt: Date.now() });
     images.push({ name: full, digest: e.digest });
     if (local && !ctx.upstreams.local?.owns(ref.repository)) {
       skipped.push({ name: full, reason: `imported as a local image, but ${ref.repository} is not under this berth's local.prefixes: not served until it is` });
@@ -197,11 +198,11 @@ export async function register(ctx: ImportDeps, entries: IndexEntry[]): Promise<
 
 /** Marks a stored blob as a manifest (media type, children, references), recursing into index children. */
 async function indexManifest(ctx: ImportDeps, d: Digest, declared: string | undefined, upstream: string, repository: string): Promise<{ mediaType: string; size: number } | undefined> {
-  if (!ctx.index.getBlob(d)) return undefined;
+  if (!(await ctx.index.getBlob(d))) return undefined;
   const bytes = await ctx.store.readBytes(d);
   if (!bytes) return undefined;
   const m = parseManifest(bytes, declared);
-  ctx.index.recordManifest({ upstream, repository, digest: d, size: bytes.length, mediaType: m.mediaType, children: [...m.manifests, ...m.blobs], ...referrerFieldsOf(m) });
+  await ctx.index.recordManifest({ upstream, repository, digest: d, size: bytes.length, mediaType: m.mediaType, children: [...m.manifests, ...m.blobs], ...referrerFieldsOf(m) });
   for (const c of m.manifests) await indexManifest(ctx, c.digest, c.mediaType, upstream, repository);
   return { mediaType: m.mediaType, size: bytes.length };
 }

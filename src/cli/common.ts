@@ -1,7 +1,6 @@
 import { type Command, Option } from 'commander';
 import { ConfigError, type ConfigFlags, loadConfig } from '../config/load.ts';
 import type { Config } from '../config/schema.ts';
-import { S3UnreachableError } from '../store/s3/client.ts';
 
 /** The options every berth command takes, so an operator writes them the same way everywhere. */
 export function withConfigOptions(cmd: Command): Command {
@@ -41,8 +40,9 @@ export function run(body: (opts: Record<string, unknown>, ...args: unknown[]) =>
         process.exit(2);
       }
       process.stderr.write(`berth: ${(err as Error).message}\n`);
-      // The storage backend cannot be reached at start-up: as a configuration error, the operator must act.
-      process.exit(err instanceof S3UnreachableError ? 2 : 1);
+      // The storage backend or the index cannot be reached at start-up (S3UnreachableError,
+      // IndexUnavailableError): as a configuration error, the operator must act.
+      process.exit((err as { exitCode?: unknown } | null | undefined)?.exitCode === 2 ? 2 : 1);
     }
   };
 }

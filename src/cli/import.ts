@@ -12,7 +12,7 @@ import { openBerth } from './open.ts';
 import { createProgress } from './progress.ts';
 
 /** Pins an imported image under its normalised reference, as prewarm names its pins. */
-function pinImported(berth: Berth, name: string, root: Digest): void {
+async function pinImported(berth: Berth, name: string, root: Digest): Promise<void> {
   let reference = name;
   try {
     // A local image's pin is named as the image is (`site/app:1`), as prewarm names it.
@@ -20,7 +20,7 @@ function pinImported(berth: Berth, name: string, root: Digest): void {
   } catch {
     // register() already parsed it; keep the name as written
   }
-  berth.pins.pin(reference, imageClosure(berth.index, root));
+  await berth.pins.pin(reference, await imageClosure(berth.index, root));
 }
 
 export function importCommand(program: Command): void {
@@ -47,7 +47,7 @@ export function importCommand(program: Command): void {
             progress.finish(source, true, `${r.images.length} images, ${r.added} of ${r.blobs} blobs new (${formatBytes(r.bytes)})`);
             progress.stop();
             for (const img of r.images) {
-              if (opts.pin !== false) pinImported(berth, img.name, img.digest as Digest);
+              if (opts.pin !== false) await pinImported(berth, img.name, img.digest as Digest);
               process.stdout.write(`imported ${img.name} ${img.digest}${opts.pin !== false ? ' (pinned)' : ''}\n`);
             }
             for (const s of r.skipped) {

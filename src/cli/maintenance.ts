@@ -26,8 +26,8 @@ export function maintenanceCommands(program: Command): void {
       // Read-only: runs beside a running server.
       withBerth(opts, { lock: false, createStorage: false }, async (berth) => {
         const { index, pins } = berth;
-        index.flushAccess();
-        const pinned = new Set(pins.references());
+        await index.flushAccess();
+        const pinned = new Set(await pins.references());
         // Converted images (issue #11): what they were converted from, and the learned start-up set.
         const converted = new Map((await index.estargz.images()).map((r) => [r.digest, r]));
         const estargzOf = async (d: Digest) => {
@@ -37,14 +37,16 @@ export function maintenanceCommands(program: Command): void {
           return { source: c.source, learned: startup?.learnedAt != null, startupFiles: startup?.files.length ?? 0, startupBytes: startup?.bytes ?? 0 };
         };
         const estargz = new Map<string, Awaited<ReturnType<typeof estargzOf>>>();
-        for (const t of index.allTags()) if (converted.has(t.digest)) estargz.set(t.digest, await estargzOf(t.digest));
-        const rows = index.allTags().map((t) => {
+        const tags = await index.allTags();
+        for (const t of tags) if (converted.has(t.digest)) estargz.set(t.digest, await estargzOf(t.digest));
+        // One tag after the other: a PostgreSQL index answers each read over the network, in order.
+        const rowOf = async (t: (typeof tags)[number]) => {
           // A local repository's tag is named as clients pull it: no host.
           const local = t.upstream === LOCAL_UPSTREAM;
           const name = local ? `${t.repository}:${t.tag}` : `${t.upstream}/${t.repository}:${t.tag}`;
-          const digests = imageClosure(index, t.digest);
-          const cached = digests.map((d) => index.getBlob(d)).filter((r) => r !== undefined);
-          const manifest = index.getBlob(t.digest);
+          const digests = await imageClosure(index, t.digest);
+          const cached = (await Promise.all(digests.map((d) => index.getBlob(d)))).filter((r) => r !== undefined);
+          const manifest = await index.getBlob(t.digest);
           return {
             reference: name,
             digest: t.digest,
@@ -53,16 +55,18 @@ export function maintenanceCommands(program: Command): void {
             complete: cached.length === digests.length && manifest !== undefined,
             lastPulled: manifest ? new Date(manifest.accessedAt).toISOString() : null,
             checked: new Date(t.checkedAt).toISOString(),
-            pinned: pinned.has(name) || pins.isPinned(t.digest),
+            pinned: pinned.has(name) || (await pins.isPinned(t.digest)),
             local,
             ...(estargz.has(t.digest) ? { estargz: estargz.get(t.digest) } : {}),
           };
-        });
+        };
+        const rows: Array<Awaited<ReturnType<typeof rowOf>>> = [];
+        for (const t of tags) rows.push(await rowOf(t));
         if (opts.json) {
           process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
           return;
         }
-        const totals = index.totals();
+        const totals = await index.totals();
         const line = (r: (typeof rows)[number]) =>
           process.stdout.write(`${r.reference}\t${r.digest.slice(0, 19)}\t${formatBytes(r.size)}${r.complete ? '' : ' (partial)'}\t${r.lastPulled ?? '-'}${r.pinned ? '\tpinned' : ''}\n`);
         // Local images (the site's own, pushed or imported) apart from the cache: they are never evicted.
@@ -109,7 +113,7 @@ export function maintenanceCommands(program: Command): void {
       }
       return withBerth(opts, { lock: 'pin', createStorage: false }, async (berth) => {
         const img = await berth.walker.walk(ref as string, undefined);
-        berth.pins.pin(img.name, [...img.manifests.map((m) => m.digest), ...img.blobs.map((b) => b.digest)]);
+        await berth.pins.pin(img.name, [...img.manifests.map((m) => m.digest), ...img.blobs.map((b) => b.digest)]);
         process.stdout.write(`pinned ${img.name} (${img.manifests.length + img.blobs.length} digests)\n`);
       });
     }),
@@ -121,7 +125,7 @@ export function maintenanceCommands(program: Command): void {
         // A local image's pin is named as the image is (`site/app:1`: prewarm, import).
         const local = localImageReference(ref as string, berth.upstreams.local);
         const name = local ? localImageName(local) : formatImageReference(parseImageReference(ref as string, berth.upstreams.defaultHost));
-        const n = berth.pins.unpin(name);
+        const n = await berth.pins.unpin(name);
         process.stdout.write(n > 0 ? `unpinned ${name}\n` : `${name} was not pinned\n`);
         return n > 0 ? 0 : 1;
       }),
@@ -139,29 +143,29 @@ export function maintenanceCommands(program: Command): void {
         const ref = parseImageReference(refText as string, upstreams.defaultHost);
         const name = formatImageReference(ref);
         const upstream = upstreams.get(ref.host)?.host ?? ref.host;
-        const tag = ref.tag ? index.getTag(upstream, ref.repository, ref.tag) : undefined;
+        const tag = ref.tag ? await index.getTag(upstream, ref.repository, ref.tag) : undefined;
         const root = ref.digest ?? tag?.digest;
         if (!root) throw new Error(`${name} is not cached`);
         // A pin is an operator's promise that the image stays: breaking it takes saying so.
-        if (opts.force !== true && (pins.references().includes(name) || (ref.digest !== undefined && pins.isPinned(root)))) {
+        if (opts.force !== true && ((await pins.references()).includes(name) || (ref.digest !== undefined && (await pins.isPinned(root))))) {
           throw new Error(`${name} is pinned: \`berth unpin ${name}\` first, or \`berth rm --force ${name}\``);
         }
-        if (ref.tag) index.deleteTag(upstream, ref.repository, ref.tag);
-        pins.unpin(name);
+        if (ref.tag) await index.deleteTag(upstream, ref.repository, ref.tag);
+        await pins.unpin(name);
         let removed = 0;
         let freed = 0;
         // Top down: a manifest goes (and lets go of its children) only when nothing else holds it, so a
         // second tag on the same manifest, or another image sharing a layer, keeps what it needs.
         const queue: Digest[] = [root];
         for (let d = queue.shift(); d; d = queue.shift()) {
-          if (index.isReferenced(d) || pins.isPinned(d) || store.busy(d)) continue;
-          const children = index.childrenOf(d).map((c) => c.digest);
-          index.deleteChildren(d);
-          const size = index.getBlob(d)?.size;
+          if ((await index.isReferenced(d)) || (await pins.isPinned(d)) || store.busy(d)) continue;
+          const children = (await index.childrenOf(d)).map((c) => c.digest);
+          await index.deleteChildren(d);
+          const size = (await index.getBlob(d))?.size;
           if (size !== undefined) {
             freed += size;
             removed++;
-            index.deleteBlob(d);
+            await index.deleteBlob(d);
             await store.remove(d);
           }
           queue.push(...children);

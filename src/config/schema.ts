@@ -313,7 +313,7 @@ export const ConfigSchema = z
       .prefault({}),
     /**
      * The tag/manifest index. sqlite: berth.db under storage.path, embedded (the default: one instance).
-     * postgres: issue #12, not yet used by serve (src/store/pg/ implements it; serve still opens SQLite).
+     * postgres: issue #12, shared by replicas (src/store/pg/, opened by src/store/open-index.ts).
      */
     index: z
       .object({

@@ -3,11 +3,11 @@ import type { Context } from 'koa';
 import { RegistryError } from '../oci/errors.ts';
 import { LOCAL_UPSTREAM } from '../registry/local-names.ts';
 import type { Upstreams } from '../registry/upstreams.ts';
-import type { RegistryIndex } from '../store/index-roles.ts';
+import type { AsyncRegistryIndex } from '../store/async-index-roles.ts';
 import { ruleName } from './access-rules.ts';
 
 export interface CatalogDeps {
-  index: Pick<RegistryIndex, 'repositories'>;
+  index: Pick<AsyncRegistryIndex, 'repositories'>;
   upstreams: Upstreams;
   /**
    * With auth.rules on: whether this request's client may read the repository by its rule name (ruleName:
@@ -24,9 +24,9 @@ const MAX_PAGE = 10_000;
  * that upstream, so every name listed is pullable as listed). Repositories of an upstream that is no
  * longer configured are left out: they cannot be pulled.
  */
-export function catalogNames(d: CatalogDeps, visible: (upstream: string, repository: string) => boolean = () => true): string[] {
+export async function catalogNames(d: CatalogDeps, visible: (upstream: string, repository: string) => boolean = () => true): Promise<string[]> {
   const names = new Set<string>();
-  for (const r of d.index.repositories()) {
+  for (const r of await d.index.repositories()) {
     if (!visible(r.upstream, r.repository)) continue;
     if (r.upstream === LOCAL_UPSTREAM) {
       if (d.upstreams.local.owns(r.repository)) names.add(r.repository);
@@ -37,7 +37,7 @@ export function catalogNames(d: CatalogDeps, visible: (upstream: string, reposit
 
 /** `GET /v2/_catalog?n=&last=`: sorted, after `last`, at most `n` (else up to 10000), a `Link` to the next page. */
 export function catalogRoute(router: Router, d: CatalogDeps): void {
-  router.get('/v2/_catalog', (ctx: Context) => {
+  router.get('/v2/_catalog', async (ctx: Context) => {
     ctx.state.route = 'catalog';
     const one = (k: string) => {
       const v = ctx.query[k];
@@ -52,7 +52,7 @@ export function catalogRoute(router: Router, d: CatalogDeps): void {
     if (last !== undefined && last.length > 512) throw new RegistryError('QUERY_INVALID', 'last is longer than any repository name');
     const n = nText === undefined ? MAX_PAGE : Number(nText);
     const mayList = d.mayList;
-    let names = catalogNames(d, mayList ? (u, r) => mayList(ctx, ruleName(u, r)) : undefined);
+    let names = await catalogNames(d, mayList ? (u, r) => mayList(ctx, ruleName(u, r)) : undefined);
     if (last !== undefined) names = names.filter((r) => r > last);
     const more = names.length > n;
     names = names.slice(0, n);

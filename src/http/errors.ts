@@ -88,6 +88,9 @@ function toRegistryError(err: unknown, ctx: Context): RegistryError {
   const upstream = typeof ctx.state.upstream === 'string' ? `upstream ${ctx.state.upstream}` : 'the upstream';
   if (has((c) => c === 'ENOSPC' || c === 'EDQUOT' || c === 'SQLITE_FULL')) return new RegistryError('UNAVAILABLE', 'berth storage is full; the content could not be cached');
   if (has((c) => c.startsWith('SQLITE_BUSY') || c === 'SQLITE_LOCKED')) return new RegistryError('UNAVAILABLE', "berth's index is locked by another process; try again");
+  // The index's server (PostgreSQL, PgUnavailableError) is down or unreachable: before the link failures, whose
+  // codes (ECONNREFUSED) its cause may carry, since it is not the upstream that failed.
+  if ((err as { unavailable?: unknown } | null)?.unavailable === true) return new RegistryError('UNAVAILABLE', "berth's index is unavailable; try again");
   const link = has((c) => LINK_FAILURES.has(c));
   if (link) return new RegistryError('UNAVAILABLE', `the connection to ${upstream} failed (${link}); try again`);
   const lie = has((c) => UPSTREAM_LIES.has(c));

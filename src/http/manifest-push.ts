@@ -33,16 +33,16 @@ export function pushRoutes(router: Router, d: PushRouteDeps): void {
     if (pushed.subject) ctx.set('OCI-Subject', pushed.subject);
     noBody(ctx, 201);
   });
-  router.delete('/v2/*name/manifests/:reference', (ctx) => {
+  router.delete('/v2/*name/manifests/:reference', async (ctx) => {
     ctx.state.route = 'manifest-delete';
     const route = localRoute(ctx);
-    d.local.deleteManifest(route, parseReference(rawParam(ctx, 1)));
+    await d.local.deleteManifest(route, parseReference(rawParam(ctx, 1)));
     noBody(ctx, 202);
   });
-  router.delete('/v2/*name/blobs/:digest', (ctx) => {
+  router.delete('/v2/*name/blobs/:digest', async (ctx) => {
     ctx.state.route = 'blob-delete';
     const route = localRoute(ctx);
-    d.local.deleteBlob(route, parseDigest(rawParam(ctx, 1)));
+    await d.local.deleteBlob(route, parseDigest(rawParam(ctx, 1)));
     noBody(ctx, 202);
   });
 }

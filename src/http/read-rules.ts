@@ -12,7 +12,7 @@ const REFERRERS = /^\/v2\/(.+)\/referrers\/[^/]+$/;
 
 /** What of the index read-rules needs: which repositories a digest is known from. */
 export interface DigestOrigins {
-  refsOf(d: Digest): Array<{ upstream: string; repository: string }>;
+  refsOf(d: Digest): Promise<Array<{ upstream: string; repository: string }>>;
 }
 
 /**
@@ -54,7 +54,7 @@ export function readRules(rules: AccessRules, upstreams: Upstreams, index: Diges
       } catch {
         return next();
       }
-      const known = index.refsOf(digest);
+      const known = await index.refsOf(digest);
       const here = known.some((r) => r.upstream === route.upstream && r.repository === route.repository);
       if (known.length > 0 && !here && !known.some((r) => rules.mayRead(who, ruleName(r.upstream, r.repository)))) {
         const what = named[2] === 'blobs' ? 'BLOB_UNKNOWN' : 'MANIFEST_UNKNOWN';

@@ -12,7 +12,7 @@ import type { Referrers } from '../registry/referrers.ts';
 import type { Tags } from '../registry/tags.ts';
 import type { Uploads } from '../registry/uploads/uploads.ts';
 import type { Upstreams } from '../registry/upstreams.ts';
-import type { RegistryIndex } from '../store/index-roles.ts';
+import type { AsyncRegistryIndex } from '../store/async-index-roles.ts';
 import { checkRangeSyntax, requestedRanges, sendBlob, setBlobHeaders } from './blob-response.ts';
 import { catalogRoute } from './catalog.ts';
 import { pushRoutes } from './manifest-push.ts';
@@ -32,7 +32,7 @@ export interface V2Deps {
   uploads?: Uploads;
   /** The local registry (issue #10): manifest pushes, deletes; the catalog reads the index. */
   local: LocalRegistry;
-  catalog: Pick<RegistryIndex, 'repositories'>;
+  catalog: Pick<AsyncRegistryIndex, 'repositories'>;
   maxManifestSize: number;
   /** Sees every blob GET's ranges (learning eStargz start-up sets, issue #11); must be cheap for other digests. */
   blobReads?: { observe(digest: Digest, ranges: readonly ByteRange[] | undefined, client: string | undefined): void };

@@ -6,10 +6,10 @@ import { RegistryError } from '../oci/errors.ts';
 import { IntegrityError } from '../oci/integrity.ts';
 import type { ByteRange } from '../oci/range.ts';
 import { SingleFlight } from '../single-flight.ts';
+import type { AsyncRegistryIndex } from '../store/async-index-roles.ts';
 import type { StoragePaths } from '../store/paths.ts';
 import type { Quota } from '../store/quota.ts';
 import { type BlobStorage, DigestMismatchError } from '../store/roles.ts';
-import type { StoreIndex } from '../store/store-index.ts';
 import type { BandwidthBudget, Priority } from '../upstream/bandwidth.ts';
 import { refetchIfEvicted } from './evicted.ts';
 import type { BlobSource, Fill } from './fill/fill.ts';
@@ -38,7 +38,7 @@ export interface BlobHandle {
 
 /** What Blobs is built from (server.ts). */
 export interface BlobsOptions {
-  index: StoreIndex;
+  index: AsyncRegistryIndex;
   /** Any blob store; `paths` is the local working directory, where fills keep their partial files. */
   store: BlobStorage & { readonly paths: StoragePaths };
   upstreams: Upstreams;
@@ -87,9 +87,9 @@ export class Blobs {
    * whose manifests of the requested repository referenced the blob, the default upstream first. Another
    * repository's manifests never steer a request: any repository can name any digest.
    */
-  routeFor(route: Route, d: Digest): Route {
+  async routeFor(route: Route, d: Digest): Promise<Route> {
     if (route.explicit) return route;
-    const same = this.o.index.refsOf(d).filter((r) => r.repository === route.repository && this.o.upstreams.get(r.upstream));
+    const same = (await this.o.index.refsOf(d)).filter((r) => r.repository === route.repository && this.o.upstreams.get(r.upstream));
     const ref = same.find((r) => r.upstream === route.upstream) ?? same[0];
     return ref ? { upstream: ref.upstream, repository: route.repository, explicit: false } : route;
   }
@@ -97,15 +97,15 @@ export class Blobs {
   /** Committed blob, or undefined. A row whose file vanished is forgotten. */
   async cached(d: Digest): Promise<BlobHandle | undefined> {
     const { index, store } = this.o;
-    const row = index.getBlob(d);
+    const row = await index.getBlob(d);
     const size = (await store.stat(d))?.size;
     if (size === undefined) {
-      if (row) index.deleteBlob(d);
+      if (row) await index.deleteBlob(d);
       return undefined;
     }
     // A file under blobs/ was verified before its rename; a crash before its index row only lost the row.
-    if (!row) index.putBlob(d, size, null);
-    index.touch(d);
+    if (!row) await index.putBlob(d, size, null);
+    await index.touch(d);
     return { digest: d, size, source: 'cache', read: (s, e) => store.read(d, s, e), send: (s, e, w) => store.send(d, s, e, w) };
   }
 
@@ -114,7 +114,7 @@ export class Blobs {
    * 404. Never an upstream, online or offline: a local name has none.
    */
   private async local(route: Route, d: Digest): Promise<BlobHandle> {
-    const mine = this.o.index.refsOf(d).some((r) => r.upstream === LOCAL_UPSTREAM && r.repository === route.repository);
+    const mine = (await this.o.index.refsOf(d)).some((r) => r.upstream === LOCAL_UPSTREAM && r.repository === route.repository);
     const hit = mine ? await this.cached(d) : undefined;
     if (!hit) throw new RegistryError('BLOB_UNKNOWN', `blob ${d} is not in ${route.repository}`);
     return hit;
@@ -126,7 +126,7 @@ export class Blobs {
     const hit = await this.cached(d);
     if (hit) return { size: hit.size, cached: true };
     this.ensureOnline(d);
-    const r = this.routeFor(route, d);
+    const r = await this.routeFor(route, d);
     const fill = this.o.fills.get(d, r.upstream);
     if (fill?.size !== undefined) return { size: fill.size, cached: false };
     const size = await this.heads.run(`${r.upstream} ${r.repository} ${d}`, async () => (await this.o.upstreams.client(r).headBlob(r.repository, d)).size);
@@ -153,8 +153,8 @@ export class Blobs {
     // A Range read needs the size before anything is fetched (a suffix range, a 416): when no cached
     // manifest declared it, a HEAD asks the upstream.
     // The route is looked up once (an index query): the fill below looks again only after awaits.
-    const r = this.routeFor(route, d);
-    const sizeHint = wantsWhole || this.o.fills.get(d, r.upstream)?.size !== undefined ? undefined : (this.o.index.descriptorSize(d, r) ?? (await this.stat(route, d)).size);
+    const r = await this.routeFor(route, d);
+    const sizeHint = wantsWhole || this.o.fills.get(d, r.upstream)?.size !== undefined ? undefined : ((await this.o.index.descriptorSize(d, r)) ?? (await this.stat(route, d)).size);
     const fill = await this.fill(route, d, sizeHint, client);
     if (!fill) return (await this.cached(d)) ?? this.open(route, d, wantsWhole, client);
     // Wrong size or bytes found before the headers go out are the upstream's fault: a 502 naming it.
@@ -205,7 +205,7 @@ export class Blobs {
    */
   private async fill(route: Route, d: Digest, sizeHint?: number, clientAddress?: string): Promise<Fill | undefined> {
     const { fills, index, store, metrics, log, quota, budget } = this.o;
-    const r = this.routeFor(route, d);
+    const r = await this.routeFor(route, d);
     const client = this.o.upstreams.client(r);
     const source: BlobSource = {
       async open(range, priority: () => Priority, signal) {
@@ -215,7 +215,8 @@ export class Blobs {
         return { partial, start, size, body: Object.assign(budget.throttle(r.upstream, body, priority), { destroy: cancel }) };
       },
     };
-    const known = index.descriptorSize(d, r) ?? sizeHint;
+    // Index lookups before the check below, never between it and acquire.
+    const known = (await index.descriptorSize(d, r)) ?? sizeHint;
     if (!fills.get(d, r.upstream) && (await store.stat(d)) !== undefined) return undefined;
     // No await between that check and acquire's own look at the table.
     const { fill, joined } = await fills.acquire(
@@ -237,8 +238,8 @@ export class Blobs {
             throw err instanceof DigestMismatchError ? new IntegrityError(err.message) : err;
           });
           fills.failpoints.hit('fill.index-write');
-          index.putBlob(d, size, null);
-          index.addRefs(r.upstream, r.repository, [d]);
+          await index.putBlob(d, size, null);
+          await index.addRefs(r.upstream, r.repository, [d]);
           void quota.enforce().catch((err: Error) => log.error({ err }, 'quota pass failed'));
         },
         readCommitted: (s, e) => store.read(d, s, e),

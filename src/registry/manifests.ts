@@ -9,8 +9,9 @@ import { choose, storageKey } from '../oci/negotiation.ts';
 import { type Reference, referenceString } from '../oci/reference.ts';
 import { referrerFieldsOf } from '../oci/referrers.ts';
 import { SingleFlight } from '../single-flight.ts';
+import type { AsyncRegistryIndex } from '../store/async-index-roles.ts';
+import type { TagRow } from '../store/index-roles.ts';
 import type { BlobIngester, BlobReader } from '../store/roles.ts';
-import type { StoreIndex, TagRow } from '../store/store-index.ts';
 import { servesStale } from './failures.ts';
 import { isLocalRepository, LOCAL_UPSTREAM } from './local-names.ts';
 import type { Route, Upstreams } from './upstreams.ts';
@@ -36,7 +37,7 @@ export interface DerivedTags {
 
 /** What Manifests is built from (server.ts). */
 export interface ManifestsOptions {
-  index: StoreIndex;
+  index: AsyncRegistryIndex;
   store: BlobReader & BlobIngester;
   upstreams: Upstreams;
   metrics: Metrics;
@@ -59,7 +60,7 @@ export class Manifests {
   private readonly inflight = new SingleFlight<ManifestResult>();
   /** Manifest bytes by digest: content-addressed, so never stale. Saves a file read per hot tag request. */
   private readonly bytes = new LRUCache<string, Buffer>({ maxSize: 32 * 1024 * 1024, sizeCalculation: (b) => b.length || 1 });
-  private readonly index: StoreIndex;
+  private readonly index: AsyncRegistryIndex;
   private readonly store: BlobReader & BlobIngester;
   private readonly upstreams: Upstreams;
   private readonly metrics: Metrics;
@@ -104,7 +105,7 @@ export class Manifests {
       this.metrics.misses.inc({ kind: 'manifest' });
       return this.fetch(route, ref.digest, accept, ref.digest, method);
     }
-    const row = choose(this.index.tagRows(route.upstream, route.repository, ref.tag), accept);
+    const row = choose(await this.index.tagRows(route.upstream, route.repository, ref.tag), accept);
     const fromRow = async (stale?: string) => {
       const hit = row && (await this.fromCache(row.digest, method));
       return hit ? { ...hit, ...(stale ? { stale } : {}) } : undefined;
@@ -143,10 +144,10 @@ export class Manifests {
    * or the cache's copy is not this repository's).
    */
   private async local(route: Route, ref: Reference, method: 'GET' | 'HEAD'): Promise<ManifestResult> {
-    const d = ref.kind === 'tag' ? this.index.getTag(LOCAL_UPSTREAM, route.repository, ref.tag)?.digest : ref.digest;
+    const d = ref.kind === 'tag' ? (await this.index.getTag(LOCAL_UPSTREAM, route.repository, ref.tag))?.digest : ref.digest;
     // A local tag is only ever put beside its manifest's reference row, and goes with it: no second read on
     // the hot path. A digest needs the row.
-    const held = d !== undefined && (ref.kind === 'tag' || this.index.refsOf(d).some((r) => r.upstream === LOCAL_UPSTREAM && r.repository === route.repository));
+    const held = d !== undefined && (ref.kind === 'tag' || (await this.index.refsOf(d)).some((r) => r.upstream === LOCAL_UPSTREAM && r.repository === route.repository));
     const hit = held ? await this.fromCache(d, method) : undefined;
     if (hit) return hit;
     throw new RegistryError('MANIFEST_UNKNOWN', `manifest ${route.repository}${ref.kind === 'tag' ? `:${ref.tag}` : `@${ref.digest}`} is not in this local repository`);
@@ -160,7 +161,7 @@ export class Manifests {
       return this.fetch(route, undefined, accept, tag, method);
     }
     // This negotiation confirmed the answer: it refreshes its own row (never another negotiation's).
-    this.index.putTag({ ...row, accept: storageKey(accept, row.mediaType), checkedAt: Date.now() });
+    await this.index.putTag({ ...row, accept: storageKey(accept, row.mediaType), checkedAt: Date.now() });
     return (await this.fromCache(row.digest, method)) ?? this.fetch(route, row.digest, accept, tag, method);
   }
 
@@ -171,7 +172,7 @@ export class Manifests {
   }
 
   private async fromCache(d: Digest, method: 'GET' | 'HEAD'): Promise<ManifestResult | undefined> {
-    let row = this.index.getBlob(d);
+    let row = await this.index.getBlob(d);
     if (!row) return undefined;
     if (!row.mediaType || !isManifestMediaType(row.mediaType)) {
       // Cached as a plain blob (fetched through /blobs/ first, say), or indexed with a type berth does not
@@ -179,22 +180,22 @@ export class Manifests {
       // type; if not, the digest names a layer or config, and asking the upstream would only fail.
       const mediaType = row.size <= MAX_MANIFEST_BYTES ? await this.manifestTypeOf(d) : undefined;
       if (!mediaType) throw new RegistryError('MANIFEST_UNKNOWN', `${d} is a blob in this cache, not a manifest`);
-      this.index.putBlob(d, row.size, mediaType);
+      await this.index.putBlob(d, row.size, mediaType);
       row = { ...row, mediaType };
     }
     const mediaType = row.mediaType!;
     if (method === 'HEAD') {
-      this.index.touch(d);
+      await this.index.touch(d);
       this.metrics.hits.inc({ kind: 'manifest' });
       return { digest: d, mediaType, size: row.size, cached: true };
     }
     const bytes = this.bytes.get(d) ?? (await this.store.readBytes(d));
     if (!bytes) {
-      this.index.deleteBlob(d);
+      await this.index.deleteBlob(d);
       return undefined;
     }
     this.bytes.set(d, bytes);
-    this.index.touch(d);
+    await this.index.touch(d);
     this.metrics.hits.inc({ kind: 'manifest' });
     return { digest: d, mediaType, size: bytes.length, bytes, cached: true };
   }
@@ -218,7 +219,7 @@ export class Manifests {
     const { digest, mediaType, bytes, parsed } = m;
     await this.store.putBytes(digest, bytes);
     const { index } = this;
-    index.recordManifest({
+    await index.recordManifest({
       upstream: route.upstream,
       repository: route.repository,
       digest,
@@ -229,7 +230,7 @@ export class Manifests {
     });
     if (!reference.includes(':')) {
       const tag = { upstream: route.upstream, repository: route.repository, tag: reference, digest, mediaType, size: bytes.length };
-      index.putTag({ ...tag, accept: storageKey(accept, mediaType), checkedAt: Date.now() });
+      await index.putTag({ ...tag, accept: storageKey(accept, mediaType), checkedAt: Date.now() });
     }
     return { digest, mediaType, size: bytes.length, ...(method === 'GET' ? { bytes } : {}), cached: false };
   }

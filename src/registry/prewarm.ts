@@ -1,7 +1,7 @@
 import { formatBytes } from '../config/units.ts';
 import type { Digest } from '../oci/digest.ts';
 import type { Platform } from '../oci/manifest.ts';
-import type { Pins } from '../store/pins.ts';
+import type { AsyncPinIndex } from '../store/async-index-roles.ts';
 import type { Quota } from '../store/quota.ts';
 import type { BlobStatter } from '../store/roles.ts';
 import type { Blobs } from './blobs.ts';
@@ -29,7 +29,7 @@ export class Prewarmer {
   constructor(
     private readonly walker: ImageWalker,
     private readonly blobs: Blobs,
-    private readonly pins: Pins,
+    private readonly pins: AsyncPinIndex,
     private readonly quota: Quota,
     private readonly store: BlobStatter,
     /** `withReferrers`: also fetch (and pin) the referrers of each image (signatures, SBOMs). */
@@ -58,7 +58,7 @@ export class Prewarmer {
           await this.ensureRoom(image, new Set(digests));
           r = await this.warm(image, emit);
           await this.ensureComplete(image);
-          if (opts.pin !== false) this.pins.pin(image.name, digests);
+          if (opts.pin !== false) await this.pins.pin(image.name, digests);
         } finally {
           release();
         }
@@ -71,7 +71,7 @@ export class Prewarmer {
           if (!this.estargz) throw new Error('eStargz conversion is not available in this berth');
           const converted = await this.estargz(image, platforms);
           const size = converted.blobs.reduce((n, b) => n + Math.max(0, b.size), 0);
-          if (opts.pin !== false) this.pins.pin(converted.name, [...converted.manifests.map((m) => m.digest), ...converted.blobs.map((b) => b.digest)]);
+          if (opts.pin !== false) await this.pins.pin(converted.name, [...converted.manifests.map((m) => m.digest), ...converted.blobs.map((b) => b.digest)]);
           emit({ type: 'done', ref: converted.name, digest: converted.root.digest, bytes: size, fetched: 0 });
         }
       } catch (err) {
@@ -94,7 +94,7 @@ export class Prewarmer {
 
   /** Refuses an image that storage.maxSize cannot hold beside what is pinned or being prewarmed already. */
   private async ensureRoom(image: WalkedImage, own: Set<Digest>): Promise<void> {
-    const room = await this.quota.room(own, this.pins.digests());
+    const room = await this.quota.room(own, await this.pins.digests());
     if (!room) return;
     const need = image.blobs.reduce((n, b) => n + Math.max(0, b.size), 0) + image.manifests.reduce((n, m) => n + m.size, 0);
     if (room.held + need <= room.limit) return;

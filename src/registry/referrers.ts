@@ -5,7 +5,7 @@ import { MediaType } from '../oci/media-types.ts';
 import { parseTag } from '../oci/reference.ts';
 import { type ReferrerDescriptor, referrerDescriptors, referrersTag } from '../oci/referrers.ts';
 import { SingleFlight } from '../single-flight.ts';
-import type { ReferrerIndex } from '../store/index-roles.ts';
+import type { AsyncReferrerIndex } from '../store/async-index-roles.ts';
 import { servesStale } from './failures.ts';
 import type { Manifests } from './manifests.ts';
 import type { Route, Upstreams } from './upstreams.ts';
@@ -19,7 +19,7 @@ export interface ReferrersResult {
 }
 
 export interface ReferrersOptions {
-  index: ReferrerIndex;
+  index: AsyncReferrerIndex;
   upstreams: Upstreams;
   manifests: Manifests;
   log: Logger;
@@ -47,7 +47,7 @@ export class Referrers {
   async list(route: Route, subject: Digest, artifactType: string | undefined): Promise<ReferrersResult> {
     let stale: string | undefined;
     if (!route.local && !this.o.offline) stale = await this.refresh(route, subject);
-    const all = this.o.index.referrersOf(route.upstream, route.repository, subject);
+    const all = await this.o.index.referrersOf(route.upstream, route.repository, subject);
     const manifests = artifactType === undefined ? all : all.filter((r) => r.artifactType === artifactType);
     return { manifests, filtered: artifactType !== undefined, ...(stale ? { stale } : {}) };
   }
@@ -55,18 +55,18 @@ export class Referrers {
   /** Brings the upstream's list up to date unless it is within tagTtl; returns why it could not (served stale). */
   private async refresh(route: Route, subject: Digest): Promise<string | undefined> {
     const { index } = this.o;
-    const checked = index.referrersCheckedAt(route.upstream, route.repository, subject);
+    const checked = await index.referrersCheckedAt(route.upstream, route.repository, subject);
     if (checked !== undefined && Date.now() - checked < this.o.tagTtl) return undefined;
     try {
       await this.inflight.run(`${route.upstream}|${route.repository}|${subject}`, async () => {
         const list = await this.fromUpstream(route, subject);
-        index.putUpstreamReferrers(route.upstream, route.repository, subject, list, Date.now());
+        await index.putUpstreamReferrers(route.upstream, route.repository, subject, list, Date.now());
       });
       return undefined;
     } catch (err) {
       // Stale-if-error, as for tags: a list fetched before, or referrers stored here, are the answer.
       if (!servesStale(err)) throw err;
-      if (checked === undefined && index.referrersOf(route.upstream, route.repository, subject).length === 0) throw err;
+      if (checked === undefined && (await index.referrersOf(route.upstream, route.repository, subject)).length === 0) throw err;
       this.o.log.warn({ upstream: route.upstream, repository: route.repository, subject, error: err.message }, 'serving cached referrers: upstream could not list them');
       return err.message;
     }

@@ -1,5 +1,5 @@
 import { RegistryError } from '../oci/errors.ts';
-import type { StoreIndex } from '../store/store-index.ts';
+import type { AsyncRegistryIndex } from '../store/async-index-roles.ts';
 import { servesStale } from './failures.ts';
 import { isLocalRepository } from './local-names.ts';
 import type { Route, Upstreams } from './upstreams.ts';
@@ -18,12 +18,12 @@ export interface TagPage {
  * else the tags berth has cached, paginated the same way (`n`, `last`, spec "Listing Tags").
  */
 export class Tags {
-  private readonly index: StoreIndex;
+  private readonly index: AsyncRegistryIndex;
   private readonly upstreams: Upstreams;
   private readonly offline: boolean;
 
   /** `offline`: list the cached tags only, never asking an upstream. */
-  constructor(o: { index: StoreIndex; upstreams: Upstreams; offline: boolean }) {
+  constructor(o: { index: AsyncRegistryIndex; upstreams: Upstreams; offline: boolean }) {
     this.index = o.index;
     this.upstreams = o.upstreams;
     this.offline = o.offline;
@@ -35,7 +35,7 @@ export class Tags {
       try {
         return await this.fromUpstream(route, displayName, n, last);
       } catch (err) {
-        if (!servesStale(err) || this.index.listTags(route.upstream, route.repository).length === 0) throw err;
+        if (!servesStale(err) || (await this.index.listTags(route.upstream, route.repository)).length === 0) throw err;
       }
     }
     return this.fromCache(route, displayName, n, last);
@@ -52,16 +52,16 @@ export class Tags {
   }
 
   /** A local repository's tags are the index's (never an upstream's); one that exists with no tags lists none. */
-  private local(route: Route, displayName: string, n: number | undefined, last: string | undefined): TagPage {
-    if (!this.index.hasRepository(route.upstream, route.repository)) {
+  private async local(route: Route, displayName: string, n: number | undefined, last: string | undefined): Promise<TagPage> {
+    if (!(await this.index.hasRepository(route.upstream, route.repository))) {
       throw new RegistryError('NAME_UNKNOWN', `local repository ${route.repository} does not exist (nothing was pushed to it)`);
     }
-    const { tags, next } = paginate(this.index.listTags(route.upstream, route.repository), n, last);
+    const { tags, next } = paginate(await this.index.listTags(route.upstream, route.repository), n, last);
     return { name: displayName, tags, ...(next ? { next } : {}), fromCache: true };
   }
 
-  private fromCache(route: Route, displayName: string, n: number | undefined, last: string | undefined): TagPage {
-    const all = this.index.listTags(route.upstream, route.repository);
+  private async fromCache(route: Route, displayName: string, n: number | undefined, last: string | undefined): Promise<TagPage> {
+    const all = await this.index.listTags(route.upstream, route.repository);
     if (all.length === 0) {
       throw new RegistryError('NAME_UNKNOWN', `repository ${route.upstream}/${route.repository} has no cached tags${this.offline ? ' and berth is offline' : ''}`);
     }

@@ -1,7 +1,7 @@
 import { readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Digest } from '../oci/digest.ts';
-import type { BlobIndex, ManifestIndex, PinIndex, ReferrerIndex, TagIndex } from './index-roles.ts';
+import type { AsyncBlobIndex, AsyncManifestIndex, AsyncPinIndex, AsyncReferrerIndex, AsyncTagIndex } from './async-index-roles.ts';
 import { LOCAL_UPSTREAM } from './index-roles.ts';
 import type { BlobEnumerator, BlobRemover } from './roles.ts';
 
@@ -14,19 +14,19 @@ export interface GcReport {
 }
 
 export interface GcDeps {
-  index: Pick<BlobIndex, 'allDigests' | 'getBlob' | 'deleteBlob'> &
-    Pick<ManifestIndex, 'childrenOf' | 'deleteChildren'> &
-    Pick<TagIndex, 'allTags'> &
-    Pick<ReferrerIndex, 'referrerDigests' | 'forgetReferrer'> &
+  index: Pick<AsyncBlobIndex, 'allDigests' | 'getBlob' | 'deleteBlob'> &
+    Pick<AsyncManifestIndex, 'childrenOf' | 'deleteChildren'> &
+    Pick<AsyncTagIndex, 'allTags'> &
+    Pick<AsyncReferrerIndex, 'referrerDigests' | 'forgetReferrer'> &
     LocalGcIndex;
-  pins: Pick<PinIndex, 'digests'>;
+  pins: Pick<AsyncPinIndex, 'digests'>;
   store: BlobRemover & Pick<BlobEnumerator, 'list'>;
   /** Local directories of unfinished writes (ingest/, tmp/): what is older than minAgeMs there is nobody's. */
   staging: string[];
 }
 
 /** What gc asks of the index about local repositories (issue #10). */
-type LocalGcIndex = Pick<ManifestIndex, 'localManifests' | 'refsOf' | 'deleteRef'>;
+type LocalGcIndex = Pick<AsyncManifestIndex, 'localManifests' | 'refsOf' | 'deleteRef'>;
 
 /**
  * Garbage collection of the storage directory: partial downloads and temp files nobody finished (older
@@ -49,30 +49,30 @@ export async function collectGarbage({ index, pins, store, staging }: GcDeps, o:
       if (!o.dryRun) await rm(file, { force: true });
     }
   }
-  const reachable = new Set<Digest>(pins.digests());
-  const queue: Digest[] = [...index.allTags().map((t) => t.digest), ...index.localManifests(), ...reachable];
+  const reachable = new Set<Digest>(await pins.digests());
+  const queue: Digest[] = [...(await index.allTags()).map((t) => t.digest), ...(await index.localManifests()), ...reachable];
   for (let d = queue.pop(); d; d = queue.pop()) {
     reachable.add(d);
-    for (const c of index.childrenOf(d)) if (!reachable.has(c.digest)) queue.push(c.digest);
+    for (const c of await index.childrenOf(d)) if (!reachable.has(c.digest)) queue.push(c.digest);
     // A manifest whose subject is kept is kept (its signatures, SBOMs), and what it reaches.
-    for (const r of index.referrerDigests(d)) if (!reachable.has(r)) queue.push(r);
+    for (const r of await index.referrerDigests(d)) if (!reachable.has(r)) queue.push(r);
   }
   const known = new Set<string>();
-  for (const d of index.allDigests()) {
+  for (const d of await index.allDigests()) {
     known.add(d);
     if (reachable.has(d) || store.busy(d)) continue;
-    const row = index.getBlob(d);
-    const local = index.refsOf(d).filter((r) => r.upstream === LOCAL_UPSTREAM);
+    const row = await index.getBlob(d);
+    const local = (await index.refsOf(d)).filter((r) => r.upstream === LOCAL_UPSTREAM);
     if (local.length > 0 && row && now - row.createdAt < o.minAgeMs) continue;
     const size = row?.size ?? 0;
     report.blobs.push({ digest: d, size });
     report.freed += size;
     if (!o.dryRun) {
-      index.deleteBlob(d);
-      index.deleteChildren(d);
-      index.forgetReferrer(d);
+      await index.deleteBlob(d);
+      await index.deleteChildren(d);
+      await index.forgetReferrer(d);
       // A local repository no longer holds what is gone (a later blob of that digest is not its own).
-      for (const r of local) index.deleteRef(r.upstream, r.repository, d);
+      for (const r of local) await index.deleteRef(r.upstream, r.repository, d);
       await store.remove(d);
     }
   }

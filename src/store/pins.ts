@@ -1,15 +1,15 @@
 import type Database from 'better-sqlite3';
 import type { Digest } from '../oci/digest.ts';
-import type { ManifestIndex, PinIndex } from './index-roles.ts';
+import type { ChildDescriptor, PinIndex } from './index-roles.ts';
 
 /** Every digest an image needs, as far as the index knows: the manifest and its children, recursively (what a pin covers). */
-export function imageClosure(index: Pick<ManifestIndex, 'childrenOf'>, root: Digest): Digest[] {
+export async function imageClosure(index: { childrenOf(d: Digest): ChildDescriptor[] | Promise<ChildDescriptor[]> }, root: Digest): Promise<Digest[]> {
   const out = new Set<Digest>();
   const queue = [root];
   for (let d = queue.pop(); d; d = queue.pop()) {
     if (out.has(d)) continue;
     out.add(d);
-    for (const c of index.childrenOf(d)) queue.push(c.digest);
+    for (const c of await index.childrenOf(d)) queue.push(c.digest);
   }
   return [...out];
 }

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { formatBytes } from '../config/units.ts';
 import { type Digest, digestFromHex } from '../oci/digest.ts';
-import type { BlobIndex } from './index-roles.ts';
+import type { AsyncBlobIndex } from './async-index-roles.ts';
 import type { StoragePaths } from './paths.ts';
 import type { BlobRemover } from './roles.ts';
 
@@ -45,7 +45,7 @@ export class Quota {
   private readonly protectedDigests = new Map<Digest, number>();
 
   constructor(
-    private readonly index: BlobIndex,
+    private readonly index: AsyncBlobIndex,
     /** Blobs to evict, and the local directory whose ingest/ holds partial downloads (and whose disk a percent limit is of). */
     private readonly store: BlobRemover & { readonly paths: StoragePaths },
     private readonly maxSize: MaxSize | undefined,
@@ -128,7 +128,7 @@ export class Quota {
     let freed = 0;
     if (max === undefined) return { evicted, freed };
     const partials = await this.partials();
-    let total = this.index.totals().total + partials.reduce((n, p) => n + p.bytes, 0);
+    let total = (await this.index.totals()).total + partials.reduce((n, p) => n + p.bytes, 0);
     total += (await this.opts.stagedBytes?.()) ?? 0;
     if (total <= max) return { evicted, freed };
     const target = max * LOW_WATER;
@@ -144,11 +144,11 @@ export class Quota {
       stale++;
     }
     if (stale > 0) this.log.info({ partials: stale, total, limit: max }, 'quota: removed partial downloads no fill owns');
-    this.index.flushAccess();
-    const newest = this.index.newest();
+    await this.index.flushAccess();
+    const newest = await this.index.newest();
     const skipped = new Set<string>();
     while (total > target) {
-      const batch = this.index.evictable(200 + skipped.size).filter((b) => !skipped.has(b.digest));
+      const batch = (await this.index.evictable(200 + skipped.size)).filter((b) => !skipped.has(b.digest));
       if (batch.length === 0) break;
       for (const b of batch) {
         if (total <= target) break;
@@ -156,7 +156,7 @@ export class Quota {
           skipped.add(b.digest);
           continue;
         }
-        this.index.deleteBlob(b.digest);
+        await this.index.deleteBlob(b.digest);
         await this.store.remove(b.digest);
         total -= b.size;
         freed += b.size;
@@ -188,7 +188,7 @@ export class Quota {
     let held = 0;
     for (const d of new Set([...pinned, ...this.protectedDigests.keys()])) {
       if (own.has(d)) continue;
-      held += this.index.getBlob(d)?.size ?? 0;
+      held += (await this.index.getBlob(d))?.size ?? 0;
     }
     return { limit: max, held };
   }

@@ -95,7 +95,7 @@ export async function rebuildIndex(paths: StoragePaths, o: { verify: boolean }):
         index.putTag({ ...t, checkedAt: 0 });
         // The whole image (an index's children's blobs too), as its pulls or pushes recorded it: for a local
         // repository these rows are what keeps its content from eviction.
-        index.addRefs(t.upstream, t.repository, imageClosure(index, t.digest));
+        index.addRefs(t.upstream, t.repository, await imageClosure(index, t.digest));
         report.tags++;
       }
     }

@@ -42,8 +42,8 @@ export async function seedLocalBlobs(b: InProcessBerth, repository: string, blob
   for (const blob of blobs) {
     const bytes = await blobBytes(blob);
     await b.berth.store.putBytes(blob.digest as Digest, bytes);
-    b.berth.index.putBlob(blob.digest as Digest, bytes.length, null);
-    b.berth.index.addRefs(LOCAL_UPSTREAM, repository, [blob.digest as Digest]);
+    await b.berth.index.putBlob(blob.digest as Digest, bytes.length, null);
+    await b.berth.index.addRefs(LOCAL_UPSTREAM, repository, [blob.digest as Digest]);
   }
 }
 

@@ -87,7 +87,7 @@ export interface StatusSources {
   budget: Pick<BandwidthBudget, 'limits' | 'waitedMs'>;
   recentBytes: RecentBytes;
   fills: Pick<Fills, 'running'>;
-  index: { totals(): { total: number; count: number }; usage(n: number): CacheUsage };
+  index: { totals(): Promise<{ total: number; count: number }>; usage(n: number): Promise<CacheUsage> };
   quota: { limit(): Promise<number | undefined> };
   metrics: Pick<Metrics, 'hits' | 'misses'>;
   errors: RecentErrors;
@@ -149,10 +149,10 @@ export class StatusBuilder {
       total.background += b.background;
     }
     const waited = s.budget.waitedMs();
-    const { total: usedBytes, count: blobs } = s.index.totals();
+    const { total: usedBytes, count: blobs } = await s.index.totals();
     const quotaBytes = (await s.quota.limit()) ?? null;
     const [hits, misses] = await Promise.all([counterTotal(s.metrics.hits), counterTotal(s.metrics.misses)]);
-    const usage = this.cachedUsage(now);
+    const usage = await this.cachedUsage(now);
     return {
       version: pkg.version,
       startedAt: iso(s.startedAt),
@@ -179,10 +179,10 @@ export class StatusBuilder {
     };
   }
 
-  private cachedUsage(now: number): CacheUsage {
+  private async cachedUsage(now: number): Promise<CacheUsage> {
     if (this.usage && now < this.usage.next) return this.usage.value;
     const started = performance.now();
-    const value = this.s.index.usage(TOP_N);
+    const value = await this.s.index.usage(TOP_N);
     this.usage = { next: now + Math.max(USAGE_MIN_INTERVAL_MS, (performance.now() - started) * USAGE_DUTY), value };
     return value;
   }

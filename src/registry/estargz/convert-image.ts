@@ -4,8 +4,8 @@ import { RegistryError } from '../../oci/errors.ts';
 import { type Descriptor, manifestJson, type Platform, parseManifest } from '../../oci/manifest.ts';
 import { DEFAULT_MANIFEST_ACCEPT } from '../../oci/media-types.ts';
 import { platformMatches } from '../../oci/platform.ts';
+import type { AsyncRegistryIndex } from '../../store/async-index-roles.ts';
 import type { BlobIngester, BlobReader } from '../../store/roles.ts';
-import type { StoreIndex } from '../../store/store-index.ts';
 import type { Manifests } from '../manifests.ts';
 import type { Route } from '../upstreams.ts';
 import { convertManifest } from './convert-manifest.ts';
@@ -25,7 +25,7 @@ export interface ConvertImageInput {
   manifests: Pick<Manifests, 'source'>;
   layers: LayerConversions;
   store: BlobReader & BlobIngester;
-  index: StoreIndex;
+  index: AsyncRegistryIndex;
   blobs: { warm(route: Route, d: Digest): Promise<unknown> };
 }
 

@@ -2,8 +2,8 @@ import { createHash } from 'node:crypto';
 import type { Digest } from '../../oci/digest.ts';
 import { RegistryError } from '../../oci/errors.ts';
 import { MAX_MANIFEST_BYTES, parseManifest } from '../../oci/manifest.ts';
+import type { AsyncRegistryIndex } from '../../store/async-index-roles.ts';
 import type { BlobIngester, BlobReader } from '../../store/roles.ts';
-import type { StoreIndex } from '../../store/store-index.ts';
 import type { Route } from '../upstreams.ts';
 import type { WrittenManifest } from './images.ts';
 import type { LayerConversions } from './layer-conversions.ts';
@@ -19,7 +19,7 @@ export interface ConvertManifestInput {
   plan: Plan;
   layers: LayerConversions;
   store: BlobReader & BlobIngester;
-  index: StoreIndex;
+  index: AsyncRegistryIndex;
   blobs: { warm(route: Route, d: Digest): Promise<unknown> };
 }
 
@@ -66,7 +66,7 @@ export async function convertManifest(i: ConvertManifestInput): Promise<WrittenM
   }
   const configDigest = sha256(newConfig);
   await i.store.putBytes(configDigest, newConfig);
-  i.index.putBlob(configDigest, newConfig.length, null);
+  await i.index.putBlob(configDigest, newConfig.length, null);
   const out = rewriteManifest(i.bytes, i.source, { digest: configDigest, size: newConfig.length }, converted);
   const digest = sha256(out);
   await i.store.putBytes(digest, out);

@@ -8,9 +8,9 @@ import { choose, storageKey } from '../../oci/negotiation.ts';
 import { parsePlatforms } from '../../oci/platform.ts';
 import { isTag } from '../../oci/reference.ts';
 import { SingleFlight } from '../../single-flight.ts';
+import type { AsyncRegistryIndex } from '../../store/async-index-roles.ts';
 import type { ChildDescriptor } from '../../store/index-roles.ts';
 import type { BlobIngester, BlobReader } from '../../store/roles.ts';
-import type { StoreIndex } from '../../store/store-index.ts';
 import type { WalkedImage } from '../image-walk.ts';
 import { LOCAL_UPSTREAM } from '../local-names.ts';
 import type { DerivedTags, ManifestResult, Manifests } from '../manifests.ts';
@@ -57,7 +57,7 @@ export interface EstargzImagesOptions {
   manifests: Pick<Manifests, 'source'>;
   layers: LayerConversions;
   store: BlobReader & BlobIngester;
-  index: StoreIndex;
+  index: AsyncRegistryIndex;
   blobs: { warm(route: Route, d: Digest): Promise<unknown> };
   log: Logger;
   /** berth is offline: a converted tag whose source tag is not cached is served as stored (an import of the -esgz tag alone). */
@@ -148,7 +148,7 @@ export class EstargzImages implements DerivedTags {
       source = await this.o.manifests.source(route, { kind: 'tag', tag: sourceTag as never }, accept, 'GET');
     } catch (err) {
       // The source cannot be resolved (offline, and only the converted tag was imported): the converted tag as stored.
-      const row = choose(this.o.index.tagRows(route.upstream, route.repository, tag), accept);
+      const row = choose(await this.o.index.tagRows(route.upstream, route.repository, tag), accept);
       // Online, a source tag the upstream does not have (any more) is a 404 for its conversion too.
       if (this.o.offline && row && err instanceof RegistryError && err.code === 'MANIFEST_UNKNOWN' && (await this.o.store.stat(row.digest))) return { source: row.digest, digest: row.digest };
       throw err;
@@ -205,7 +205,7 @@ export class EstargzImages implements DerivedTags {
     const { route, source, tag, accept } = job;
     let digest = (await index.estargz.image(source, options))?.digest;
     if (!digest) {
-      const row = byTag ? choose(index.tagRows(route.upstream, route.repository, tag), accept) : undefined;
+      const row = byTag ? choose(await index.tagRows(route.upstream, route.repository, tag), accept) : undefined;
       const bytes = row && (await store.readBytes(row.digest));
       if (!row || !bytes || sourceOf(bytes) !== source) return undefined;
       digest = row.digest;
@@ -215,9 +215,9 @@ export class EstargzImages implements DerivedTags {
     }
     // Converted layers exist nowhere upstream: one evicted means the image is converted again (its other layers are found).
     if (!(await this.complete(digest))) return undefined;
-    const blob = index.getBlob(digest);
+    const blob = await index.getBlob(digest);
     if (!blob?.mediaType) return undefined;
-    this.adopt(route, digest);
+    await this.adopt(route, digest);
     return { digest, size: blob.size, mediaType: blob.mediaType, children: [] };
   }
 
@@ -226,20 +226,20 @@ export class EstargzImages implements DerivedTags {
    * repository's content too, manifests children first, as record() does for a new one: the tag is
    * answered by digest through this repository, and a local repository serves only what it references.
    */
-  private adopt(route: Route, root: Digest): void {
+  private async adopt(route: Route, root: Digest): Promise<void> {
     const { index } = this.o;
-    if (index.refsOf(root).some((r) => r.upstream === route.upstream && r.repository === route.repository)) return;
-    const order: Digest[] = [];
-    const visit = (d: Digest, depth: number) => {
-      const children = index.childrenOf(d);
+    if ((await index.refsOf(root)).some((r) => r.upstream === route.upstream && r.repository === route.repository)) return;
+    const order: Array<{ d: Digest; children: ChildDescriptor[] }> = [];
+    const visit = async (d: Digest, depth: number): Promise<void> => {
+      const children = await index.childrenOf(d);
       if (children.length === 0 || depth > 4) return;
-      for (const c of children) visit(c.digest, depth + 1);
-      order.push(d);
+      for (const c of children) await visit(c.digest, depth + 1);
+      order.push({ d, children });
     };
-    visit(root, 0);
-    for (const d of order) {
-      const blob = index.getBlob(d);
-      if (blob?.mediaType) index.recordManifest({ upstream: route.upstream, repository: route.repository, digest: d, size: blob.size, mediaType: blob.mediaType, children: index.childrenOf(d) });
+    await visit(root, 0);
+    for (const { d, children } of order) {
+      const blob = await index.getBlob(d);
+      if (blob?.mediaType) await index.recordManifest({ upstream: route.upstream, repository: route.repository, digest: d, size: blob.size, mediaType: blob.mediaType, children });
     }
   }
 
@@ -250,7 +250,7 @@ export class EstargzImages implements DerivedTags {
       if (seen.has(d)) continue;
       seen.add(d);
       if (!(await this.o.store.stat(d))) return false;
-      for (const c of this.o.index.childrenOf(d)) queue.push(c.digest);
+      for (const c of await this.o.index.childrenOf(d)) queue.push(c.digest);
     }
     return true;
   }
@@ -275,15 +275,15 @@ export class EstargzImages implements DerivedTags {
 
   /** The conversion's manifests as content of this repository (references, children), children first. */
   private async record(route: Route, image: ConvertedImage): Promise<void> {
-    for (const m of image.manifests) this.o.index.recordManifest({ upstream: route.upstream, repository: route.repository, ...m });
+    for (const m of image.manifests) await this.o.index.recordManifest({ upstream: route.upstream, repository: route.repository, ...m });
   }
 
   private async tag(route: Route, tag: string, accept: string, root: Pick<WrittenManifest, 'digest' | 'size' | 'mediaType'>): Promise<void> {
     const { index } = this.o;
     const key = storageKey(accept, root.mediaType);
-    const row = index.tagRows(route.upstream, route.repository, tag).find((r) => r.accept === key);
+    const row = (await index.tagRows(route.upstream, route.repository, tag)).find((r) => r.accept === key);
     if (row?.digest === root.digest) return;
-    index.putTag({ upstream: route.upstream, repository: route.repository, tag, digest: root.digest, mediaType: root.mediaType, size: root.size, accept: key, checkedAt: Date.now() });
+    await index.putTag({ upstream: route.upstream, repository: route.repository, tag, digest: root.digest, mediaType: root.mediaType, size: root.size, accept: key, checkedAt: Date.now() });
   }
 }
 

@@ -8,10 +8,10 @@ import { ConversionError, type ConvertedLayer, type LayerConverter, type SourceC
 import type { Digest } from '../../oci/digest.ts';
 import { RegistryError } from '../../oci/errors.ts';
 import { SingleFlight } from '../../single-flight.ts';
+import type { AsyncRegistryIndex } from '../../store/async-index-roles.ts';
 import type { StoragePaths } from '../../store/paths.ts';
 import type { Quota } from '../../store/quota.ts';
 import type { BlobIngester, BlobReader } from '../../store/roles.ts';
-import type { StoreIndex } from '../../store/store-index.ts';
 import type { Blobs } from '../blobs.ts';
 import type { Route } from '../upstreams.ts';
 import { layerOptionsKey } from './options.ts';
@@ -23,7 +23,7 @@ const FOOTER_SIZE = 51;
 export interface LayerConversionsOptions {
   converter: LayerConverter;
   store: BlobReader & BlobIngester & { readonly paths: StoragePaths };
-  index: StoreIndex;
+  index: AsyncRegistryIndex;
   blobs: Pick<Blobs, 'warm'>;
   quota: Pick<Quota, 'protect' | 'enforce'>;
   log: Logger;
@@ -66,7 +66,7 @@ export class LayerConversions {
       const release = this.o.quota.protect([source]);
       try {
         const result = await this.run(source, compression, { chunkSize, prioritizedFiles });
-        await this.o.index.estargz.putLayer({ source, options, ...result } as Parameters<StoreIndex['estargz']['putLayer']>[0]);
+        await this.o.index.estargz.putLayer({ source, options, ...result } as Parameters<AsyncRegistryIndex['estargz']['putLayer']>[0]);
         this.o.onConverted?.(source, result);
         return result;
       } finally {
@@ -135,7 +135,7 @@ export class LayerConversions {
       }
       await store.commitFile(digest, file, { digest, size });
       committed = true;
-      index.putBlob(digest, size, null);
+      await index.putBlob(digest, size, null);
       void this.o.quota.enforce().catch((err: Error) => this.o.log.error({ err }, 'quota pass failed'));
       return result;
     } finally {

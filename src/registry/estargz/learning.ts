@@ -3,9 +3,9 @@ import type { Logger } from 'pino';
 import { type FileExtent, fileExtents, filesInExtents, readToc } from '../../estargz/toc.ts';
 import type { Digest } from '../../oci/digest.ts';
 import type { ByteRange } from '../../oci/range.ts';
+import type { AsyncRegistryIndex } from '../../store/async-index-roles.ts';
 import type { StartupFile } from '../../store/index-roles.ts';
 import type { BlobReader } from '../../store/roles.ts';
-import type { StoreIndex } from '../../store/store-index.ts';
 import type { Route } from '../upstreams.ts';
 import { readRange } from './read-range.ts';
 
@@ -39,7 +39,7 @@ interface Pull {
 
 export interface StartupLearnerOptions {
   store: BlobReader;
-  index: StoreIndex;
+  index: AsyncRegistryIndex;
   log: Logger;
   /** Pulls observed before the image is converted again with its start-up files first; 0: never. */
   learnAfter: number;
@@ -75,7 +75,7 @@ export class StartupLearner {
     this.watched.add(root);
     const queue = [root];
     for (let d = queue.pop(); d; d = queue.pop()) {
-      const children = this.o.index.childrenOf(d);
+      const children = await this.o.index.childrenOf(d);
       for (const c of children) queue.push(c.digest);
       if (children.length > 0) continue;
       const row = await this.o.index.estargz.layerOf(d);

@@ -4,8 +4,8 @@ import type { Digest } from '../../oci/digest.ts';
 import { RegistryError } from '../../oci/errors.ts';
 import { isManifestMediaType } from '../../oci/media-types.ts';
 import { isTag, type Reference } from '../../oci/reference.ts';
+import type { AsyncRegistryIndex } from '../../store/async-index-roles.ts';
 import type { BlobIngester } from '../../store/roles.ts';
-import type { StoreIndex } from '../../store/store-index.ts';
 import { LOCAL_UPSTREAM } from '../local-names.ts';
 import type { Route } from '../upstreams.ts';
 import { checkPushedManifest } from './pushed-manifest.ts';
@@ -18,7 +18,7 @@ export interface PushedManifest {
 }
 
 export interface LocalRegistryOptions {
-  index: StoreIndex;
+  index: AsyncRegistryIndex;
   store: Pick<BlobIngester, 'putBytes'>;
   /** `delete.enabled`: DELETE of manifests, tags and blobs; else 405 UNSUPPORTED. */
   deleteEnabled: boolean;
@@ -36,9 +36,9 @@ export class LocalRegistry {
   constructor(private readonly o: LocalRegistryOptions) {}
 
   /** Whether the local repository holds `d` (reference row and a known blob). */
-  holds(route: Route, d: Digest): boolean {
-    if (!this.o.index.getBlob(d)) return false;
-    return this.o.index.refsOf(d).some((r) => r.upstream === LOCAL_UPSTREAM && r.repository === route.repository);
+  async holds(route: Route, d: Digest): Promise<boolean> {
+    if (!(await this.o.index.getBlob(d))) return false;
+    return (await this.o.index.refsOf(d)).some((r) => r.upstream === LOCAL_UPSTREAM && r.repository === route.repository);
   }
 
   /**
@@ -58,7 +58,8 @@ export class LocalRegistry {
     }
     const m = checkPushedManifest(bytes, contentType);
     const children = [...m.manifests, ...m.blobs];
-    const missing = children.filter((c) => !this.holds(route, c.digest));
+    const missing: typeof children = [];
+    for (const c of children) if (!(await this.holds(route, c.digest))) missing.push(c);
     if (missing.length > 0) {
       const names = [...new Set(missing.map((c) => c.digest))];
       throw new RegistryError(
@@ -70,7 +71,7 @@ export class LocalRegistry {
     const { index } = this.o;
     await this.o.store.putBytes(digest, bytes);
     const subject = m.subject?.digest;
-    index.recordManifest({
+    await index.recordManifest({
       upstream: LOCAL_UPSTREAM,
       repository: route.repository,
       digest,
@@ -82,7 +83,7 @@ export class LocalRegistry {
       ...(m.annotations ? { annotations: m.annotations } : {}),
     });
     if (!byDigest) {
-      index.putTag({ upstream: LOCAL_UPSTREAM, repository: route.repository, tag: reference, digest, mediaType: m.mediaType, size: bytes.length, accept: '*', checkedAt: Date.now() });
+      await index.putTag({ upstream: LOCAL_UPSTREAM, repository: route.repository, tag: reference, digest, mediaType: m.mediaType, size: bytes.length, accept: '*', checkedAt: Date.now() });
     }
     this.o.log.info({ repository: route.repository, reference, digest, mediaType: m.mediaType, ...(subject ? { subject } : {}) }, 'manifest pushed');
     return { digest, mediaType: m.mediaType, ...(subject ? { subject } : {}) };
@@ -93,37 +94,37 @@ export class LocalRegistry {
    * manifest leaves the repository, with every tag of the repository that names it; what it named stays
    * in the repository (as distribution: blobs are deleted on their own) until gc finds nothing reaches it.
    */
-  deleteManifest(route: Route, ref: Reference): void {
+  async deleteManifest(route: Route, ref: Reference): Promise<void> {
     this.ensureDeletes();
     const { index } = this.o;
     if (ref.kind === 'tag') {
-      if (index.tagRows(LOCAL_UPSTREAM, route.repository, ref.tag).length === 0) {
+      if ((await index.tagRows(LOCAL_UPSTREAM, route.repository, ref.tag)).length === 0) {
         throw new RegistryError('MANIFEST_UNKNOWN', `${route.repository} has no tag ${ref.tag}`);
       }
-      index.deleteTag(LOCAL_UPSTREAM, route.repository, ref.tag);
+      await index.deleteTag(LOCAL_UPSTREAM, route.repository, ref.tag);
       this.o.log.info({ repository: route.repository, tag: ref.tag }, 'tag deleted');
       return;
     }
-    const mediaType = index.getBlob(ref.digest)?.mediaType;
-    if (!this.holds(route, ref.digest) || !mediaType || !isManifestMediaType(mediaType)) {
+    const mediaType = (await index.getBlob(ref.digest))?.mediaType;
+    if (!(await this.holds(route, ref.digest)) || !mediaType || !isManifestMediaType(mediaType)) {
       throw new RegistryError('MANIFEST_UNKNOWN', `manifest ${ref.digest} is not in ${route.repository}`);
     }
-    const tags = index.deleteTagsOf(LOCAL_UPSTREAM, route.repository, ref.digest);
-    index.deleteRef(LOCAL_UPSTREAM, route.repository, ref.digest);
+    const tags = await index.deleteTagsOf(LOCAL_UPSTREAM, route.repository, ref.digest);
+    await index.deleteRef(LOCAL_UPSTREAM, route.repository, ref.digest);
     this.o.log.info({ repository: route.repository, digest: ref.digest, tags }, 'manifest deleted');
   }
 
   /** DELETE /v2/<name>/blobs/<digest>: the blob leaves the repository; its bytes go at gc. */
-  deleteBlob(route: Route, d: Digest): void {
+  async deleteBlob(route: Route, d: Digest): Promise<void> {
     this.ensureDeletes();
     const { index } = this.o;
-    if (!this.holds(route, d)) throw new RegistryError('BLOB_UNKNOWN', `blob ${d} is not in ${route.repository}`);
-    const mediaType = index.getBlob(d)?.mediaType;
+    if (!(await this.holds(route, d))) throw new RegistryError('BLOB_UNKNOWN', `blob ${d} is not in ${route.repository}`);
+    const mediaType = (await index.getBlob(d))?.mediaType;
     if (mediaType && isManifestMediaType(mediaType)) {
       // One reference row stands for both: deleting it here would leave the repository's tags dangling.
       throw new RegistryError('UNSUPPORTED', `${d} is a manifest of ${route.repository}: delete it with DELETE /v2/${route.repository}/manifests/${d}`);
     }
-    index.deleteRef(LOCAL_UPSTREAM, route.repository, d);
+    await index.deleteRef(LOCAL_UPSTREAM, route.repository, d);
     this.o.log.info({ repository: route.repository, digest: d }, 'blob deleted');
   }
 

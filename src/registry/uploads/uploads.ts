@@ -5,7 +5,7 @@ import type { Logger } from 'pino';
 import type { Failpoints } from '../../failpoints.ts';
 import type { Digest } from '../../oci/digest.ts';
 import { RegistryError } from '../../oci/errors.ts';
-import type { BlobIndex, ManifestIndex } from '../../store/index-roles.ts';
+import type { AsyncBlobIndex, AsyncManifestIndex } from '../../store/async-index-roles.ts';
 import type { BlobIngester, BlobStatter } from '../../store/roles.ts';
 import { DigestMismatchError } from '../../store/roles.ts';
 import { LOCAL_UPSTREAM } from '../local-names.ts';
@@ -15,7 +15,7 @@ import type { UploadFiles, UploadMeta } from './session-files.ts';
 export interface UploadsOptions {
   files: UploadFiles;
   store: BlobIngester & BlobStatter;
-  index: Pick<BlobIndex, 'getBlob' | 'putBlob'> & Pick<ManifestIndex, 'addRefs' | 'refsOf'>;
+  index: Pick<AsyncBlobIndex, 'getBlob' | 'putBlob'> & Pick<AsyncManifestIndex, 'addRefs' | 'refsOf'>;
   log: Logger;
   /** Told after bytes landed or a blob was committed (the quota pass: sessions count against storage.maxSize). */
   onStored?: () => void;
@@ -117,7 +117,7 @@ export class Uploads {
         throw err;
       }
       await this.drop(id, live);
-      this.commitRefs(repository, d, size);
+      await this.commitRefs(repository, d, size);
       return { size };
     } finally {
       live.busy = false;
@@ -138,7 +138,7 @@ export class Uploads {
    * session instead, as the spec says.
    */
   async mount(target: string, d: Digest, from: Route): Promise<boolean> {
-    const holds = this.o.index.refsOf(d).some((r) => {
+    const holds = (await this.o.index.refsOf(d)).some((r) => {
       if (r.repository !== from.repository) return false;
       if (from.local) return r.upstream === LOCAL_UPSTREAM;
       return from.explicit ? r.upstream === from.upstream : r.upstream !== LOCAL_UPSTREAM;
@@ -146,7 +146,7 @@ export class Uploads {
     if (!holds) return false;
     const info = await this.o.store.stat(d);
     if (!info) return false;
-    this.commitRefs(target, d, info.size);
+    await this.commitRefs(target, d, info.size);
     return true;
   }
 
@@ -158,9 +158,9 @@ export class Uploads {
     return true;
   }
 
-  private commitRefs(repository: string, d: Digest, size: number): void {
-    if (!this.o.index.getBlob(d)) this.o.index.putBlob(d, size, null);
-    this.o.index.addRefs(LOCAL_UPSTREAM, repository, [d]);
+  private async commitRefs(repository: string, d: Digest, size: number): Promise<void> {
+    if (!(await this.o.index.getBlob(d))) await this.o.index.putBlob(d, size, null);
+    await this.o.index.addRefs(LOCAL_UPSTREAM, repository, [d]);
     this.o.onStored?.();
   }
 

@@ -80,7 +80,7 @@ export class S3BlobWriter implements BlobWriter {
 
   /** Sends the filled part once the one before it is done (so at most one is in flight, two buffers held). */
   private async sendPart(): Promise<void> {
-    if (this.inFlight) await this.inFlight;
+    if (this.inFlight !== undefined) await this.inFlight;
     const buf = this.part!;
     const body = buf.subarray(0, this.filled);
     this.part = undefined;
