@@ -46,8 +46,8 @@ export interface BlobsOptions {
   quota: Quota;
   metrics: Metrics;
   log: Logger;
-  /** Serve committed blobs only; never ask an upstream. */
-  offline: boolean;
+  /** Serve committed blobs only for this upstream; never ask it (Upstreams.offline). */
+  offline: (upstream: string) => boolean;
   /** After a lazy Range read: complete the blob in the background, or fetch only what is read. */
   lazyFill: 'background' | 'on-demand';
   /** A fill's resumes after a broken transfer, with exponential backoff from `backoff` ms. */
@@ -124,7 +124,7 @@ export class Blobs {
     if (route.local) return { size: (await this.local(route, d)).size, cached: true };
     const hit = await this.cached(d);
     if (hit) return { size: hit.size, cached: true };
-    this.ensureOnline(d);
+    this.ensureOnline(route, d);
     const r = this.routeFor(route, d);
     const fill = this.o.fills.get(d, r.upstream);
     if (fill?.size !== undefined) return { size: fill.size, cached: false };
@@ -145,7 +145,7 @@ export class Blobs {
       this.o.metrics.hits.inc({ kind: 'blob' });
       return hit;
     }
-    this.ensureOnline(d);
+    this.ensureOnline(route, d);
     this.o.metrics.misses.inc({ kind: 'blob' });
     // A Range read needs the size before anything is fetched (a suffix range, a 416): when no cached
     // manifest declared it, a HEAD asks the upstream.
@@ -176,7 +176,7 @@ export class Blobs {
   async warm(route: Route, d: Digest, onBytes: (onDisk: number) => void = () => {}): Promise<{ size: number; fetched: boolean }> {
     const hit = await this.cached(d);
     if (hit) return { size: hit.size, fetched: false };
-    this.ensureOnline(d);
+    this.ensureOnline(route, d);
     const fill = await this.fill(route, d);
     if (!fill) return { size: (await this.o.store.stat(d))?.size ?? 0, fetched: false };
     const progress = () => onBytes(fill.extents.bytes);
@@ -191,8 +191,8 @@ export class Blobs {
     }
   }
 
-  private ensureOnline(d: Digest): void {
-    if (this.o.offline) throw new RegistryError('BLOB_UNKNOWN', `blob ${d} is not cached and berth is offline`);
+  private ensureOnline(route: Route, d: Digest): void {
+    if (this.o.offline(this.routeFor(route, d).upstream)) throw new RegistryError('BLOB_UNKNOWN', `blob ${d} is not cached and berth is offline`);
   }
 
   /**
