@@ -123,6 +123,7 @@ describe('berth in front of berth', () => {
     lie = await buildImage({ format: 'oci', layers: [{ files: { 'lie.txt': `not these bytes ${randomUUID()}\n` } }] });
     await Promise.all([
       pushImage(up, 'lab/wide', '1', wide),
+      pushImage(up, 'lab/small', '2', seeded.small),
       pushImage(up, 'lab/never', '1', never),
       pushImage(other, 'lab/other', '1', seeded.small),
       pushReferrers(up, 'lab/small', [buildArtifact(seeded.small, COSIGN_SIG, `signature ${randomUUID()}`)]),
@@ -213,12 +214,43 @@ describe('berth in front of berth', () => {
     const dir = path.join(work, 'esgz-via-edge');
     await skopeoCopy(`docker://${edge.host}/${REGISTRY}/lab/small:1-esgz`, `dir:${dir}`);
     assert.ok((await readDirLayout(dir)).manifest.equals(fromParent.body));
-    const conversions = await edge.berth.metrics.estargzConversions.get();
-    assert.equal(
-      conversions.values.reduce((n, v) => n + v.value, 0),
-      0,
-      'the edge converted an image itself',
-    );
+    // Prewarm with estargz on an edge asks the parent for the converted tag too, and converts nothing itself.
+    const pre = await edgeBerth({ upstreams: [parentOf(parent.url)] });
+    const res = await fetch(`${pre.url}/_berth/prewarm`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ references: [`${REGISTRY}/lab/small:1`], estargz: true }),
+    });
+    const lines = (await res.text())
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { type: string; ok?: string[]; failed?: unknown[] });
+    const summary = lines.at(-1)!;
+    assert.equal(summary.type, 'summary');
+    assert.deepEqual(summary.failed, []);
+    assert.equal(summary.ok?.length, 1);
+    assert.equal(committed(pre, sha256(fromParent.body)), true, 'the converted manifest was not prewarmed');
+    for (const b of [edge, pre]) {
+      const conversions = await b.berth.metrics.estargzConversions.get();
+      assert.equal(
+        conversions.values.reduce((n, v) => n + v.value, 0),
+        0,
+        'an edge converted an image itself',
+      );
+    }
+  });
+
+  test('tag lists and HEADs keep their registry through the edge; a page link names it once', async () => {
+    const res = await request(edge.url, `/v2/lab/small/tags/list?ns=${REGISTRY}&n=1`);
+    assert.equal(res.status, 200, res.body.toString('utf8'));
+    assert.deepEqual((JSON.parse(res.body.toString('utf8')) as { tags: string[] }).tags, ['1']);
+    assert.equal(res.headers.link, `</v2/lab/small/tags/list?ns=${REGISTRY}&n=1&last=1>; rel="next"`);
+    const rest = await request(edge.url, `/v2/lab/small/tags/list?ns=${REGISTRY}&n=1&last=1`);
+    assert.deepEqual((JSON.parse(rest.body.toString('utf8')) as { tags: string[] }).tags, ['2']);
+    const cold = never.config;
+    const head = await request(edge.url, `/v2/${REGISTRY}/lab/never/blobs/${cold.digest}`, { method: 'HEAD' });
+    assert.equal(head.status, 200);
+    assert.equal(Number(head.headers['content-length']), cold.size);
   });
 
   test("referrers of a subject through the edge are the parent's", async () => {
@@ -291,6 +323,29 @@ describe('berth in front of berth', () => {
     const config = await request(b.url, `/v2/${REGISTRY}/lab/lie/blobs/${lie.config.digest}`);
     assert.equal(config.status, 200);
     assert.equal(sha256(config.body), lie.config.digest);
+  });
+
+  test("with the registry down a miss through the edge is the parent's 503, and the edge keeps asking the parent", async () => {
+    // A blob the parent holds and the edge does not.
+    const held = seeded.multi.images[0]!.config;
+    assert.equal((await request(parent.url, `/v2/${REGISTRY}/lab/multi/blobs/${held.digest}`)).status, 200);
+    assert.equal(committed(edge, held.digest), false);
+    await up.halt();
+    try {
+      // More misses than the edge's breaker takes (5): the parent answers each, so the parent is not down.
+      for (let i = 0; i < 7; i++) {
+        const res = await request(edge.url, `/v2/${REGISTRY}/lab/never/manifests/${i}`, { headers: { accept: ACCEPT_ALL_MANIFESTS } });
+        assert.equal(res.status, 503, res.body.toString('utf8'));
+      }
+      const status = (await (await fetch(`${edge.url}/_berth/api/status`)).json()) as { upstreams: Array<{ host: string; breaker: string }> };
+      assert.equal(status.upstreams.find((u) => u.host === REGISTRY)?.breaker, 'closed');
+      // What the parent has cached it still serves through the edge.
+      const blob = await request(edge.url, `/v2/${REGISTRY}/lab/multi/blobs/${held.digest}`);
+      assert.equal(blob.status, 200);
+      assert.equal(sha256(blob.body), held.digest);
+    } finally {
+      await up.restart();
+    }
   });
 
   test('with the parent down the edge serves what it has cached, and a miss is a 503', async () => {
