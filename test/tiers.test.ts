@@ -104,6 +104,7 @@ describe('berth in front of berth', () => {
   let work: string;
   let parent: BerthChild;
   let authParent: BerthChild;
+  let basicParent: BerthChild;
   let edge: InProcessBerth;
   const cleanups: Array<() => Promise<unknown>> = [];
 
@@ -133,7 +134,7 @@ describe('berth in front of berth', () => {
     // The parent fills lazily too: a Range read it serves costs the registry only that range. Its default
     // upstream is another registry (with nothing of lab/), so a request that lost its registry on the way
     // from the edge would go there.
-    [parent, authParent] = await Promise.all([
+    [parent, authParent, basicParent] = await Promise.all([
       startBerthChild({
         upstreams: [
           { host: OTHER, url: other.url },
@@ -149,13 +150,15 @@ describe('berth in front of berth', () => {
         auth: { htpasswd, anonymous: true, rules: [{ prefix: `${REGISTRY}/`, users: [EDGE_CREDS.username] }], push: [{ prefix: 'site/', users: [EDGE_CREDS.username] }] },
         local: { prefixes: ['site/'] },
       }),
+      // Logins only: the challenge is basic.
+      startBerthChild({ upstreams: [{ host: REGISTRY, url: up.url }], auth: { htpasswd, anonymous: false } }),
     ]);
     edge = await edgeBerth({ upstreams: [parentOf(parent.url)], lazyFill: 'on-demand' });
   });
 
   after(async () => {
     for (const c of cleanups.reverse()) await c().catch(() => undefined);
-    await Promise.all([parent?.stop(), authParent?.stop(), up?.stop(), other?.stop()]);
+    await Promise.all([parent?.stop(), authParent?.stop(), basicParent?.stop(), up?.stop(), other?.stop()]);
     await Promise.all([seedDir && removeTempDir(seedDir), work && removeTempDir(work)]);
   });
 
@@ -295,6 +298,17 @@ describe('berth in front of berth', () => {
     assert.equal(blob.status, 200);
     assert.equal(sha256(blob.body), seeded.small.config.digest);
     const denied = await request(anonymous.url, `/v2/${REGISTRY}/lab/multi/manifests/1`, { headers: { accept: ACCEPT_ALL_MANIFESTS } });
+    assert.equal(denied.status, 404, denied.body.toString('utf8'));
+    assert.match(denied.body.toString('utf8'), /access denied/);
+  });
+
+  test('a parent with basic auth is reached with the credentials the edge has for it', async () => {
+    const withCreds = await edgeBerth({ upstreams: [parentOf(basicParent.url, EDGE_CREDS)] });
+    const wrong = await edgeBerth({ upstreams: [parentOf(basicParent.url, { ...EDGE_CREDS, password: 'not-it' })] });
+    const ok = await request(withCreds.url, `/v2/${REGISTRY}/lab/small/manifests/1`, { headers: { accept: ACCEPT_ALL_MANIFESTS } });
+    assert.equal(ok.status, 200, ok.body.toString('utf8'));
+    assert.equal(sha256(ok.body), seeded.small.manifestDigest);
+    const denied = await request(wrong.url, `/v2/${REGISTRY}/lab/small/manifests/1`, { headers: { accept: ACCEPT_ALL_MANIFESTS } });
     assert.equal(denied.status, 404, denied.body.toString('utf8'));
     assert.match(denied.body.toString('utf8'), /access denied/);
   });
