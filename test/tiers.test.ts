@@ -14,6 +14,7 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
+import { ConfigError, loadConfig } from '../src/config/load.ts';
 import { blobBytesServed } from './support/accesslog.ts';
 import { type InProcessBerth, startBerth, type UpstreamSpec } from './support/berth.ts';
 import { type BerthChild, startBerthChild } from './support/berth-child.ts';
@@ -92,6 +93,53 @@ async function startLyingParent(image: Image): Promise<{ url: string; requests: 
     close: () => new Promise<void>((resolve) => server.close(() => resolve())),
   };
 }
+
+describe('configuring tiers', () => {
+  let dir: string;
+  before(async () => {
+    dir = await makeTempDir('tiers-config');
+  });
+  after(async () => {
+    await removeTempDir(dir);
+  });
+  const load = async (yaml: string, env: NodeJS.ProcessEnv = {}) => {
+    const file = path.join(dir, `${randomUUID()}.yaml`);
+    await writeFile(file, yaml);
+    return loadConfig({ config: file }, env);
+  };
+
+  test('one kind: berth entry with hosts is an upstream per host, each with its settings and credentials', async () => {
+    const c = await load(
+      [
+        'offline: except-parents',
+        'upstreams:',
+        '  - {hosts: [docker.io, quay.io], kind: berth, url: "http://regional:5000", username: edge, password: pw}',
+        '  - {host: ghcr.io, url: "https://ghcr.io"}',
+      ].join('\n'),
+      { BERTH_UPSTREAM_QUAY_IO_PASSWORD: 'quay-pw' },
+    );
+    assert.equal(c.offline, 'except-parents');
+    assert.deepEqual(
+      c.upstreams.map((u) => [u.host, u.kind, u.url, u.username, u.password]),
+      [
+        ['docker.io', 'berth', 'http://regional:5000', 'edge', 'pw'],
+        ['quay.io', 'berth', 'http://regional:5000', 'edge', 'quay-pw'],
+        ['ghcr.io', 'registry', 'https://ghcr.io', undefined, undefined],
+      ],
+    );
+    assert.equal(c.defaultUpstream, 'docker.io');
+    assert.equal((await load('upstreams: [{host: a.test, url: "http://a:1"}]', { BERTH_OFFLINE: 'except-parents' }).catch((e: Error) => e)) instanceof ConfigError, true);
+  });
+
+  test('hosts without kind: berth, both host and hosts, and except-parents without a parent are refused by name', async () => {
+    const problems = async (yaml: string) => ((await load(yaml).catch((e: Error) => e)) as Error).message;
+    assert.match(await problems('upstreams: [{hosts: [a.test], url: "http://a:1"}]'), /upstreams\[0\]\.hosts: is for kind: berth/);
+    assert.match(await problems('upstreams: [{host: a.test, hosts: [b.test], kind: berth, url: "http://a:1"}]'), /upstreams\[0\]\.host: give host, or/);
+    assert.match(await problems('upstreams: [{hosts: [b.test], aliases: [c.test], kind: berth, url: "http://a:1"}]'), /upstreams\[0\]\.aliases/);
+    assert.match(await problems('offline: except-parents\nupstreams: [{host: a.test, url: "http://a:1"}]'), /offline: except-parents reaches only upstreams of kind: berth/);
+    assert.match(await problems('upstreams: [{host: a.test, kind: tier, url: "http://a:1"}]'), /upstreams\[0\]\.kind/);
+  });
+});
 
 describe('berth in front of berth', () => {
   let up: Upstream;
