@@ -22,6 +22,7 @@ import { request } from './support/http.ts';
 import { ACCEPT_ALL_MANIFESTS, blobBytes, buildImage, digestOfFile, type Image, MediaTypes, pushImage, type Seeded, seedStandard } from './support/images.ts';
 import { sha256, upstreamTrafficSince } from './support/links.ts';
 import { buildArtifact, COSIGN_SIG, digests, pushReferrers, referrers } from './support/referrers.ts';
+import { startRelay } from './support/relay.ts';
 import { skopeoCopy } from './support/skopeo.ts';
 import { committed } from './support/storage.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
@@ -244,6 +245,36 @@ describe('berth in front of berth', () => {
     assert.ok(sent >= end - start + 1, `the registry sent ${sent} bytes for a ${end - start + 1}-byte range`);
     assert.ok(sent < 1 * MB, `the registry sent ${sent} bytes of the ${layer.size}-byte blob for one 64 KiB range`);
     assert.equal(committed(edge, layer.digest), false);
+  });
+
+  test('over a 2 MB/s link to the parent: a lazy read costs the link its range, eight whole pulls one blob', async () => {
+    const link = await startRelay({ target: { host: '127.0.0.1', port: parent.port }, rateBytesPerSec: 2 * MB });
+    cleanups.push(() => link.close());
+    const far = await edgeBerth({ upstreams: [parentOf(link.url())], lazyFill: 'on-demand' });
+    for (const name of ['lab/wide', 'lab/small']) {
+      const m = await request(far.url, `/v2/${REGISTRY}/${name}/manifests/1`, { headers: { accept: MediaTypes.oci.manifest } });
+      assert.equal(m.status, 200);
+    }
+    const layer = wide.layers[0]!;
+    let before = link.bytesDown;
+    const [start, end] = [5 * MB, 5 * MB + 65_535];
+    const started = performance.now();
+    const res = await request(far.url, `/v2/${REGISTRY}/lab/wide/blobs/${layer.digest}`, { headers: { range: `bytes=${start}-${end}` } });
+    assert.equal(res.status, 206);
+    assert.ok(res.body.equals((await blobBytes(layer)).subarray(start, end + 1)));
+    const lazy = link.bytesDown - before;
+    assert.ok(lazy < 2 * (end - start + 1), `a 64 KiB range cost the link ${lazy} bytes`);
+    assert.ok(performance.now() - started < 3000, 'the range took longer than its bytes need over the link');
+    // Eight nodes pull the same cold layer through the edge at once: the link carries it once.
+    const big = seeded.small.layers[2]!;
+    before = link.bytesDown;
+    const pulls = await Promise.all(Array.from({ length: 8 }, () => request(far.url, `/v2/${REGISTRY}/lab/small/blobs/${big.digest}`)));
+    for (const p of pulls) {
+      assert.equal(p.status, 200);
+      assert.equal(sha256(p.body), big.digest);
+    }
+    const whole = link.bytesDown - before;
+    assert.ok(whole >= big.size && whole < big.size * 1.05 + 64 * 1024, `eight pulls of a ${big.size}-byte blob cost the link ${whole} bytes`);
   });
 
   test("the -esgz tag through the edge is the parent's conversion, with estargz on or off at the edge", async () => {
