@@ -258,13 +258,11 @@ describe('berth in front of berth', () => {
     const layer = wide.layers[0]!;
     let before = link.bytesDown;
     const [start, end] = [5 * MB, 5 * MB + 65_535];
-    const started = performance.now();
     const res = await request(far.url, `/v2/${REGISTRY}/lab/wide/blobs/${layer.digest}`, { headers: { range: `bytes=${start}-${end}` } });
     assert.equal(res.status, 206);
     assert.ok(res.body.equals((await blobBytes(layer)).subarray(start, end + 1)));
     const lazy = link.bytesDown - before;
     assert.ok(lazy < 2 * (end - start + 1), `a 64 KiB range cost the link ${lazy} bytes`);
-    assert.ok(performance.now() - started < 3000, 'the range took longer than its bytes need over the link');
     // Eight nodes pull the same cold layer through the edge at once: the link carries it once.
     const big = seeded.small.layers[2]!;
     before = link.bytesDown;
