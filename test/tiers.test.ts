@@ -34,6 +34,8 @@ const REGISTRY = 'registry.test';
 /** A second registry the edge knows of its own (kind: registry). */
 const OTHER = 'other.test';
 const MB = 1_000_000;
+/** Three berth processes start at once (each compiling its sources through tsx): on a loaded machine that takes a while. */
+const SLOW_START = { readyTimeoutMs: 90_000 };
 const EDGE_CREDS = { username: 'edge', password: `pw-${randomUUID()}` };
 
 /** An upstream entry of kind berth (UpstreamSpec in support/berth.ts predates kinds; the config passes it through). */
@@ -184,23 +186,29 @@ describe('berth in front of berth', () => {
     // upstream is another registry (with nothing of lab/), so a request that lost its registry on the way
     // from the edge would go there.
     [parent, authParent, basicParent] = await Promise.all([
-      startBerthChild({
-        upstreams: [
-          { host: OTHER, url: other.url },
-          { host: REGISTRY, url: up.url },
-        ],
-        defaultUpstream: OTHER,
-        lazyFill: 'on-demand',
-      }),
+      startBerthChild(
+        {
+          upstreams: [
+            { host: OTHER, url: other.url },
+            { host: REGISTRY, url: up.url },
+          ],
+          defaultUpstream: OTHER,
+          lazyFill: 'on-demand',
+        },
+        SLOW_START,
+      ),
       // Anonymous pulls beside pushes that need a login: the challenge is bearer, tokens from the parent's realm;
       // the registry is only for the edge's user.
-      startBerthChild({
-        upstreams: [{ host: REGISTRY, url: up.url }],
-        auth: { htpasswd, anonymous: true, rules: [{ prefix: `${REGISTRY}/`, users: [EDGE_CREDS.username] }], push: [{ prefix: 'site/', users: [EDGE_CREDS.username] }] },
-        local: { prefixes: ['site/'] },
-      }),
+      startBerthChild(
+        {
+          upstreams: [{ host: REGISTRY, url: up.url }],
+          auth: { htpasswd, anonymous: true, rules: [{ prefix: `${REGISTRY}/`, users: [EDGE_CREDS.username] }], push: [{ prefix: 'site/', users: [EDGE_CREDS.username] }] },
+          local: { prefixes: ['site/'] },
+        },
+        SLOW_START,
+      ),
       // Logins only: the challenge is basic.
-      startBerthChild({ upstreams: [{ host: REGISTRY, url: up.url }], auth: { htpasswd, anonymous: false } }),
+      startBerthChild({ upstreams: [{ host: REGISTRY, url: up.url }], auth: { htpasswd, anonymous: false } }, SLOW_START),
     ]);
     edge = await edgeBerth({ upstreams: [parentOf(parent.url)], lazyFill: 'on-demand' });
   });
