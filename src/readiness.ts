@@ -7,7 +7,7 @@ import type { UpstreamClient } from './upstream/client.ts';
 export interface ReadinessReport {
   ready: boolean;
   checks: { index: string; storage: string };
-  offline: boolean;
+  offline: boolean | 'except-parents';
   upstreams: Array<{ host: string; up: boolean; retryInSeconds?: number }>;
 }
 
@@ -22,7 +22,7 @@ export class Readiness {
     private readonly index: Pick<AsyncRegistryIndex, 'probe'>,
     private readonly tmpDir: string,
     private readonly upstreams: readonly UpstreamClient[],
-    private readonly offline: boolean,
+    private readonly offline: boolean | 'except-parents',
   ) {}
 
   async report(): Promise<ReadinessReport> {

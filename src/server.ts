@@ -179,7 +179,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   });
   // A read-only command (no lock) must not evict beside a running server.
   if (lock) await quota.enforce();
-  const { offline } = config;
+  const { offline } = upstreams;
   const manifests = new Manifests({ index, store, upstreams, metrics, log, offline, tagTtl: config.tagTtl });
   const blobs = new Blobs({
     index,
@@ -230,6 +230,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
     blobs,
     log,
     offline,
+    parent: upstreams.isParent,
     onConverted: () => metrics.estargzConversions.inc({ kind: 'image' }),
   });
   manifests.derive(estargz);

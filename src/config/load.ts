@@ -70,7 +70,7 @@ function applyEnv(raw: Raw, env: NodeJS.ProcessEnv, origins: Origins): void {
     ['BERTH_DEFAULT_UPSTREAM', 'defaultUpstream'],
   ];
   for (const [name, path] of vars) if (e(name)) put(raw, origins, path, e(name), name);
-  if (e('BERTH_OFFLINE')) put(raw, origins, 'offline', bool(e('BERTH_OFFLINE')!, 'BERTH_OFFLINE'), 'BERTH_OFFLINE');
+  if (e('BERTH_OFFLINE')) put(raw, origins, 'offline', e('BERTH_OFFLINE') === 'except-parents' ? 'except-parents' : bool(e('BERTH_OFFLINE')!, 'BERTH_OFFLINE'), 'BERTH_OFFLINE');
   if (e('BERTH_FAILPOINTS'))
     put(
       raw,

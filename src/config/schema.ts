@@ -92,12 +92,16 @@ const url = z.string().refine((s) => {
 
 const listen = z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[a-zA-Z0-9.-]*):\d{1,5}$/, 'must be HOST:PORT or :PORT');
 
+const registryHost = z.string().refine(isHost, 'must be a registry host such as quay.io or 127.0.0.1:5001');
+
 export const UpstreamSchema = z
   .object({
     /** The registry host clients name: `docker.io`, `quay.io`, `127.0.0.1:5001`. */
-    host: z.string().refine(isHost, 'must be a registry host such as quay.io or 127.0.0.1:5001'),
-    /** Where berth reaches it. */
+    host: registryHost,
+    /** Where berth reaches it: the registry itself, or with `kind: berth` a parent berth that has an upstream of this host. */
     url,
+    /** `berth`: `url` is another berth (a tier); requests keep their registry (`?ns=<host>`), and `offline: except-parents` still reaches it. */
+    kind: z.enum(['registry', 'berth']).default('registry'),
     /** Other names that route here (`index.docker.io`). */
     aliases: z.array(z.string().refine(isHost, 'must be a registry host')).default([]),
     username: z.string().optional(),
@@ -122,6 +126,19 @@ export const UpstreamSchema = z
       .prefault({}),
   })
   .strict();
+
+/**
+ * An `upstreams` entry as written: one upstream, or with `kind: berth` several hosts behind one parent
+ * (`hosts: [docker.io, quay.io]`), each becoming an upstream of its own with the entry's other settings.
+ */
+const UpstreamEntrySchema = UpstreamSchema.extend({ host: registryHost.optional(), hosts: z.array(registryHost).min(1).optional() }).superRefine((u, ctx) => {
+  if ((u.host === undefined) === (u.hosts === undefined)) ctx.addIssue({ code: 'custom', path: ['host'], message: 'give host, or (with kind: berth) hosts' });
+  if (u.hosts && u.kind !== 'berth')
+    ctx.addIssue({ code: 'custom', path: ['hosts'], message: 'is for kind: berth (several registries behind one parent berth); a registry of its own has one host (other names are aliases)' });
+  if (u.hosts && u.aliases.length > 0) ctx.addIssue({ code: 'custom', path: ['aliases'], message: 'go with a single host, not with hosts' });
+});
+
+const expandHosts = (entries: Array<z.output<typeof UpstreamEntrySchema>>): UpstreamConfig[] => entries.flatMap(({ host, hosts, ...u }) => (hosts ?? [host!]).map((h) => ({ ...u, host: h })));
 
 /** storage.s3: the bucket that holds blobs/ with the S3 driver (src/store/s3/). */
 const S3Schema = z
@@ -174,8 +191,11 @@ export const ConfigSchema = z
         if (s.driver === 's3' && !s.s3) ctx.addIssue({ code: 'custom', path: ['s3'], message: 'is required with driver: s3 (at least endpoint and bucket)' });
       })
       .prefault({}),
-    /** Contact no upstream at all: serve what is cached, answer 404 for the rest. */
-    offline: z.boolean().default(false),
+    /**
+     * Contact no upstream at all: serve what is cached, answer 404 for the rest. `except-parents`: contact
+     * only the upstreams of `kind: berth` (a tier's parent); every other upstream is as with `true`.
+     */
+    offline: z.union([z.boolean(), z.literal('except-parents')]).default(false),
     /** How long a cached tag is served without asking the upstream again. */
     tagTtl: duration('5m'),
     /**
@@ -207,7 +227,7 @@ export const ConfigSchema = z
       .prefault({}),
     bandwidth: z.object({ limit: rate.optional() }).strict().prefault({}),
     defaultUpstream: z.string().optional(),
-    upstreams: z.array(UpstreamSchema).min(1, 'at least one upstream is needed').prefault(DEFAULT_UPSTREAMS),
+    upstreams: z.array(UpstreamEntrySchema).min(1, 'at least one upstream is needed').prefault(DEFAULT_UPSTREAMS).transform(expandHosts),
     /** Serve HTTPS with this certificate and key (PEM files, re-read on SIGHUP). */
     tls: z
       .object({ certificate: z.string().min(1), key: z.string().min(1) })
@@ -355,6 +375,9 @@ export const ConfigSchema = z
         path: ['local', 'allowAnonymousPush'],
         message: 'is for a berth without client auth; with auth.htpasswd or auth.tokensFile, list who may push in auth.push (or give tokens push: scopes)',
       });
+    }
+    if (c.offline === 'except-parents' && !c.upstreams.some((u) => u.kind === 'berth')) {
+      ctx.addIssue({ code: 'custom', path: ['offline'], message: 'except-parents reaches only upstreams of kind: berth, and none is configured (offline: true contacts no upstream)' });
     }
     const push = c.auth?.push ?? [];
     if (push.length > 0 && !c.auth?.htpasswd) ctx.addIssue({ code: 'custom', path: ['auth', 'push'], message: 'names htpasswd users: set auth.htpasswd too' });

@@ -47,8 +47,8 @@ export interface BlobsOptions {
   quota: Quota;
   metrics: Metrics;
   log: Logger;
-  /** Serve committed blobs only; never ask an upstream. */
-  offline: boolean;
+  /** Serve committed blobs only for this upstream; never ask it (Upstreams.offline). */
+  offline: (upstream: string) => boolean;
   /** After a lazy Range read: complete the blob in the background, or fetch only what is read. */
   lazyFill: 'background' | 'on-demand';
   /** A fill's resumes after a broken transfer, with exponential backoff from `backoff` ms. */
@@ -125,7 +125,7 @@ export class Blobs {
     if (route.local) return { size: (await this.local(route, d)).size, cached: true };
     const hit = await this.cached(d);
     if (hit) return { size: hit.size, cached: true };
-    this.ensureOnline(d);
+    await this.ensureOnline(route, d);
     const r = await this.routeFor(route, d);
     const fill = this.o.fills.get(d, r.upstream);
     if (fill?.size !== undefined) return { size: fill.size, cached: false };
@@ -148,7 +148,7 @@ export class Blobs {
       // Evicted between this look and the read (the quota, gc, another replica): a miss after all (offline: a 404).
       return refetchIfEvicted(hit, wantsWhole, () => this.open(route, d, wantsWhole, client));
     }
-    this.ensureOnline(d);
+    await this.ensureOnline(route, d);
     this.o.metrics.misses.inc({ kind: 'blob' });
     // A Range read needs the size before anything is fetched (a suffix range, a 416): when no cached
     // manifest declared it, a HEAD asks the upstream.
@@ -179,7 +179,7 @@ export class Blobs {
   async warm(route: Route, d: Digest, onBytes: (onDisk: number) => void = () => {}): Promise<{ size: number; fetched: boolean }> {
     const hit = await this.cached(d);
     if (hit) return { size: hit.size, fetched: false };
-    this.ensureOnline(d);
+    await this.ensureOnline(route, d);
     const fill = await this.fill(route, d);
     if (!fill) return { size: (await this.o.store.stat(d))?.size ?? 0, fetched: false };
     const progress = () => onBytes(fill.extents.bytes);
@@ -194,8 +194,8 @@ export class Blobs {
     }
   }
 
-  private ensureOnline(d: Digest): void {
-    if (this.o.offline) throw new RegistryError('BLOB_UNKNOWN', `blob ${d} is not cached and berth is offline`);
+  private async ensureOnline(route: Route, d: Digest): Promise<void> {
+    if (this.o.offline((await this.routeFor(route, d)).upstream)) throw new RegistryError('BLOB_UNKNOWN', `blob ${d} is not cached and berth is offline`);
   }
 
   /**

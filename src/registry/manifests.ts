@@ -42,8 +42,8 @@ export interface ManifestsOptions {
   upstreams: Upstreams;
   metrics: Metrics;
   log: Logger;
-  /** Answer from the cache only; never ask an upstream. */
-  offline: boolean;
+  /** Answer from the cache only for this upstream; never ask it (Upstreams.offline). */
+  offline: (upstream: string) => boolean;
   /** How long a tag's cached answer is served without asking the upstream (ms). */
   tagTtl: number;
 }
@@ -65,7 +65,7 @@ export class Manifests {
   private readonly upstreams: Upstreams;
   private readonly metrics: Metrics;
   private readonly log: Logger;
-  private readonly offline: boolean;
+  private readonly offline: (upstream: string) => boolean;
   private readonly tagTtl: number;
 
   constructor(o: ManifestsOptions) {
@@ -110,7 +110,7 @@ export class Manifests {
       const hit = row && (await this.fromCache(row.digest, method));
       return hit ? { ...hit, ...(stale ? { stale } : {}) } : undefined;
     };
-    if (this.offline) {
+    if (this.offline(route.upstream)) {
       const hit = await fromRow();
       if (hit) return hit;
       throw new RegistryError('MANIFEST_UNKNOWN', `manifest ${route.upstream}/${route.repository}:${ref.tag} is not cached and berth is offline`);
@@ -166,7 +166,7 @@ export class Manifests {
   }
 
   private ensureOnline(route: Route, d: Digest): void {
-    if (this.offline) {
+    if (this.offline(route.upstream)) {
       throw new RegistryError('MANIFEST_UNKNOWN', `manifest ${route.upstream}/${route.repository}@${d} is not cached and berth is offline`);
     }
   }

@@ -23,8 +23,8 @@ export interface ReferrersOptions {
   upstreams: Upstreams;
   manifests: Manifests;
   log: Logger;
-  /** Answer from the index only; never ask an upstream. */
-  offline: boolean;
+  /** Answer from the index only for this upstream; never ask it (Upstreams.offline). */
+  offline: (upstream: string) => boolean;
   /** How long an upstream's list is served without asking again (ms): the tag TTL. */
   tagTtl: number;
 }
@@ -46,7 +46,7 @@ export class Referrers {
 
   async list(route: Route, subject: Digest, artifactType: string | undefined): Promise<ReferrersResult> {
     let stale: string | undefined;
-    if (!route.local && !this.o.offline) stale = await this.refresh(route, subject);
+    if (!route.local && !this.o.offline(route.upstream)) stale = await this.refresh(route, subject);
     const all = await this.o.index.referrersOf(route.upstream, route.repository, subject);
     const manifests = artifactType === undefined ? all : all.filter((r) => r.artifactType === artifactType);
     return { manifests, filtered: artifactType !== undefined, ...(stale ? { stale } : {}) };

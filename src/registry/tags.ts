@@ -20,10 +20,10 @@ export interface TagPage {
 export class Tags {
   private readonly index: AsyncRegistryIndex;
   private readonly upstreams: Upstreams;
-  private readonly offline: boolean;
+  private readonly offline: (upstream: string) => boolean;
 
   /** `offline`: list the cached tags only, never asking an upstream. */
-  constructor(o: { index: AsyncRegistryIndex; upstreams: Upstreams; offline: boolean }) {
+  constructor(o: { index: AsyncRegistryIndex; upstreams: Upstreams; offline: (upstream: string) => boolean }) {
     this.index = o.index;
     this.upstreams = o.upstreams;
     this.offline = o.offline;
@@ -31,7 +31,7 @@ export class Tags {
 
   async list(route: Route, displayName: string, n: number | undefined, last: string | undefined): Promise<TagPage> {
     if (isLocalRepository(route)) return this.local(route, displayName, n, last);
-    if (!this.offline) {
+    if (!this.offline(route.upstream)) {
       try {
         return await this.fromUpstream(route, displayName, n, last);
       } catch (err) {
@@ -63,7 +63,7 @@ export class Tags {
   private async fromCache(route: Route, displayName: string, n: number | undefined, last: string | undefined): Promise<TagPage> {
     const all = await this.index.listTags(route.upstream, route.repository);
     if (all.length === 0) {
-      throw new RegistryError('NAME_UNKNOWN', `repository ${route.upstream}/${route.repository} has no cached tags${this.offline ? ' and berth is offline' : ''}`);
+      throw new RegistryError('NAME_UNKNOWN', `repository ${route.upstream}/${route.repository} has no cached tags${this.offline(route.upstream) ? ' and berth is offline' : ''}`);
     }
     const { tags, next } = paginate(all, n, last);
     return { name: displayName, tags, ...(next ? { next } : {}), fromCache: true };

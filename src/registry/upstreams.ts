@@ -29,6 +29,7 @@ export class Upstreams {
   readonly defaultHost: string;
   /** Which names are the site's own repositories (config `local.prefixes`). */
   readonly local: LocalNames;
+  private readonly offlineMode: Config['offline'];
 
   /**
    * `onHealthChange` hears an upstream's breaker open and close; `observer` gives each client what it
@@ -53,7 +54,18 @@ export class Upstreams {
     });
     this.defaultHost = config.defaultUpstream;
     this.local = new LocalNames(config.local.prefixes);
+    this.offlineMode = config.offline;
   }
+
+  /**
+   * Whether requests for `upstream` stay in the cache (config `offline`): every upstream with `true`; with
+   * `except-parents` every one but a parent berth's (`kind: berth`). A function, so each reader of
+   * `offline` asks about the upstream of its own route.
+   */
+  readonly offline = (upstream: string): boolean => this.offlineMode === true || (this.offlineMode === 'except-parents' && !this.isParent(upstream));
+
+  /** `upstream` is reached through a parent berth (`kind: berth`): it converts `-esgz` tags, lists referrers, fills lazily on its own. */
+  readonly isParent = (upstream: string): boolean => this.get(upstream)?.kind === 'berth';
 
   get(host: string): UpstreamClient | undefined {
     return this.byHost.get(host.toLowerCase());

@@ -8,6 +8,7 @@ import { readBounded } from './bodies.ts';
 import type { UpstreamHealth } from './health.ts';
 import { readManifest, type UpstreamManifest } from './manifest-body.ts';
 import { isReferrersAnswer, readReferrers } from './referrers-body.ts';
+import { withoutNs } from './tier-path.ts';
 import { header, type TransportOptions, UpstreamTransport } from './transport.ts';
 
 export type { UpstreamBlob } from './blob-response.ts';
@@ -68,6 +69,11 @@ export class UpstreamClient {
 
   get host(): string {
     return this.http.host;
+  }
+
+  /** `berth`: a parent berth that serves this host (tiers); `registry`: the registry itself. */
+  get kind(): 'registry' | 'berth' {
+    return this.http.config.kind;
   }
 
   /** The configured URL (for log lines). */
@@ -148,7 +154,8 @@ export class UpstreamClient {
     }
     const tags = ((body.tags as unknown[] | null) ?? []).filter((t): t is string => typeof t === 'string');
     const link = header(res.headers, 'link');
-    const next = link ? /<[^>?]*\?([^>]*)>\s*;\s*rel="?next"?/.exec(link)?.[1] : undefined;
+    const linked = link ? /<[^>?]*\?([^>]*)>\s*;\s*rel="?next"?/.exec(link)?.[1] : undefined;
+    const next = linked !== undefined && this.kind === 'berth' ? withoutNs(linked) : linked;
     return { tags, ...(next ? { next } : {}) };
   }
 

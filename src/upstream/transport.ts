@@ -8,6 +8,7 @@ import { parseChallenges } from './challenge.ts';
 import { createDispatcher } from './dispatcher.ts';
 import { EgressGuard } from './egress-guard.ts';
 import { UpstreamHealth } from './health.ts';
+import { tierPath } from './tier-path.ts';
 import { TokenCache } from './token-cache.ts';
 import { realmMayReceiveCredentials } from './token-realm.ts';
 
@@ -113,6 +114,8 @@ export class UpstreamTransport {
     }
     if (res.status === 416) throw new RegistryError('RANGE_NOT_SATISFIABLE', `${from}${text}`);
     if (res.status === 429) throw new RegistryError('UNAVAILABLE', `${from}: rate limited${text}`);
+    // A parent berth's 503 is its own upstream unreachable, its limits or its disk: as passing as our own 503.
+    if (res.status === 503 && this.config.kind === 'berth') throw new RegistryError('UNAVAILABLE', `${from}${text}`);
     // To an http:// upstream the request goes through the proxy without CONNECT, so a gateway error may
     // be the proxy's own: the operator should know to look there too.
     const gateway = (res.status === 502 || res.status === 503 || res.status === 504) && this.via !== '' ? ' (through its outbound proxy)' : '';
@@ -127,11 +130,12 @@ export class UpstreamTransport {
     }
     const started = performance.now();
     try {
-      const res = await this.authorizedRequest(new URL(path, this.base), o);
+      const res = await this.authorizedRequest(new URL(this.config.kind === 'berth' ? tierPath(path, this.host) : path, this.base), o);
       this.observer?.responded(operationOf(path), (performance.now() - started) / 1000);
       // Only an upstream that cannot serve counts against it: a 500 is about one request (and a client
       // can provoke those at will), a 502/503/504 says the registry or its gateway is down.
-      if (res.status === 502 || res.status === 503 || res.status === 504) {
+      // A parent berth's 503 (berth in front of berth) says its upstream cannot serve this: the parent itself is up.
+      if (res.status === 502 || (res.status === 503 && this.config.kind !== 'berth') || res.status === 504) {
         this.health.failure();
         this.observer?.failed('server_error');
       } else {

@@ -71,7 +71,7 @@ export const PAGE_SCRIPT = `
   function render(s) {
     $('version').textContent = 'berth ' + s.version;
     $('uptime').textContent = 'up ' + duration(s.uptimeSeconds);
-    $('mode').textContent = s.offline ? 'offline' : 'online';
+    $('mode').textContent = s.offline === 'except-parents' ? 'offline except parents' : s.offline ? 'offline' : 'online';
     $('mode').className = 'badge ' + (s.offline ? 'warn' : 'ok');
 
     fillTable('upstreams', s.upstreams.map(function (u) {

@@ -31,7 +31,8 @@ export interface Status {
   version: string;
   startedAt: string;
   uptimeSeconds: number;
-  offline: boolean;
+  /** `except-parents`: only upstreams of kind: berth are reached. */
+  offline: boolean | 'except-parents';
   upstreams: UpstreamStatus[];
   bandwidth: { limit: number | null; inUse: Record<Priority, number>; waitedSeconds: Record<Priority, number> };
   fills: FillStatus[];
@@ -82,7 +83,7 @@ export interface CacheStatus extends Usage {
 
 export interface StatusSources {
   startedAt: number;
-  offline: boolean;
+  offline: boolean | 'except-parents';
   upstreams: Pick<Upstreams, 'clients' | 'defaultHost'>;
   budget: Pick<BandwidthBudget, 'limits' | 'waitedMs'>;
   recentBytes: RecentBytes;

@@ -61,7 +61,9 @@ export interface EstargzImagesOptions {
   blobs: { warm(route: Route, d: Digest): Promise<unknown> };
   log: Logger;
   /** berth is offline: a converted tag whose source tag is not cached is served as stored (an import of the -esgz tag alone). */
-  offline: boolean;
+  offline: (upstream: string) => boolean;
+  /** The upstream is a parent berth: it converts `-esgz` tags itself, so they are asked of it as tags (Upstreams.isParent). */
+  parent?: (upstream: string) => boolean;
   /** Called once per image actually converted. */
   onConverted?: (image: ConvertedImage) => void;
 }
@@ -113,7 +115,7 @@ export class EstargzImages implements DerivedTags {
 
   answer(route: Route, tag: string, accept: string, method: 'GET' | 'HEAD'): Promise<ManifestResult> | undefined {
     const sourceTag = this.sourceTagOf(tag);
-    if (sourceTag === undefined) return undefined;
+    if (sourceTag === undefined || this.o.parent?.(route.upstream)) return undefined;
     if (sourceTag.endsWith(this.o.config.suffix)) {
       // The source would be berth's own converted tag (cached under that name): an image is converted once.
       return Promise.reject(new RegistryError('MANIFEST_UNKNOWN', `${route.repository}:${tag}: a converted image (${sourceTag}) is not converted again`));
@@ -132,7 +134,7 @@ export class EstargzImages implements DerivedTags {
     const tag = image.reference.tag;
     if (!this.o.config.enabled) throw new Error('eStargz conversion is off (estargz.enabled: false)');
     if (tag === undefined || image.reference.digest !== undefined) throw new Error(`${image.name}: converting to eStargz needs a tag (the converted image is <tag>${this.o.config.suffix})`);
-    await this.convertTag(image.route, tag, DEFAULT_MANIFEST_ACCEPT, Number.POSITIVE_INFINITY);
+    if (!this.o.parent?.(image.route.upstream)) await this.convertTag(image.route, tag, DEFAULT_MANIFEST_ACCEPT, Number.POSITIVE_INFINITY);
     return walk(`${image.name}${this.o.config.suffix}`);
   }
 
@@ -150,7 +152,8 @@ export class EstargzImages implements DerivedTags {
       // The source cannot be resolved (offline, and only the converted tag was imported): the converted tag as stored.
       const row = choose(await this.o.index.tagRows(route.upstream, route.repository, tag), accept);
       // Online, a source tag the upstream does not have (any more) is a 404 for its conversion too.
-      if (this.o.offline && row && err instanceof RegistryError && err.code === 'MANIFEST_UNKNOWN' && (await this.o.store.stat(row.digest))) return { source: row.digest, digest: row.digest };
+      if (this.o.offline(route.upstream) && row && err instanceof RegistryError && err.code === 'MANIFEST_UNKNOWN' && (await this.o.store.stat(row.digest)))
+        return { source: row.digest, digest: row.digest };
       throw err;
     }
     if (!source.bytes) throw new RegistryError('INTERNAL', `manifest ${source.digest} came without its bytes`);
