@@ -17,6 +17,16 @@ export interface S3Settings {
 
 /** A dead gateway must fail a request in seconds, not hang it: a miss then answers 503 promptly. */
 const CONNECT_TIMEOUT_MS = 3000;
+/**
+ * A gateway that accepts connections but does not answer (wedged, or its process stopped: the kernel still
+ * completes the handshake) fails a request that has had no response headers for this long. RGW answers a
+ * HEAD or the headers of a GET in milliseconds; with maxAttempts 2 a miss is a 503 in about 6 s at worst.
+ */
+export const ANSWER_TIMEOUT_MS = 3000;
+/** Requests whose answer comes after a body is sent (a part, a small blob's PUT: up to 64 MiB). */
+export const SEND_BODY = { requestTimeout: 120_000 };
+/** Server-side work before the answer: CopyObject/UploadPartCopy of up to 5 GiB, CompleteMultipartUpload. */
+export const SERVER_SIDE = { requestTimeout: 15 * 60_000 };
 /** No byte moved on the socket for this long (a wedged gateway, or a client that stopped reading). */
 const SOCKET_IDLE_MS = 30_000;
 /**
@@ -39,8 +49,17 @@ export function makeS3Client(s: S3Settings): S3Client {
     ...(s.accessKeyId && s.secretAccessKey ? { credentials: { accessKeyId: s.accessKeyId, secretAccessKey: s.secretAccessKey } } : {}),
     requestChecksumCalculation: 'WHEN_REQUIRED',
     responseChecksumValidation: 'WHEN_REQUIRED',
-    maxAttempts: 3,
-    requestHandler: { connectionTimeout: CONNECT_TIMEOUT_MS, socketTimeout: SOCKET_IDLE_MS, httpAgent: new HttpAgent(agent), httpsAgent: new HttpsAgent(agent) },
+    // One retry: a refused or reset connection is retried at once, and a gateway that does not answer costs
+    // 2 × ANSWER_TIMEOUT_MS before the 503 (a body cut mid-transfer is resumed by objectBytes instead).
+    maxAttempts: 2,
+    requestHandler: {
+      connectionTimeout: CONNECT_TIMEOUT_MS,
+      requestTimeout: ANSWER_TIMEOUT_MS,
+      throwOnRequestTimeout: true,
+      socketTimeout: SOCKET_IDLE_MS,
+      httpAgent: new HttpAgent(agent),
+      httpsAgent: new HttpsAgent(agent),
+    },
   });
 }
 

@@ -1,5 +1,6 @@
 import type { Readable } from 'node:stream';
 import { GetObjectCommand, type GetObjectCommandOutput } from '@aws-sdk/client-s3';
+import { RegistryError } from '../../oci/errors.ts';
 import { isNotFound, s3Failure } from './client.ts';
 import type { S3Bucket } from './s3-writer.ts';
 
@@ -23,7 +24,7 @@ function totalSize(res: GetObjectCommandOutput): number | undefined {
  * gone) or that ends short errors, so a reader never mistakes a truncated body for the whole.
  * `onSize` hears the object's whole size with the first answer. Stopping early (return/destroy) frees the socket.
  */
-export async function* objectBytes(s3: S3Bucket, key: string, start: number, end: number | undefined, onSize?: (size: number) => void): AsyncGenerator<Buffer> {
+export async function* objectBytes(s3: S3Bucket, key: string, start: number, end: number | undefined, onSize?: (size: number) => void, onGone?: () => void): AsyncGenerator<Buffer> {
   let pos = start;
   let last = end;
   let failures = 0;
@@ -36,7 +37,12 @@ export async function* objectBytes(s3: S3Bucket, key: string, start: number, end
       const Range = pos > 0 || last !== undefined ? `bytes=${pos}-${last ?? ''}` : undefined;
       res = await s3.client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: key, ...(Range ? { Range } : {}) }));
     } catch (err) {
-      if (isNotFound(err)) throw new Error(`${key} is not in bucket ${s3.bucket}${pos > start ? ` (it vanished at byte ${pos})` : ''}`);
+      if (isNotFound(err)) {
+        onGone?.();
+        if (pos > start) throw new Error(`${key} is not in bucket ${s3.bucket} (it vanished at byte ${pos})`);
+        // Nothing sent yet: a 503 the client retries (the retry finds it missing and fills it), not a 500.
+        throw new RegistryError('UNAVAILABLE', `blob ${key} is no longer in bucket ${s3.bucket} (removed meanwhile); try again`);
+      }
       throw s3Failure('read a blob', s3.endpoint, err);
     }
     const size = totalSize(res);

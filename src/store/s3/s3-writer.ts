@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { AbortMultipartUploadCommand, CompleteMultipartUploadCommand, CreateMultipartUploadCommand, DeleteObjectCommand, type S3Client, UploadPartCommand } from '@aws-sdk/client-s3';
 import type { Digest } from '../../oci/digest.ts';
 import { type BlobInfo, type BlobWriter, DigestMismatchError, type HashedFile } from '../roles.ts';
-import { s3Failure } from './client.ts';
+import { SEND_BODY, SERVER_SIDE, s3Failure } from './client.ts';
 
 const MiB = 1024 * 1024;
 /**
@@ -94,7 +94,7 @@ export class S3BlobWriter implements BlobWriter {
     }
     const PartNumber = ++this.started;
     const cmd = new UploadPartCommand({ Bucket: bucket, Key: this.key, UploadId: this.uploadId, PartNumber, Body: body, ContentLength: body.length });
-    this.inFlight = client.send(cmd).then(
+    this.inFlight = client.send(cmd, SEND_BODY).then(
       (r) => {
         this.parts.push({ PartNumber, ETag: r.ETag });
         this.spare = buf;
@@ -119,7 +119,7 @@ export class S3BlobWriter implements BlobWriter {
         if (this.filled > 0) await this.sendPart();
         await this.inFlight;
         const { client, bucket, endpoint } = this.s3;
-        await client.send(new CompleteMultipartUploadCommand({ Bucket: bucket, Key: this.key, UploadId: this.uploadId, MultipartUpload: { Parts: this.parts } })).catch((err: unknown) => {
+        await client.send(new CompleteMultipartUploadCommand({ Bucket: bucket, Key: this.key, UploadId: this.uploadId, MultipartUpload: { Parts: this.parts } }), SERVER_SIDE).catch((err: unknown) => {
           throw s3Failure('complete an upload', endpoint, err);
         });
         this.completed = true;
