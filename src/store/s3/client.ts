@@ -25,6 +25,8 @@ const CONNECT_TIMEOUT_MS = 3000;
 export const ANSWER_TIMEOUT_MS = 3000;
 /** Requests whose answer comes after a body is sent (a part, a small blob's PUT: up to 64 MiB). */
 export const SEND_BODY = { requestTimeout: 120_000 };
+/** Listings (gc, quota, the ingest sweep: no client waits on them): a page of 1000 keys from a busy bucket index. */
+export const LISTING = { requestTimeout: 30_000 };
 /** Server-side work before the answer: CopyObject/UploadPartCopy of up to 5 GiB, CompleteMultipartUpload. */
 export const SERVER_SIDE = { requestTimeout: 15 * 60_000 };
 /** No byte moved on the socket for this long (a wedged gateway, or a client that stopped reading). */

@@ -8,7 +8,7 @@ import { RegistryError } from '../../oci/errors.ts';
 import { type BlobStoreOptions, CorruptBlobError, READ_CHUNK } from '../blob-store.ts';
 import type { StoragePaths } from '../paths.ts';
 import { type BlobInfo, type BlobStorage, type BlobWriter, DigestMismatchError, type HashedFile } from '../roles.ts';
-import { isNotFound, SEND_BODY, s3Failure, s3Reason } from './client.ts';
+import { isNotFound, LISTING, SEND_BODY, s3Failure, s3Reason } from './client.ts';
 import { copyObject } from './copy.ts';
 import type { S3Keys } from './keys.ts';
 import type { LocalBlobCache, LocalFill } from './local-cache.ts';
@@ -292,7 +292,7 @@ export class S3BlobStore implements BlobStorage {
     let ContinuationToken: string | undefined;
     do {
       const page = await this.s3.client
-        .send(new ListObjectsV2Command({ Bucket: this.s3.bucket, Prefix: this.keys.blobs, ...(ContinuationToken ? { ContinuationToken } : {}) }))
+        .send(new ListObjectsV2Command({ Bucket: this.s3.bucket, Prefix: this.keys.blobs, ...(ContinuationToken ? { ContinuationToken } : {}) }), LISTING)
         .catch((err: unknown) => {
           throw s3Failure('list blobs', this.s3.endpoint, err);
         });
