@@ -18,11 +18,12 @@ export interface S3Settings {
 /** A dead gateway must fail a request in seconds, not hang it: a miss then answers 503 promptly. */
 const CONNECT_TIMEOUT_MS = 3000;
 /**
- * A gateway that accepts connections but does not answer (wedged, or its process stopped: the kernel still
- * completes the handshake) fails a request that has had no response headers for this long. RGW answers a
- * HEAD or the headers of a GET in milliseconds; with maxAttempts 2 a miss is a 503 in about 6 s at worst.
+ * A request that has had no response headers for this long fails (a gateway that accepts connections but
+ * does not answer: wedged, or its process stopped, the kernel still completing the handshake). Reads a
+ * client waits on are bounded sooner, by GatewayWatch (src/store/s3/gateway-watch.ts): a busy RGW can take
+ * longer than any short limit to answer a GET, so what bounds them is whether it answers at all.
  */
-export const ANSWER_TIMEOUT_MS = 3000;
+export const ANSWER_TIMEOUT_MS = 30_000;
 /** Requests whose answer comes after a body is sent (a part, a small blob's PUT: up to 64 MiB). */
 export const SEND_BODY = { requestTimeout: 120_000 };
 /** Listings (gc, quota, the ingest sweep: no client waits on them): a page of 1000 keys from a busy bucket index. */
@@ -52,7 +53,8 @@ export function makeS3Client(s: S3Settings): S3Client {
     requestChecksumCalculation: 'WHEN_REQUIRED',
     responseChecksumValidation: 'WHEN_REQUIRED',
     // One retry: a refused or reset connection is retried at once, and a gateway that does not answer costs
-    // 2 × ANSWER_TIMEOUT_MS before the 503 (a body cut mid-transfer is resumed by objectBytes instead).
+    // 2 × ANSWER_TIMEOUT_MS (reads: GatewayWatch aborts sooner, and an abort is not retried; a body cut
+    // mid-transfer is resumed by objectBytes instead).
     maxAttempts: 2,
     requestHandler: {
       connectionTimeout: CONNECT_TIMEOUT_MS,
@@ -79,7 +81,9 @@ export function isNotFound(err: unknown): boolean {
 
 /** What went wrong, in a few words: the S3 error code, the HTTP status, or the socket's error code. */
 export function s3Reason(err: unknown): string {
-  const e = err as SdkError & { message?: string; cause?: { code?: string } };
+  const e = err as SdkError & { message?: string; cause?: Error & { code?: string } };
+  // GatewayWatch's abort: its reason is what to say.
+  if (e?.name === 'AbortError' && e.cause instanceof Error) return e.cause.message;
   const status = e?.$metadata?.httpStatusCode;
   const code = e?.code ?? e?.cause?.code;
   return [e?.name && e.name !== 'Error' ? e.name : undefined, code, status ? `HTTP ${status}` : undefined].filter(Boolean).join(', ') || e?.message || String(err);

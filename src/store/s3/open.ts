@@ -4,6 +4,7 @@ import { join, resolve } from 'node:path';
 import { AbortMultipartUploadCommand, DeleteObjectCommand, HeadBucketCommand, ListMultipartUploadsCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
 import type { StoragePaths } from '../paths.ts';
 import { LISTING, makeS3Client, type S3Settings, S3UnreachableError, s3Reason } from './client.ts';
+import { GatewayWatch } from './gateway-watch.ts';
 import { S3Keys } from './keys.ts';
 import { LocalBlobCache } from './local-cache.ts';
 import { S3BlobStore, type S3StoreOptions } from './s3-store.ts';
@@ -33,7 +34,7 @@ async function replicaId(paths: StoragePaths, create: boolean): Promise<string> 
  */
 export async function openS3Store(settings: S3Settings, paths: StoragePaths, opts: S3StoreOptions & { sweep: boolean }): Promise<S3BlobStore> {
   const client = makeS3Client(settings);
-  const s3: S3Bucket = { client, bucket: settings.bucket, endpoint: settings.endpoint };
+  const s3: S3Bucket = { client, bucket: settings.bucket, endpoint: settings.endpoint, watch: new GatewayWatch(client, settings.bucket) };
   try {
     await client.send(new HeadBucketCommand({ Bucket: settings.bucket }));
   } catch (err) {

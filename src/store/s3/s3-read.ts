@@ -2,7 +2,7 @@ import type { Readable } from 'node:stream';
 import { GetObjectCommand, type GetObjectCommandOutput } from '@aws-sdk/client-s3';
 import { RegistryError } from '../../oci/errors.ts';
 import { isNotFound, s3Failure } from './client.ts';
-import type { S3Bucket } from './s3-writer.ts';
+import { type S3Bucket, sendRead } from './s3-writer.ts';
 
 /**
  * How often in a row a read picks up a transfer that broke (a socket reset, an idle timeout while its
@@ -35,7 +35,8 @@ export async function* objectBytes(s3: S3Bucket, key: string, start: number, end
     try {
       // No Range for a whole read: an empty object has no byte 0 to ask for.
       const Range = pos > 0 || last !== undefined ? `bytes=${pos}-${last ?? ''}` : undefined;
-      res = await s3.client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: key, ...(Range ? { Range } : {}) }));
+      const cmd = new GetObjectCommand({ Bucket: s3.bucket, Key: key, ...(Range ? { Range } : {}) });
+      res = await sendRead(s3, (o) => s3.client.send(cmd, o));
     } catch (err) {
       if (isNotFound(err)) {
         onGone?.();

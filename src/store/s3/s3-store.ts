@@ -10,10 +10,11 @@ import type { StoragePaths } from '../paths.ts';
 import { type BlobInfo, type BlobStorage, type BlobWriter, DigestMismatchError, type HashedFile } from '../roles.ts';
 import { isNotFound, LISTING, SEND_BODY, s3Failure, s3Reason } from './client.ts';
 import { copyObject } from './copy.ts';
+import { PROBE_MS } from './gateway-watch.ts';
 import type { S3Keys } from './keys.ts';
 import type { LocalBlobCache, LocalFill } from './local-cache.ts';
 import { objectBytes } from './s3-read.ts';
-import { S3BlobWriter, type S3Bucket, type Staged } from './s3-writer.ts';
+import { S3BlobWriter, type S3Bucket, type Staged, sendRead } from './s3-writer.ts';
 
 /** commitFile reads the caller's file in pieces of this size (the writer copies them into its parts). */
 const FILE_READ = 1024 * 1024;
@@ -36,8 +37,6 @@ const isMissing = (err: unknown) => (err as NodeJS.ErrnoException).code === 'ENO
  */
 const KNOWN_TTL_MS = 30_000;
 const KNOWN_MAX = 100_000;
-/** /readyz's bucket check answers within this (a probe every few seconds must not pile up on a wedged gateway). */
-const PROBE_MS = 2000;
 
 /**
  * Blobs in an S3 bucket (the `s3` storage driver), keeping the filesystem store's invariant: an object under
@@ -87,7 +86,8 @@ export class S3BlobStore implements BlobStorage {
     const known = this.known.get(d);
     if (known !== undefined) return { size: known };
     try {
-      const head = await this.s3.client.send(new HeadObjectCommand({ Bucket: this.s3.bucket, Key: this.keys.blob(d) }));
+      const cmd = new HeadObjectCommand({ Bucket: this.s3.bucket, Key: this.keys.blob(d) });
+      const head = await sendRead(this.s3, (o) => this.s3.client.send(cmd, o));
       const size = head.ContentLength ?? 0;
       this.known.set(d, size);
       return { size };
@@ -185,7 +185,8 @@ export class S3BlobStore implements BlobStorage {
     if (local) return local;
     let bytes: Buffer;
     try {
-      const res = await this.s3.client.send(new GetObjectCommand({ Bucket: this.s3.bucket, Key: this.keys.blob(d) }));
+      const cmd = new GetObjectCommand({ Bucket: this.s3.bucket, Key: this.keys.blob(d) });
+      const res = await sendRead(this.s3, (o) => this.s3.client.send(cmd, o));
       bytes = Buffer.from((await res.Body?.transformToByteArray()) ?? []);
     } catch (err) {
       if (isNotFound(err)) {

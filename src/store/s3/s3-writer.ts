@@ -3,6 +3,7 @@ import { AbortMultipartUploadCommand, CompleteMultipartUploadCommand, CreateMult
 import type { Digest } from '../../oci/digest.ts';
 import { type BlobInfo, type BlobWriter, DigestMismatchError, type HashedFile } from '../roles.ts';
 import { SEND_BODY, SERVER_SIDE, s3Failure } from './client.ts';
+import type { GatewayWatch } from './gateway-watch.ts';
 
 const MiB = 1024 * 1024;
 /**
@@ -16,6 +17,13 @@ export interface S3Bucket {
   client: S3Client;
   bucket: string;
   endpoint: string;
+  /** Bounds the reads clients wait on by whether the gateway answers at all (without one: the client's own timeouts). */
+  watch?: GatewayWatch;
+}
+
+/** `command` as a read a client waits on: through the watch when there is one. */
+export function sendRead<T>(s3: S3Bucket, run: (opts?: { abortSignal: AbortSignal; requestTimeout: number }) => Promise<T>): Promise<T> {
+  return s3.watch ? s3.watch.send(run) : run();
 }
 
 /** What a verified write hands to the store's one commit path: bytes still in memory, or a completed ingest object. */
