@@ -14,6 +14,7 @@ import { coldPull } from './figures/cold-pull.ts';
 import { coldRange } from './figures/cold-range.ts';
 import { headBlob, manifestByTag } from './figures/requests.ts';
 import { rss64 } from './figures/rss64.ts';
+import { s3Driver } from './figures/s3.ts';
 import { startup } from './figures/startup.ts';
 import { machineInfo } from './machine.ts';
 import { FIGURES, type FigureName, parseOptions, sizeName } from './options.ts';
@@ -35,6 +36,7 @@ const RUNNERS: Record<FigureName, { title: string; run: (ctx: BenchContext) => P
   startup: { title: 'start-up with a big index', run: startup },
   coldsmall: { title: 'cold small-object latency', run: coldLatency },
   estargz: { title: 'eStargz conversion and lazy pull', run: estargzFigure },
+  s3: { title: 's3 storage driver, cached (Ceph RGW)', run: s3Driver },
 };
 
 async function main(): Promise<number> {

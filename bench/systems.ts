@@ -44,10 +44,15 @@ async function fileHasSize(file: string, size: number): Promise<boolean> {
 
 const hexOf = (digest: string): string => digest.replace(/^sha256:/, '');
 
+/** Another storage section (the s3 driver) and how to tell a blob is committed there. */
+export type BerthStorage = (storagePath: string) => { config: Record<string, unknown>; hasBlob: Server['hasBlob'] };
+
 /** berth as a child process (`berth serve --config FILE`), `upstreamUrl` configured as docker.io. */
-export async function startBerthServer(upstreamUrl: string, extra?: Record<string, unknown>): Promise<Server> {
+export async function startBerthServer(upstreamUrl: string, extra?: Record<string, unknown>, storageOf?: BerthStorage): Promise<Server> {
   const dir = await makeTempDir('bench-berth');
   const storage = path.join(dir, 'storage');
+  const custom = storageOf?.(storage);
+  if (custom) extra = { ...extra, storage: custom.config };
   const logFile = path.join(dir, 'berth.log');
   let proc: ManagedProcess | undefined;
   const handle = guarded('berth', {
@@ -73,7 +78,7 @@ export async function startBerthServer(upstreamUrl: string, extra?: Record<strin
     url: `http://127.0.0.1:${port}`,
     host: `127.0.0.1:${port}`,
     pids: () => [p.pid],
-    hasBlob: (d, size) => fileHasSize(path.join(storage, 'blobs', 'sha256', hexOf(d).slice(0, 2), hexOf(d)), size),
+    hasBlob: custom?.hasBlob ?? ((d, size) => fileHasSize(path.join(storage, 'blobs', 'sha256', hexOf(d).slice(0, 2), hexOf(d)), size)),
     logFile,
     stop: () => handle.stop(),
   };

@@ -6,7 +6,8 @@ import type { UpstreamClient } from './upstream/client.ts';
 
 export interface ReadinessReport {
   ready: boolean;
-  checks: { index: string; storage: string };
+  /** `s3` only with storage.driver s3: the bucket blobs/ lives in. */
+  checks: { index: string; storage: string; s3?: string };
   offline: boolean | 'except-parents';
   upstreams: Array<{ host: string; up: boolean; retryInSeconds?: number }>;
 }
@@ -23,14 +24,15 @@ export class Readiness {
     private readonly tmpDir: string,
     private readonly upstreams: readonly UpstreamClient[],
     private readonly offline: boolean | 'except-parents',
+    /** storage.driver s3: the bucket, probed with one bounded request (S3BlobStore.probe). */
+    private readonly bucket?: { probe(): Promise<void> },
   ) {}
 
   async report(): Promise<ReadinessReport> {
-    const index = await this.checkIndex();
-    const storage = await this.checkStorage();
+    const [index, storage, s3] = await Promise.all([this.checkIndex(), this.checkStorage(), this.checkBucket()]);
     return {
-      ready: index === 'ok' && storage === 'ok',
-      checks: { index, storage },
+      ready: index === 'ok' && storage === 'ok' && (s3 === undefined || s3 === 'ok'),
+      checks: { index, storage, ...(s3 !== undefined ? { s3 } : {}) },
       offline: this.offline,
       upstreams: this.upstreams.map((c) => (c.health.down ? { host: c.host, up: false, retryInSeconds: Math.ceil(c.health.retryInMs / 1000) } : { host: c.host, up: true })),
     };
@@ -40,6 +42,17 @@ export class Readiness {
     // A tiny real read and write with a short wait (StoreIndex.probe: a lock taken and given back; PgIndex: a statement).
     try {
       await this.index.probe();
+      return 'ok';
+    } catch (err) {
+      return `failed: ${(err as Error).message}`;
+    }
+  }
+
+  /** The message names the bucket and the endpoint (S3BlobStore.probe). */
+  private async checkBucket(): Promise<string | undefined> {
+    if (!this.bucket) return undefined;
+    try {
+      await this.bucket.probe();
       return 'ok';
     } catch (err) {
       return `failed: ${(err as Error).message}`;

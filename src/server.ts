@@ -44,6 +44,7 @@ import { StoragePaths } from './store/paths.ts';
 import { Quota } from './store/quota.ts';
 import type { BlobStorage } from './store/roles.ts';
 import { openS3Store } from './store/s3/open.ts';
+import { S3BlobStore } from './store/s3/s3-store.ts';
 import { prepareStorageDir } from './store/storage-dir.ts';
 import { BandwidthBudget } from './upstream/bandwidth.ts';
 
@@ -238,7 +239,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   const prewarmer = new Prewarmer(walker, blobs, pins, quota, store, new ReferrerWalker(referrers, manifests), (image, platforms) =>
     estargz.convertWalked(image, (name) => walker.walk(name, platforms)),
   );
-  const readiness = new Readiness(index, paths.tmp, upstreams.clients, config.offline);
+  const readiness = new Readiness(index, paths.tmp, upstreams.clients, config.offline, store instanceof S3BlobStore ? store : undefined);
   const local = new LocalRegistry({ index, store, deleteEnabled: config.delete.enabled, log });
   const usage = { totals: () => index.totals(), usage: (n: number) => opened.usage(n) };
   const status = new StatusBuilder({ startedAt: Date.now(), offline: config.offline, upstreams, budget, recentBytes, fills, index: usage, quota, metrics, errors: recentErrors });

@@ -189,6 +189,9 @@ export const ConfigSchema = z
       .strict()
       .superRefine((s, ctx) => {
         if (s.driver === 's3' && !s.s3) ctx.addIssue({ code: 'custom', path: ['s3'], message: 'is required with driver: s3 (at least endpoint and bucket)' });
+        // A percentage is of the disk under storage.path; with s3 that disk holds only partial downloads, and a bucket has no size.
+        if (s.driver === 's3' && s.maxSize && 'percent' in s.maxSize)
+          ctx.addIssue({ code: 'custom', path: ['maxSize'], message: 'must be a size (e.g. 500GiB) with driver: s3: a bucket has no disk size' });
       })
       .prefault({}),
     /**

@@ -1,9 +1,10 @@
 import { Readable } from 'node:stream';
 import type { BlobHandle } from './blobs.ts';
 
-/** The store's "no such blob" (a file's ENOENT; the S3 store says it the same way). */
+/** The store's "no such blob": a file's ENOENT, or the S3 store's object not found (`gone`, src/store/s3/s3-read.ts). */
 function isGone(err: unknown): boolean {
-  return (err as NodeJS.ErrnoException | undefined)?.code === 'ENOENT';
+  const e = err as { code?: unknown; gone?: unknown } | undefined;
+  return e?.code === 'ENOENT' || e?.gone === true;
 }
 
 /**

@@ -34,6 +34,12 @@ export interface Ceph {
   secretAccessKey: string;
   /** Stops only radosgw (the OSD and mon keep the data): S3 unreachable. */
   stopGateway(): Promise<void>;
+  /**
+   * Freezes radosgw (SIGSTOP): the kernel still accepts connections on its port, but nothing answers, as
+   * with a wedged gateway (a full store, an overloaded host). resumeGateway() (SIGCONT) lets it go on.
+   */
+  pauseGateway(): Promise<void>;
+  resumeGateway(): Promise<void>;
   /** Starts whatever is not running (radosgw after stopGateway: about 2 s). */
   start(): Promise<void>;
   stop(): Promise<void>;
@@ -64,6 +70,7 @@ export async function startCeph(o: CephOptions): Promise<Ceph> {
     const logs = await run('bash', ['-c', `tail -n 20 "${dir}"/log/*.out "${dir}"/log/*.log 2>/dev/null`]).catch(() => ({ stdout: '' }));
     throw new Error(`could not start Ceph RGW (${(err as Error).message.trim()}); is ceph-mon/ceph-osd/radosgw/ceph-common installed?\n${logs.stdout}`);
   }
+  const gatewayPid = async () => Number((await readFile(path.join(dir, 'run', 'rgw.a.pid0'), 'utf8')).trim());
   return {
     dir,
     endpoint: exported(out, 'S3_ENDPOINT'),
@@ -71,8 +78,14 @@ export async function startCeph(o: CephOptions): Promise<Ceph> {
     bucket: exported(out, 'S3_BUCKET'),
     accessKeyId: exported(out, 'AWS_ACCESS_KEY_ID'),
     secretAccessKey: exported(out, 'AWS_SECRET_ACCESS_KEY'),
+    async pauseGateway() {
+      process.kill(await gatewayPid(), 'SIGSTOP');
+    },
+    async resumeGateway() {
+      process.kill(await gatewayPid(), 'SIGCONT');
+    },
     async stopGateway() {
-      const pid = Number((await readFile(path.join(dir, 'run', 'rgw.a.pid0'), 'utf8')).trim());
+      const pid = await gatewayPid();
       process.kill(pid, 'SIGTERM');
       for (let i = 0; i < 100 && !(await gone(pid)); i++) await sleep(100);
       if (!(await gone(pid))) process.kill(pid, 'SIGKILL');
@@ -81,6 +94,10 @@ export async function startCeph(o: CephOptions): Promise<Ceph> {
       await start();
     },
     async stop() {
+      // A gateway left paused by a failed test would sit on its SIGTERM until the script's SIGKILL.
+      await gatewayPid()
+        .then((pid) => process.kill(pid, 'SIGCONT'))
+        .catch(() => undefined);
       await run('bash', [SCRIPT, 'stop', dir], { env, timeout: 120_000 });
       await removeTempDir(dir);
     },

@@ -17,6 +17,19 @@ export interface S3Settings {
 
 /** A dead gateway must fail a request in seconds, not hang it: a miss then answers 503 promptly. */
 const CONNECT_TIMEOUT_MS = 3000;
+/**
+ * A request that has had no response headers for this long fails (a gateway that accepts connections but
+ * does not answer: wedged, or its process stopped, the kernel still completing the handshake). Reads a
+ * client waits on are bounded sooner, by GatewayWatch (src/store/s3/gateway-watch.ts): a busy RGW can take
+ * longer than any short limit to answer a GET, so what bounds them is whether it answers at all.
+ */
+export const ANSWER_TIMEOUT_MS = 30_000;
+/** Requests whose answer comes after a body is sent (a part, a small blob's PUT: up to 64 MiB). */
+export const SEND_BODY = { requestTimeout: 120_000 };
+/** Listings (gc, quota, the ingest sweep: no client waits on them): a page of 1000 keys from a busy bucket index. */
+export const LISTING = { requestTimeout: 30_000 };
+/** Server-side work before the answer: CopyObject/UploadPartCopy of up to 5 GiB, CompleteMultipartUpload. */
+export const SERVER_SIDE = { requestTimeout: 15 * 60_000 };
 /** No byte moved on the socket for this long (a wedged gateway, or a client that stopped reading). */
 const SOCKET_IDLE_MS = 30_000;
 /**
@@ -39,8 +52,18 @@ export function makeS3Client(s: S3Settings): S3Client {
     ...(s.accessKeyId && s.secretAccessKey ? { credentials: { accessKeyId: s.accessKeyId, secretAccessKey: s.secretAccessKey } } : {}),
     requestChecksumCalculation: 'WHEN_REQUIRED',
     responseChecksumValidation: 'WHEN_REQUIRED',
-    maxAttempts: 3,
-    requestHandler: { connectionTimeout: CONNECT_TIMEOUT_MS, socketTimeout: SOCKET_IDLE_MS, httpAgent: new HttpAgent(agent), httpsAgent: new HttpsAgent(agent) },
+    // One retry: a refused or reset connection is retried at once, and a gateway that does not answer costs
+    // 2 × ANSWER_TIMEOUT_MS (reads: GatewayWatch aborts sooner, and an abort is not retried; a body cut
+    // mid-transfer is resumed by objectBytes instead).
+    maxAttempts: 2,
+    requestHandler: {
+      connectionTimeout: CONNECT_TIMEOUT_MS,
+      requestTimeout: ANSWER_TIMEOUT_MS,
+      throwOnRequestTimeout: true,
+      socketTimeout: SOCKET_IDLE_MS,
+      httpAgent: new HttpAgent(agent),
+      httpsAgent: new HttpsAgent(agent),
+    },
   });
 }
 
@@ -58,7 +81,9 @@ export function isNotFound(err: unknown): boolean {
 
 /** What went wrong, in a few words: the S3 error code, the HTTP status, or the socket's error code. */
 export function s3Reason(err: unknown): string {
-  const e = err as SdkError & { message?: string; cause?: { code?: string } };
+  const e = err as SdkError & { message?: string; cause?: Error & { code?: string } };
+  // GatewayWatch's abort: its reason is what to say.
+  if (e?.name === 'AbortError' && e.cause instanceof Error) return e.cause.message;
   const status = e?.$metadata?.httpStatusCode;
   const code = e?.code ?? e?.cause?.code;
   return [e?.name && e.name !== 'Error' ? e.name : undefined, code, status ? `HTTP ${status}` : undefined].filter(Boolean).join(', ') || e?.message || String(err);

@@ -1,4 +1,5 @@
 import { AbortMultipartUploadCommand, CompleteMultipartUploadCommand, CopyObjectCommand, CreateMultipartUploadCommand, UploadPartCopyCommand } from '@aws-sdk/client-s3';
+import { SERVER_SIDE } from './client.ts';
 import type { S3Bucket } from './s3-writer.ts';
 
 /** CopyObject copies at most 5 GiB in one request; above that, a multipart copy. */
@@ -20,7 +21,7 @@ export async function copyObject(s3: S3Bucket, from: string, to: string, size: n
   const { client, bucket } = s3;
   const CopySource = copySource(bucket, from);
   if (size <= limits.single) {
-    await client.send(new CopyObjectCommand({ Bucket: bucket, Key: to, CopySource }));
+    await client.send(new CopyObjectCommand({ Bucket: bucket, Key: to, CopySource }), SERVER_SIDE);
     return;
   }
   const { UploadId } = await client.send(new CreateMultipartUploadCommand({ Bucket: bucket, Key: to }));
@@ -28,10 +29,10 @@ export async function copyObject(s3: S3Bucket, from: string, to: string, size: n
     const Parts: Array<{ PartNumber: number; ETag: string | undefined }> = [];
     for (let start = 0, PartNumber = 1; start < size; start += limits.part, PartNumber++) {
       const end = Math.min(size, start + limits.part) - 1;
-      const r = await client.send(new UploadPartCopyCommand({ Bucket: bucket, Key: to, UploadId, PartNumber, CopySource, CopySourceRange: `bytes=${start}-${end}` }));
+      const r = await client.send(new UploadPartCopyCommand({ Bucket: bucket, Key: to, UploadId, PartNumber, CopySource, CopySourceRange: `bytes=${start}-${end}` }), SERVER_SIDE);
       Parts.push({ PartNumber, ETag: r.CopyPartResult?.ETag });
     }
-    await client.send(new CompleteMultipartUploadCommand({ Bucket: bucket, Key: to, UploadId, MultipartUpload: { Parts } }));
+    await client.send(new CompleteMultipartUploadCommand({ Bucket: bucket, Key: to, UploadId, MultipartUpload: { Parts } }), SERVER_SIDE);
   } catch (err) {
     await client.send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: to, UploadId })).catch(() => undefined);
     throw err;

@@ -3,7 +3,8 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { AbortMultipartUploadCommand, DeleteObjectCommand, HeadBucketCommand, ListMultipartUploadsCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
 import type { StoragePaths } from '../paths.ts';
-import { makeS3Client, type S3Settings, S3UnreachableError, s3Reason } from './client.ts';
+import { LISTING, makeS3Client, type S3Settings, S3UnreachableError, s3Reason } from './client.ts';
+import { GatewayWatch } from './gateway-watch.ts';
 import { S3Keys } from './keys.ts';
 import { LocalBlobCache } from './local-cache.ts';
 import { S3BlobStore, type S3StoreOptions } from './s3-store.ts';
@@ -33,7 +34,7 @@ async function replicaId(paths: StoragePaths, create: boolean): Promise<string> 
  */
 export async function openS3Store(settings: S3Settings, paths: StoragePaths, opts: S3StoreOptions & { sweep: boolean }): Promise<S3BlobStore> {
   const client = makeS3Client(settings);
-  const s3: S3Bucket = { client, bucket: settings.bucket, endpoint: settings.endpoint };
+  const s3: S3Bucket = { client, bucket: settings.bucket, endpoint: settings.endpoint, watch: new GatewayWatch(client, settings.bucket) };
   try {
     await client.send(new HeadBucketCommand({ Bucket: settings.bucket }));
   } catch (err) {
@@ -58,7 +59,7 @@ export async function sweepIngest(s3: S3Bucket, keys: S3Keys, now = Date.now()):
   let KeyMarker: string | undefined;
   let UploadIdMarker: string | undefined;
   do {
-    const page = await client.send(new ListMultipartUploadsCommand({ Bucket: bucket, Prefix: keys.ingest, ...(KeyMarker ? { KeyMarker, UploadIdMarker } : {}) }));
+    const page = await client.send(new ListMultipartUploadsCommand({ Bucket: bucket, Prefix: keys.ingest, ...(KeyMarker ? { KeyMarker, UploadIdMarker } : {}) }), LISTING);
     for (const u of page.Uploads ?? []) {
       if (!u.Key || !stale(u.Key, u.Initiated)) continue;
       await client.send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: u.Key, UploadId: u.UploadId })).catch(() => undefined);
@@ -69,7 +70,7 @@ export async function sweepIngest(s3: S3Bucket, keys: S3Keys, now = Date.now()):
   } while (KeyMarker);
   let ContinuationToken: string | undefined;
   do {
-    const page = await client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: keys.ingest, ...(ContinuationToken ? { ContinuationToken } : {}) }));
+    const page = await client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: keys.ingest, ...(ContinuationToken ? { ContinuationToken } : {}) }), LISTING);
     for (const o of page.Contents ?? []) {
       if (!o.Key || !stale(o.Key, o.LastModified)) continue;
       await client.send(new DeleteObjectCommand({ Bucket: bucket, Key: o.Key })).catch(() => undefined);

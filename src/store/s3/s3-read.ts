@@ -1,7 +1,8 @@
 import type { Readable } from 'node:stream';
 import { GetObjectCommand, type GetObjectCommandOutput } from '@aws-sdk/client-s3';
+import { RegistryError } from '../../oci/errors.ts';
 import { isNotFound, s3Failure } from './client.ts';
-import type { S3Bucket } from './s3-writer.ts';
+import { type S3Bucket, sendRead } from './s3-writer.ts';
 
 /**
  * How often in a row a read picks up a transfer that broke (a socket reset, an idle timeout while its
@@ -23,7 +24,7 @@ function totalSize(res: GetObjectCommandOutput): number | undefined {
  * gone) or that ends short errors, so a reader never mistakes a truncated body for the whole.
  * `onSize` hears the object's whole size with the first answer. Stopping early (return/destroy) frees the socket.
  */
-export async function* objectBytes(s3: S3Bucket, key: string, start: number, end: number | undefined, onSize?: (size: number) => void): AsyncGenerator<Buffer> {
+export async function* objectBytes(s3: S3Bucket, key: string, start: number, end: number | undefined, onSize?: (size: number) => void, onGone?: () => void): AsyncGenerator<Buffer> {
   let pos = start;
   let last = end;
   let failures = 0;
@@ -34,10 +35,16 @@ export async function* objectBytes(s3: S3Bucket, key: string, start: number, end
     try {
       // No Range for a whole read: an empty object has no byte 0 to ask for.
       const Range = pos > 0 || last !== undefined ? `bytes=${pos}-${last ?? ''}` : undefined;
-      res = await s3.client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: key, ...(Range ? { Range } : {}) }));
+      const cmd = new GetObjectCommand({ Bucket: s3.bucket, Key: key, ...(Range ? { Range } : {}) });
+      res = await sendRead(s3, (o) => s3.client.send(cmd, o));
     } catch (err) {
-      // ENOENT, as the filesystem says it: a blob evicted since it was found is fetched again (src/registry/evicted.ts).
-      if (isNotFound(err)) throw Object.assign(new Error(`${key} is not in bucket ${s3.bucket}${pos > start ? ` (it vanished at byte ${pos})` : ''}`), { code: 'ENOENT' });
+      if (isNotFound(err)) {
+        onGone?.();
+        if (pos > start) throw new Error(`${key} is not in bucket ${s3.bucket} (it vanished at byte ${pos})`);
+        // Nothing sent yet: `gone`, so the request becomes a miss and fetches the blob again
+        // (src/registry/evicted.ts); where no one refetches, a 503 the client retries, not a 500.
+        throw Object.assign(new RegistryError('UNAVAILABLE', `blob ${key} is no longer in bucket ${s3.bucket} (removed meanwhile); try again`), { gone: true });
+      }
       throw s3Failure('read a blob', s3.endpoint, err);
     }
     const size = totalSize(res);

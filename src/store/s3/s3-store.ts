@@ -1,18 +1,20 @@
 import { createHash } from 'node:crypto';
 import { mkdir, open, rm } from 'node:fs/promises';
 import { Readable } from 'node:stream';
-import { DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
+import { DeleteObjectCommand, GetObjectCommand, HeadBucketCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
+import { LRUCache } from 'lru-cache';
 import { type Digest, digestHex } from '../../oci/digest.ts';
 import { RegistryError } from '../../oci/errors.ts';
 import { type BlobStoreOptions, CorruptBlobError, READ_CHUNK } from '../blob-store.ts';
 import type { StoragePaths } from '../paths.ts';
 import { type BlobInfo, type BlobStorage, type BlobWriter, DigestMismatchError, type HashedFile } from '../roles.ts';
-import { isNotFound, s3Failure } from './client.ts';
+import { isNotFound, LISTING, SEND_BODY, s3Failure, s3Reason } from './client.ts';
 import { copyObject } from './copy.ts';
+import { PROBE_MS } from './gateway-watch.ts';
 import type { S3Keys } from './keys.ts';
 import type { LocalBlobCache, LocalFill } from './local-cache.ts';
 import { objectBytes } from './s3-read.ts';
-import { S3BlobWriter, type S3Bucket, type Staged } from './s3-writer.ts';
+import { S3BlobWriter, type S3Bucket, type Staged, sendRead } from './s3-writer.ts';
 
 /** commitFile reads the caller's file in pieces of this size (the writer copies them into its parts). */
 const FILE_READ = 1024 * 1024;
@@ -29,6 +31,14 @@ export interface S3StoreOptions extends BlobStoreOptions {
 const isMissing = (err: unknown) => (err as NodeJS.ErrnoException).code === 'ENOENT';
 
 /**
+ * How long a HeadObject's "it is there, this size" is believed without asking again. Blobs are content-addressed
+ * and immutable, so only a removal can make it wrong: this replica's own drops it at once; another replica's
+ * (quota on the elected one) is noticed by the next GET (NotFound drops it too), or after this.
+ */
+const KNOWN_TTL_MS = 30_000;
+const KNOWN_MAX = 100_000;
+
+/**
  * Blobs in an S3 bucket (the `s3` storage driver), keeping the filesystem store's invariant: an object under
  * blobs/ always hashes to its name. Every write ends in install(): bytes in memory are PUT to their key only
  * after their hash was checked; bigger writes are completed under ingest/ and copied into place only once
@@ -37,6 +47,8 @@ const isMissing = (err: unknown) => (err as NodeJS.ErrnoException).code === 'ENO
 export class S3BlobStore implements BlobStorage {
   /** Open reads per digest, in this process: quota and gc leave those blobs alone. */
   private readonly reading = new Map<Digest, number>();
+  /** Digests a HeadObject (or a write) saw in the bucket, with their sizes: one HEAD per blob per KNOWN_TTL_MS, not per GET. */
+  private readonly known = new LRUCache<Digest, number>({ max: KNOWN_MAX, ttl: KNOWN_TTL_MS, ttlAutopurge: false });
 
   constructor(
     readonly s3: S3Bucket,
@@ -71,11 +83,19 @@ export class S3BlobStore implements BlobStorage {
   async stat(d: Digest): Promise<BlobInfo | undefined> {
     const local = this.opts.cache?.has(d);
     if (local !== undefined) return { size: local };
+    const known = this.known.get(d);
+    if (known !== undefined) return { size: known };
     try {
-      const head = await this.s3.client.send(new HeadObjectCommand({ Bucket: this.s3.bucket, Key: this.keys.blob(d) }));
-      return { size: head.ContentLength ?? 0 };
+      const cmd = new HeadObjectCommand({ Bucket: this.s3.bucket, Key: this.keys.blob(d) });
+      const head = await sendRead(this.s3, (o) => this.s3.client.send(cmd, o));
+      const size = head.ContentLength ?? 0;
+      this.known.set(d, size);
+      return { size };
     } catch (err) {
-      if (isNotFound(err)) return undefined;
+      if (isNotFound(err)) {
+        this.known.delete(d);
+        return undefined;
+      }
       throw s3Failure('look up a blob', this.s3.endpoint, err);
     }
   }
@@ -102,7 +122,12 @@ export class S3BlobStore implements BlobStorage {
         return;
       }
     }
-    yield* objectBytes(this.s3, this.keys.blob(d), start, end);
+    yield* this.fromBucket(d, start, end);
+  }
+
+  /** objectBytes of the blob; one that is not there (removed by another replica since a HEAD here said it was) is forgotten. */
+  private fromBucket(d: Digest, start: number, end: number | undefined, onSize?: (size: number) => void): AsyncGenerator<Buffer> {
+    return objectBytes(this.s3, this.keys.blob(d), start, end, onSize, () => this.known.delete(d));
   }
 
   /**
@@ -126,7 +151,7 @@ export class S3BlobStore implements BlobStorage {
       const hash = this.opts.verifyReads && start === 0 ? createHash('sha256') : undefined;
       let pos = start;
       let pending: Promise<void> = Promise.resolve();
-      for await (const chunk of objectBytes(this.s3, this.keys.blob(d), start, end, (s) => (size = s))) {
+      for await (const chunk of this.fromBucket(d, start, end, (s) => (size = s))) {
         // A whole read copies the blob into the local cache as it goes (verified there on commit).
         if (pos === start && cache && start === 0 && size === end + 1 && cache.wants(d, size)) local = await cache.begin(d).catch(() => undefined);
         pos += chunk.length;
@@ -160,10 +185,14 @@ export class S3BlobStore implements BlobStorage {
     if (local) return local;
     let bytes: Buffer;
     try {
-      const res = await this.s3.client.send(new GetObjectCommand({ Bucket: this.s3.bucket, Key: this.keys.blob(d) }));
+      const cmd = new GetObjectCommand({ Bucket: this.s3.bucket, Key: this.keys.blob(d) });
+      const res = await sendRead(this.s3, (o) => this.s3.client.send(cmd, o));
       bytes = Buffer.from((await res.Body?.transformToByteArray()) ?? []);
     } catch (err) {
-      if (isNotFound(err)) return undefined;
+      if (isNotFound(err)) {
+        this.known.delete(d);
+        return undefined;
+      }
       throw s3Failure('read a blob', this.s3.endpoint, err);
     }
     if (this.opts.verifyReads && createHash('sha256').update(bytes).digest('hex') !== digestHex(d)) {
@@ -232,9 +261,10 @@ export class S3BlobStore implements BlobStorage {
     const Key = this.keys.blob(d);
     if ('bytes' in staged) {
       if (staged.bytes.length !== hashed.size) throw new DigestMismatchError(d, hashed.digest, `${staged.bytes.length} bytes staged, not ${hashed.size}`);
-      await client.send(new PutObjectCommand({ Bucket: bucket, Key, Body: staged.bytes, ContentLength: staged.bytes.length })).catch((err: unknown) => {
+      await client.send(new PutObjectCommand({ Bucket: bucket, Key, Body: staged.bytes, ContentLength: staged.bytes.length }), SEND_BODY).catch((err: unknown) => {
         throw s3Failure('store a blob', endpoint, err);
       });
+      this.known.set(d, hashed.size);
       return;
     }
     try {
@@ -245,11 +275,13 @@ export class S3BlobStore implements BlobStorage {
       if (err instanceof DigestMismatchError) throw err;
       throw s3Failure('store a blob', endpoint, err);
     }
+    this.known.set(d, hashed.size);
     // The blob is in place; an ingest object that outlives a failed delete is cleared by the next start.
     await client.send(new DeleteObjectCommand({ Bucket: bucket, Key: staged.key })).catch(() => undefined);
   }
 
   async remove(d: Digest): Promise<void> {
+    this.known.delete(d);
     await this.opts.cache?.forget(d);
     await this.s3.client.send(new DeleteObjectCommand({ Bucket: this.s3.bucket, Key: this.keys.blob(d) })).catch((err: unknown) => {
       if (!isNotFound(err)) throw s3Failure('remove a blob', this.s3.endpoint, err);
@@ -261,7 +293,7 @@ export class S3BlobStore implements BlobStorage {
     let ContinuationToken: string | undefined;
     do {
       const page = await this.s3.client
-        .send(new ListObjectsV2Command({ Bucket: this.s3.bucket, Prefix: this.keys.blobs, ...(ContinuationToken ? { ContinuationToken } : {}) }))
+        .send(new ListObjectsV2Command({ Bucket: this.s3.bucket, Prefix: this.keys.blobs, ...(ContinuationToken ? { ContinuationToken } : {}) }), LISTING)
         .catch((err: unknown) => {
           throw s3Failure('list blobs', this.s3.endpoint, err);
         });
@@ -288,6 +320,20 @@ export class S3BlobStore implements BlobStorage {
     await this.remove(d);
     this.opts.onQuarantine?.(d, to);
     return to;
+  }
+
+  /**
+   * /readyz: one HeadBucket (credentials and bucket checked, nothing written), answered within PROBE_MS or
+   * failed with a message naming the bucket and the endpoint.
+   */
+  async probe(): Promise<void> {
+    const { client, bucket, endpoint } = this.s3;
+    try {
+      await client.send(new HeadBucketCommand({ Bucket: bucket }), { abortSignal: AbortSignal.timeout(PROBE_MS), requestTimeout: PROBE_MS });
+    } catch (err) {
+      const why = (err as Error).name === 'AbortError' || (err as Error).name === 'TimeoutError' ? `no answer within ${PROBE_MS} ms` : s3Reason(err);
+      throw new Error(`S3 bucket "${bucket}" at ${endpoint}: ${why}`);
+    }
   }
 
   /** Frees the client's sockets. */

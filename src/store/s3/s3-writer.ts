@@ -2,7 +2,8 @@ import { createHash } from 'node:crypto';
 import { AbortMultipartUploadCommand, CompleteMultipartUploadCommand, CreateMultipartUploadCommand, DeleteObjectCommand, type S3Client, UploadPartCommand } from '@aws-sdk/client-s3';
 import type { Digest } from '../../oci/digest.ts';
 import { type BlobInfo, type BlobWriter, DigestMismatchError, type HashedFile } from '../roles.ts';
-import { s3Failure } from './client.ts';
+import { SEND_BODY, SERVER_SIDE, s3Failure } from './client.ts';
+import type { GatewayWatch } from './gateway-watch.ts';
 
 const MiB = 1024 * 1024;
 /**
@@ -16,6 +17,13 @@ export interface S3Bucket {
   client: S3Client;
   bucket: string;
   endpoint: string;
+  /** Bounds the reads clients wait on by whether the gateway answers at all (without one: the client's own timeouts). */
+  watch?: GatewayWatch;
+}
+
+/** `command` as a read a client waits on: through the watch when there is one. */
+export function sendRead<T>(s3: S3Bucket, run: (opts?: { abortSignal: AbortSignal; requestTimeout: number }) => Promise<T>): Promise<T> {
+  return s3.watch ? s3.watch.send(run) : run();
 }
 
 /** What a verified write hands to the store's one commit path: bytes still in memory, or a completed ingest object. */
@@ -94,7 +102,7 @@ export class S3BlobWriter implements BlobWriter {
     }
     const PartNumber = ++this.started;
     const cmd = new UploadPartCommand({ Bucket: bucket, Key: this.key, UploadId: this.uploadId, PartNumber, Body: body, ContentLength: body.length });
-    this.inFlight = client.send(cmd).then(
+    this.inFlight = client.send(cmd, SEND_BODY).then(
       (r) => {
         this.parts.push({ PartNumber, ETag: r.ETag });
         this.spare = buf;
@@ -119,7 +127,7 @@ export class S3BlobWriter implements BlobWriter {
         if (this.filled > 0) await this.sendPart();
         await this.inFlight;
         const { client, bucket, endpoint } = this.s3;
-        await client.send(new CompleteMultipartUploadCommand({ Bucket: bucket, Key: this.key, UploadId: this.uploadId, MultipartUpload: { Parts: this.parts } })).catch((err: unknown) => {
+        await client.send(new CompleteMultipartUploadCommand({ Bucket: bucket, Key: this.key, UploadId: this.uploadId, MultipartUpload: { Parts: this.parts } }), SERVER_SIDE).catch((err: unknown) => {
           throw s3Failure('complete an upload', endpoint, err);
         });
         this.completed = true;
