@@ -135,6 +135,10 @@ describe('index.driver: postgres', () => {
     assert.equal(row(await lsJson(config))?.pinned, true);
     const gc = await cli(['gc', '--min-age', '0s', '--config', config]);
     assert.match(gc.stdout, /removed 0 partial downloads, 0 unreferenced blobs, 0 unindexed files/);
+    // The SQLite rebuild has nothing to do with a PostgreSQL index: refused, nothing written.
+    const rebuild = await runBerth(['index', 'rebuild', '--config', config]);
+    assert.equal(rebuild.code, 1, describeRun(['index', 'rebuild'], rebuild));
+    assert.match(rebuild.stderr, /index\.driver is postgres/);
     assert.equal(existsSync(path.join(storage, 'berth.db')), false);
   });
 
