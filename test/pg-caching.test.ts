@@ -3,13 +3,17 @@
 // upstream tag) off the network, reads `@local` tags through (a push on one replica is pullable from the next
 // at once), sees another replica's upstream tag within its time to live, and drops what its own writes change.
 import assert from 'node:assert/strict';
+import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { Digest } from '../src/oci/digest.ts';
+import { asyncIndex } from '../src/store/async-index-roles.ts';
 import { LOCAL_UPSTREAM } from '../src/store/index-roles.ts';
 import { CachingIndex } from '../src/store/pg/caching-index.ts';
 import { PgIndex } from '../src/store/pg/pg-index.ts';
+import { StoreIndex } from '../src/store/store-index.ts';
 import { indexConformance, someDigest } from './support/conformance/index.ts';
 import { type Postgres, startPostgres } from './support/postgres.ts';
+import { makeTempDir, removeTempDir } from './support/tmp.ts';
 
 const MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
 
@@ -127,4 +131,54 @@ describe('CachingIndex: two replicas on one PostgreSQL', () => {
     await a.flushAccess();
     assert.equal((await b.getBlob(layer))?.size, 7);
   });
+});
+
+test('the status page summaries from PostgreSQL are SQLite’s for the same rows', async () => {
+  const url = await server!.createDatabase();
+  const dir = await makeTempDir('pg-usage');
+  const pg = await PgIndex.open({ url, poolSize: 2 });
+  const sqlite = new StoreIndex(path.join(dir, 'berth.db'));
+  try {
+    const [index, child, layer, config, other] = [someDigest(), someDigest(), someDigest(), someDigest(), someDigest()];
+    for (const ix of [pg, asyncIndex(sqlite)]) {
+      await ix.putBlob(layer, 1000, null, 10);
+      await ix.putBlob(config, 100, null, 11);
+      await ix.putBlob(child, 50, MANIFEST, 12);
+      await ix.putBlob(index, 40, 'application/vnd.oci.image.index.v1+json', 13);
+      await ix.putBlob(other, 7, null, 14);
+      await ix.recordManifest({
+        upstream: 'docker.io',
+        repository: 'lab/app',
+        digest: child,
+        size: 50,
+        mediaType: MANIFEST,
+        children: [
+          { digest: layer, size: 1000, mediaType: 'x' },
+          { digest: config, size: 100, mediaType: 'y' },
+        ],
+      });
+      await ix.recordManifest({
+        upstream: 'docker.io',
+        repository: 'lab/app',
+        digest: index,
+        size: 40,
+        mediaType: 'application/vnd.oci.image.index.v1+json',
+        children: [{ digest: child, size: 50, mediaType: MANIFEST }],
+      });
+      await ix.addRefs('docker.io', 'lab/other', [other]);
+      await ix.putTag({ upstream: 'docker.io', repository: 'lab/app', tag: '1', digest: index, mediaType: 'application/vnd.oci.image.index.v1+json', size: 40, checkedAt: 1 });
+      await ix.putTag({ upstream: LOCAL_UPSTREAM, repository: 'site/x', tag: 'a', digest: child, mediaType: MANIFEST, size: 50, checkedAt: 2 });
+      await ix.pins.pin('docker.io/lab/app:1', [index, child, layer, config]);
+      await ix.touch(layer, 500);
+      await ix.flushAccess();
+    }
+    const fromPg = await pg.usage(10);
+    assert.ok(fromPg.largestRepositories.length === 2 && fromPg.largestTags.length === 2 && fromPg.pins.length === 1, JSON.stringify(fromPg));
+    assert.deepEqual(fromPg, sqlite.usage(10));
+  } finally {
+    await pg.close();
+    sqlite.close();
+    await server!.dropDatabase(url);
+    await removeTempDir(dir);
+  }
 });

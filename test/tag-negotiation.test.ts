@@ -225,7 +225,7 @@ describe('an index written before tags were keyed by negotiation', () => {
 
     b = await berthOn(storage, { offline: true });
     assertList(await manifestOf(b, 'migrated', FULL), list, 'containerd client, offline, old index');
-    const version = b.berth.index.schemaVersion();
+    const version = await b.berth.index.schemaVersion();
     assert.ok(Number(version) >= 1, `user_version after migration: ${version}`);
     await stop(b);
 

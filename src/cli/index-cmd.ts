@@ -16,6 +16,8 @@ export function indexCommand(program: Command): void {
       const config = configFrom(opts);
       const paths = new StoragePaths(resolve(config.storage.path));
       announceStorage(opts, config);
+      // Rebuilding writes a SQLite berth.db that a PostgreSQL-indexed berth would never read.
+      if (config.index.driver === 'postgres') throw new Error('index.driver is postgres: `berth index rebuild` rebuilds the SQLite index only (PostgreSQL keeps its own, see its backups)');
       if (!existsSync(paths.root))
         throw new Error(`storage directory ${paths.root} does not exist (relative paths are from the current directory; set it with --storage, BERTH_STORAGE or storage.path)`);
       const lock = await StorageLock.acquire(paths, 'index rebuild');

@@ -15,11 +15,9 @@ export class IndexUnavailableError extends Error {
 /** The index of index.driver, and what the status page sums from it. */
 export interface OpenedIndex {
   index: AsyncRegistryIndex;
-  /** The status page's repository and tag summaries (SQLite only; an empty summary on PostgreSQL for now). */
+  /** The status page's repository, tag and pin summaries. */
   usage(n: number): Promise<CacheUsage>;
 }
-
-const NO_USAGE: CacheUsage = { largestRepositories: [], recentRepositories: [], largestTags: [], recentTags: [], pins: [] };
 
 /** A connection to PostgreSQL that is not up by then fails the request (a 503) instead of holding it. */
 const PG_CONNECT_TIMEOUT_MS = 3000;
@@ -39,7 +37,7 @@ export async function openIndex(config: Readonly<Config['index']>, paths: Storag
       throw new IndexUnavailableError(`${(err as Error).message} (index.driver: postgres)`, { cause: err });
     }
     // The hot rows from this replica's memory (caching-index.ts), the rest from the database.
-    return { index: new CachingIndex(pg), usage: async () => NO_USAGE };
+    return { index: new CachingIndex(pg), usage: (n) => pg.usage(n) };
   }
   const sqlite = new StoreIndex(paths.database, paths.tagJournal);
   return { index: asyncIndex(sqlite), usage: async (n) => sqlite.usage(n) };

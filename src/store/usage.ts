@@ -71,31 +71,53 @@ export class UsageQueries {
    * times not yet written to the index (StoreIndex.touch): they count, so a pull shows at once.
    */
   run(n: number, pending: ReadonlyMap<string, number>, refsOf: (d: Digest) => Array<{ upstream: string; repository: string }>): CacheUsage {
-    const repos = this.s.repositories.all() as RepositoryUsage[];
-    const byRepo = new Map(repos.map((r) => [`${r.upstream} ${r.repository}`, r]));
-    for (const [d, t] of pending) {
-      for (const ref of refsOf(d as Digest)) {
-        const r = byRepo.get(`${ref.upstream} ${ref.repository}`);
-        if (r && r.lastUsed < t) r.lastUsed = t;
-      }
-    }
-    // One row per tag: its negotiations (one per accept set) may name different manifests; the largest shows.
-    const tags = new Map<string, TagUsage>();
-    for (const row of this.s.tags.all() as TagUsage[]) {
-      const t = pending.get(row.digest);
-      if (t !== undefined && row.lastUsed < t) row.lastUsed = t;
-      const k = `${row.upstream} ${row.repository} ${row.tag}`;
-      const seen = tags.get(k);
-      if (!seen || row.bytes > seen.bytes) tags.set(k, { ...row, lastUsed: Math.max(row.lastUsed, seen?.lastUsed ?? 0) });
-      else seen.lastUsed = Math.max(seen.lastUsed, row.lastUsed);
-    }
-    const tagList = [...tags.values()];
-    return {
-      largestRepositories: top(repos, n, (r) => r.bytes),
-      recentRepositories: top(repos, n, (r) => r.lastUsed),
-      largestTags: top(tagList, n, (t) => t.bytes),
-      recentTags: top(tagList, n, (t) => t.lastUsed),
-      pins: this.s.pins.all() as PinUsage[],
-    };
+    return summariseUsage(
+      {
+        repositories: this.s.repositories.all() as RepositoryUsage[],
+        tags: this.s.tags.all() as TagUsage[],
+        pins: this.s.pins.all() as PinUsage[],
+      },
+      n,
+      pending,
+      refsOf,
+    );
   }
+}
+
+/**
+ * The status page's tables from the index's sums (one row per repository, per tag negotiation, per pin), with
+ * access times not yet written (`pending`) counted, so a pull shows at once. SQLite and PostgreSQL share it.
+ */
+export function summariseUsage(
+  rows: { repositories: RepositoryUsage[]; tags: TagUsage[]; pins: PinUsage[] },
+  n: number,
+  pending: ReadonlyMap<string, number> = new Map(),
+  refsOf: (d: Digest) => Array<{ upstream: string; repository: string }> = () => [],
+): CacheUsage {
+  const repos = rows.repositories;
+  const byRepo = new Map(repos.map((r) => [`${r.upstream} ${r.repository}`, r]));
+  for (const [d, t] of pending) {
+    for (const ref of refsOf(d as Digest)) {
+      const r = byRepo.get(`${ref.upstream} ${ref.repository}`);
+      if (r && r.lastUsed < t) r.lastUsed = t;
+    }
+  }
+  // One row per tag: its negotiations (one per accept set) may name different manifests; the largest shows.
+  const tags = new Map<string, TagUsage>();
+  for (const row of rows.tags) {
+    const t = pending.get(row.digest);
+    if (t !== undefined && row.lastUsed < t) row.lastUsed = t;
+    const k = `${row.upstream} ${row.repository} ${row.tag}`;
+    const seen = tags.get(k);
+    if (!seen || row.bytes > seen.bytes) tags.set(k, { ...row, lastUsed: Math.max(row.lastUsed, seen?.lastUsed ?? 0) });
+    else seen.lastUsed = Math.max(seen.lastUsed, row.lastUsed);
+  }
+  const tagList = [...tags.values()];
+  return {
+    largestRepositories: top(repos, n, (r) => r.bytes),
+    recentRepositories: top(repos, n, (r) => r.lastUsed),
+    largestTags: top(tagList, n, (t) => t.bytes),
+    recentTags: top(tagList, n, (t) => t.lastUsed),
+    pins: rows.pins,
+  };
 }

@@ -3,12 +3,14 @@ import type { ReferrerDescriptor } from '../../oci/referrers.ts';
 import type { AsyncRegistryIndex } from '../async-index-roles.ts';
 import type { BlobRow, ChildDescriptor, ManifestRecord, TagInput, TagRow } from '../index-roles.ts';
 import { LOCAL_UPSTREAM } from '../index-roles.ts';
+import type { CacheUsage } from '../usage.ts';
 import { PgDb, type PgIndexOptions, PgUnavailableError, type Queryable, safeInt } from './db.ts';
 import { migrate, schemaVersionOf } from './migrations.ts';
 import { PgEstargz } from './pg-estargz.ts';
 import { PgPins } from './pg-pins.ts';
 import { PgReferrers } from './pg-referrers.ts';
 import { PgTags } from './pg-tags.ts';
+import { pgUsage } from './pg-usage.ts';
 
 export type { PgIndexOptions } from './db.ts';
 
@@ -296,6 +298,12 @@ export class PgIndex implements AsyncRegistryIndex {
     } finally {
       clearTimeout(timer);
     }
+  }
+
+  /** The status page's repository, tag and pin summaries, with this replica's access times written first. */
+  async usage(n: number): Promise<CacheUsage> {
+    await this.flushAccess();
+    return pgUsage(this.db, n);
   }
 
   schemaVersion(): Promise<number> {
