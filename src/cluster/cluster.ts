@@ -71,6 +71,13 @@ export class Cluster {
         this.watch(r.upstream, d);
         return upstream.open(range, priority, signal);
       }
+      if (lease.url === this.o.leases.url) {
+        // Our own URL under another id: this replica before a restart, dead by definition. Asking it would
+        // be asking ourselves (our own fill, waiting for itself); wait for its heartbeat to go stale instead.
+        this.o.log.info({ digest: d, waitMs: lease.expiresInMs }, 'cluster: the fill lease is held by this replica from before a restart; waiting for it to expire');
+        await sleep(Math.min(Math.max(lease.expiresInMs, RECHECK_MS), Math.max(0, deadline - Date.now())), undefined, { signal });
+        continue;
+      }
       try {
         const body = await this.o.peers.open(lease.url, r.upstream, r.repository, d, range, signal);
         this.peerReads.inc();

@@ -37,6 +37,11 @@ export class Leases {
     private readonly o: { url: string; timeoutMs: number; log: Logger },
   ) {}
 
+  /** Our `cluster.advertise`, as written in the rows. */
+  get url(): string {
+    return this.o.url;
+  }
+
   private static fillKey(upstream: string, digest: string): string {
     return `${upstream.toLowerCase()} ${digest}`;
   }

@@ -22,6 +22,8 @@ export interface Replica {
   log(): string;
   /** SIGKILL (default) and wait for the exit; the directory stays. */
   kill(signal?: NodeJS.Signals): Promise<void>;
+  /** A new process on the same port, storage and config (after kill). */
+  restart(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -60,9 +62,15 @@ export async function startReplica(name: string, o: ReplicaOptions): Promise<Rep
       logFile,
       process: r.process,
       log: r.output,
-      kill: (signal = 'SIGKILL') => r.process.stop(signal),
+      kill: (signal = 'SIGKILL') => replica.process.stop(signal),
+      async restart() {
+        await replica.process.stop();
+        const again = await tryServe(configFile, url, { logFile });
+        if (again.kind === 'exited') throw new Error(`replica ${name} exited on restart (${String(again.code)}):\n${again.output.slice(-3000)}`);
+        replica.process = again.process;
+      },
       async stop() {
-        await r.process.stop();
+        await replica.process.stop();
         await removeTempDir(dir);
       },
     };
