@@ -192,5 +192,6 @@ describe('three replicas, one upstream read', () => {
     assert.equal(gets.length, 2, 'the refused replica read the upstream itself');
     const metrics = await request(wrong.url, '/metrics');
     assert.match(metrics.body.toString(), /berth_cluster_peer_errors_total\{kind="unauthorized"\} [1-9]/);
+    assert.match((await request(good.url, '/metrics')).body.toString(), /berth_cluster_refused_total [1-9]/);
   });
 });
