@@ -42,7 +42,8 @@ after(async () => {
 });
 
 test('restarted on its own address mid-fill, a replica waits out its former lease and resumes its checkpoint', async () => {
-  r = await startReplica('r', { pgUrl, upstreams: [{ host: up.host, url: relay.url() }] });
+  // A lease timeout that outlasts a restart on a loaded machine (18 s seen), so the old lease is live when it is back.
+  r = await startReplica('r', { pgUrl, upstreams: [{ host: up.host, url: relay.url() }], leaseTimeout: '30s' });
   const layer = img.layers[0]!;
   const path = `/v2/lab/restart/blobs/${layer.digest}`;
   const mark = up.logLineCount();
