@@ -86,6 +86,12 @@ describe('three replicas, one upstream read', () => {
     const gets = traffic.filter((e) => e.method === 'GET' && e.path.split('?')[0]!.endsWith(`/blobs/${layer.digest}`));
     const bytes = blobBytesServed(traffic, layer.digest);
     console.log(`24 clients: ${gets.length} upstream GET(s), ${(bytes / layer.size).toFixed(4)}x the blob's bytes, ${Math.round(wall)} ms wall`);
+    // Time to the first byte (response headers: they go once bytes are on disk), on the owner and on the others.
+    const owners = await Promise.all([a, b, c].map(async (r) => ((await request(r.url, '/metrics')).body.toString().match(/berth_cluster_fill_leases_total\{how="new"\} (\d+)/)?.[1] ?? '0') !== '0'));
+    for (const [i, r] of [a, b, c].entries()) {
+      const ttfb = results.filter((g) => g.replica === r.name).map((g) => Math.round(g.headersAt - started));
+      console.log(`  ${r.name}${owners[i] ? ' (owner)' : ''}: first byte after ${Math.min(...ttfb)}-${Math.max(...ttfb)} ms`);
+    }
     assert.equal(gets.length, 1, `one upstream GET of the blob, got ${JSON.stringify(gets)}`);
     assert.equal(bytes, layer.size, 'the upstream sent the blob once');
     // Every replica has it committed now: a second round reads no upstream byte.
