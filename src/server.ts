@@ -4,6 +4,7 @@ import { createServer as createTlsServer, type Server as TlsServer } from 'node:
 import type { AddressInfo } from 'node:net';
 import { resolve } from 'node:path';
 import pino, { type Logger } from 'pino';
+import { type ClusterParts, openCluster } from './cluster/open.ts';
 import { listenAddress } from './config/load.ts';
 import type { Config } from './config/schema.ts';
 import { ConversionPool } from './estargz/pool.ts';
@@ -11,6 +12,7 @@ import type { LayerConverter } from './estargz/types.ts';
 import { Failpoints } from './failpoints.ts';
 import { createApp } from './http/app.ts';
 import { ClientAuth } from './http/client-auth.ts';
+import { clusterEndpoint } from './http/cluster.ts';
 import { RecentBytes } from './http/status/recent-bytes.ts';
 import { RecentErrors } from './http/status/recent-errors.ts';
 import { StatusBuilder } from './http/status/status.ts';
@@ -168,15 +170,23 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
     config.fills,
     failpoints,
   );
+  // config.cluster (issue #12): fill leases in PostgreSQL; only a process holding the storage lock takes part.
+  const cluster: ClusterParts | undefined = lock
+    ? await openCluster(config, { log, metrics, fills }).catch(async (err: unknown) => {
+        await lock.release();
+        throw err;
+      })
+    : undefined;
   const pins = index.pins;
   const uploadFiles = new UploadFiles(paths);
-  const quota = new Quota(index, store, config.storage.maxSize, log, {
+  const quota: Quota = new Quota(index, store, config.storage.maxSize, log, {
     fillRunning: (d) => fills.get(d) !== undefined,
     stagedBytes: () => uploadFiles.bytes(),
     onEvicted: (evicted, freed) => {
       metrics.evictions.inc(evicted);
       metrics.evictedBytes.inc(freed);
     },
+    ...(cluster ? { mayRun: () => cluster.cluster.mayRunQuota() } : {}),
   });
   // A read-only command (no lock) must not evict beside a running server.
   if (lock) await quota.enforce();
@@ -196,6 +206,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
     retries: config.retries,
     fillTimeout: config.fillTimeout,
     abandonGrace: config.fills.abandonGrace,
+    ...(cluster ? { cluster: cluster.cluster } : {}),
   });
   const tags = new Tags({ index, upstreams, offline });
   // Push upload sessions (issue #10): bytes landed or a blob committed run a quota pass, as a fill's commit does.
@@ -259,6 +270,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
     maxPrewarmReferences: config.admin.maxPrewarmReferences,
     status,
     recentErrors,
+    ...(cluster ? { cluster: clusterEndpoint({ secret: cluster.secret, blobs, fills, log, onUnauthorized: cluster.refused }) } : {}),
   };
   const localDeps = { local, catalog: index, maxManifestSize: config.local.maxManifestSize };
   const a = config.auth;
@@ -341,6 +353,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
       estargz.close();
       await pool?.close();
       for (const f of fills.all()) f.fail(new Error('berth is shutting down'));
+      await cluster?.close();
       await upstreams.close();
       // PostgreSQL down at shutdown: the pending access times are lost (they only order eviction), the pool still ends.
       await index.close().catch((err: Error) => log.warn({ err: err.message }, 'could not write the last access times to the index'));

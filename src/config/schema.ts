@@ -361,6 +361,22 @@ export const ConfigSchema = z
           ctx.addIssue({ code: 'custom', path: ['postgres', 'url'], message: 'is required with driver: postgres (postgres://user:password@host:5432/database)' });
         }
       }),
+    /**
+     * Several replicas sharing PostgreSQL (issue #12, src/cluster/): one upstream read per blob across them
+     * (fill leases in the index database; the others stream from the owner at `advertise`, authenticated
+     * with `secret`). Needs index.driver postgres. Absent: one replica, nothing changes.
+     */
+    cluster: z
+      .object({
+        /** This replica's URL as its peers reach it (`http://10.0.0.5:5000`): the internal blob endpoint is there. */
+        advertise: z.string().refine((v) => /^https?:\/\/[^/?#]+\/?$/.test(v), 'must be http://host:port or https://host:port (no path)'),
+        /** Shared by every replica: peers present it as a bearer token. At least 16 characters. */
+        secret: z.string().min(16, 'must be at least 16 characters'),
+        /** A lease whose heartbeat (every second) is older than this is free: the owner died. */
+        leaseTimeout: duration('5s'),
+      })
+      .strict()
+      .optional(),
     log: z
       .object({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
       .strict()
@@ -370,6 +386,10 @@ export const ConfigSchema = z
   })
   .strict()
   .superRefine((c, ctx) => {
+    if (c.cluster && (c.index.driver !== 'postgres' || !c.index.postgres)) {
+      ctx.addIssue({ code: 'custom', path: ['cluster'], message: 'needs index.driver: postgres and index.postgres.url (the replicas share their fill leases there)' });
+    }
+    if (c.cluster && c.cluster.leaseTimeout < 2000) ctx.addIssue({ code: 'custom', path: ['cluster', 'leaseTimeout'], message: 'must be at least 2s (heartbeats go every second)' });
     // Push permissions only mean something together: say so at start-up rather than refuse every push later.
     const credentials = !!(c.auth?.htpasswd || c.auth?.tokensFile);
     if (c.local.allowAnonymousPush && credentials) {

@@ -74,6 +74,8 @@ export interface AppDeps extends V2Deps {
   status?: StatusBuilder;
   /** Where error responses are recorded for the status page. */
   recentErrors?: RecentErrors;
+  /** config `cluster`: the internal endpoint peers read fills from (src/http/cluster.ts), on the main listener. */
+  cluster?: (ctx: Context) => Promise<void>;
 }
 
 export interface AppParts {
@@ -170,6 +172,8 @@ export function createApp(deps: AppDeps, parts: AppParts): Koa {
   app.use(async (ctx, next) => {
     if (parts.registry && (ctx.path === '/v2' || ctx.path.startsWith('/v2/'))) return registry(ctx, next);
     if (parts.registry && bearer && ctx.path === TOKEN_PATH) return token(ctx, next);
+    // Authenticated by cluster.secret itself, not by the admin guard or client auth: peers are remote.
+    if (parts.registry && deps.cluster && ctx.path.startsWith('/_berth/cluster/')) return deps.cluster(ctx);
     if (ctx.path === '/livez') {
       // The process answers: all a liveness probe may ask (restarting berth fixes nothing /readyz reports).
       ctx.state.route = 'health';

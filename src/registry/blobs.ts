@@ -57,6 +57,8 @@ export interface BlobsOptions {
   fillTimeout: number;
   /** …and when nobody else wants it (ms). */
   abandonGrace: number;
+  /** Several replicas (config `cluster`): wraps each fill's source so one replica reads the upstream (src/cluster/). */
+  cluster?: { wrap(r: Route, d: Digest, source: BlobSource): BlobSource };
 }
 
 /** How long an upstream HEAD's answer serves other HEADs of the same blob. */
@@ -207,7 +209,7 @@ export class Blobs {
     const { fills, index, store, metrics, log, quota, budget } = this.o;
     const r = await this.routeFor(route, d);
     const client = this.o.upstreams.client(r);
-    const source: BlobSource = {
+    const upstreamSource: BlobSource = {
       async open(range, priority: () => Priority, signal) {
         const { partial, start, size, body, cancel } = await client.blob(r.repository, d, { ...(range ? { range } : {}), signal });
         // The fill destroys a body it will not read (a lazy fetch the upstream answered with the whole
@@ -215,6 +217,7 @@ export class Blobs {
         return { partial, start, size, body: Object.assign(budget.throttle(r.upstream, body, priority), { destroy: cancel }) };
       },
     };
+    const source = this.o.cluster ? this.o.cluster.wrap(r, d, upstreamSource) : upstreamSource;
     // Index lookups before the check below, never between it and acquire.
     const known = (await index.descriptorSize(d, r)) ?? sizeHint;
     if (!fills.get(d, r.upstream) && (await store.stat(d)) !== undefined) return undefined;

@@ -19,6 +19,8 @@ export interface QuotaOptions {
   stagedBytes?: () => Promise<number>;
   /** Told after each pass that evicted something (metrics). */
   onEvicted?: (evicted: number, freed: number) => void;
+  /** Whether this replica may evict now (config `cluster`: only the holder of the quota lease does). */
+  mayRun?: () => Promise<boolean>;
 }
 
 interface Partial {
@@ -144,6 +146,8 @@ export class Quota {
       stale++;
     }
     if (stale > 0) this.log.info({ partials: stale, total, limit: max }, 'quota: removed partial downloads no fill owns');
+    // This replica's own partials went above; blobs are shared by the replicas, and one evicts at a time.
+    if (this.opts.mayRun && !(await this.opts.mayRun())) return { evicted, freed };
     await this.index.flushAccess();
     const newest = await this.index.newest();
     const skipped = new Set<string>();

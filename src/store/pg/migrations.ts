@@ -81,6 +81,20 @@ const STEPS: Array<{ what: string; sql: string }> = [
         learned_at BIGINT, updated_at BIGINT NOT NULL
       );`,
   },
+  {
+    what: 'cluster leases: one fill per (upstream, digest) across replicas, and named leases (the quota runner)',
+    sql: `
+      CREATE TABLE IF NOT EXISTS fill_leases (
+        upstream TEXT NOT NULL, digest TEXT NOT NULL, owner TEXT NOT NULL, url TEXT NOT NULL,
+        taken_at TIMESTAMPTZ NOT NULL, heartbeat_at TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (upstream, digest)
+      );
+      CREATE INDEX IF NOT EXISTS fill_leases_owner ON fill_leases (owner);
+      CREATE TABLE IF NOT EXISTS leases (
+        name TEXT PRIMARY KEY, owner TEXT NOT NULL, url TEXT NOT NULL,
+        taken_at TIMESTAMPTZ NOT NULL, heartbeat_at TIMESTAMPTZ NOT NULL
+      );`,
+  },
 ];
 
 export const PG_SCHEMA_VERSION = STEPS.length;

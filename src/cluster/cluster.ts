@@ -1,0 +1,152 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Logger } from 'pino';
+import { Counter } from 'prom-client';
+import type { Metrics } from '../metrics.ts';
+import type { Digest } from '../oci/digest.ts';
+import { RegistryError } from '../oci/errors.ts';
+import type { BlobSource, Fill, SourceBody } from '../registry/fill/fill.ts';
+import type { Fills } from '../registry/fill/fills.ts';
+import type { Route } from '../registry/upstreams.ts';
+import type { Priority } from '../upstream/bandwidth.ts';
+import type { LeaseHolder, Leases } from './leases.ts';
+import { type PeerClient, PeerRefused } from './peer-client.ts';
+
+/** After a peer said it has nothing (its fill just ended), look at the lease again this soon. */
+const RECHECK_MS = 100;
+/** The name of the quota runner's lease. */
+export const QUOTA_LEASE = 'quota';
+
+export interface ClusterOptions {
+  leases: Leases;
+  peers: PeerClient;
+  fills: Fills;
+  log: Logger;
+  metrics: Metrics;
+  leaseTimeoutMs: number;
+}
+
+/**
+ * One upstream read per blob across the replicas (docs/decisions.md "Cluster fills"). Every fill's source
+ * is wrapped: each open() (the first request, a resume after a broken body, a lazy Range fetch) looks at
+ * the fill lease. Ours, or free, or stale: the upstream, and the lease is ours until the fill ends. Another
+ * live replica's: that replica's internal endpoint, Range included, so its one upstream body feeds us.
+ * When the owner dies our body breaks, the fill resumes by calling open() again, we wait (bounded) until
+ * its lease is stale, and one survivor takes it and continues from its own offset against the upstream
+ * while the others read from it.
+ */
+export class Cluster {
+  private readonly watched = new WeakSet<Fill>();
+  private readonly peerErrors: Counter<'kind'>;
+  private readonly leasesTaken: Counter<'how'>;
+  private readonly peerReads: Counter;
+  private quotaRunner: boolean | undefined;
+
+  constructor(private readonly o: ClusterOptions) {
+    const registers = [o.metrics.registry];
+    this.peerErrors = new Counter({
+      name: 'berth_cluster_peer_errors_total',
+      help: 'Reads from a peer replica that failed, by kind (unauthorized: cluster.secret differs)',
+      labelNames: ['kind'],
+      registers,
+    });
+    this.leasesTaken = new Counter({ name: 'berth_cluster_fill_leases_total', help: 'Fill leases this replica took: new, or taken over from a dead owner', labelNames: ['how'], registers });
+    this.peerReads = new Counter({ name: 'berth_cluster_peer_reads_total', help: 'Fill bodies read from the owning peer replica instead of the upstream', registers });
+  }
+
+  /** The source a fill through `r` reads from, in place of `upstream` (blobs.ts). */
+  wrap(r: Route, d: Digest, upstream: BlobSource): BlobSource {
+    return { open: (range, priority, signal) => this.open(r, d, upstream, range, priority, signal) };
+  }
+
+  private async open(r: Route, d: Digest, upstream: BlobSource, range: { start: number; end?: number } | undefined, priority: () => Priority, signal: AbortSignal): Promise<SourceBody> {
+    // A dead owner's lease goes stale within a timeout of its last heartbeat: waiting longer means something else is wrong.
+    const deadline = Date.now() + 3 * this.o.leaseTimeoutMs;
+    let last: unknown;
+    while (Date.now() < deadline) {
+      signal.throwIfAborted();
+      const lease = await this.take(r.upstream, d);
+      if (lease.mine) {
+        this.leasesTaken.inc({ how: lease.tookOver ? 'takeover' : 'new' });
+        if (lease.tookOver) this.o.log.warn({ digest: d, upstream: r.upstream, from: range?.start ?? 0 }, 'cluster: took over the fill of a replica that stopped heartbeating');
+        this.watch(r.upstream, d);
+        return upstream.open(range, priority, signal);
+      }
+      if (lease.url === this.o.leases.url) {
+        // Our own URL under another id: this replica before a restart, dead by definition. Asking it would
+        // be asking ourselves (our own fill, waiting for itself); wait for its heartbeat to go stale instead.
+        this.o.log.info({ digest: d, waitMs: lease.expiresInMs }, 'cluster: the fill lease is held by this replica from before a restart; waiting for it to expire');
+        await sleep(Math.min(Math.max(lease.expiresInMs, RECHECK_MS), Math.max(0, deadline - Date.now())), undefined, { signal });
+        continue;
+      }
+      try {
+        const body = await this.o.peers.open(lease.url, r.upstream, r.repository, d, range, signal);
+        this.peerReads.inc();
+        return body;
+      } catch (err) {
+        if (signal.aborted) throw err;
+        last = err;
+        if (err instanceof PeerRefused && err.status === 401) {
+          // Our secret is not the peers': we cannot read from them. Pulls keep working at the cost of a
+          // second upstream read, and the operator hears of it.
+          this.peerErrors.inc({ kind: 'unauthorized' });
+          this.o.log.error({ peer: lease.url, digest: d }, 'cluster: a peer refused this replica (cluster.secret differs): fetching from the upstream instead');
+          return upstream.open(range, priority, signal);
+        }
+        if (err instanceof PeerRefused) {
+          // The owner has no such fill now (it just ended, or failed): its lease is about to go.
+          this.peerErrors.inc({ kind: err.status === 404 ? 'not-found' : 'status' });
+          await sleep(RECHECK_MS, undefined, { signal });
+          continue;
+        }
+        // Unreachable or silent: the owner is presumably dead. Its lease goes stale when its heartbeat does.
+        this.peerErrors.inc({ kind: 'unreachable' });
+        this.o.log.warn({ peer: lease.url, digest: d, err: (err as Error).message, waitMs: lease.expiresInMs }, 'cluster: the replica owning a fill does not answer; waiting for its lease to expire');
+        await sleep(Math.min(Math.max(lease.expiresInMs, RECHECK_MS), Math.max(0, deadline - Date.now())), undefined, { signal });
+      }
+    }
+    throw new RegistryError(
+      'UNAVAILABLE',
+      `blob ${d}: the replica fetching it could not be read from, and its fill lease did not expire in time (${(last as Error | undefined)?.message ?? 'no answer'})`,
+    );
+  }
+
+  /** The lease, or a 503 naming PostgreSQL: without it we cannot know whether someone else is fetching. */
+  private async take(upstream: string, d: Digest): Promise<LeaseHolder> {
+    try {
+      return await this.o.leases.takeFill(upstream, d);
+    } catch (err) {
+      throw new RegistryError('UNAVAILABLE', `cluster: cannot take the fill lease of ${d}: ${(err as Error).message}`);
+    }
+  }
+
+  /** Our lease of a fill goes when the fill ends, committed or failed. */
+  private watch(upstream: string, d: Digest): void {
+    const fill = this.o.fills.get(d, upstream);
+    if (!fill || this.watched.has(fill)) return;
+    this.watched.add(fill);
+    const release = () =>
+      void this.o.leases.releaseFill(upstream, d).catch((err: Error) => this.o.log.warn({ digest: d, err: err.message }, 'cluster: could not release a fill lease (it expires by itself)'));
+    fill.once('committed', release);
+    fill.once('failed', release);
+  }
+
+  /**
+   * Whether this replica may run quota and eviction now: only the holder of the 'quota' lease does, so two
+   * replicas never evict from the shared store at once (store/quota.ts `mayRun`).
+   */
+  async mayRunQuota(): Promise<boolean> {
+    try {
+      const lease = await this.o.leases.takeNamed(QUOTA_LEASE);
+      // Said once per change, not on every pass (a pass follows every commit).
+      if (lease.mine !== this.quotaRunner) {
+        if (lease.mine) this.o.log.info({ lease: QUOTA_LEASE, owner: this.o.leases.id }, 'cluster: this replica runs quota and eviction (it holds the quota lease)');
+        else this.o.log.info({ lease: QUOTA_LEASE, runner: lease.url }, 'cluster: quota passes skipped: another replica runs quota and eviction');
+      }
+      this.quotaRunner = lease.mine;
+      return lease.mine;
+    } catch (err) {
+      this.o.log.warn({ err: (err as Error).message }, 'cluster: quota pass skipped: cannot take the quota lease');
+      return false;
+    }
+  }
+}
