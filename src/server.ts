@@ -177,6 +177,11 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
         throw err;
       })
     : undefined;
+  // The replicas share the index, so they should share what it describes: with their own directories each
+  // keeps its own copies, and the one replica that runs the quota sees its own disk only.
+  if (cluster && config.storage.driver === 'filesystem') {
+    log.warn('cluster replicas with storage.driver filesystem: each keeps its own copy of the blobs it served; share them with storage.driver s3 (or one shared directory)');
+  }
   const pins = index.pins;
   const uploadFiles = new UploadFiles(paths);
   const quota: Quota = new Quota(index, store, config.storage.maxSize, log, {
