@@ -4,14 +4,11 @@
 // answer on a berth started with that configuration, the pods run without root (berth), capabilities,
 // privilege escalation or a writable root filesystem, and the network policies say what the README says.
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
-import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { readdir, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { promisify } from 'node:util';
-import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
-import { loadConfig } from '../src/config/load.ts';
+import { parse as parseYaml } from 'yaml';
+import { ConfigError, loadConfig } from '../src/config/load.ts';
 import { type InProcessBerth, startBerth } from './support/berth.ts';
 import { request } from './support/http.ts';
 import { type K8sObject, kustomize, manifestValidator } from './support/k8s-manifests.ts';
@@ -45,28 +42,40 @@ async function kustomizationDirs(dir = KUBE, rel = ''): Promise<string[]> {
 const POD_IP = '10.42.0.7';
 const CLUSTER_SECRET = 'a3f1c9e07b5d42e8a3f1c9e07b5d42e8';
 
-/** Runs the replicated overlay's init container (node -e SCRIPT FROM TO) here, with a pod IP and the cluster secret. */
-async function renderConfig(deployment: K8sObject, from: string, to: string, env: Record<string, string> = { POD_IP, BERTH_CLUSTER_SECRET: CLUSTER_SECRET }): Promise<void> {
-  const init = deployment.spec.template.spec.initContainers[0];
-  const [, flag, script] = init.command as string[];
-  await promisify(execFile)(process.execPath, [flag!, script!, from, to], { env });
+/** What the Secrets the manifests name hold, here: `secret-name/key` → value. */
+const SECRETS: Record<string, string> = {
+  'berth-cluster/BERTH_CLUSTER_SECRET': CLUSTER_SECRET,
+  'berth-s3/AWS_ACCESS_KEY_ID': 'AKIAEXAMPLE',
+  'berth-s3/AWS_SECRET_ACCESS_KEY': 'example-s3-secret',
+  'berth-postgres/PGPASSWORD': 'example-pg-password',
+};
+
+interface EnvVar {
+  name: string;
+  value?: string;
+  valueFrom?: { fieldRef?: { fieldPath: string }; secretKeyRef?: { name: string; key: string } };
 }
 
 /**
- * loadConfig; while \`cluster:\` is not in this branch's schema yet (it is being added beside this overlay),
- * a file whose only unknown key is \`cluster\` is loaded without it, and says so.
+ * The environment Kubernetes gives a container: a `value`'s `$(NAME)` is replaced by an earlier entry's value
+ * (`$$` is a `$`; a name not defined before stays as written), status.podIP is the pod's IP, a secretKeyRef
+ * its Secret's key.
  */
-function loadReplicatedAware(file: string, t: { diagnostic(m: string): void }): ReturnType<typeof loadConfig> {
-  try {
-    return loadConfig({ config: file }, {});
-  } catch (err) {
-    if (!/Unrecognized key.*"cluster"/.test((err as Error).message)) throw err;
-    t.diagnostic(`${file}: this schema has no cluster: yet; checked without it`);
-    const raw = parseYaml(readFileSync(file, 'utf8')) as Record<string, unknown>;
-    delete raw.cluster;
-    writeFileSync(`${file}.no-cluster.yaml`, stringifyYaml(raw));
-    return loadConfig({ config: `${file}.no-cluster.yaml` }, {});
+function podEnv(c: { env?: EnvVar[] }, podIP = POD_IP, secrets = SECRETS): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const e of c.env ?? []) {
+    if (e.value !== undefined) env[e.name] = e.value.replace(/\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g, (m, n?: string) => (n === undefined ? '$' : (env[n] ?? m)));
+    else if (e.valueFrom?.fieldRef) {
+      assert.equal(e.valueFrom.fieldRef.fieldPath, 'status.podIP', `${e.name}: only the pod IP is known here`);
+      env[e.name] = podIP;
+    } else if (e.valueFrom?.secretKeyRef) {
+      const { name, key } = e.valueFrom.secretKeyRef;
+      const v = secrets[`${name}/${key}`];
+      assert.ok(v !== undefined, `${e.name}: no Secret ${name} with key ${key} here`);
+      env[e.name] = v;
+    } else assert.fail(`${e.name}: neither a value nor a known valueFrom`);
   }
+  return env;
 }
 
 describe('deploy/kubernetes', () => {
@@ -111,16 +120,14 @@ describe('deploy/kubernetes', () => {
     assert.deepEqual(validateObjects([base]), [], 'the unchanged Deployment is valid');
   });
 
-  test("each ConfigMap's berth.yaml loads with berth's own configuration loader, storage on the volume", async (t) => {
+  test("each ConfigMap's berth.yaml loads with berth's own configuration loader and the Deployment's environment, storage on the volume", async () => {
     for (const [k, objs] of rendered) {
       if (k === 'node-agent') continue;
       const cm = find(objs, 'ConfigMap', 'berth-config');
       const file = path.join(work, `${k.replace('/', '-')}.yaml`);
       await writeFile(file, cm.data!['berth.yaml']!);
-      // overlays/replicated: the ConfigMap is a template its init container renders (see the test below).
-      if (k === 'overlays/replicated') await renderConfig(find(objs, 'Deployment', 'berth'), file, file);
-      const config = loadReplicatedAware(file, t);
       const deployment = find(objs, 'Deployment', 'berth');
+      const config = loadConfig({ config: file }, podEnv(container(deployment)));
       const storage = container(deployment).volumeMounts.find((m: { name: string }) => m.name === 'storage');
       assert.equal(config.storage.path, storage.mountPath, k);
       assert.equal(config.offline, k === 'overlays/isolated', `${k}: offline`);
@@ -250,44 +257,50 @@ describe('deploy/kubernetes', () => {
       'no ReadWriteOnce claim: each replica has an emptyDir',
     );
     assert.ok(pod.volumes.find((v: { name: string }) => v.name === 'storage').emptyDir);
-    // Credentials: the S3 client's and PostgreSQL's own variables from Secrets; the cluster secret and the pod IP for the init container.
-    const secretRef = (env: Array<{ name: string; valueFrom?: { secretKeyRef?: { name: string; key: string } } }>, name: string) => env.find((e) => e.name === name)?.valueFrom?.secretKeyRef;
+    // Credentials: the S3 client's and PostgreSQL's own variables from Secrets; the cluster secret from one too,
+    // and the advertise URL from the pod's IP, all in berth's own environment (no init container, no template).
+    const secretRef = (env: EnvVar[], name: string) => env.find((e) => e.name === name)?.valueFrom?.secretKeyRef;
     const c = container(d);
+    assert.equal(c.image, IMAGE);
+    assert.equal(pod.initContainers, undefined);
     assert.deepEqual(secretRef(c.env, 'AWS_ACCESS_KEY_ID'), { name: 'berth-s3', key: 'AWS_ACCESS_KEY_ID' });
     assert.deepEqual(secretRef(c.env, 'AWS_SECRET_ACCESS_KEY'), { name: 'berth-s3', key: 'AWS_SECRET_ACCESS_KEY' });
     assert.deepEqual(secretRef(c.env, 'PGPASSWORD'), { name: 'berth-postgres', key: 'PGPASSWORD' });
-    const init = pod.initContainers[0];
-    assert.equal(init.image, IMAGE);
-    assert.deepEqual(init.env.find((e: { name: string }) => e.name === 'POD_IP').valueFrom, { fieldRef: { fieldPath: 'status.podIP' } });
-    assert.deepEqual(secretRef(init.env, 'BERTH_CLUSTER_SECRET'), { name: 'berth-cluster', key: 'BERTH_CLUSTER_SECRET' });
-    assert.equal(init.securityContext.readOnlyRootFilesystem, true);
-    assert.deepEqual(init.securityContext.capabilities, { drop: ['ALL'] });
-    // The init container writes what berth reads: the config volume (memory) where BERTH_CONFIG points.
-    const configVolume = pod.volumes.find((v: { name: string }) => v.name === 'config');
-    assert.deepEqual(configVolume.emptyDir, { medium: 'Memory', sizeLimit: '1Mi' });
-    assert.equal(configVolume.configMap, undefined);
-    assert.equal(pod.volumes.find((v: { name: string }) => v.name === 'config-template').configMap.name, 'berth-config');
-    assert.equal(init.volumeMounts.find((m: { name: string }) => m.name === 'config').mountPath, '/etc/berth');
-    // Its script, run here on the ConfigMap's template.
-    const template = path.join(work, 'replicated-template.yaml');
-    const out = path.join(work, 'replicated-rendered.yaml');
-    await writeFile(template, find(objs, 'ConfigMap', 'berth-config').data!['berth.yaml']!);
-    await renderConfig(d, template, out);
-    const text = await readFile(out, 'utf8');
-    assert.doesNotMatch(text, /\$\(/, 'every $(NAME) replaced');
-    const raw = parseYaml(text) as { cluster: { advertise: string; secret: string } };
-    assert.deepEqual(raw.cluster, { advertise: `http://${POD_IP}:5000`, secret: CLUSTER_SECRET });
-    const config = loadReplicatedAware(out, { diagnostic: () => undefined });
+    assert.deepEqual(secretRef(c.env, 'BERTH_CLUSTER_SECRET'), { name: 'berth-cluster', key: 'BERTH_CLUSTER_SECRET' });
+    const names = (c.env as EnvVar[]).map((e) => e.name);
+    const at = (name: string) => names.indexOf(name);
+    assert.deepEqual(c.env[at('POD_IP')], { name: 'POD_IP', valueFrom: { fieldRef: { fieldPath: 'status.podIP' } } });
+    assert.deepEqual(c.env[at('BERTH_CLUSTER_ADVERTISE')], { name: 'BERTH_CLUSTER_ADVERTISE', value: 'http://$(POD_IP):5000' });
+    assert.ok(at('POD_IP') < at('BERTH_CLUSTER_ADVERTISE'), 'Kubernetes expands $(POD_IP) only from an entry before it');
+    assert.equal(new Set(names).size, names.length, `an entry twice: ${names.join(', ')}`);
+    // The config volume is the ConfigMap again, as in the base, and nothing else is mounted for it.
+    assert.deepEqual(
+      pod.volumes.map((v: { name: string }) => v.name),
+      ['storage', 'config', 'tmp'],
+    );
+    assert.deepEqual(
+      pod.volumes.find((v: { name: string }) => v.name === 'config'),
+      { name: 'config', configMap: { name: 'berth-config' } },
+    );
+    // The ConfigMap's berth.yaml as berth loads it in a pod: the cluster block from the environment.
+    const file = path.join(work, 'replicated-pod.yaml');
+    const text = find(objs, 'ConfigMap', 'berth-config').data!['berth.yaml']!;
+    assert.doesNotMatch(text, /\$\(/, 'no template left in berth.yaml');
+    await writeFile(file, text);
+    const config = loadConfig({ config: file }, podEnv(c));
+    assert.deepEqual(config.cluster, { advertise: `http://${POD_IP}:5000`, secret: CLUSTER_SECRET, leaseTimeout: 5000 });
     assert.equal(config.storage.driver, 's3');
     assert.ok(config.storage.s3?.endpoint && config.storage.s3.bucket);
     assert.equal(config.storage.s3?.accessKeyId, undefined, 'no S3 key in the file');
     assert.ok(config.storage.s3?.localCache?.path.startsWith(`${config.storage.path}/`), 'the local cache on the working volume (fill files are renamed into it)');
     assert.equal(config.index.driver, 'postgres');
     assert.doesNotMatch(config.index.postgres!.url, /:\/\/[^/@]*:[^/@]*@/, 'no password in the URL');
-    // A missing variable or one that would break the YAML: the init container fails (the pod does not start).
-    for (const env of [{ POD_IP }, { POD_IP, BERTH_CLUSTER_SECRET: 'x"\nstorage: {}' }] as Array<Record<string, string>>) {
-      await assert.rejects(renderConfig(d, template, path.join(work, 'bad.yaml'), env), (err: { code?: number; stderr?: string }) => err.code === 2 && /BERTH_CLUSTER_SECRET/.test(err.stderr ?? ''));
-    }
+    // Without the Secret's variable the pod does not start as a lone replica: berth refuses, naming the setting.
+    const noSecret = podEnv({ env: (c.env as EnvVar[]).filter((e) => e.name !== 'BERTH_CLUSTER_SECRET') });
+    assert.throws(
+      () => loadConfig({ config: file }, noSecret),
+      (err: Error) => err instanceof ConfigError && /cluster\.secret/.test(err.message),
+    );
     // Egress: the other replicas, S3 and PostgreSQL besides the base's DNS and HTTPS.
     const egress = find(objs, 'NetworkPolicy', 'berth').spec.egress as Array<{ to: Array<{ podSelector?: { matchLabels: object } }>; ports: Array<{ port: number }> }>;
     const peerRule = egress.find((r) => r.to.some((t) => t.podSelector && !('namespaceSelector' in t)));

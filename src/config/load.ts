@@ -68,6 +68,10 @@ function applyEnv(raw: Raw, env: NodeJS.ProcessEnv, origins: Origins): void {
     ['BERTH_BANDWIDTH', 'bandwidth.limit'],
     ['BERTH_LOG_LEVEL', 'log.level'],
     ['BERTH_DEFAULT_UPSTREAM', 'defaultUpstream'],
+    // Per replica or secret, so a Deployment gives them from the downward API and a Secret (no templated file).
+    ['BERTH_CLUSTER_ADVERTISE', 'cluster.advertise'],
+    ['BERTH_CLUSTER_SECRET', 'cluster.secret'],
+    ['BERTH_INDEX_POSTGRES_URL', 'index.postgres.url'],
   ];
   for (const [name, path] of vars) if (e(name)) put(raw, origins, path, e(name), name);
   if (e('BERTH_OFFLINE')) put(raw, origins, 'offline', e('BERTH_OFFLINE') === 'except-parents' ? 'except-parents' : bool(e('BERTH_OFFLINE')!, 'BERTH_OFFLINE'), 'BERTH_OFFLINE');
