@@ -1,6 +1,6 @@
 // Command-line options of `npm run bench`: sizes, durations, link rate and which figures to run.
 
-export const FIGURES = ['blob1', 'blob8', 'manifest', 'head', 'pull', 'cold8', 'range', 'bandwidth', 'rss64', 'startup', 'coldsmall', 'estargz', 's3'] as const;
+export const FIGURES = ['blob1', 'blob8', 'manifest', 'head', 'pull', 'cold8', 'range', 'bandwidth', 'rss64', 'startup', 'coldsmall', 'estargz', 's3', 'cluster'] as const;
 export type FigureName = (typeof FIGURES)[number];
 
 export const MB = 1_000_000;

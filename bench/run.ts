@@ -8,6 +8,7 @@ import { type BenchContext, createContext } from './context.ts';
 import { estargzFigure } from './estargz.ts';
 import { bandwidth } from './figures/bandwidth.ts';
 import { cachedEightClients, cachedOneClient } from './figures/cached.ts';
+import { clusterFigure } from './figures/cluster.ts';
 import { coldConcurrent } from './figures/cold-concurrent.ts';
 import { coldLatency } from './figures/cold-latency.ts';
 import { coldPull } from './figures/cold-pull.ts';
@@ -37,6 +38,7 @@ const RUNNERS: Record<FigureName, { title: string; run: (ctx: BenchContext) => P
   coldsmall: { title: 'cold small-object latency', run: coldLatency },
   estargz: { title: 'eStargz conversion and lazy pull', run: estargzFigure },
   s3: { title: 's3 storage driver, cached (Ceph RGW)', run: s3Driver },
+  cluster: { title: 'three replicas vs one (PostgreSQL)', run: clusterFigure },
 };
 
 async function main(): Promise<number> {

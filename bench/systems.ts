@@ -31,6 +31,8 @@ export interface Server {
   /** For caches: the blob is committed to this cache's own disk. */
   hasBlob(digest: string, size: number): Promise<boolean>;
   logFile: string;
+  /** berth only: send `signal` to the process (SIGKILL for a crash), wait for its exit; the temp dir stays. */
+  kill?(signal: NodeJS.Signals): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -47,12 +49,14 @@ const hexOf = (digest: string): string => digest.replace(/^sha256:/, '');
 /** Another storage section (the s3 driver) and how to tell a blob is committed there. */
 export type BerthStorage = (storagePath: string) => { config: Record<string, unknown>; hasBlob: Server['hasBlob'] };
 
+/** More configuration; a function when it depends on the port (cluster.advertise). */
+export type BerthExtra = Record<string, unknown> | ((port: number) => Record<string, unknown>);
+
 /** berth as a child process (`berth serve --config FILE`), `upstreamUrl` configured as docker.io. */
-export async function startBerthServer(upstreamUrl: string, extra?: Record<string, unknown>, storageOf?: BerthStorage): Promise<Server> {
+export async function startBerthServer(upstreamUrl: string, extraOf?: BerthExtra, storageOf?: BerthStorage): Promise<Server> {
   const dir = await makeTempDir('bench-berth');
   const storage = path.join(dir, 'storage');
   const custom = storageOf?.(storage);
-  if (custom) extra = { ...extra, storage: custom.config };
   const logFile = path.join(dir, 'berth.log');
   let proc: ManagedProcess | undefined;
   const handle = guarded('berth', {
@@ -64,6 +68,8 @@ export async function startBerthServer(upstreamUrl: string, extra?: Record<strin
   const started = await startOnFreePort(
     async (port) => {
       const config = path.join(dir, 'berth.yaml');
+      let extra = typeof extraOf === 'function' ? extraOf(port) : extraOf;
+      if (custom) extra = { ...extra, storage: custom.config };
       await writeBerthConfig(config, { port, storage, upstreamUrl, ...(extra ? { extra } : {}) });
       return spawnBerth(config, logFile);
     },
@@ -80,6 +86,7 @@ export async function startBerthServer(upstreamUrl: string, extra?: Record<strin
     pids: () => [p.pid],
     hasBlob: custom?.hasBlob ?? ((d, size) => fileHasSize(path.join(storage, 'blobs', 'sha256', hexOf(d).slice(0, 2), hexOf(d)), size)),
     logFile,
+    kill: (signal) => p.stop(signal),
     stop: () => handle.stop(),
   };
 }
