@@ -112,7 +112,8 @@ describe('chaos: hostile clients, a failing upstream, a lying upstream and a ful
         maxSize: '30MiB',
         retries: { attempts: 3, backoff: '50ms' },
       },
-      { env: { MALLOC_ARENA_MAX: '2', MALLOC_MMAP_THRESHOLD_: '131072' } },
+      // 60 s to listen: beside the whole suite on 2 cores a start has taken over 20 s.
+      { env: { MALLOC_ARENA_MAX: '2', MALLOC_MMAP_THRESHOLD_: '131072' }, readyTimeoutMs: 60_000 },
     );
     cleanups.push(() => b.stop());
   });
