@@ -127,8 +127,8 @@ export class Blobs {
     if (route.local) return { size: (await this.local(route, d)).size, cached: true };
     const hit = await this.cached(d);
     if (hit) return { size: hit.size, cached: true };
-    await this.ensureOnline(route, d);
     const r = await this.routeFor(route, d);
+    this.ensureOnline(r, d);
     const fill = this.o.fills.get(d, r.upstream);
     if (fill?.size !== undefined) return { size: fill.size, cached: false };
     const size = await this.heads.run(`${r.upstream} ${r.repository} ${d}`, async () => (await this.o.upstreams.client(r).headBlob(r.repository, d)).size);
@@ -150,12 +150,12 @@ export class Blobs {
       // Evicted between this look and the read (the quota, gc, another replica): a miss after all (offline: a 404).
       return refetchIfEvicted(hit, wantsWhole, () => this.open(route, d, wantsWhole, client));
     }
-    await this.ensureOnline(route, d);
+    // The route is looked up once (an index query): the fill below looks again only after awaits.
+    const r = await this.routeFor(route, d);
+    this.ensureOnline(r, d);
     this.o.metrics.misses.inc({ kind: 'blob' });
     // A Range read needs the size before anything is fetched (a suffix range, a 416): when no cached
     // manifest declared it, a HEAD asks the upstream.
-    // The route is looked up once (an index query): the fill below looks again only after awaits.
-    const r = await this.routeFor(route, d);
     const sizeHint = wantsWhole || this.o.fills.get(d, r.upstream)?.size !== undefined ? undefined : ((await this.o.index.descriptorSize(d, r)) ?? (await this.stat(route, d)).size);
     const fill = await this.fill(route, d, sizeHint, client);
     if (!fill) return (await this.cached(d)) ?? this.open(route, d, wantsWhole, client);
@@ -181,7 +181,7 @@ export class Blobs {
   async warm(route: Route, d: Digest, onBytes: (onDisk: number) => void = () => {}): Promise<{ size: number; fetched: boolean }> {
     const hit = await this.cached(d);
     if (hit) return { size: hit.size, fetched: false };
-    await this.ensureOnline(route, d);
+    this.ensureOnline(await this.routeFor(route, d), d);
     const fill = await this.fill(route, d);
     if (!fill) return { size: (await this.o.store.stat(d))?.size ?? 0, fetched: false };
     const progress = () => onBytes(fill.extents.bytes);
@@ -196,8 +196,9 @@ export class Blobs {
     }
   }
 
-  private async ensureOnline(route: Route, d: Digest): Promise<void> {
-    if (this.o.offline((await this.routeFor(route, d)).upstream)) throw new RegistryError('BLOB_UNKNOWN', `blob ${d} is not cached and berth is offline`);
+  /** `r` is the resolved route (routeFor): offline is asked of the upstream the blob would come from. */
+  private ensureOnline(r: Route, d: Digest): void {
+    if (this.o.offline(r.upstream)) throw new RegistryError('BLOB_UNKNOWN', `blob ${d} is not cached and berth is offline`);
   }
 
   /**
