@@ -6,7 +6,8 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { ConfigError, loadConfig } from '../src/config/load.ts';
+import { loadConfig } from '../src/config/load.ts';
+import { configFailure } from './support/config-failure.ts';
 
 const UP = 'upstreams:\n  - host: docker.io\n    url: http://127.0.0.1:1\n';
 const PG = 'index:\n  driver: postgres\n  postgres:\n    url: postgres://berth@127.0.0.1:5432/berth\n';
@@ -20,15 +21,7 @@ describe('cluster settings from the environment', () => {
     await writeFile(f, UP + yaml);
     return f;
   };
-  const failure = (fn: () => unknown): string => {
-    try {
-      fn();
-    } catch (err) {
-      assert.ok(err instanceof ConfigError, String(err));
-      return err.message;
-    }
-    assert.fail('expected a ConfigError');
-  };
+  const failure = configFailure;
 
   before(async () => {
     dir = await mkdtemp(path.join(tmpdir(), 'berth-cluster-env-'));

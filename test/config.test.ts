@@ -7,7 +7,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import { promisify } from 'node:util';
-import { ConfigError, loadConfig } from '../src/config/load.ts';
+import { loadConfig } from '../src/config/load.ts';
+import { configFailure } from './support/config-failure.ts';
 
 const run = promisify(execFile);
 const root = path.resolve(import.meta.dirname, '..');
@@ -19,15 +20,7 @@ async function configFile(yaml: string): Promise<string> {
   return file;
 }
 
-function failure(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (err) {
-    assert.ok(err instanceof ConfigError, String(err));
-    return err.message;
-  }
-  assert.fail('expected a ConfigError');
-}
+const failure = configFailure;
 
 describe('configuration', () => {
   it('gives a working default with no file at all: :5000, ./storage, the public registries, docker.io default', () => {
