@@ -1,60 +1,6 @@
 import { z } from 'zod';
 import { isHost } from '../oci/reference.ts';
-import { parseDuration, parseRate, parseSize } from './units.ts';
-
-/**
- * The configuration file's schema (config/berth.yaml). Every field has a default so that no file at
- * all gives a working server; units are parsed here so the rest of berth sees milliseconds and bytes.
- */
-const duration = (def: string) =>
-  z
-    .union([z.string(), z.number()])
-    .default(def)
-    .transform((v, ctx) => {
-      const ms = parseDuration(v);
-      if (ms === undefined) {
-        ctx.addIssue({ code: 'custom', message: `"${v}" is not a duration (e.g. 30s, 5m, 1h)` });
-        return z.NEVER;
-      }
-      return ms;
-    });
-
-const rate = z.union([z.string(), z.number()]).transform((v, ctx) => {
-  const r = parseRate(v);
-  if (r === undefined || r <= 0) {
-    ctx.addIssue({ code: 'custom', message: `"${v}" is not a rate (e.g. 20MiB/s, 100Mbit/s)` });
-    return z.NEVER;
-  }
-  return r;
-});
-
-/** A size in bytes, or a percentage of the storage filesystem (resolved at start-up). */
-const sizeOrPercent = z.union([z.string(), z.number()]).transform((v, ctx) => {
-  if (typeof v === 'string' && /^\s*\d+(\.\d+)?\s*%\s*$/.test(v)) {
-    const p = Number.parseFloat(v);
-    if (p > 0 && p <= 100) return { percent: p } as const;
-  }
-  const n = parseSize(v);
-  if (n === undefined || n <= 0) {
-    ctx.addIssue({ code: 'custom', message: `"${v}" is not a size (e.g. 50GiB) or a percentage (e.g. 80%)` });
-    return z.NEVER;
-  }
-  return { bytes: n } as const;
-});
-
-/** A size in bytes (`4MiB`, `512KiB`, or a number). */
-const byteSize = (def: string) =>
-  z
-    .union([z.string(), z.number()])
-    .default(def)
-    .transform((v, ctx) => {
-      const n = parseSize(v);
-      if (n === undefined || n <= 0) {
-        ctx.addIssue({ code: 'custom', message: `"${v}" is not a size (e.g. 4MiB)` });
-        return z.NEVER;
-      }
-      return n;
-    });
+import { byteSize, duration, rate, sizeOrPercent } from './fields.ts';
 
 /**
  * A local repository prefix: path components of the distribution name grammar, ending in `/`. Its first
@@ -173,6 +119,10 @@ export const DEFAULT_UPSTREAMS = [
   { host: 'gcr.io', url: 'https://gcr.io' },
 ];
 
+/**
+ * The configuration file's schema (config/berth.yaml). Every field has a default so that no file at
+ * all gives a working server; units are parsed by the field types of fields.ts so the rest of berth sees milliseconds and bytes.
+ */
 export const ConfigSchema = z
   .object({
     listen: listen.default(':5000'),
