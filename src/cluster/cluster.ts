@@ -4,10 +4,12 @@ import { Counter } from 'prom-client';
 import type { Metrics } from '../metrics.ts';
 import type { Digest } from '../oci/digest.ts';
 import { RegistryError } from '../oci/errors.ts';
+import { IntegrityError } from '../oci/integrity.ts';
 import type { BlobSource, Fill, SourceBody } from '../registry/fill/fill.ts';
 import type { Fills } from '../registry/fill/fills.ts';
 import type { Route } from '../registry/upstreams.ts';
 import type { Priority } from '../upstream/bandwidth.ts';
+import { Distrust, observeBody, Suspect } from './distrust.ts';
 import type { LeaseHolder, Leases } from './leases.ts';
 import { type PeerClient, PeerRefused } from './peer-client.ts';
 
@@ -36,6 +38,7 @@ export interface ClusterOptions {
  */
 export class Cluster {
   private readonly watched = new WeakSet<Fill>();
+  private readonly distrust = new Distrust();
   private readonly peerErrors: Counter<'kind'>;
   private readonly leasesTaken: Counter<'how'>;
   private readonly peerReads: Counter;
@@ -61,6 +64,8 @@ export class Cluster {
   private async open(r: Route, d: Digest, upstream: BlobSource, range: { start: number; end?: number } | undefined, priority: () => Priority, signal: AbortSignal): Promise<SourceBody> {
     // A dead owner's lease goes stale within a timeout of its last heartbeat: waiting longer means something else is wrong.
     const deadline = Date.now() + 3 * this.o.leaseTimeoutMs;
+    const ourselves = () => upstream.open(range, priority, signal);
+    let suspect: Suspect | undefined;
     let last: unknown;
     while (Date.now() < deadline) {
       signal.throwIfAborted();
@@ -69,7 +74,13 @@ export class Cluster {
         this.leasesTaken.inc({ how: lease.tookOver ? 'takeover' : 'new' });
         if (lease.tookOver) this.o.log.warn({ digest: d, upstream: r.upstream, from: range?.start ?? 0 }, 'cluster: took over the fill of a replica that stopped heartbeating');
         this.watch(r.upstream, d);
-        return upstream.open(range, priority, signal);
+        return ourselves();
+      }
+      if (this.distrust.has(r.upstream, d, lease.owner)) return ourselves();
+      if (suspect?.owner === lease.owner && suspect.heartbeatedSince(lease.expiresInMs)) {
+        // It heartbeats but does not answer us: its lease will not go, and waiting on it would hold the blob.
+        this.distrusted(r.upstream, d, lease, 'timeout', `alive but not answering (${(last as Error | undefined)?.message ?? 'no answer'})`);
+        return ourselves();
       }
       if (lease.url === this.o.leases.url) {
         // Our own URL under another id: this replica before a restart, dead by definition. Asking it would
@@ -78,10 +89,17 @@ export class Cluster {
         await sleep(Math.min(Math.max(lease.expiresInMs, RECHECK_MS), Math.max(0, deadline - Date.now())), undefined, { signal });
         continue;
       }
+      if (suspect?.owner === lease.owner) {
+        // Unreachable, and not heartbeating since: presumably dead. Its lease goes stale when its heartbeat does.
+        await sleep(Math.min(Math.max(lease.expiresInMs, RECHECK_MS), Math.max(0, deadline - Date.now())), undefined, { signal });
+        continue;
+      }
+      const asked = Date.now();
       try {
         const body = await this.o.peers.open(lease.url, r.upstream, r.repository, d, range, signal);
         this.peerReads.inc();
-        return body;
+        this.watchPeer(r.upstream, d, lease);
+        return observeBody(body, signal, (err) => this.bodyBroke(r.upstream, d, lease, err));
       } catch (err) {
         if (signal.aborted) throw err;
         last = err;
@@ -90,7 +108,11 @@ export class Cluster {
           // second upstream read, and the operator hears of it.
           this.peerErrors.inc({ kind: 'unauthorized' });
           this.o.log.error({ peer: lease.url, digest: d }, 'cluster: a peer refused this replica (cluster.secret differs): fetching from the upstream instead');
-          return upstream.open(range, priority, signal);
+          return ourselves();
+        }
+        if (err instanceof IntegrityError) {
+          this.distrusted(r.upstream, d, lease, 'integrity', err.message);
+          return ourselves();
         }
         if (err instanceof PeerRefused) {
           // The owner has no such fill now (it just ended, or failed): its lease is about to go.
@@ -98,16 +120,36 @@ export class Cluster {
           await sleep(RECHECK_MS, undefined, { signal });
           continue;
         }
-        // Unreachable or silent: the owner is presumably dead. Its lease goes stale when its heartbeat does.
+        // Unreachable or silent: dead, or alive and not answering us. The next look at its lease tells which.
         this.peerErrors.inc({ kind: 'unreachable' });
-        this.o.log.warn({ peer: lease.url, digest: d, err: (err as Error).message, waitMs: lease.expiresInMs }, 'cluster: the replica owning a fill does not answer; waiting for its lease to expire');
-        await sleep(Math.min(Math.max(lease.expiresInMs, RECHECK_MS), Math.max(0, deadline - Date.now())), undefined, { signal });
+        this.o.log.warn({ peer: lease.url, digest: d, err: (err as Error).message }, 'cluster: the replica owning a fill does not answer; looking at its lease again');
+        suspect = new Suspect(lease.owner, asked + lease.expiresInMs, Date.now() - asked);
       }
     }
-    throw new RegistryError(
-      'UNAVAILABLE',
-      `blob ${d}: the replica fetching it could not be read from, and its fill lease did not expire in time (${(last as Error | undefined)?.message ?? 'no answer'})`,
-    );
+    // The owner neither answered nor let its lease go in time: the blob is not held up by it any longer.
+    this.o.log.warn({ digest: d, err: (last as Error | undefined)?.message }, 'cluster: the replica owning a fill could not be read from in time: fetching from the upstream instead');
+    return ourselves();
+  }
+
+  /** The owner failed us for this blob: remembered, counted and logged; we read the upstream ourselves. */
+  private distrusted(upstream: string, d: Digest, lease: LeaseHolder, kind: 'integrity' | 'timeout', why: string): void {
+    this.distrust.add(upstream, d, lease.owner, why);
+    this.peerErrors.inc({ kind });
+    this.o.log.error({ peer: lease.url, owner: lease.owner, digest: d, why }, 'cluster: a peer replica failed this blob; reading it from the upstream instead of from that peer');
+  }
+
+  /** Bytes from the peer that did not verify (digest, size, a body past its claim) fail the fill: never that peer again for it. */
+  private watchPeer(upstream: string, d: Digest, lease: LeaseHolder): void {
+    const fill = this.o.fills.get(d, upstream);
+    fill?.once('failed', (err: Error) => {
+      if (err instanceof IntegrityError && !this.distrust.has(upstream, d, lease.owner)) this.distrusted(upstream, d, lease, 'integrity', err.message);
+    });
+  }
+
+  /** A peer body that breaks twice for one blob (the owner stalls, resets): that peer is not used for it again. */
+  private bodyBroke(upstream: string, d: Digest, lease: LeaseHolder, err: unknown): void {
+    if (err instanceof IntegrityError) this.distrusted(upstream, d, lease, 'integrity', err.message);
+    else if (this.distrust.strike(upstream, d, lease.owner) >= 2) this.distrusted(upstream, d, lease, 'timeout', `its body broke twice: ${(err as Error).message}`);
   }
 
   /** The lease, or a 503 naming PostgreSQL: without it we cannot know whether someone else is fetching. */

@@ -1,5 +1,6 @@
 import { Agent, request } from 'undici';
 import type { Digest } from '../oci/digest.ts';
+import { IntegrityError } from '../oci/integrity.ts';
 import type { SourceBody } from '../registry/fill/fill.ts';
 import { blobFromResponse } from '../upstream/blob-response.ts';
 import { discard } from '../upstream/bodies.ts';
@@ -47,6 +48,15 @@ export class PeerClient {
       throw new PeerRefused(res.statusCode, `berth peer ${peer} answered ${res.statusCode} for ${d}`);
     }
     const blob = blobFromResponse({ status: res.statusCode, headers: res.headers, body: res.body }, `berth peer ${peer}`, d, signal);
+    // A peer is berth: it answers a Range with exactly that range and a whole GET with the whole blob. Anything
+    // else is a peer that lies (the fill would write it at the wrong place or retry it for ever).
+    const end = /^bytes \d+-(\d+)\//.exec(String(res.headers['content-range'] ?? ''))?.[1];
+    if (range ? !blob.partial || blob.start !== range.start || (range.end !== undefined && Number(end) !== range.end) : blob.partial) {
+      blob.cancel();
+      throw new IntegrityError(
+        `berth peer ${peer} answered ${res.statusCode}${end === undefined ? '' : ` (${String(res.headers['content-range'])})`} to a GET of ${d} ${range ? `bytes=${range.start}-${range.end ?? ''}` : 'whole'}`,
+      );
+    }
     return { partial: blob.partial, start: blob.start, size: blob.size, body: Object.assign(blob.body, { destroy: blob.cancel }) };
   }
 
