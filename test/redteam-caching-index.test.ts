@@ -11,6 +11,7 @@ import { someDigest } from './support/conformance/index.ts';
 import { type Postgres, startPostgres } from './support/postgres.ts';
 
 const MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
+const INDEX = 'application/vnd.oci.image.index.v1+json';
 const LAYER = 'application/vnd.oci.image.layer.v1.tar+gzip';
 
 let server: Postgres;
@@ -67,6 +68,27 @@ describe('CachingIndex under attack', () => {
     assert.equal(await index.descriptorSize(layer.digest, { upstream: 'docker.io', repository: 'seen' }), undefined);
     await index.recordManifest(m);
     assert.equal(await index.descriptorSize(layer.digest, { upstream: 'docker.io', repository: 'seen' }), 77);
+  });
+
+  test('many large index manifests read back: the children cache stays bounded by descriptors, not by lists', async () => {
+    // A bound of its own so that overflowing it takes seconds of inserts, not a minute (the default is 200k).
+    const small = new CachingIndex(await PgIndex.open({ url, poolSize: 2 }), { childrenMax: 10_000 });
+    const lists = 5;
+    const per = 4000;
+    for (let i = 0; i < lists; i++) {
+      const children = Array.from({ length: per }, () => ({ digest: someDigest('child'), size: 1, mediaType: MANIFEST }));
+      const m = { upstream: 'docker.io', repository: 'huge', digest: someDigest('index'), size: 1, mediaType: INDEX, children };
+      await small.recordManifest(m);
+      assert.equal((await small.childrenOf(m.digest)).length, per);
+    }
+    // White-box: the LRU's own count of what it holds (lru-cache's calculatedSize, or its entry count).
+    const cache = (small as unknown as { children: { size: number; calculatedSize: number } }).children;
+    const held = cache.calculatedSize || cache.size * per;
+    console.log(`children cache after ${lists} lists of ${per}: ${cache.size} lists, ${held} descriptors`);
+    const lists2 = cache.size;
+    await small.close();
+    assert.ok(held <= 10_000, `${held} descriptors held in memory`);
+    assert.ok(lists2 >= 1, 'the latest lists are still kept');
   });
 
   // Last: it stops the file's server.

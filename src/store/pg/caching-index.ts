@@ -18,6 +18,8 @@ export interface CachingOptions {
   refTtlMs?: number;
   /** An upstream tag's answers: a tag another replica revalidated is seen after at most this (one extra upstream HEAD). */
   tagTtlMs?: number;
+  /** Children descriptors kept in all (200k): a memory bound, whatever the lists' lengths. */
+  childrenMax?: number;
 }
 
 /**
@@ -33,7 +35,11 @@ export class CachingIndex implements AsyncRegistryIndex {
   readonly pins: AsyncPinIndex;
   readonly estargz: EstargzIndex;
   private readonly blobs: LRUCache<string, BlobRow>;
-  private readonly children = new LRUCache<string, ChildDescriptor[]>({ max: 20_000 });
+  /**
+   * Bounded by descriptors, not lists: an index manifest may list tens of thousands of children, and 20k such
+   * lists (what a count alone allowed) would be gigabytes.
+   */
+  private readonly children: LRUCache<string, ChildDescriptor[]>;
   private readonly refs: LRUCache<string, Where[]>;
   /**
    * Declared sizes by digest, then by `upstream repository`: dropping a digest's sizes (every child of every
@@ -54,8 +60,10 @@ export class CachingIndex implements AsyncRegistryIndex {
   ) {
     this.pins = db.pins;
     this.estargz = db.estargz;
+    this.children = new LRUCache({ max: 20_000, maxSize: o.childrenMax ?? 200_000, sizeCalculation: (c) => Math.max(1, c.length) });
     this.blobs = new LRUCache({ max: 100_000, ttl: o.blobTtlMs ?? 5 * 60_000 });
-    this.refs = new LRUCache({ max: 50_000, ttl: o.refTtlMs ?? 2000 });
+    // A base layer is referenced from thousands of repositories: bounded by references, not by digests.
+    this.refs = new LRUCache({ max: 50_000, maxSize: 500_000, sizeCalculation: (w) => Math.max(1, w.length), ttl: o.refTtlMs ?? 2000 });
     // Bounded by the entries kept in all maps (sizeCalculation), not by digests: one digest through many repositories stays bounded too.
     this.sizes = new LRUCache({ maxSize: 50_000, sizeCalculation: (m) => Math.max(1, m.size), ttl: o.blobTtlMs ?? 5 * 60_000 });
     this.tags = new LRUCache({ max: 20_000, ttl: o.tagTtlMs ?? 1000 });
