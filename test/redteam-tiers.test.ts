@@ -1,0 +1,239 @@
+// Red team (issue #12, tiers): an edge berth with `offline: except-parents` in front of a hostile parent (a
+// `kind: berth` upstream that answers whatever it likes) and a registry of its own (`kind: registry`, a
+// witness that records every request). The edge's credentials for the parent never go anywhere but the
+// parent's origin (not across a redirect, not to a token realm elsewhere, not in clear over http after an
+// https parent redirected to it); with except-parents nothing a parent says makes the edge contact another
+// host; a parent's wrong sizes, wrong ranges, huge manifests and stalled bodies are 502/503s, never a wrong
+// byte, a 500 or a hang.
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import http from 'node:http';
+import https from 'node:https';
+import net, { type AddressInfo } from 'node:net';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { promisify } from 'node:util';
+import { type InProcessBerth, startBerth, type UpstreamSpec } from './support/berth.ts';
+import { request } from './support/http.ts';
+import { ACCEPT_ALL_MANIFESTS, blobBytes, buildImage, type Image } from './support/images.ts';
+import { sha256 } from './support/links.ts';
+import { committed } from './support/storage.ts';
+import { makeTempDir, removeTempDir } from './support/tmp.ts';
+
+const run = promisify(execFile);
+const REGISTRY = 'registry.test';
+const OTHER = 'other.test';
+const CREDS = { username: 'edge', password: `pw-${randomUUID()}` };
+const BASIC = `Basic ${Buffer.from(`${CREDS.username}:${CREDS.password}`).toString('base64')}`;
+const MB = 1_000_000;
+
+type Handler = (req: http.IncomingMessage, res: http.ServerResponse, u: URL) => void;
+
+interface Seen {
+  url: string;
+  authorization: string | undefined;
+  /** The connection was TLS. */
+  tls: boolean;
+}
+
+/**
+ * A programmable parent on one port that speaks both TLS and plain HTTP (the first byte decides), so that an
+ * https parent redirecting to http on its own host:port is caught sending whatever it sends in clear.
+ */
+async function startHostile(certFile: string, keyFile: string) {
+  const seen: Seen[] = [];
+  let handler: Handler = (_req, res) => void res.writeHead(404).end();
+  const onRequest = (tls: boolean) => (req: http.IncomingMessage, res: http.ServerResponse) => {
+    const u = new URL(req.url ?? '/', 'http://x');
+    seen.push({ url: req.url ?? '', authorization: req.headers.authorization, tls });
+    if (req.headers.authorization !== BASIC) {
+      res.writeHead(401, { 'www-authenticate': 'Basic realm="parent"', 'content-type': 'application/json' });
+      return void res.end('{"errors":[{"code":"UNAUTHORIZED","message":"who"}]}');
+    }
+    if (u.pathname === '/v2/' || u.pathname === '/v2') return void res.end('{}');
+    handler(req, res, u);
+  };
+  const plain = http.createServer(onRequest(false));
+  const secure = https.createServer({ cert: await readFile(certFile), key: await readFile(keyFile) }, onRequest(true));
+  const sockets = new Set<net.Socket>();
+  const front = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+    socket.once('readable', () => {
+      const first = socket.read(1) as Buffer | null;
+      if (!first) return void socket.destroy();
+      socket.unshift(first);
+      (first[0] === 0x16 ? secure : plain).emit('connection', socket);
+    });
+  });
+  await new Promise<void>((resolve) => front.listen(0, '127.0.0.1', resolve));
+  const { port } = front.address() as AddressInfo;
+  return {
+    port,
+    seen,
+    set(h: Handler) {
+      handler = h;
+    },
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((resolve) => front.close(() => resolve()));
+    },
+  };
+}
+
+/** A registry the edge has of its own (kind: registry): under except-parents it must never hear a thing. */
+async function startWitness() {
+  const seen: Seen[] = [];
+  const server = http.createServer((req, res) => {
+    seen.push({ url: req.url ?? '', authorization: req.headers.authorization, tls: false });
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end('{"token":"witness-token"}');
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  return { url: `http://127.0.0.1:${port}`, seen, close: () => new Promise<void>((resolve) => server.close(() => resolve())) };
+}
+
+let work: string;
+let hostile: Awaited<ReturnType<typeof startHostile>>;
+let witness: Awaited<ReturnType<typeof startWitness>>;
+let edge: InProcessBerth;
+let images: Image[];
+let next = 0;
+/** A cold image per test: nothing of it is cached at the edge yet. */
+const fresh = () => images[next++]!;
+
+/** The parent answering as a berth would for `img`, except where `override` says otherwise. */
+function parentFor(img: Image, bytes: Map<string, Buffer>, override: (req: http.IncomingMessage, res: http.ServerResponse, u: URL, digest: string) => boolean = () => false): Handler {
+  return (req, res, u) => {
+    const m = /^\/v2\/(.+)\/(manifests|blobs)\/([^/]+)$/.exec(u.pathname);
+    if (!m || u.searchParams.get('ns') !== REGISTRY) return void res.writeHead(404).end();
+    if (override(req, res, u, m[3]!)) return;
+    if (m[2] === 'manifests') {
+      res.writeHead(200, { 'content-type': img.mediaType, 'content-length': img.manifest.length, 'docker-content-digest': img.manifestDigest });
+      return void res.end(req.method === 'HEAD' ? undefined : img.manifest);
+    }
+    const b = bytes.get(m[3]!);
+    if (!b) return void res.writeHead(404).end();
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': b.length, 'docker-content-digest': m[3]! });
+    res.end(req.method === 'HEAD' ? undefined : b);
+  };
+}
+
+async function bytesOf(img: Image): Promise<Map<string, Buffer>> {
+  return new Map([[img.config.digest, await blobBytes(img.config)], ...(await Promise.all(img.layers.map(async (l) => [l.digest, await blobBytes(l)] as const)))]);
+}
+
+before(async () => {
+  work = await makeTempDir('redteam-tiers');
+  const certFile = path.join(work, 'cert.pem');
+  const keyFile = path.join(work, 'key.pem');
+  await run('openssl', [
+    ...['req', '-x509', '-nodes', '-days', '30', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-subj', '/CN=localhost'],
+    ...['-addext', 'subjectAltName=IP:127.0.0.1', '-keyout', keyFile, '-out', certFile],
+  ]);
+  [hostile, witness] = await Promise.all([startHostile(certFile, keyFile), startWitness()]);
+  images = await Promise.all(Array.from({ length: 10 }, (_, i) => buildImage({ format: 'oci', layers: [{ randomBytes: i === 0 ? 4 * MB : 64 * 1024, dir: work }] })));
+  const parent = { host: REGISTRY, url: `https://127.0.0.1:${hostile.port}`, kind: 'berth', ca: certFile, ...CREDS, timeouts: { idle: '2s' } } as unknown as UpstreamSpec;
+  edge = await startBerth({ upstreams: [parent, { host: OTHER, url: witness.url }], offline: 'except-parents', retries: { attempts: 2, backoff: '20ms' } } as Parameters<typeof startBerth>[0]);
+});
+
+after(async () => {
+  await edge?.stop();
+  await hostile?.close();
+  await witness?.close();
+  if (work) await removeTempDir(work);
+});
+
+const leaked = () => hostile.seen.filter((x) => !x.tls);
+
+describe('a hostile parent', () => {
+  test('an https parent redirecting to http on its own host:port never gets the credentials in clear', async () => {
+    const img = fresh();
+    const bytes = await bytesOf(img);
+    const layer = img.layers[0]!;
+    hostile.set(
+      parentFor(img, bytes, (_req, res, u, d) => {
+        if (d !== layer.digest || u.searchParams.has('plain')) return false;
+        res.writeHead(307, { location: `http://127.0.0.1:${hostile.port}${u.pathname}?ns=${REGISTRY}&plain=1` });
+        res.end();
+        return true;
+      }),
+    );
+    const res = await request(edge.url, `/v2/${REGISTRY}/lab/a/blobs/${layer.digest}`);
+    const clear = leaked();
+    assert.deepEqual(
+      clear.filter((s) => s.authorization !== undefined),
+      [],
+      'credentials sent over plain http',
+    );
+    if (res.status === 200) assert.equal(sha256(res.body), layer.digest);
+    else assert.equal(res.status, 502, res.body.toString('utf8'));
+  });
+
+  test('an https registry redirecting to http on its own host is followed without the credentials', async () => {
+    // The plain origin configured as an upstream too, as a public host would pass the egress guard.
+    const img = fresh();
+    const layer = img.layers[0]!;
+    const b = await startBerth({
+      upstreams: [
+        { host: 'secure.test', url: `https://127.0.0.1:${hostile.port}`, ca: path.join(work, 'cert.pem'), ...CREDS },
+        { host: 'plain.test', url: `http://127.0.0.1:${hostile.port}` },
+      ] as unknown as UpstreamSpec[],
+    });
+    try {
+      hostile.set((_req, res, u) => {
+        if (u.pathname !== `/v2/lab/e/blobs/${layer.digest}`) return void res.writeHead(404).end();
+        res.writeHead(307, { location: `http://127.0.0.1:${hostile.port}/cdn/${layer.digest}` });
+        res.end();
+      });
+      const mark = hostile.seen.length;
+      await request(b.url, `/v2/secure.test/lab/e/blobs/${layer.digest}`);
+      const clear = hostile.seen.slice(mark).filter((x) => !x.tls);
+      assert.ok(clear.length > 0, 'the redirect was followed');
+      assert.deepEqual(
+        clear.filter((x) => x.authorization !== undefined).map((x) => x.url),
+        [],
+        'credentials sent in clear after an https to http redirect',
+      );
+    } finally {
+      await b.stop();
+    }
+  });
+
+  test('a parent redirecting a blob to another host: with except-parents the edge does not follow it', async () => {
+    const img = fresh();
+    const layer = img.layers[0]!;
+    hostile.set(
+      parentFor(img, await bytesOf(img), (_req, res, _u, d) => {
+        if (d !== layer.digest) return false;
+        res.writeHead(307, { location: `${witness.url}/cdn/${layer.digest}` });
+        res.end();
+        return true;
+      }),
+    );
+    const before = witness.seen.length;
+    const res = await request(edge.url, `/v2/${REGISTRY}/lab/b/blobs/${layer.digest}`);
+    assert.deepEqual(witness.seen.slice(before), [], 'the edge contacted a non-parent host');
+    assert.equal(res.status, 502, res.body.toString('utf8'));
+  });
+
+  test("a parent naming another host's token realm: with except-parents no token request leaves for it, no credentials anywhere", async () => {
+    const img = fresh();
+    hostile.set(
+      parentFor(img, await bytesOf(img), (req, res, u) => {
+        if (!u.pathname.includes('/lab/c/')) return false;
+        if (req.headers.authorization === 'Bearer witness-token') return false;
+        res.writeHead(401, { 'www-authenticate': `Bearer realm="${witness.url}/token",service="x"` });
+        res.end();
+        return true;
+      }),
+    );
+    const before = witness.seen.length;
+    const res = await request(edge.url, `/v2/${REGISTRY}/lab/c/manifests/1`, { headers: { accept: ACCEPT_ALL_MANIFESTS } });
+    assert.ok(res.status >= 400 && res.status < 500 ? true : res.status === 502, `${res.status} ${res.body.toString('utf8')}`);
+    assert.deepEqual(witness.seen.slice(before), [], 'the edge contacted a non-parent host');
+  });
+});
