@@ -237,3 +237,117 @@ describe('a hostile parent', () => {
     assert.deepEqual(witness.seen.slice(before), [], 'the edge contacted a non-parent host');
   });
 });
+
+describe('a parent that lies about bodies', () => {
+  /** The manifest first, so the edge knows the declared sizes (as a pull does). */
+  const manifestFirst = async (repo: string) => {
+    const m = await request(edge.url, `/v2/${REGISTRY}/lab/${repo}/manifests/1`, { headers: { accept: ACCEPT_ALL_MANIFESTS } });
+    assert.equal(m.status, 200, m.body.toString('utf8'));
+  };
+
+  test('more or fewer bytes than the manifest declared: a 502 or a cut, never a 200 with wrong bytes, nothing committed', async () => {
+    for (const [repo, change] of [
+      ['longer', (b: Buffer) => Buffer.concat([b, Buffer.alloc(100, 1)])],
+      ['shorter', (b: Buffer) => b.subarray(0, b.length - 100)],
+    ] as const) {
+      const img = fresh();
+      const bytes = await bytesOf(img);
+      const layer = img.layers[0]!;
+      bytes.set(layer.digest, change(bytes.get(layer.digest)!));
+      hostile.set(parentFor(img, bytes));
+      await manifestFirst(repo);
+      const got = await request(edge.url, `/v2/${REGISTRY}/lab/${repo}/blobs/${layer.digest}`).catch((err: Error) => err);
+      console.log(`${repo} body: ${got instanceof Error ? got.message : got.status}`);
+      if (!(got instanceof Error)) {
+        assert.ok(got.status !== 200 || sha256(got.body) === layer.digest, `${repo}: ${got.status} with wrong bytes`);
+        assert.ok(got.status === 502 || got.status === 503, `${repo}: ${got.status} ${got.body.toString('utf8').slice(0, 200)}`);
+      }
+      assert.equal(committed(edge, layer.digest), false, repo);
+    }
+  });
+
+  test('a 206 for another range than asked: the client never gets those bytes as its range', async () => {
+    const img = fresh();
+    const bytes = await bytesOf(img);
+    const layer = img.layers[0]!;
+    const whole = bytes.get(layer.digest)!;
+    hostile.set(
+      parentFor(img, bytes, (req, res, _u, d) => {
+        if (d !== layer.digest || !req.headers.range) return false;
+        // Always the first 1000 bytes, whatever was asked.
+        res.writeHead(206, { 'content-type': 'application/octet-stream', 'content-length': 1000, 'content-range': `bytes 0-999/${whole.length}` });
+        res.end(whole.subarray(0, 1000));
+        return true;
+      }),
+    );
+    await manifestFirst('range');
+    const got = await request(edge.url, `/v2/${REGISTRY}/lab/range/blobs/${layer.digest}`, { headers: { range: 'bytes=30000-30099' } }).catch((err: Error) => err);
+    console.log(`wrong 206: ${got instanceof Error ? got.message : `${got.status} ${got.body.length} bytes`}`);
+    if (!(got instanceof Error) && got.status === 206) {
+      assert.ok(got.body.equals(whole.subarray(30000, 30100)), 'a 206 with the wrong bytes for the range');
+    } else if (!(got instanceof Error)) {
+      assert.ok([502, 503].includes(got.status), `${got.status} ${got.body.toString('utf8').slice(0, 200)}`);
+    }
+  });
+
+  test('a manifest of a gigabyte (declared, or streamed without a length) is refused quickly', async () => {
+    for (const chunked of [false, true]) {
+      const img = fresh();
+      let sent = 0;
+      hostile.set(
+        parentFor(img, new Map(), (req, res, u) => {
+          if (!u.pathname.includes('/manifests/')) return false;
+          res.writeHead(200, { 'content-type': img.mediaType, ...(chunked ? {} : { 'content-length': 1_000_000_000 }) });
+          if (req.method === 'HEAD') return void res.end() || true;
+          const chunk = Buffer.alloc(64 * 1024, 0x20);
+          const pump = () => {
+            while (sent < 1_000_000_000 && !res.destroyed) {
+              sent += chunk.length;
+              if (!res.write(chunk)) return void res.once('drain', pump);
+            }
+            res.end();
+          };
+          res.once('close', () => (sent = Number.POSITIVE_INFINITY));
+          pump();
+          return true;
+        }),
+      );
+      const t0 = performance.now();
+      const got = await request(edge.url, `/v2/${REGISTRY}/lab/huge${chunked ? 'c' : ''}/manifests/1`, { headers: { accept: ACCEPT_ALL_MANIFESTS }, timeoutMs: 30_000 });
+      const took = performance.now() - t0;
+      console.log(`huge manifest (${chunked ? 'chunked' : 'declared'}): ${got.status} after ${Math.round(took)} ms`);
+      assert.ok(got.status >= 400 && got.status !== 500, `${got.status} ${got.body.toString('utf8').slice(0, 200)}`);
+      assert.ok(took < 10_000, `took ${Math.round(took)} ms`);
+    }
+  });
+
+  test('a blob body that stalls halfway: the client is cut or answered within a bound, and the next pull gets the right bytes', async () => {
+    const img = images[0]!;
+    const bytes = await bytesOf(img);
+    const layer = img.layers[0]!;
+    const whole = bytes.get(layer.digest)!;
+    let stall = true;
+    const held: http.ServerResponse[] = [];
+    hostile.set(
+      parentFor(img, bytes, (_req, res, _u, d) => {
+        if (d !== layer.digest || !stall) return false;
+        res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': whole.length, 'docker-content-digest': d });
+        res.write(whole.subarray(0, whole.length >> 1));
+        held.push(res);
+        return true;
+      }),
+    );
+    await manifestFirst('stall');
+    const t0 = performance.now();
+    const got = await request(edge.url, `/v2/${REGISTRY}/lab/stall/blobs/${layer.digest}`, { timeoutMs: 60_000 }).catch((err: Error) => err);
+    const took = performance.now() - t0;
+    console.log(`stalled body: ${got instanceof Error ? got.message : got.status} after ${Math.round(took)} ms`);
+    assert.ok(took < 30_000, `a stalled parent held the client ${Math.round(took)} ms`);
+    if (!(got instanceof Error)) assert.ok(got.status !== 200 || sha256(got.body) === layer.digest, `${got.status} with wrong bytes`);
+    stall = false;
+    for (const r of held) r.destroy();
+    const again = await request(edge.url, `/v2/${REGISTRY}/lab/stall/blobs/${layer.digest}`, { timeoutMs: 30_000 });
+    assert.equal(again.status, 200, again.body.toString('utf8').slice(0, 200));
+    assert.equal(sha256(again.body), layer.digest);
+  });
+});
