@@ -23,6 +23,7 @@ let up: Upstream;
 let relay: Relay;
 let first: Image;
 let second: Image;
+let third: Image;
 let a: Replica;
 let b: Replica;
 
@@ -40,8 +41,10 @@ before(async () => {
   relay = await startRelay({ target: { host: '127.0.0.1', port: up.port }, rateBytesPerSec: 6 * MB });
   first = await buildImage({ format: 'oci', layers: [{ randomBytes: 24 * MB, dir: work }] });
   second = await buildImage({ format: 'oci', layers: [{ randomBytes: 2 * MB, dir: work }] });
+  third = await buildImage({ format: 'oci', layers: [{ randomBytes: 1 * MB, dir: work }] });
   await pushImage(up, 'lab/pg', '1', first);
   await pushImage(up, 'lab/pg', '2', second);
+  await pushImage(up, 'lab/pg', '3', third);
   const opts = { pgUrl, upstreams: [{ host: up.host, url: relay.url() }], leaseTimeout: '2s' };
   [a, b] = await Promise.all([startReplica('a', opts), startReplica('b', opts)]);
 });
@@ -96,5 +99,37 @@ describe('PostgreSQL goes away under a cluster', () => {
     await waitUntil('the committed fill released its lease', async () => (await query(pgUrl, 'SELECT 1 FROM fill_leases WHERE digest = $1', [layer.digest])).length === 0);
     assert.ok(a.process.running && b.process.running, 'both replicas still run');
     for (const r of [a, b]) assert.doesNotMatch(r.log(), /unhandled|uncaught/i, `${r.name} logged an unhandled error`);
+  });
+
+  test('hung (SIGSTOP): a blob whose row is in memory is served at once, a cold one is a 503 within seconds, not a hang', async () => {
+    // A hit on `second` (committed on both) puts its row in a's cache: the fill's own commit dropped it.
+    assert.equal((await hashedGet(`${a.url}${blobPath(second)}`)).status, 200);
+    pgServer.freeze();
+    try {
+      let t0 = performance.now();
+      const hit = await hashedGet(`${a.url}${blobPath(second)}`);
+      const hitMs = performance.now() - t0;
+      // On a (a pooled connection to the hung server: the read timeout) and on b (maybe a new one: the connect timeout).
+      t0 = performance.now();
+      const cold = await hashedGet(`${a.url}${blobPath(third)}`);
+      const coldMs = performance.now() - t0;
+      t0 = performance.now();
+      const coldB = await hashedGet(`${b.url}${blobPath(third)}`);
+      const coldBMs = performance.now() - t0;
+      console.log(`  cold on b: ${coldB.status} in ${Math.round(coldBMs)} ms`);
+      assert.equal(coldB.status, 503);
+      assert.ok(coldBMs < 10_000, `a miss on b waited ${Math.round(coldBMs)} ms on a hung PostgreSQL`);
+      console.log(`PostgreSQL hung: cached ${hit.status} in ${Math.round(hitMs)} ms, cold ${cold.status} in ${Math.round(coldMs)} ms`);
+      assert.equal(hit.status, 200);
+      assert.equal(hit.digest, second.layers[0]!.digest);
+      assert.ok(hitMs < 2000, `a hit took ${Math.round(hitMs)} ms`);
+      assert.equal(cold.status, 503);
+      assert.ok(coldMs < 10_000, `a miss waited ${Math.round(coldMs)} ms on a hung PostgreSQL`);
+    } finally {
+      pgServer.thaw();
+    }
+    const again = await waitUntil('the cold blob once PostgreSQL answers again', async () => ((await hashedGet(`${b.url}${blobPath(third)}`)).status === 200 ? true : undefined), 30_000, 500);
+    assert.ok(again);
+    assert.ok(a.process.running && b.process.running, 'both replicas still run');
   });
 });

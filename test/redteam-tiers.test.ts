@@ -298,7 +298,10 @@ describe('a parent that lies about bodies', () => {
         parentFor(img, new Map(), (req, res, u) => {
           if (!u.pathname.includes('/manifests/')) return false;
           res.writeHead(200, { 'content-type': img.mediaType, ...(chunked ? {} : { 'content-length': 1_000_000_000 }) });
-          if (req.method === 'HEAD') return void res.end() || true;
+          if (req.method === 'HEAD') {
+            res.end();
+            return true;
+          }
           const chunk = Buffer.alloc(64 * 1024, 0x20);
           const pump = () => {
             while (sent < 1_000_000_000 && !res.destroyed) {
