@@ -354,3 +354,49 @@ describe('a parent that lies about bodies', () => {
     assert.equal(sha256(again.body), layer.digest);
   });
 });
+
+describe('names an attacker chooses through the edge', () => {
+  test('odd ns values and host prefixes: never a 500, and the parent only ever hears of its own registry', async () => {
+    const img = fresh();
+    hostile.set(parentFor(img, await bytesOf(img)));
+    const mark = hostile.seen.length;
+    const m = `manifests/${img.manifestDigest}`;
+    const paths = [
+      `/v2/lab/x/${m}?ns=Registry.Test`,
+      `/v2/lab/x/${m}?ns=registry.test:443`,
+      `/v2/lab/x/${m}?ns=registry.test&ns=${OTHER}`,
+      `/v2/lab/x/${m}?ns=${OTHER}`,
+      `/v2/lab/x/${m}?ns=`,
+      `/v2/lab/x/${m}?ns=registry.test%00`,
+      `/v2/lab/x/${m}?ns=registry.test%2Fevil`,
+      `/v2/lab/x/${m}?ns=..`,
+      `/v2/lab/x/${m}?ns=${'a.'.repeat(200)}test`,
+      `/v2/registry.test/registry.test/lab/x/${m}`,
+      `/v2/${OTHER}/lab/x/${m}?ns=registry.test`,
+      `/v2/REGISTRY.TEST/lab/x/${m}`,
+      `/v2/registry.test/lab/x/${m}?ns=registry.test&n=1%26ns%3Dother.test`,
+      `/v2/registry.test/lab/x/tags/list?n=1&last=a%26ns%3D${OTHER}`,
+      `/v2/registry.test/lab/x/referrers/${img.manifestDigest}?artifactType=a%26ns%3D${OTHER}`,
+      `/v2/registry.test/%2e%2e/lab/x/${m}`,
+      `/v2/registry.test/lab/x/../y/${m}`,
+    ];
+    const statuses: string[] = [];
+    for (const p of paths) {
+      const res = await request(edge.url, p, { headers: { accept: ACCEPT_ALL_MANIFESTS } });
+      statuses.push(`${res.status} ${p}`);
+      assert.ok(res.status < 500 || res.status === 502 || res.status === 503, `${res.status} for ${p}: ${res.body.toString('utf8').slice(0, 200)}`);
+      if (res.status === 200 && p.includes('/manifests/')) assert.equal(sha256(res.body), img.manifestDigest, p);
+    }
+    console.log(statuses.join('\n'));
+    for (const s of hostile.seen.slice(mark)) {
+      const u = new URL(s.url, 'http://x');
+      assert.deepEqual(u.searchParams.getAll('ns'), [REGISTRY], `the parent was asked ${s.url}`);
+      assert.ok(u.pathname.startsWith(`/v2/${REGISTRY}/`), `the parent was asked ${s.url}`);
+    }
+    assert.deepEqual(
+      witness.seen.filter((x) => x.url.includes('/lab/x')),
+      [],
+      'the registry of its own was contacted under except-parents',
+    );
+  });
+});
