@@ -49,6 +49,7 @@ export class Leases {
   /** Takes the lease of the fill of `digest` through `upstream`, or says who holds it. */
   async takeFill(upstream: string, digest: string): Promise<LeaseHolder> {
     const up = upstream.toLowerCase();
+    const key = Leases.fillKey(up, digest);
     const holder = await this.take(
       `INSERT INTO fill_leases AS l (upstream, digest, owner, url, taken_at, heartbeat_at) VALUES ($1, $2, $3, $4, now(), now())
        ON CONFLICT (upstream, digest) DO UPDATE SET owner = EXCLUDED.owner, url = EXCLUDED.url, heartbeat_at = now(),
@@ -56,8 +57,18 @@ export class Leases {
        WHERE l.owner = EXCLUDED.owner OR l.heartbeat_at < now() - make_interval(secs => $5::float8 / 1000)`,
       'fill_leases WHERE upstream = $1 AND digest = $2',
       [up, digest, this.id, this.o.url, this.o.timeoutMs],
-    );
-    if (holder.mine) this.fills.add(Leases.fillKey(up, digest));
+    ).catch((err: unknown) => {
+      // PostgreSQL unreachable while a fill we hold resumes (its upstream body broke): nobody can take a lease
+      // while nobody reaches the database, so it is still ours, and failing here would fail that fill for
+      // every reader on every replica. A replica cut off alone may see its lease taken over meanwhile: the
+      // lost-lease case the heartbeat logs (one more upstream read), never wrong bytes.
+      if (this.fills.has(key) && (err as { unavailable?: unknown }).unavailable === true) {
+        this.o.log.warn({ lease: key, err: (err as Error).message }, 'cluster: PostgreSQL unavailable; resuming a fill this replica holds');
+        return { mine: true, owner: this.id, url: this.o.url, expiresInMs: 0, tookOver: false };
+      }
+      throw err;
+    });
+    if (holder.mine) this.fills.add(key);
     return holder;
   }
 

@@ -61,7 +61,7 @@ export function header(h: IncomingHttpHeaders, name: string): string | undefined
 
 /**
  * HTTP to one upstream registry, for UpstreamClient (client.ts) only: auth (anonymous or credentialed
- * bearer tokens, basic), redirects followed by hand (Authorization never crosses to another host), the
+ * bearer tokens, basic), redirects followed by hand (Authorization never crosses to another origin), the
  * egress guard, identity encoding, the circuit breaker, and errors turned into RegistryErrors that say
  * which upstream failed and how. Nothing outside src/upstream/ sees a header or a status.
  */
@@ -233,6 +233,11 @@ export class UpstreamTransport {
     } catch {
       throw new RegistryError('UPSTREAM_ERROR', `upstream ${this.host} sent an invalid token realm "${realm.slice(0, 100)}"`);
     }
+    // A parent berth's realm is its own origin (or one the operator listed): a realm elsewhere would have the
+    // edge contact a host that is not a parent, which `offline: except-parents` promises never happens.
+    if (this.config.kind === 'berth' && !realmMayReceiveCredentials(this.base, url, this.config.tokenRealms)) {
+      throw new RegistryError('UPSTREAM_ERROR', `upstream ${this.host} (a parent berth) named a token realm on another origin (${url.origin}); list it in tokenRealms if it is right`);
+    }
     await this.guard.check(url, 'token request');
     if (service) url.searchParams.set('service', service);
     url.searchParams.set('scope', scope);
@@ -288,8 +293,14 @@ export class UpstreamTransport {
       if (next.protocol !== 'http:' && next.protocol !== 'https:') {
         throw new RegistryError('UPSTREAM_ERROR', `upstream ${this.host} redirected to an unsupported URL scheme ${next.protocol}`);
       }
+      // A parent berth never redirects: one that does is sending the edge to a host that is not a parent
+      // (which `offline: except-parents` must never reach) or to where its credentials do not belong.
+      if (this.config.kind === 'berth' && next.origin !== this.base.origin) {
+        throw new RegistryError('UPSTREAM_ERROR', `upstream ${this.host} (a parent berth) redirected to another origin, which a berth never does: not followed`);
+      }
       await this.guard.check(next, 'redirect');
-      if (next.host !== current.host) {
+      // By origin, not host: https://h to http://h (port 80) is the same host, and Authorization would go in clear.
+      if (next.origin !== current.origin) {
         const { authorization: _dropped, ...rest } = h;
         h = rest;
       }

@@ -7,6 +7,9 @@ import { LOCAL_UPSTREAM } from '../index-roles.ts';
 
 type Where = { upstream: string; repository: string };
 
+/** Declared sizes kept per digest: one per repository it was asked through, the most recent ones. */
+const SIZES_PER_DIGEST = 64;
+
 /** How long each kind of row is answered from this replica's memory (docs/decisions.md "Index drivers"). */
 export interface CachingOptions {
   /** Blob rows: content-addressed; they change by a learned media type or a delete (this replica's drop its entry). */
@@ -15,6 +18,8 @@ export interface CachingOptions {
   refTtlMs?: number;
   /** An upstream tag's answers: a tag another replica revalidated is seen after at most this (one extra upstream HEAD). */
   tagTtlMs?: number;
+  /** Children descriptors kept in all (200k): a memory bound, whatever the lists' lengths. */
+  childrenMax?: number;
 }
 
 /**
@@ -30,9 +35,18 @@ export class CachingIndex implements AsyncRegistryIndex {
   readonly pins: AsyncPinIndex;
   readonly estargz: EstargzIndex;
   private readonly blobs: LRUCache<string, BlobRow>;
-  private readonly children = new LRUCache<string, ChildDescriptor[]>({ max: 20_000 });
+  /**
+   * Bounded by descriptors, not lists: an index manifest may list tens of thousands of children, and 20k such
+   * lists (what a count alone allowed) would be gigabytes.
+   */
+  private readonly children: LRUCache<string, ChildDescriptor[]>;
   private readonly refs: LRUCache<string, Where[]>;
-  private readonly sizes: LRUCache<string, number>;
+  /**
+   * Declared sizes by digest, then by `upstream repository`: dropping a digest's sizes (every child of every
+   * manifest recorded) is one delete, where one flat LRU keyed `digest upstream repository` had to be scanned
+   * whole per digest (50k entries x 100 children blocked the event loop for seconds).
+   */
+  private readonly sizes: LRUCache<string, Map<string, number>>;
   private readonly tags: LRUCache<string, TagRow[]>;
   /**
    * Bumped by every write this replica makes: a read that started before a write does not store its
@@ -46,9 +60,12 @@ export class CachingIndex implements AsyncRegistryIndex {
   ) {
     this.pins = db.pins;
     this.estargz = db.estargz;
+    this.children = new LRUCache({ max: 20_000, maxSize: o.childrenMax ?? 200_000, sizeCalculation: (c) => Math.max(1, c.length) });
     this.blobs = new LRUCache({ max: 100_000, ttl: o.blobTtlMs ?? 5 * 60_000 });
-    this.refs = new LRUCache({ max: 50_000, ttl: o.refTtlMs ?? 2000 });
-    this.sizes = new LRUCache({ max: 50_000, ttl: o.blobTtlMs ?? 5 * 60_000 });
+    // A base layer is referenced from thousands of repositories: bounded by references, not by digests.
+    this.refs = new LRUCache({ max: 50_000, maxSize: 500_000, sizeCalculation: (w) => Math.max(1, w.length), ttl: o.refTtlMs ?? 2000 });
+    // Bounded by the entries kept in all maps (sizeCalculation), not by digests: one digest through many repositories stays bounded too.
+    this.sizes = new LRUCache({ maxSize: 50_000, sizeCalculation: (m) => Math.max(1, m.size), ttl: o.blobTtlMs ?? 5 * 60_000 });
     this.tags = new LRUCache({ max: 20_000, ttl: o.tagTtlMs ?? 1000 });
   }
 
@@ -77,8 +94,7 @@ export class CachingIndex implements AsyncRegistryIndex {
     this.blobs.delete(d);
     this.refs.delete(d);
     this.children.delete(d);
-    // Sizes are keyed by digest and repository: few enough writes that a scan is cheaper than a second index.
-    for (const k of this.sizes.keys()) if (k.startsWith(`${d} `)) this.sizes.delete(k);
+    this.sizes.delete(d);
   }
 
   // BlobIndex
@@ -140,8 +156,20 @@ export class CachingIndex implements AsyncRegistryIndex {
   refsOf(d: Digest): Promise<Where[]> {
     return this.through(this.refs, d, () => this.db.refsOf(d)) as Promise<Where[]>;
   }
-  descriptorSize(d: Digest, where: Where): Promise<number | undefined> {
-    return this.through(this.sizes, `${d} ${where.upstream} ${where.repository}`, () => this.db.descriptorSize(d, where));
+  async descriptorSize(d: Digest, where: Where): Promise<number | undefined> {
+    const key = `${where.upstream} ${where.repository}`;
+    const hit = this.sizes.get(d)?.get(key);
+    if (hit !== undefined) return hit;
+    const epoch = this.epoch;
+    const size = await this.db.descriptorSize(d, where);
+    if (size !== undefined && epoch === this.epoch) {
+      // A new map each time, so the LRU counts its size (it does not see a mutation); at most SIZES_PER_DIGEST
+      // repositories per digest (the oldest goes), so copying stays cheap for a base layer used everywhere.
+      const m = new Map(this.sizes.get(d));
+      if (m.size >= SIZES_PER_DIGEST) m.delete(m.keys().next().value!);
+      this.sizes.set(d, m.set(key, size));
+    }
+    return size;
   }
   isReferenced(d: Digest): Promise<boolean> {
     return this.db.isReferenced(d);

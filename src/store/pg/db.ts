@@ -10,6 +10,11 @@ export interface PgIndexOptions {
   connectTimeoutMs?: number;
   /** A statement that has not answered by then fails: the server cancels it, and the client gives up a second later. */
   queryTimeoutMs?: number;
+  /**
+   * The point reads a request waits on (`PgDb.point`) give up sooner (5 s): a hung server (SIGSTOP, a stuck
+   * lock) would otherwise hold every miss for the full queryTimeoutMs before its 503.
+   */
+  pointTimeoutMs?: number;
 }
 
 /** What one statement needs: run it, get the rows and how many it changed. Parameters are always bound ($1…), never spliced. */
@@ -81,6 +86,8 @@ const RETRYABLE = new Set(['40P01', '40001']);
 export class PgDb implements Queryable {
   readonly pool: pg.Pool;
   readonly server: string;
+  /** The same pool for point reads, with pointTimeoutMs (a connection that timed out is discarded by the pool). */
+  readonly point: Queryable;
 
   constructor(o: PgIndexOptions) {
     this.server = describeServer(o.url);
@@ -96,6 +103,8 @@ export class PgDb implements Queryable {
       application_name: 'berth',
       types,
     });
+    const pointTimeout = Math.min(o.pointTimeoutMs ?? 5000, queryTimeout + 1000);
+    this.point = { run: (sql, params = []) => this.query(sql, params, pointTimeout) };
     this.pool.on('error', () => {
       // An idle client lost its connection; pg-pool has removed it. The next query reports the outage if it lasts.
     });
@@ -108,9 +117,18 @@ export class PgDb implements Queryable {
     return err as Error;
   }
 
-  async run<T = Record<string, unknown>>(sql: string, params: readonly unknown[] = []): Promise<{ rows: T[]; rowCount: number }> {
+  run<T = Record<string, unknown>>(sql: string, params: readonly unknown[] = []): Promise<{ rows: T[]; rowCount: number }> {
+    return this.query<T>(sql, params);
+  }
+
+  private async query<T>(sql: string, params: readonly unknown[], readTimeoutMs?: number): Promise<{ rows: T[]; rowCount: number }> {
     try {
-      const r = await this.pool.query(sql, params as unknown[]);
+      // pg's per-query read timeout; pg-pool releases a client whose query failed as broken, so a late answer
+      // on that connection can never reach the next caller.
+      const r = await this.pool.query(
+        readTimeoutMs === undefined ? sql : ({ text: sql, values: params as unknown[], query_timeout: readTimeoutMs } as pg.QueryConfig),
+        readTimeoutMs === undefined ? (params as unknown[]) : undefined,
+      );
       return { rows: r.rows as T[], rowCount: r.rowCount ?? 0 };
     } catch (err) {
       throw this.fail(err);

@@ -43,7 +43,7 @@ export class PgIndex implements AsyncRegistryIndex {
     private readonly probeTimeoutMs: number,
   ) {
     this.migrated = migrated;
-    this.tags = new PgTags(db);
+    this.tags = new PgTags(db, db.point);
     this.referrers = new PgReferrers(db);
     this.pins = new PgPins(db);
     this.estargz = new PgEstargz(db);
@@ -68,7 +68,7 @@ export class PgIndex implements AsyncRegistryIndex {
   // BlobIndex
 
   async getBlob(d: Digest): Promise<BlobRow | undefined> {
-    const r = await this.db.run<BlobRow>('SELECT digest, size, media_type AS "mediaType", created_at AS "createdAt", accessed_at AS "accessedAt" FROM blobs WHERE digest = $1', [d]);
+    const r = await this.db.point.run<BlobRow>('SELECT digest, size, media_type AS "mediaType", created_at AS "createdAt", accessed_at AS "accessedAt" FROM blobs WHERE digest = $1', [d]);
     return r.rows[0];
   }
 
@@ -165,7 +165,7 @@ export class PgIndex implements AsyncRegistryIndex {
   }
 
   async childrenOf(parent: Digest): Promise<ChildDescriptor[]> {
-    return (await this.db.run<ChildDescriptor>('SELECT child AS digest, size, media_type AS "mediaType" FROM children WHERE parent = $1 ORDER BY child COLLATE "C"', [parent])).rows;
+    return (await this.db.point.run<ChildDescriptor>('SELECT child AS digest, size, media_type AS "mediaType" FROM children WHERE parent = $1 ORDER BY child COLLATE "C"', [parent])).rows;
   }
 
   async deleteChildren(parent: Digest): Promise<void> {
@@ -183,12 +183,12 @@ export class PgIndex implements AsyncRegistryIndex {
   }
 
   async refsOf(d: Digest): Promise<Where[]> {
-    return (await this.db.run<Where>('SELECT upstream, repository FROM refs WHERE digest = $1 ORDER BY upstream COLLATE "C", repository COLLATE "C"', [d])).rows;
+    return (await this.db.point.run<Where>('SELECT upstream, repository FROM refs WHERE digest = $1 ORDER BY upstream COLLATE "C", repository COLLATE "C"', [d])).rows;
   }
 
   /** The size a manifest of this (upstream, repository) declared for `d`: only the repository's own manifests count. */
   async descriptorSize(d: Digest, where: Where): Promise<number | undefined> {
-    const r = await this.db.run<{ size: number }>(
+    const r = await this.db.point.run<{ size: number }>(
       `SELECT c.size FROM children c JOIN refs r ON r.digest = c.parent
        WHERE c.child = $1 AND r.upstream = $2 AND r.repository = $3 AND c.size >= 0 LIMIT 1`,
       [d, where.upstream, where.repository],
@@ -197,7 +197,7 @@ export class PgIndex implements AsyncRegistryIndex {
   }
 
   async isReferenced(d: Digest): Promise<boolean> {
-    const r = await this.db.run<{ yes: boolean }>('SELECT EXISTS (SELECT 1 FROM tags WHERE digest = $1) OR EXISTS (SELECT 1 FROM children WHERE child = $1) AS yes', [d]);
+    const r = await this.db.point.run<{ yes: boolean }>('SELECT EXISTS (SELECT 1 FROM tags WHERE digest = $1) OR EXISTS (SELECT 1 FROM children WHERE child = $1) AS yes', [d]);
     return r.rows[0]!.yes;
   }
 
@@ -210,7 +210,7 @@ export class PgIndex implements AsyncRegistryIndex {
   }
 
   async hasRepository(upstream: string, repository: string): Promise<boolean> {
-    const r = await this.db.run<{ yes: boolean }>(
+    const r = await this.db.point.run<{ yes: boolean }>(
       `SELECT EXISTS (SELECT 1 FROM refs WHERE upstream = $1 AND repository = $2)
        OR EXISTS (SELECT 1 FROM tags WHERE upstream = $1 AND repository = $2) AS yes`,
       [upstream, repository],

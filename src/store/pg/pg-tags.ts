@@ -14,10 +14,14 @@ const COLUMNS = 'upstream, repository, tag, accept, digest, media_type AS "media
  * rebuild them from (back it up).
  */
 export class PgTags {
-  constructor(private readonly db: Queryable) {}
+  constructor(
+    private readonly db: Queryable,
+    /** For the reads a request waits on (PgDb.point: a shorter timeout). */
+    private readonly point: Queryable = db,
+  ) {}
 
   async rowsOf(upstream: string, repository: string, tag: string): Promise<TagRow[]> {
-    const r = await this.db.run<TagRow>(`SELECT ${COLUMNS} FROM tags WHERE upstream = $1 AND repository = $2 AND tag = $3 ORDER BY accept COLLATE "C"`, [upstream, repository, tag]);
+    const r = await this.point.run<TagRow>(`SELECT ${COLUMNS} FROM tags WHERE upstream = $1 AND repository = $2 AND tag = $3 ORDER BY accept COLLATE "C"`, [upstream, repository, tag]);
     return r.rows;
   }
 
