@@ -60,6 +60,8 @@ describe('operator commands on storage.driver s3 + index.driver postgres', () =>
   let w2: Image;
   /** Prewarmed by digest through a relay that can hold its layer, while gc runs elsewhere. */
   let slow: Image;
+  /** Prewarmed through the same relay, held, while berth serve is asked for its layer. */
+  let held: Image;
   let relay: Relay;
   const configs = new Map<string, string>();
 
@@ -138,6 +140,8 @@ describe('operator commands on storage.driver s3 + index.driver postgres', () =>
         await pushImage(up, 'lab/w2', '1', w2);
         slow = await buildImage({ format: 'oci', layers: [{ randomBytes: 2 * 1024 * 1024, dir: work }] });
         await pushImage(up, 'lab/slow', '1', slow);
+        held = await buildImage({ format: 'oci', layers: [{ randomBytes: 2 * 1024 * 1024, dir: work }] });
+        await pushImage(up, 'lab/held', '1', held);
         relay = await startRelay({ target: { host: '127.0.0.1', port: up.port } });
       })(),
     ]);
@@ -205,6 +209,27 @@ describe('operator commands on storage.driver s3 + index.driver postgres', () =>
     assert.equal(r.code, 0, describeRun(['prewarm', ref], r));
     assert.match(gc.stdout, /removed 0 partial downloads, 0 unreferenced blobs, 0 unindexed files/);
     await assertInBucket(digestsOf(slow), 'prewarmed beside a gc');
+  });
+
+  test('berth serve asked for a layer a prewarm in another working directory is fetching serves it at once', async () => {
+    const d = configs.get('d')!;
+    relay.setRate(8192);
+    const since = relay.bytesDown;
+    const prewarm = runBerth(['prewarm', 'docker.io/lab/held:1', '--config', d]);
+    try {
+      // Past the manifest and config: the layer's body is crawling through the relay.
+      await waitUntil('the prewarm is reading the layer', () => relay.bytesDown - since > 24 * 1024, 60_000, 50);
+      const layer = held.layers[0]!;
+      const started = Date.now();
+      const r = await request(serve.url, `/v2/lab/held/blobs/${layer.digest}`, { timeoutMs: 60_000 });
+      assert.equal(r.status, 200, `${r.status} after ${Date.now() - started} ms: ${r.body.toString('utf8').slice(0, 400)}`);
+      assert.equal(digestOf(r.body), layer.digest);
+    } finally {
+      relay.setRate(undefined);
+    }
+    const r = await prewarm;
+    assert.equal(r.code, 0, describeRun(['prewarm', 'held'], r));
+    await assertInBucket(digestsOf(held), 'prewarmed while served');
   });
 
   test('pin and unpin from another working directory; rm refuses a pinned tag, rm --force removes its own blobs from the bucket', async () => {
