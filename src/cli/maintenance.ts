@@ -94,7 +94,10 @@ export function maintenanceCommands(program: Command): void {
         const minAgeMs = parseDuration(String(opts.minAge));
         if (minAgeMs === undefined) throw new Error(`--min-age: "${String(opts.minAge)}" is not a duration`);
         const { index, pins, store } = berth;
-        const r = await collectGarbage({ index, pins, store, staging: [store.paths.ingest, store.paths.tmp] }, { dryRun: opts.dryRun === true, minAgeMs });
+        // With PostgreSQL the lock held here covers this working directory only: replicas and other
+        // working directories go on writing the index (and the bucket) meanwhile.
+        const shared = berth.config.index.driver === 'postgres';
+        const r = await collectGarbage({ index, pins, store, staging: [store.paths.ingest, store.paths.tmp], shared }, { dryRun: opts.dryRun === true, minAgeMs });
         const verb = opts.dryRun ? 'would remove' : 'removed';
         process.stdout.write(`${verb} ${r.partials.length} partial downloads, ${r.blobs.length} unreferenced blobs, ${r.orphans.length} unindexed files: ${formatBytes(r.freed)}\n`);
       }),

@@ -288,8 +288,11 @@ export class S3BlobStore implements BlobStorage {
     });
   }
 
-  /** Every object under blobs/ named as a digest, in digest order (S3 lists keys in byte order); others skipped. */
-  async *list(): AsyncIterable<{ digest: Digest; size: number }> {
+  /**
+   * Every object under blobs/ named as a digest, in digest order (S3 lists keys in byte order); others skipped.
+   * With its LastModified: gc leaves a young object whose row another replica has not written yet.
+   */
+  async *list(): AsyncIterable<{ digest: Digest; size: number; modifiedAt?: number }> {
     let ContinuationToken: string | undefined;
     do {
       const page = await this.s3.client
@@ -299,7 +302,7 @@ export class S3BlobStore implements BlobStorage {
         });
       for (const o of page.Contents ?? []) {
         const digest = o.Key ? this.keys.digestOf(o.Key) : undefined;
-        if (digest) yield { digest, size: o.Size ?? 0 };
+        if (digest) yield { digest, size: o.Size ?? 0, ...(o.LastModified ? { modifiedAt: o.LastModified.getTime() } : {}) };
       }
       ContinuationToken = page.IsTruncated ? page.NextContinuationToken : undefined;
     } while (ContinuationToken);
