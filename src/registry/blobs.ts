@@ -242,8 +242,13 @@ export class Blobs {
             throw err instanceof DigestMismatchError ? new IntegrityError(err.message) : err;
           });
           fills.failpoints.hit('fill.index-write');
-          await index.putBlob(d, size, null);
-          await index.addRefs(r.upstream, r.repository, [d]);
+          // The file is verified and in place: the blob is committed. An index that cannot take its row now
+          // (PostgreSQL away) must not fail the fill and cut every reader at its last byte; cached() writes
+          // a missing row back at the next hit.
+          await index
+            .putBlob(d, size, null)
+            .then(() => index.addRefs(r.upstream, r.repository, [d]))
+            .catch((err: Error) => log.warn({ digest: d, err: err.message }, 'fill committed, but its index rows could not be written (written again at the next hit)'));
           void quota.enforce().catch((err: Error) => log.error({ err }, 'quota pass failed'));
         },
         readCommitted: (s, e) => store.read(d, s, e),
