@@ -40,7 +40,8 @@ async function sent(store: BlobStorage, d: Digest, start: number, end: number): 
 
 async function listed(store: BlobStorage): Promise<Array<{ digest: Digest; size: number }>> {
   const out: Array<{ digest: Digest; size: number }> = [];
-  for await (const b of store.list()) out.push(b);
+  // Digest and size are what every store lists; a store may add what it knows (S3: modifiedAt, for gc).
+  for await (const b of store.list()) out.push({ digest: b.digest, size: b.size });
   return out;
 }
 
