@@ -5,7 +5,7 @@
 // requests in the upstream's access log.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
@@ -16,10 +16,11 @@ import { blobFiles, describeRun, type LsRow, lsJson, runBerth } from './support/
 import { type Ceph, startCeph } from './support/ceph.ts';
 import { CLUSTER_SECRET, query, type Replica, startReplica } from './support/cluster.ts';
 import { request } from './support/http.ts';
-import { buildImage, digestOf, digestOfFile, type Image, pushImage } from './support/images.ts';
+import { buildImage, digestOf, type Image, pushImage } from './support/images.ts';
 import { upstreamTrafficSince, waitUntil } from './support/links.ts';
 import { freePort } from './support/ports.ts';
 import { type Postgres, startPostgres } from './support/postgres.ts';
+import { assertPulledImage } from './support/pulled-image.ts';
 import { type Relay, startRelay } from './support/relay.ts';
 import { skopeoCopy } from './support/skopeo.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
@@ -32,19 +33,6 @@ const blobGets = (traffic: AccessEntry[]) =>
     .filter((e) => e.method === 'GET' && e.status === 200 && /\/blobs\/sha256:/.test(e.path))
     .map((e) => e.path.split('?')[0]!.split('/blobs/')[1]!)
     .sort();
-
-/** The manifest and every blob of `image`, byte for byte, in a skopeo `dir:` layout. */
-async function assertPulled(dir: string, image: Image): Promise<void> {
-  const blobs: string[] = [];
-  for (const name of await readdir(dir)) {
-    if (name === 'manifest.json' || name === 'version') continue;
-    const d = await digestOfFile(path.join(dir, name));
-    assert.equal(d, `sha256:${name}`, `${name} does not hash to its name`);
-    blobs.push(d);
-  }
-  assert.ok((await readFile(path.join(dir, 'manifest.json'))).equals(image.manifest), 'manifest.json is not the pushed manifest');
-  assert.deepEqual(blobs.sort(), [image.config, ...image.layers].map((b) => b.digest).sort());
-}
 
 describe('operator commands on storage.driver s3 + index.driver postgres', () => {
   let ceph: Ceph;
@@ -166,7 +154,7 @@ describe('operator commands on storage.driver s3 + index.driver postgres', () =>
   test('skopeo pulls byte for byte through berth serve; another working directory lists the tag as complete', async () => {
     const dir = path.join(work, 'pull-app');
     await skopeoCopy(`docker://127.0.0.1:${serve.port}/lab/app:1`, `dir:${dir}`, { srcTlsVerify: false });
-    await assertPulled(dir, app);
+    await assertPulledImage(dir, app);
     await assertInBucket(digestsOf(app), 'pulled through serve');
 
     const b = await workdir('b');
@@ -263,7 +251,7 @@ describe('operator commands on storage.driver s3 + index.driver postgres', () =>
     const mark = up.logLineCount();
     const dir = path.join(work, 'pull-w1');
     await skopeoCopy(`docker://127.0.0.1:${serve.port}/lab/w1:1`, `dir:${dir}`, { srcTlsVerify: false });
-    await assertPulled(dir, w1);
+    await assertPulledImage(dir, w1);
     assert.deepEqual(await upstreamTrafficSince(up, mark), [], 'berth serve asked the upstream nothing for an imported image');
   });
 
@@ -290,7 +278,7 @@ describe('operator commands on storage.driver s3 + index.driver postgres', () =>
     }
     const dir = path.join(work, 'pull-app-again');
     await skopeoCopy(`docker://127.0.0.1:${serve.port}/lab/app:1`, `dir:${dir}`, { srcTlsVerify: false });
-    await assertPulled(dir, app);
+    await assertPulledImage(dir, app);
     await assertInBucket(digestsOf(app), 'refetched');
     assert.doesNotMatch(serve.log(), /"statusCode":500|internal error/);
   });

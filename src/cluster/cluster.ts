@@ -38,6 +38,8 @@ export interface ClusterOptions {
  */
 export class Cluster {
   private readonly watched = new WeakSet<Fill>();
+  /** The peer owners a fill has read from: one 'failed' listener per (fill, owner), not one per open() (a lazy fill opens per range). */
+  private readonly peersOf = new WeakMap<Fill, Set<string>>();
   private readonly distrust = new Distrust();
   private readonly peerErrors: Counter<'kind'>;
   private readonly leasesTaken: Counter<'how'>;
@@ -141,7 +143,12 @@ export class Cluster {
   /** Bytes from the peer that did not verify (digest, size, a body past its claim) fail the fill: never that peer again for it. */
   private watchPeer(upstream: string, d: Digest, lease: LeaseHolder): void {
     const fill = this.o.fills.get(d, upstream);
-    fill?.once('failed', (err: Error) => {
+    if (!fill) return;
+    const owners = this.peersOf.get(fill) ?? new Set<string>();
+    this.peersOf.set(fill, owners);
+    if (owners.has(lease.owner)) return;
+    owners.add(lease.owner);
+    fill.once('failed', (err: Error) => {
       if (err instanceof IntegrityError && !this.distrust.has(upstream, d, lease.owner)) this.distrusted(upstream, d, lease, 'integrity', err.message);
     });
   }
