@@ -43,6 +43,8 @@ export class Fill implements ReadableFill {
   private readonly failpoints: Pick<Failpoints, 'hit'>;
   /** Where upstream bodies are written (ingest-body.ts). */
   private readonly target: BodyTarget;
+  /** Resolved once a failed fill has removed or checkpointed its ingest file (see `settled`). */
+  private readonly cleanup = Promise.withResolvers<void>();
 
   private constructor(
     readonly digest: Digest,
@@ -286,6 +288,16 @@ export class Fill implements ReadableFill {
     return this.finishing;
   }
 
+  /**
+   * Resolves once the failed fill is done with its ingest file's path: removed (wrong bytes, a full disk)
+   * or checkpointed. A new fill of the same blob through the same upstream uses the same path and must
+   * wait for this, or the removal unlinks the new fill's file under it (its commit then fails with ENOENT).
+   * A committed fill's file was moved into the store before it left the table: it resolves at once.
+   */
+  get settled(): Promise<void> {
+    return this.s.state === 'failed' ? this.cleanup.promise : Promise.resolve();
+  }
+
   /** Fails the fill: every reader is destroyed, and a corrupt ingest file is removed. Ignored once ended. */
   fail(err: Error): void {
     if (this.s.ended) return;
@@ -302,7 +314,9 @@ export class Fill implements ReadableFill {
       // best effort: without a checkpoint the next fill starts from zero
       else if (this.s.size !== undefined) await this.file.checkpoint(this.s.size, false).catch(() => {});
       await this.closeWhenUnread();
-    })();
+    })()
+      .catch((e: Error) => this.o.log('could not clean up after a failed fill', { digest: this.digest, error: e.message }))
+      .finally(() => this.cleanup.resolve());
   }
 
   private async closeWhenUnread(): Promise<void> {

@@ -25,6 +25,8 @@ export interface FillLimits {
 export class Fills {
   private readonly fills = new Map<string, Fill>();
   private readonly opening = new Map<string, Promise<Fill>>();
+  /** Failed fills (by key) still removing or checkpointing their ingest file: a new fill of the key waits. */
+  private readonly settling = new Map<string, Promise<void>>();
   private readonly perClient = new Map<string, number>();
   /** When each running fill (by key) started, and through which upstream: for the status page. */
   private readonly since = new Map<string, { upstream: string; startedAt: number }>();
@@ -92,7 +94,10 @@ export class Fills {
           },
         }
       : options;
-    const p = Fill.open(d, source, { ...observed, backgroundSlotFree, failpoints: this.failpoints });
+    // The same (upstream, digest) is the same ingest path: a failed fill must be done with it first.
+    const settling = this.settling.get(k);
+    const opts: FillOptions = { ...observed, backgroundSlotFree, failpoints: this.failpoints };
+    const p = settling !== undefined ? settling.then(() => Fill.open(d, source, opts)) : Fill.open(d, source, opts);
     this.opening.set(k, p);
     try {
       const fill = await p;
@@ -105,6 +110,13 @@ export class Fills {
           this.since.delete(k);
         }
         uncount();
+        if (!ok) {
+          const done = fill.settled;
+          this.settling.set(k, done);
+          void done.then(() => {
+            if (this.settling.get(k) === done) this.settling.delete(k);
+          });
+        }
         this.hooks.ended(fill, ok);
       };
       fill.once('committed', () => end(true));
