@@ -10,8 +10,9 @@ import { Readable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import type { Digest } from '../src/oci/digest.ts';
 import type { Fill } from '../src/registry/fill/fill.ts';
-import type { BlobSource, FillOptions } from '../src/registry/fill/fill-options.ts';
+import type { FillOptions } from '../src/registry/fill/fill-options.ts';
 import { Fills } from '../src/registry/fill/fills.ts';
+import { wholeBlobSource as source } from './support/fill-source.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
 
 let work: string;
@@ -21,17 +22,6 @@ before(async () => {
 after(async () => {
   if (work) await removeTempDir(work);
 });
-
-/** A source that sends `bytes` whole, in 64 KiB chunks. */
-function source(bytes: Buffer): BlobSource {
-  return {
-    async open() {
-      const chunks = [];
-      for (let i = 0; i < bytes.length; i += 65_536) chunks.push(bytes.subarray(i, i + 65_536));
-      return { partial: false, start: 0, size: bytes.length, body: Readable.from(chunks) };
-    },
-  };
-}
 
 describe('a fill of the same blob right after one that failed', () => {
   test('opens its ingest file only after the failed fill removed its own; it commits the right bytes', async () => {

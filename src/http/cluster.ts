@@ -88,6 +88,7 @@ async function fillHandle(fill: Fill): Promise<BlobHandle> {
     // Never held back for the digest check: the peer hashes what it gets and commits only what verifies, and
     // holding the last byte would make it wait for our commit (with S3, our whole upload) before its own.
     read: (s, e) => fill.reader(s, e),
+    send: (s, e, w) => fill.send(s, e, w),
     prefetch: (ranges) => fill.prefetch(ranges),
     unused: () => fill.unused(),
   };

@@ -174,7 +174,16 @@ export class Blobs {
       if (this.o.lazyFill === 'background') fill.startLater(LAZY_COMPLETION_DELAY_MS);
       return fill.prefetch(ranges).catch(blame);
     };
-    return { digest: d, size, source: 'fill', read: (s, e, whole) => fill.reader(s, e, { verified: whole === true }), prefetch, unused: () => fill.unused() };
+    return {
+      digest: d,
+      size,
+      source: 'fill',
+      read: (s, e, whole) => fill.reader(s, e, { verified: whole === true }),
+      // A request for the whole blob (a GET, or `bytes=0-`) holds its last byte back for the digest check.
+      send: (s, e, w) => fill.send(s, e, w, { verified: s === 0 && e === size - 1 }),
+      prefetch,
+      unused: () => fill.unused(),
+    };
   }
 
   /** Prewarm: fetch the whole blob at background priority and wait until it is committed. */

@@ -10,7 +10,7 @@ import type { Extents } from './extents.ts';
 import { FillDemand } from './fill-demand.ts';
 import type { FillEvents } from './fill-events.ts';
 import type { BlobSource, FillOptions } from './fill-options.ts';
-import { type ReadableFill, readFill } from './fill-reader.ts';
+import { type ReadableFill, readFill, sendFill } from './fill-reader.ts';
 import { type FillPhase, FillState } from './fill-state.ts';
 import { type BodyTarget, writeBody } from './ingest-body.ts';
 import { IngestFile } from './ingest-file.ts';
@@ -335,6 +335,23 @@ export class Fill implements ReadableFill {
     const stream = Readable.from(readFill(this, start, end, opts.verified === true), { objectMode: false, highWaterMark: 256 * 1024 });
     stream.once('close', release);
     return stream;
+  }
+
+  /**
+   * [start, end] through `write` (resolves once the socket took a chunk), as `reader` streams it but with two
+   * reused buffers (fill-reader.ts sendFill); `verified` as for `reader`. The hot path of a cold blob.
+   */
+  async send(start: number, end: number, write: (chunk: Buffer) => Promise<void>, opts: { verified?: boolean } = {}): Promise<void> {
+    if (this.s.state === 'committed') {
+      for await (const chunk of this.o.readCommitted(start, end)) await write(chunk as Buffer);
+      return;
+    }
+    const release = this.demand.reader();
+    try {
+      await sendFill(this, start, end, opts.verified === true, write);
+    } finally {
+      release();
+    }
   }
 
   /**
