@@ -275,7 +275,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
     maxPrewarmReferences: config.admin.maxPrewarmReferences,
     status,
     recentErrors,
-    ...(cluster ? { cluster: clusterEndpoint({ secret: cluster.secret, blobs, fills, log, onUnauthorized: cluster.refused }) } : {}),
+    ...(cluster ? { cluster: clusterEndpoint({ secret: cluster.secret, advertise: cluster.advertise, blobs, fills, log, onUnauthorized: cluster.refused }) } : {}),
   };
   const localDeps = { local, catalog: index, maxManifestSize: config.local.maxManifestSize };
   const a = config.auth;

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { blobBytesServed } from './support/accesslog.ts';
-import { CLUSTER_SECRET, query, type Replica, startReplica } from './support/cluster.ts';
+import { CLUSTER_SECRET, peerHeaders, query, type Replica, startReplica } from './support/cluster.ts';
 import { type HashedGet, hashedGet, request } from './support/http.ts';
 import { buildImage, type Image, pushImage } from './support/images.ts';
 import { upstreamTrafficSince, waitUntil } from './support/links.ts';
@@ -172,12 +172,14 @@ describe('three replicas, one upstream read', () => {
     const p = `/_berth/cluster/blobs/${big.layers[0]!.digest}?upstream=${encodeURIComponent(up.host)}&repository=lab/big`;
     assert.equal((await request(good.url, p)).status, 401);
     assert.equal((await request(good.url, p, { headers: { authorization: 'Bearer not-the-cluster-secret-at-all' } })).status, 401);
-    const right = await request(good.url, p, { headers: { authorization: `Bearer ${CLUSTER_SECRET}`, range: 'bytes=0-99' } });
+    assert.equal((await request(good.url, p, { headers: { authorization: `Bearer ${CLUSTER_SECRET}` } })).status, 401, 'the secret itself is no signature');
+    assert.equal((await request(good.url, p, { headers: peerHeaders(good.url, p, 'bytes=0-99', 'not-the-cluster-secret-at-all') })).status, 401);
+    const right = await request(good.url, p, { headers: peerHeaders(good.url, p, 'bytes=0-99') });
     assert.equal(right.status, 206);
     assert.equal(right.body.length, 100);
     // The endpoint never starts a fill: an uncached blob with no fill running is a 404.
     const cold = `/_berth/cluster/blobs/${third.layers[0]!.digest}?upstream=${encodeURIComponent(up.host)}&repository=lab/big`;
-    assert.equal((await request(good.url, cold, { headers: { authorization: `Bearer ${CLUSTER_SECRET}` } })).status, 404);
+    assert.equal((await request(good.url, cold, { headers: peerHeaders(good.url, cold) })).status, 404);
 
     const wrong = await replica('wrong', { secret: 'a-different-secret-of-this-replica' });
     const layer = third.layers[0]!;

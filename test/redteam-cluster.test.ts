@@ -10,8 +10,9 @@ import { readdir, readFile } from 'node:fs/promises';
 import http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { after, before, test } from 'node:test';
+import { signPeerRequest } from '../src/cluster/peer-auth.ts';
 import type { Blob } from './support/blobs.ts';
-import { CLUSTER_SECRET, query, type Replica, startReplica } from './support/cluster.ts';
+import { CLUSTER_SECRET, peerHeaders, query, type Replica, startReplica } from './support/cluster.ts';
 import { hashedGet, request } from './support/http.ts';
 import { buildImage, type Image, pushImage } from './support/images.ts';
 import { upstreamTrafficSince, waitUntil } from './support/links.ts';
@@ -49,7 +50,7 @@ before(async () => {
   up = await startUpstream();
   // Slow enough that a fill of the last layer is still running while the endpoint is attacked.
   relay = await startRelay({ target: { host: '127.0.0.1', port: up.port }, rateBytesPerSec: 8 * MB });
-  img = await buildImage({ format: 'oci', layers: [1, 2, 3, 4, 5].map((n) => ({ randomBytes: (n === 5 ? 24 : 4) * MB, dir: work })) });
+  img = await buildImage({ format: 'oci', layers: [1, 2, 3, 4, 5, 6].map((n) => ({ randomBytes: (n === 5 ? 24 : 4) * MB, dir: work })) });
   await pushImage(up, 'lab/red', '1', img);
   peer = http.createServer((req, res) => behaviour(req, res, peerBlob));
   peer.on('connection', (s) => {
@@ -185,20 +186,48 @@ test('a peer whose body stalls twice: that peer is dropped for the blob and the 
   assert.equal(gets[0]!.bytes, blob.size - sent, 'the upstream sent the half the peer did not');
 });
 
+test('a lease row naming a host that is no replica: it learns no secret, and nothing it got opens a real replica', async () => {
+  const blob = img.layers[5]!;
+  const seen: Array<{ url: string; authorization: string }> = [];
+  behaviour = (req, res) => {
+    seen.push({ url: req.url ?? '', authorization: String(req.headers.authorization ?? '') });
+    res.writeHead(401).end();
+  };
+  await hostileLease(blob, 'hostile-collector');
+  const g = await hashedGet(`${replica.url}${blobPath(blob)}`);
+  assert.equal(g.digest, blob.digest, 'the pull is served from the upstream');
+  assert.ok(seen.length >= 1, 'the host the lease named was asked');
+  for (const s of seen) {
+    assert.ok(!s.authorization.includes(CLUSTER_SECRET), `the secret itself was sent: ${s.authorization}`);
+    assert.match(s.authorization, /^BerthPeer t=\d+, sig=[0-9a-f]{64}$/);
+    // Replayed at the real replica (the same path and query): signed for another origin, so refused.
+    const replay = await request(replica.url, s.url, { headers: { authorization: s.authorization } });
+    assert.equal(replay.status, 401, `a replayed request: ${replay.status}`);
+  }
+  // Signed with the right secret, for the right host, but ten minutes ago (or from a clock that far off): refused.
+  const p = seen[0]!.url;
+  const stale = signPeerRequest(CLUSTER_SECRET, 'GET', new URL(p, replica.url), undefined, Date.now() - 10 * 60_000);
+  assert.equal((await request(replica.url, p, { headers: { authorization: stale } })).status, 401);
+  await waitUntil('the log line /from our clock/', () => /from our clock/.test(replica.log()) || undefined, 5000);
+  assert.equal((await request(replica.url, p, { headers: peerHeaders(replica.url, p) })).status, 200, 'a fresh signature opens it');
+});
+
 test('the internal endpoint under attack: malformed requests are 4xx, 300 aborted reads of a running fill leak no descriptor', async () => {
   const blob = img.layers[4]!;
-  const auth = { authorization: `Bearer ${CLUSTER_SECRET}` };
   const q = `upstream=${encodeURIComponent(up.host)}&repository=lab/red`;
+  const signed = (path: string, range?: string) => peerHeaders(replica.url, path, range);
   for (const [path, headers, method] of [
     [`/_berth/cluster/blobs/${blob.digest}?${q}`, {}, 'GET'],
-    [`/_berth/cluster/blobs/${blob.digest}?${q}`, { authorization: `Bearer ${CLUSTER_SECRET}x` }, 'GET'],
-    [`/_berth/cluster/blobs/sha256:zz?${q}`, auth, 'GET'],
-    [`/_berth/cluster/blobs/../../etc/passwd?${q}`, auth, 'GET'],
-    [`/_berth/cluster/blobs/${blob.digest}/..?${q}`, auth, 'GET'],
-    [`/_berth/cluster/blobs/${blob.digest}`, auth, 'GET'],
-    [`/_berth/cluster/blobs/${blob.digest}?${q}`, auth, 'DELETE'],
-    [`/_berth/cluster/blobs/${blob.digest}?${q}`, { ...auth, range: 'bytes=99999999999-' }, 'GET'],
-    [`/_berth/cluster/other?${q}`, auth, 'GET'],
+    [`/_berth/cluster/blobs/${blob.digest}?${q}`, { authorization: `Bearer ${CLUSTER_SECRET}` }, 'GET'],
+    [`/_berth/cluster/blobs/${blob.digest}?${q}`, { authorization: `${signed(`/_berth/cluster/blobs/${blob.digest}?${q}`).authorization}0` }, 'GET'],
+    [`/_berth/cluster/blobs/${blob.digest}?${q}`, { authorization: signed(`/_berth/cluster/blobs/${blob.digest}?${q}`, 'bytes=0-9').authorization, range: 'bytes=0-99' }, 'GET'],
+    [`/_berth/cluster/blobs/sha256:zz?${q}`, signed(`/_berth/cluster/blobs/sha256:zz?${q}`), 'GET'],
+    [`/_berth/cluster/blobs/../../etc/passwd?${q}`, signed(`/_berth/cluster/blobs/../../etc/passwd?${q}`), 'GET'],
+    [`/_berth/cluster/blobs/${blob.digest}/..?${q}`, signed(`/_berth/cluster/blobs/${blob.digest}/..?${q}`), 'GET'],
+    [`/_berth/cluster/blobs/${blob.digest}`, signed(`/_berth/cluster/blobs/${blob.digest}`), 'GET'],
+    [`/_berth/cluster/blobs/${blob.digest}?${q}`, signed(`/_berth/cluster/blobs/${blob.digest}?${q}`), 'DELETE'],
+    [`/_berth/cluster/blobs/${blob.digest}?${q}`, signed(`/_berth/cluster/blobs/${blob.digest}?${q}`, 'bytes=99999999999-'), 'GET'],
+    [`/_berth/cluster/other?${q}`, signed(`/_berth/cluster/other?${q}`), 'GET'],
   ] as const) {
     const res = await request(replica.url, path, { method, headers });
     assert.ok(res.status >= 400 && res.status < 500, `${method} ${path}: ${res.status} ${res.body.toString().slice(0, 200)}`);
@@ -216,8 +245,9 @@ test('the internal endpoint under attack: malformed requests are 4xx, 300 aborte
         { length: 30 },
         (_, i) =>
           new Promise<void>((resolve) => {
-            const range = i % 2 ? { range: `bytes=${i * 1000}-${i * 1000 + 999}` } : {};
-            const req = http.get(`${replica.url}/_berth/cluster/blobs/${blob.digest}?${q}`, { agent: false, headers: { ...auth, ...range } }, (res) => {
+            const path = `/_berth/cluster/blobs/${blob.digest}?${q}`;
+            const headers = signed(path, i % 2 ? `bytes=${i * 1000}-${i * 1000 + 999}` : undefined);
+            const req = http.get(`${replica.url}${path}`, { agent: false, headers }, (res) => {
               res.once('data', () => req.destroy());
               res.on('error', () => resolve());
               res.on('close', () => resolve());

@@ -13,6 +13,8 @@ import { PeerClient } from './peer-client.ts';
 export interface ClusterParts {
   cluster: Cluster;
   secret: string;
+  /** cluster.advertise: the origin peers sign their requests to us for. */
+  advertise: string;
   /** Counts requests to our endpoint refused for a wrong secret. */
   refused: () => void;
   close(): Promise<void>;
@@ -49,6 +51,7 @@ export async function openCluster(config: Readonly<Config>, o: { log: Logger; me
   return {
     cluster,
     secret: c.secret,
+    advertise: c.advertise,
     refused: () => refusedCounter.inc(),
     async close() {
       await leases.stop().catch((err: Error) => o.log.warn({ err: err.message }, 'cluster: could not delete our leases (they expire by themselves)'));

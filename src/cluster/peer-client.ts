@@ -4,6 +4,7 @@ import { IntegrityError } from '../oci/integrity.ts';
 import type { SourceBody } from '../registry/fill/fill.ts';
 import { blobFromResponse } from '../upstream/blob-response.ts';
 import { discard } from '../upstream/bodies.ts';
+import { signPeerRequest } from './peer-auth.ts';
 
 /** The internal endpoint's path for a blob (src/http/cluster.ts). */
 export const CLUSTER_BLOB_PATH = '/_berth/cluster/blobs/';
@@ -40,8 +41,10 @@ export class PeerClient {
     const url = new URL(`${CLUSTER_BLOB_PATH}${d}`, peer);
     url.searchParams.set('upstream', upstream);
     url.searchParams.set('repository', repository);
-    const headers: Record<string, string> = { authorization: `Bearer ${this.secret}` };
-    if (range) headers.range = `bytes=${range.start}-${range.end ?? ''}`;
+    const rangeHeader = range ? `bytes=${range.start}-${range.end ?? ''}` : undefined;
+    // Signed, never the secret itself: `peer` comes from a lease row, which may name a host that is no replica.
+    const headers: Record<string, string> = { authorization: signPeerRequest(this.secret, 'GET', url, rangeHeader) };
+    if (rangeHeader) headers.range = rangeHeader;
     const res = await request(url, { method: 'GET', headers, signal, dispatcher: this.agent });
     if (res.statusCode !== 200 && res.statusCode !== 206) {
       discard(res.body);

@@ -1,6 +1,6 @@
-import { createHash, timingSafeEqual } from 'node:crypto';
 import type { Context } from 'koa';
 import type { Logger } from 'pino';
+import { refusePeerRequest } from '../cluster/peer-auth.ts';
 import { CLUSTER_BLOB_PATH } from '../cluster/peer-client.ts';
 import { isDigest } from '../oci/digest.ts';
 import { RegistryError } from '../oci/errors.ts';
@@ -11,6 +11,8 @@ import { requestedRanges, sendBlob, setBlobHeaders } from './blob-response.ts';
 
 export interface ClusterEndpointDeps {
   secret: string;
+  /** Our cluster.advertise: the origin peers sign their requests for (src/cluster/peer-auth.ts). */
+  advertise: string;
   blobs: Pick<Blobs, 'cached'>;
   fills: Pick<Fills, 'get'>;
   log: Logger;
@@ -18,22 +20,20 @@ export interface ClusterEndpointDeps {
   onUnauthorized?: () => void;
 }
 
-/** Same length whatever was sent, so the compare is constant-time even for a secret of the wrong length. */
-const hashOf = (s: string) => createHash('sha256').update(s).digest();
-
 /**
  * `GET/HEAD /_berth/cluster/blobs/<digest>?upstream=<host>&repository=<repo>`, for peer replicas only
- * (Authorization: Bearer <cluster.secret>): the committed blob, or this replica's running fill of (upstream,
+ * (Authorization: an HMAC of the request with cluster.secret, peer-auth.ts): the committed blob, or this replica's running fill of (upstream,
  * digest), Range included, served as a client's read of a fill is (prefetch, then read as bytes land). It
  * never starts a fill: a 404 sends the asker back to the lease, which says who fetches now.
  */
 export function clusterEndpoint(d: ClusterEndpointDeps): (ctx: Context) => Promise<void> {
-  const want = hashOf(`Bearer ${d.secret}`);
+  const origin = new URL(d.advertise).origin;
   return async (ctx) => {
     ctx.state.route = 'cluster';
-    if (!timingSafeEqual(hashOf(ctx.get('Authorization')), want)) {
+    const why = refusePeerRequest(d.secret, ctx.get('Authorization'), ctx.method, new URL(ctx.originalUrl, origin), ctx.get('Range') || undefined);
+    if (why !== undefined) {
       d.onUnauthorized?.();
-      d.log.error({ client: ctx.req.socket.remoteAddress, path: ctx.path }, 'cluster: refused a peer request with a wrong or missing cluster.secret');
+      d.log.error({ client: ctx.req.socket.remoteAddress, path: ctx.path, why }, 'cluster: refused a peer request with a wrong or missing cluster.secret');
       throw new RegistryError('UNAUTHORIZED', 'this endpoint is for berth replicas of the same cluster (cluster.secret)');
     }
     const digest = ctx.path.slice(CLUSTER_BLOB_PATH.length);

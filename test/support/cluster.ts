@@ -4,6 +4,7 @@ import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import pg from 'pg';
 import { stringify } from 'yaml';
+import { signPeerRequest } from '../../src/cluster/peer-auth.ts';
 import type { BerthOptions } from './berth.ts';
 import { berthConfig, tryServe } from './berth-child.ts';
 import { freePort } from './ports.ts';
@@ -11,6 +12,15 @@ import type { ManagedProcess } from './process.ts';
 import { makeTempDir, removeTempDir } from './tmp.ts';
 
 export const CLUSTER_SECRET = 'cluster-test-secret-0123456789';
+
+/**
+ * The headers a replica sends its peer for GET `pathAndQuery` on `base` (the peer's advertised URL):
+ * Authorization signed with `secret` (src/cluster/peer-auth.ts), and the Range when given.
+ */
+export function peerHeaders(base: string, pathAndQuery: string, range?: string, secret = CLUSTER_SECRET): Record<string, string> {
+  const authorization = signPeerRequest(secret, 'GET', new URL(pathAndQuery, base), range);
+  return range ? { authorization, range } : { authorization };
+}
 
 export interface Replica {
   name: string;
