@@ -8,7 +8,7 @@ import { type Ceph, startCeph } from './support/ceph.ts';
 import { type Replica, startReplica } from './support/cluster.ts';
 import { hashedGet } from './support/http.ts';
 import { buildImage, type Image, pushImage } from './support/images.ts';
-import { upstreamTrafficSince } from './support/links.ts';
+import { metricValue, upstreamTrafficSince } from './support/links.ts';
 import { type Postgres, startPostgres } from './support/postgres.ts';
 import { type Relay, startRelay } from './support/relay.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
@@ -72,6 +72,17 @@ test('three replicas on one bucket: one upstream read of a cold blob; a replica 
   const gets = traffic.filter((e) => e.method === 'GET' && e.path.split('?')[0]!.endsWith(`/blobs/${layer.digest}`));
   assert.equal(gets.length, 1, 'one upstream GET of the layer');
   assert.equal(blobBytesServed(traffic, layer.digest), layer.size);
+  // Each replica's metrics say where its bytes came from: summed over the replicas, the upstream's bytes are
+  // what the upstream sent (a peer's bytes are not counted as upstream bytes twice over).
+  const upstreamBytes = await Promise.all([a, b, c].map((r) => metricValue(r.url, 'berth_upstream_bytes_total')));
+  const peerBytes = await Promise.all([a, b, c].map((r) => metricValue(r.url, 'berth_cluster_peer_bytes_total')));
+  assert.equal(
+    upstreamBytes.reduce((x, y) => x + y, 0),
+    layer.size + img.config.size,
+    `upstream bytes per replica ${upstreamBytes}, peer bytes ${peerBytes}`,
+  );
+  assert.equal(peerBytes.filter((n) => n > 0).length, 2, `two replicas read from the owner: ${peerBytes}`);
+  for (const n of peerBytes) assert.ok(n === 0 || n === layer.size, `a reader of the owner got the layer from it once: ${peerBytes}`);
 
   const d = await replica('d');
   const mark2 = up.logLineCount();

@@ -44,6 +44,7 @@ export class Cluster {
   private readonly peerErrors: Counter<'kind'>;
   private readonly leasesTaken: Counter<'how'>;
   private readonly peerReads: Counter;
+  private readonly peerBytes: Counter;
   private quotaRunner: boolean | undefined;
 
   constructor(private readonly o: ClusterOptions) {
@@ -56,6 +57,8 @@ export class Cluster {
     });
     this.leasesTaken = new Counter({ name: 'berth_cluster_fill_leases_total', help: 'Fill leases this replica took: new, or taken over from a dead owner', labelNames: ['how'], registers });
     this.peerReads = new Counter({ name: 'berth_cluster_peer_reads_total', help: 'Fill bodies read from the owning peer replica instead of the upstream', registers });
+    // Not in berth_upstream_bytes_total (SourceBody.fromPeer): a cluster's upstream bytes are the sum over its replicas.
+    this.peerBytes = new Counter({ name: 'berth_cluster_peer_bytes_total', help: 'Blob bytes read from peer replicas (their upstream reads, shared)', registers });
   }
 
   /** The source a fill through `r` reads from, in place of `upstream` (blobs.ts). */
@@ -101,7 +104,12 @@ export class Cluster {
         const body = await this.o.peers.open(lease.url, r.upstream, r.repository, d, range, signal);
         this.peerReads.inc();
         this.watchPeer(r.upstream, d, lease);
-        return observeBody(body, signal, (err) => this.bodyBroke(r.upstream, d, lease, err));
+        return observeBody(
+          body,
+          signal,
+          (err) => this.bodyBroke(r.upstream, d, lease, err),
+          (n) => this.peerBytes.inc(n),
+        );
       } catch (err) {
         if (signal.aborted) throw err;
         last = err;

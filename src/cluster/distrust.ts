@@ -73,16 +73,22 @@ export class Suspect {
   }
 }
 
-/** The body, with `onFailure` told when it breaks (not when it is cancelled by its own reader). */
-export function observeBody(src: SourceBody, signal: AbortSignal, onFailure: (err: unknown) => void): SourceBody {
+/**
+ * A peer's body, marked as such (not upstream bytes), with `onBytes` told of each chunk and `onFailure` when
+ * it breaks (not when it is cancelled by its own reader).
+ */
+export function observeBody(src: SourceBody, signal: AbortSignal, onFailure: (err: unknown) => void, onBytes: (n: number) => void = () => {}): SourceBody {
   const inner = src.body as AsyncIterable<Buffer> & { destroy?: () => void };
   async function* watched(): AsyncGenerator<Buffer> {
     try {
-      yield* inner;
+      for await (const chunk of inner) {
+        onBytes(chunk.length);
+        yield chunk;
+      }
     } catch (err) {
       if (!signal.aborted) onFailure(err);
       throw err;
     }
   }
-  return { ...src, body: Object.assign(watched(), { destroy: inner.destroy }) };
+  return { ...src, fromPeer: true, body: Object.assign(watched(), { destroy: inner.destroy }) };
 }

@@ -17,6 +17,11 @@ export interface SourceBody {
   start: number;
   size: number;
   body: AsyncIterable<Buffer>;
+  /**
+   * The bytes come from a peer replica, not the upstream (src/cluster/): they are not counted as upstream
+   * bytes (berth_upstream_bytes_total, the status page); the cluster counts them as peer bytes.
+   */
+  fromPeer?: boolean;
 }
 
 export interface FillOptions {

@@ -206,7 +206,7 @@ export class Fill implements ReadableFill {
         this.o.log('upstream ignored Range; restarting fill from zero', { digest: this.digest });
         this.file.reset();
       },
-      write: (body, offset, priority, landed) => writeBody(this.target, body, offset, priority, landed),
+      write: (body, offset, priority, landed, fromPeer) => writeBody(this.target, body, offset, priority, landed, fromPeer),
       flow: () => this.s.flowing(),
       checkpoint: () => this.checkpoint(),
       headersArrived: () => this.failpoints.hit('fill.headers'),

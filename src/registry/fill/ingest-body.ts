@@ -21,17 +21,18 @@ export interface BodyTarget {
  * Writes a body that starts at `offset` into the ingest file, publishing each chunk as it lands; `landed`
  * after each chunk (the first one lets response headers go). Only what really is in the file is published:
  * a short write (a full disk) must not leave the extents claiming bytes that a later Range would read
- * back as zeros.
+ * back as zeros. `fromPeer`: a peer replica's bytes, not counted as the upstream's.
  */
-export async function writeBody(t: BodyTarget, body: AsyncIterable<Buffer>, offset: number, priority: () => Priority, landed: () => void = () => {}): Promise<void> {
+export async function writeBody(t: BodyTarget, body: AsyncIterable<Buffer>, offset: number, priority: () => Priority, landed: () => void = () => {}, fromPeer = false): Promise<void> {
   let pos = offset;
+  const counted = fromPeer ? undefined : t.onUpstreamBytes;
   for await (const chunk of body) {
     if (t.ended()) return;
     const size = t.size();
     if (size !== undefined && pos + chunk.length > size) {
       throw new IntegrityError(`upstream sent more than the ${size} bytes of blob ${t.digest}`);
     }
-    t.onUpstreamBytes?.(chunk.length, priority());
+    counted?.(chunk.length, priority());
     const due = await t.file.write(chunk, pos, `blob ${t.digest}`);
     pos += chunk.length;
     landed();

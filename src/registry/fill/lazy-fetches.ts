@@ -158,7 +158,7 @@ export class LazyRanges {
         f.needsWhole();
         return;
       }
-      await writeBody(f.target, res.body, res.start, () => 'foreground', answered);
+      await writeBody(f.target, res.body, res.start, () => 'foreground', answered, res.fromPeer);
       answered();
       if (f.extents.availableFrom(start) === start && !f.ended()) {
         throw new RegistryError('UPSTREAM_ERROR', `upstream closed the Range body of ${f.digest} at ${start} before sending anything`);

@@ -19,7 +19,7 @@ export interface SequentialFill {
   /** The upstream ignored Range and sends the whole blob again: forget what is on disk. */
   restartFromZero(): void;
   /** Writes a body starting at `offset`; `landed` after each chunk is in the file. */
-  write(body: AsyncIterable<Buffer>, offset: number, priority: () => Priority, landed: () => void): Promise<void>;
+  write(body: AsyncIterable<Buffer>, offset: number, priority: () => Priority, landed: () => void, fromPeer?: boolean): Promise<void>;
   /** Bytes of the sequential fill are on disk: response headers may go. */
   flow(): void;
   checkpoint(): Promise<void>;
@@ -54,6 +54,7 @@ export async function fillSequentially(f: SequentialFill): Promise<void> {
         res.partial ? res.start : 0,
         () => f.priority(),
         () => f.flow(),
+        res.fromPeer,
       );
       f.flow(); // an empty body
       const now = f.size();
