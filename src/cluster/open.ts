@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { Counter } from 'prom-client';
 import type { Config } from '../config/schema.ts';
@@ -40,7 +41,7 @@ export async function openCluster(config: Readonly<Config>, o: { log: Logger; me
   }
   const leases = new Leases(db, { url: c.advertise.replace(/\/$/, ''), timeoutMs: c.leaseTimeout, log: o.log });
   leases.start();
-  const peers = new PeerClient(c.secret, c.leaseTimeout);
+  const peers = new PeerClient(c.secret, c.leaseTimeout, c.ca !== undefined ? readFileSync(c.ca, 'utf8') : undefined);
   const cluster = new Cluster({ leases, peers, fills: o.fills, log: o.log, metrics: o.metrics, leaseTimeoutMs: c.leaseTimeout });
   const refusedCounter = new Counter({
     name: 'berth_cluster_refused_total',

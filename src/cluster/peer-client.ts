@@ -1,3 +1,4 @@
+import { rootCertificates } from 'node:tls';
 import { Agent, request } from 'undici';
 import type { Digest } from '../oci/digest.ts';
 import { IntegrityError } from '../oci/integrity.ts';
@@ -31,10 +32,13 @@ export class PeerClient {
   constructor(
     private readonly secret: string,
     timeoutMs: number,
+    /** PEM of the CA that signed the peers' certificates (cluster.ca), trusted beside the system roots. */
+    ca?: string,
   ) {
     // Headers within a lease timeout (a hung owner stops heartbeating about then); a body may pause while the
     // owner's own upstream is slow, so it gets longer before it counts as broken.
-    this.agent = new Agent({ connect: { timeout: timeoutMs }, headersTimeout: timeoutMs, bodyTimeout: timeoutMs * 3, keepAliveTimeout: 10_000 });
+    const connect = { timeout: timeoutMs, ...(ca !== undefined ? { ca: [...rootCertificates, ca] } : {}) };
+    this.agent = new Agent({ connect, headersTimeout: timeoutMs, bodyTimeout: timeoutMs * 3, keepAliveTimeout: 10_000 });
   }
 
   async open(peer: string, upstream: string, repository: string, d: Digest, range: { start: number; end?: number } | undefined, signal: AbortSignal): Promise<SourceBody> {

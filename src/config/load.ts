@@ -183,6 +183,7 @@ export function loadConfig(flags: ConfigFlags = {}, env: NodeJS.ProcessEnv = pro
     ['tls.key', config.tls?.key],
     ['auth.htpasswd', config.auth?.htpasswd],
     ['auth.tokensFile', config.auth?.tokensFile],
+    ['cluster.ca', config.cluster?.ca],
   ];
   for (const [field, file] of mustExist) {
     if (file !== undefined && !existsSync(file)) throw new ConfigError(`${field}: file ${file} does not exist`);

@@ -320,8 +320,10 @@ export const ConfigSchema = z
       .object({
         /** This replica's URL as its peers reach it (`http://10.0.0.5:5000`): the internal blob endpoint is there. */
         advertise: z.string().refine((v) => /^https?:\/\/[^/?#]+\/?$/.test(v), 'must be http://host:port or https://host:port (no path)'),
-        /** Shared by every replica: peers present it as a bearer token. At least 16 characters. */
+        /** Shared by every replica: peers sign their requests with it (src/cluster/peer-auth.ts). At least 16 characters. */
         secret: z.string().min(16, 'must be at least 16 characters'),
+        /** PEM file of the CA that signed the peers' certificates (an https:// advertise), added to the system roots. */
+        ca: z.string().min(1).optional(),
         /** A lease whose heartbeat (every second) is older than this is free: the owner died. */
         leaseTimeout: duration('5s'),
       })

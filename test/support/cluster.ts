@@ -41,6 +41,8 @@ export interface ReplicaOptions extends BerthOptions {
   pgUrl: string;
   secret?: string;
   leaseTimeout?: string;
+  /** cluster.ca: with `tls`, the replica advertises https:// and trusts peers signed by this CA. */
+  clusterCa?: string;
 }
 
 /** One replica: `berth serve` with cluster.advertise = its own URL. */
@@ -49,14 +51,14 @@ export async function startReplica(name: string, o: ReplicaOptions): Promise<Rep
   const storage = path.join(dir, 'storage');
   const logFile = path.join(dir, 'berth.log');
   const configFile = path.join(dir, 'berth.yaml');
-  const { pgUrl, secret, leaseTimeout, ...rest } = o;
+  const { pgUrl, secret, leaseTimeout, clusterCa, ...rest } = o;
   for (let attempt = 1; ; attempt++) {
     const port = await freePort();
-    const url = `http://127.0.0.1:${port}`;
+    const url = `${rest.tls ? 'https' : 'http'}://127.0.0.1:${port}`;
     const config = {
       ...berthConfig(rest, storage, `127.0.0.1:${port}`),
       index: { driver: 'postgres', postgres: { url: pgUrl } },
-      cluster: { advertise: url, secret: secret ?? CLUSTER_SECRET, leaseTimeout: leaseTimeout ?? '3s' },
+      cluster: { advertise: url, secret: secret ?? CLUSTER_SECRET, leaseTimeout: leaseTimeout ?? '3s', ...(clusterCa ? { ca: clusterCa } : {}) },
     };
     await writeFile(configFile, stringify(config));
     const r = await tryServe(configFile, url, { logFile });
