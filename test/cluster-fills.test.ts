@@ -167,8 +167,10 @@ describe('three replicas, one upstream read', () => {
     // Time to the first byte (response headers: they go once bytes are on disk), on the owner and on the others.
     const owners = await Promise.all([a, b, c].map(async (r) => ((await request(r.url, '/metrics')).body.toString().match(/berth_cluster_fill_leases_total\{how="new"\} (\d+)/)?.[1] ?? '0') !== '0'));
     for (const [i, r] of [a, b, c].entries()) {
-      const ttfb = results.filter((g) => g.replica === r.name).map((g) => Math.round(g.headersAt - started));
-      console.log(`  ${r.name}${owners[i] ? ' (owner)' : ''}: first byte after ${Math.min(...ttfb)}-${Math.max(...ttfb)} ms`);
+      const mine = results.filter((g) => g.replica === r.name);
+      const ttfb = mine.map((g) => Math.round(g.headersAt - started));
+      const done = mine.map((g) => Math.round(g.doneAt - started));
+      console.log(`  ${r.name}${owners[i] ? ' (owner)' : ''}: first byte after ${Math.min(...ttfb)}-${Math.max(...ttfb)} ms, last after ${Math.min(...done)}-${Math.max(...done)} ms`);
     }
     assert.equal(gets.length, 1, `one upstream GET of the blob, got ${JSON.stringify(gets)}`);
     assert.equal(bytes, layer.size, 'the upstream sent the blob once');
