@@ -1,11 +1,18 @@
-// One fill across the cluster (issue #12): three berth replicas sharing PostgreSQL, each on its own storage
-// directory, in front of one real docker-registry behind a bandwidth-limited relay. 24 clients over the
-// three ask for one cold 200 MB blob: the upstream serves it once. The owning replica is SIGKILLed mid-fill:
-// the clients of the others finish with correct bytes, and the upstream sends at most the missing part
-// again. A replica whose cluster.secret differs gets 401 from its peers and fetches from the upstream itself.
+// One fill across the cluster (issue #12): three berth replicas sharing PostgreSQL and one S3 bucket (Ceph
+// RGW, storage.driver s3), in front of one real docker-registry behind a bandwidth-limited relay. 24 clients
+// over the three ask for one cold 200 MB blob: the upstream serves it once, and the bucket gets it once (one
+// upload, per radosgw's own access log; nothing left under ingest/). The owning replica is SIGKILLed
+// mid-fill: the clients of the others finish with correct bytes, the upstream sends at most the missing part
+// again, and the bucket holds the blob once, hashing to its name. A replica whose cluster.secret differs gets
+// 401 from its peers and fetches from the upstream itself. (Clusters on filesystem storage, each replica its
+// own directory: cluster-restart, cluster-quota and the redteam-cluster tests.)
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
+import { GetObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
+import { makeS3Client } from '../src/store/s3/client.ts';
 import { blobBytesServed } from './support/accesslog.ts';
+import { type Ceph, startCeph } from './support/ceph.ts';
 import { CLUSTER_SECRET, peerHeaders, query, type Replica, startReplica } from './support/cluster.ts';
 import { type HashedGet, hashedGet, request } from './support/http.ts';
 import { buildImage, type Image, pushImage } from './support/images.ts';
@@ -16,10 +23,13 @@ import { makeTempDir, removeTempDir } from './support/tmp.ts';
 import { startUpstream, type Upstream } from './support/upstream.ts';
 
 const MB = 1_000_000;
+/** The replicas' key prefix in the bucket. */
+const PREFIX = 'fills/';
 /** The relay's downstream rate: a 200 MB fill takes about eight seconds. */
 const RATE = 25 * MB;
 
 let work: string;
+let ceph: Ceph;
 let pgServer: Postgres;
 let pgUrl: string;
 let up: Upstream;
@@ -30,7 +40,8 @@ let third: Image;
 const replicas: Replica[] = [];
 
 async function replica(name: string, extra: { secret?: string } = {}): Promise<Replica> {
-  const r = await startReplica(name, { pgUrl, upstreams: [{ host: up.host, url: relay.url() }], fills: { maxPerClient: 100 }, ...extra });
+  const s3 = { endpoint: ceph.endpoint, bucket: ceph.bucket, prefix: PREFIX, accessKeyId: ceph.accessKeyId, secretAccessKey: ceph.secretAccessKey };
+  const r = await startReplica(name, { pgUrl, upstreams: [{ host: up.host, url: relay.url() }], fills: { maxPerClient: 100 }, s3, ...extra });
   replicas.push(r);
   return r;
 }
@@ -41,18 +52,83 @@ function fleet(rs: Replica[], perReplica: number, img: Image): Array<Promise<Has
   return rs.flatMap((r) => Array.from({ length: perReplica }, () => hashedGet(`${r.url}${blobPath(img)}`).then((g) => ({ ...g, replica: r.name }))));
 }
 
+/** The bucket's keys under blobs/ and ingest/, and its open multipart uploads, under PREFIX. */
+async function inBucket(): Promise<{ blobs: string[]; ingest: string[]; uploads: string[] }> {
+  const client = makeS3Client({
+    endpoint: ceph.endpoint,
+    region: 'us-east-1',
+    bucket: ceph.bucket,
+    prefix: '',
+    accessKeyId: ceph.accessKeyId,
+    secretAccessKey: ceph.secretAccessKey,
+    forcePathStyle: true,
+  });
+  try {
+    const keys = async (Prefix: string) => ((await client.send(new ListObjectsV2Command({ Bucket: ceph.bucket, Prefix }))).Contents ?? []).map((o) => o.Key!);
+    const uploads = await client.send(new ListMultipartUploadsCommand({ Bucket: ceph.bucket, Prefix: PREFIX }));
+    return { blobs: await keys(`${PREFIX}blobs/`), ingest: await keys(`${PREFIX}ingest/`), uploads: (uploads.Uploads ?? []).map((u) => u.Key!) };
+  } finally {
+    client.destroy();
+  }
+}
+
+/** sha256 of the object under `key`, read from the bucket. */
+async function objectDigest(key: string): Promise<string> {
+  const client = makeS3Client({
+    endpoint: ceph.endpoint,
+    region: 'us-east-1',
+    bucket: ceph.bucket,
+    prefix: '',
+    accessKeyId: ceph.accessKeyId,
+    secretAccessKey: ceph.secretAccessKey,
+    forcePathStyle: true,
+  });
+  try {
+    const res = await client.send(new GetObjectCommand({ Bucket: ceph.bucket, Key: key }));
+    const hash = createHash('sha256');
+    for await (const chunk of res.Body as AsyncIterable<Buffer>) hash.update(chunk);
+    return `sha256:${hash.digest('hex')}`;
+  } finally {
+    client.destroy();
+  }
+}
+
+const blobKey = (digest: string) => `${PREFIX}blobs/sha256/${digest.slice(7, 9)}/${digest.slice(7)}`;
+
+/**
+ * The uploads of `digest` radosgw answered since request number `from` of its log: multipart uploads started
+ * (an ingest key names the digest's first 12 hex digits) and bytes of their parts, and PUTs into blobs/.
+ */
+async function uploadsSince(from: number, digest: string): Promise<{ started: number; partBytes: number; intoPlace: number; mark: number }> {
+  const all = await ceph.requests();
+  const mine = all.slice(from).filter((r) => r.path.startsWith(`/${ceph.bucket}/${PREFIX}`));
+  const ingest = mine.filter((r) => r.path.includes(`/ingest/`) && r.path.includes(`.${digest.slice(7, 19)}.`));
+  return {
+    started: ingest.filter((r) => r.method === 'POST' && r.path.includes('?uploads')).length,
+    partBytes: ingest.filter((r) => r.method === 'PUT' && r.path.includes('partNumber=')).reduce((n, r) => n + r.bytes, 0),
+    intoPlace: mine.filter((r) => r.method === 'PUT' && r.path.split('?')[0] === `/${ceph.bucket}/${blobKey(digest)}`).length,
+    mark: all.length,
+  };
+}
+
 before(async () => {
   work = await makeTempDir('cluster-fills');
-  pgServer = await startPostgres();
-  pgUrl = await pgServer.createDatabase();
-  up = await startUpstream();
-  relay = await startRelay({ target: { host: '127.0.0.1', port: up.port }, rateBytesPerSec: RATE });
-  big = await buildImage({ format: 'oci', layers: [{ randomBytes: 200 * MB, dir: work }] });
-  second = await buildImage({ format: 'oci', layers: [{ randomBytes: 150 * MB, dir: work }] });
-  third = await buildImage({ format: 'oci', layers: [{ randomBytes: 50 * MB, dir: work }] });
-  await pushImage(up, 'lab/big', '1', big);
-  await pushImage(up, 'lab/big', '2', second);
-  await pushImage(up, 'lab/big', '3', third);
+  await Promise.all([
+    // A port block of its own (cluster-s3 31470, s3-store 31830, store-conformance-s3 31810, s3-faults 31250, shared-drivers-ops 31490).
+    startCeph({ port: 31730, sizeGb: 3 }).then((c) => (ceph = c)),
+    (async () => {
+      pgServer = await startPostgres();
+      pgUrl = await pgServer.createDatabase();
+      up = await startUpstream();
+      relay = await startRelay({ target: { host: '127.0.0.1', port: up.port }, rateBytesPerSec: RATE });
+      big = await buildImage({ format: 'oci', layers: [{ randomBytes: 200 * MB, dir: work }] });
+      second = await buildImage({ format: 'oci', layers: [{ randomBytes: 150 * MB, dir: work }] });
+      third = await buildImage({ format: 'oci', layers: [{ randomBytes: 50 * MB, dir: work }] });
+      await pushImage(up, 'lab/big', '1', big);
+      await pushImage(up, 'lab/big', '2', second);
+      await pushImage(up, 'lab/big', '3', third);
+    })(),
+  ]);
 });
 
 after(async () => {
@@ -60,6 +136,7 @@ after(async () => {
   await relay?.close();
   await up?.stop();
   await pgServer?.destroy();
+  await ceph?.stop();
   if (work) await removeTempDir(work);
 });
 
@@ -71,9 +148,10 @@ describe('three replicas, one upstream read', () => {
     [a, b, c] = await Promise.all([replica('a'), replica('b'), replica('c')]);
   });
 
-  test('24 clients over three replicas, one cold 200 MB blob: one upstream GET, 1.0x the bytes, correct bytes everywhere', async () => {
+  test('24 clients over three replicas, one cold 200 MB blob: one upstream GET, 1.0x the bytes, correct bytes everywhere; one upload to the bucket', async () => {
     const layer = big.layers[0]!;
     const mark = up.logLineCount();
+    const rgwMark = (await ceph.requests()).length;
     const started = performance.now();
     const results = await Promise.all(fleet([a, b, c], 8, big));
     const wall = performance.now() - started;
@@ -89,11 +167,26 @@ describe('three replicas, one upstream read', () => {
     // Time to the first byte (response headers: they go once bytes are on disk), on the owner and on the others.
     const owners = await Promise.all([a, b, c].map(async (r) => ((await request(r.url, '/metrics')).body.toString().match(/berth_cluster_fill_leases_total\{how="new"\} (\d+)/)?.[1] ?? '0') !== '0'));
     for (const [i, r] of [a, b, c].entries()) {
-      const ttfb = results.filter((g) => g.replica === r.name).map((g) => Math.round(g.headersAt - started));
-      console.log(`  ${r.name}${owners[i] ? ' (owner)' : ''}: first byte after ${Math.min(...ttfb)}-${Math.max(...ttfb)} ms`);
+      const mine = results.filter((g) => g.replica === r.name);
+      const ttfb = mine.map((g) => Math.round(g.headersAt - started));
+      const done = mine.map((g) => Math.round(g.doneAt - started));
+      console.log(`  ${r.name}${owners[i] ? ' (owner)' : ''}: first byte after ${Math.min(...ttfb)}-${Math.max(...ttfb)} ms, last after ${Math.min(...done)}-${Math.max(...done)} ms`);
     }
     assert.equal(gets.length, 1, `one upstream GET of the blob, got ${JSON.stringify(gets)}`);
     assert.equal(bytes, layer.size, 'the upstream sent the blob once');
+    // The bucket: the blob once, nothing under ingest/, no open upload; and one upload of it, not one per replica.
+    const uploads = await uploadsSince(rgwMark, layer.digest);
+    console.log(`  bucket: ${uploads.started} upload(s) of the blob started, ${(uploads.partBytes / layer.size).toFixed(2)}x its bytes in parts, ${uploads.intoPlace} copy(ies) into blobs/`);
+    const bucket = await inBucket();
+    assert.deepEqual(
+      bucket.blobs.filter((k) => k.includes(layer.digest.slice(7))),
+      [blobKey(layer.digest)],
+    );
+    assert.deepEqual(bucket.ingest, [], 'nothing left under ingest/');
+    assert.deepEqual(bucket.uploads, [], 'no multipart upload left open');
+    assert.equal(uploads.started, 1, 'one replica uploaded the blob; the others found it in the bucket');
+    assert.equal(uploads.partBytes, layer.size);
+    assert.equal(uploads.intoPlace, 1);
     // Every replica has it committed now: a second round reads no upstream byte.
     const mark2 = up.logLineCount();
     const again = await Promise.all([a, b, c].map((r) => hashedGet(`${r.url}${blobPath(big)}`)));
@@ -107,6 +200,7 @@ describe('three replicas, one upstream read', () => {
     const layer = second.layers[0]!;
     const mark = up.logLineCount();
     const relayStart = relay.bytesDown;
+    const rgwMark = (await ceph.requests()).length;
     const all = [a, b, c];
     const running = all.map((r) => ({
       r,
@@ -162,6 +256,18 @@ describe('three replicas, one upstream read', () => {
     const overlap = bytes - layer.size;
     console.log(`  the dead owner was sent ${gets[0]!.bytes} bytes, the survivor had ${from}: overlap ${overlap} bytes (${((100 * overlap) / layer.size).toFixed(1)}% of the blob)`);
     assert.ok(overlap <= 16 * 1024 * 1024, `upstream sent ${bytes} bytes for a ${layer.size}-byte blob`);
+    // The bucket holds the blob once, hashing to its name; no upload of it is left open or half-done.
+    const uploads = await uploadsSince(rgwMark, layer.digest);
+    console.log(`  bucket: ${uploads.started} upload(s) of the blob started, ${(uploads.partBytes / layer.size).toFixed(2)}x its bytes in parts, ${uploads.intoPlace} copy(ies) into blobs/`);
+    const bucket = await inBucket();
+    assert.deepEqual(
+      bucket.blobs.filter((k) => k.includes(layer.digest.slice(7))),
+      [blobKey(layer.digest)],
+    );
+    assert.equal(await objectDigest(blobKey(layer.digest)), layer.digest, 'the object hashes to its name');
+    assert.deepEqual(bucket.ingest, [], 'nothing left under ingest/');
+    assert.deepEqual(bucket.uploads, [], 'no multipart upload left open');
+    assert.equal(uploads.started, 1, 'the survivor that took over uploaded it; the other found it in the bucket');
     replicas.splice(replicas.indexOf(owner), 1);
     await owner.stop();
   });

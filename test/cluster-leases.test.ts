@@ -79,6 +79,24 @@ describe('fill leases', () => {
     await b.releaseFill('docker.io', D);
   });
 
+  test('fillHolder says who holds a fill lease without taking it, also once it went stale', async () => {
+    const a = replica(1);
+    const b = replica(2);
+    assert.equal(await b.fillHolder('docker.io', D), undefined, 'nobody');
+    assert.equal((await a.takeFill('docker.io', D)).mine, true);
+    const seen = await b.fillHolder('Docker.io', D);
+    assert.equal(seen?.mine, false);
+    assert.equal(seen?.owner, a.id);
+    assert.equal(seen?.url, a.url);
+    assert.ok(seen!.expiresInMs > 0 && seen!.expiresInMs <= TIMEOUT, `expires in ${seen!.expiresInMs}`);
+    assert.equal((await a.fillHolder('docker.io', D))?.mine, true);
+    // Not heartbeated: it goes stale, and looking at it does not take it.
+    await waitUntil('the lease goes stale', async () => ((await b.fillHolder('docker.io', D))?.expiresInMs === 0 ? true : undefined));
+    assert.equal((await query<{ owner: string }>(url, 'SELECT owner FROM fill_leases WHERE digest = $1', [D]))[0]?.owner, a.id);
+    await a.releaseFill('docker.io', D);
+    assert.equal(await b.fillHolder('docker.io', D), undefined);
+  });
+
   test('stop() deletes every lease of the replica at once, fill and named', async () => {
     const a = replica(1);
     a.start();

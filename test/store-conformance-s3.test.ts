@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { ListMultipartUploadsCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
+import { HeadObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
 import { RegistryError } from '../src/oci/errors.ts';
 import { StoragePaths } from '../src/store/paths.ts';
 import { DigestMismatchError, writeBlob } from '../src/store/roles.ts';
@@ -136,6 +136,66 @@ describe('S3BlobStore: what only the S3 driver has', () => {
       await writeFile(file, bytes);
       await under.store.commitFile(d, file, { digest: d, size: bytes.length });
       assert.deepEqual(await filesUnder(under.paths.root), [], 'the committed file is taken away, as a rename would');
+      assert.equal(digestOf(await collect(under.store.read(d))), d);
+    } finally {
+      await under.cleanup();
+    }
+  });
+
+  test("commitFile of a blob the bucket holds already: no upload (per the gateway's log), the file is gone or becomes the local copy; a wrong-size object is replaced", async () => {
+    const under = await freshStore(ceph.endpoint, { localCacheSize: 64 * MiB, verifyReads: true });
+    // What reached the gateway under this store's prefix since `from`: its writes (PUT, POST), by key.
+    const writesSince = async (from: number) =>
+      (await ceph.requests())
+        .slice(from)
+        .filter((r) => r.path.startsWith(`/${ceph.bucket}/${under.prefix}`) && (r.method === 'PUT' || r.method === 'POST'))
+        .map((r) => `${r.method} ${r.path.split('?')[0]!.slice(ceph.bucket.length + 2 + under.prefix.length)}${r.path.includes('?uploads') ? '?uploads' : ''}`);
+    try {
+      const bytes = randomBytes(9 * MiB + 1);
+      const d = digestOf(bytes);
+      const file = path.join(under.scratch, 'fill.data');
+      let mark = (await ceph.requests()).length;
+      await writeFile(file, bytes);
+      await under.store.commitFile(d, file, { digest: d, size: bytes.length });
+      const first = await writesSince(mark);
+      assert.ok(
+        first.some((w) => w.endsWith('?uploads')) && first.includes(`PUT ${under.store.keys.blob(d).slice(under.prefix.length)}`),
+        `the first commit uploads and copies into place: ${first.join(', ')}`,
+      );
+      const blobKeyed = await under.s3.client.send(new HeadObjectCommand({ Bucket: under.s3.bucket, Key: under.store.keys.blob(d) }));
+
+      // Another replica's fill of the same blob commits (its own store on the same prefix, its own working directory).
+      const other = new S3BlobStore(bucketAt(ceph.endpoint), new S3Keys(under.prefix, randomBytes(8).toString('hex')), under.paths, {
+        cache: new LocalBlobCache(path.join(under.paths.root, 'other-cache'), 64 * MiB, true),
+      });
+      await other.init();
+      mark = (await ceph.requests()).length;
+      await writeFile(file, bytes);
+      await other.commitFile(d, file, { digest: d, size: bytes.length });
+      assert.deepEqual(await writesSince(mark), [], 'nothing written to the bucket');
+      const after = await under.s3.client.send(new HeadObjectCommand({ Bucket: under.s3.bucket, Key: under.store.keys.blob(d) }));
+      assert.equal(after.ETag, blobKeyed.ETag);
+      assert.equal(after.LastModified?.getTime(), blobKeyed.LastModified?.getTime());
+      assert.ok(!(await filesUnder(under.paths.root)).includes('file ingest/fill.data'), 'the ingest file is gone');
+      // …into the local cache, as after an upload: served from there even with the bucket's copy gone.
+      assert.ok((await filesUnder(under.paths.root)).includes(`file other-cache/blobs/sha256/${d.slice(7, 9)}/${d.slice(7)}`), 'it became the local copy');
+      other.close();
+
+      // Still refused when the caller's claim does not hold (the file is not the size that hashed to d): the file stays.
+      await writeFile(file, bytes.subarray(1));
+      await assert.rejects(under.store.commitFile(d, file, { digest: d, size: bytes.length }), DigestMismatchError);
+      assert.ok((await filesUnder(under.paths.root)).includes('file ingest/fill.data'));
+
+      // An object of another size under the blob's key is not this blob: the commit uploads over it.
+      await under.s3.client.send(new PutObjectCommand({ Bucket: under.s3.bucket, Key: under.store.keys.blob(d), Body: Buffer.from('not it') }));
+      await writeFile(file, bytes);
+      mark = (await ceph.requests()).length;
+      await under.store.commitFile(d, file, { digest: d, size: bytes.length });
+      assert.ok(
+        (await writesSince(mark)).some((w) => w.endsWith('?uploads')),
+        'uploaded again',
+      );
+      await under.cache?.forget(d);
       assert.equal(digestOf(await collect(under.store.read(d))), d);
     } finally {
       await under.cleanup();

@@ -15,6 +15,14 @@ import { type PeerClient, PeerRefused } from './peer-client.ts';
 
 /** After a peer said it has nothing (its fill just ended), look at the lease again this soon. */
 const RECHECK_MS = 100;
+/**
+ * How long a replica about to commit a fill to shared storage waits for the owner's commit of the same blob
+ * (see ownerCommitted): longer than the owner's upload takes (200 MB to RGW on this 2-core machine: about
+ * 3 s alone, 6-9 s beside two more), so that it is rarely reached; reaching it costs one more copy, as before.
+ */
+const OWNER_COMMIT_WAIT_MS = 30_000;
+/** How often the lease is looked at meanwhile (one small query). */
+const OWNER_COMMIT_POLL_MS = 100;
 /** The name of the quota runner's lease. */
 export const QUOTA_LEASE = 'quota';
 
@@ -25,6 +33,8 @@ export interface ClusterOptions {
   log: Logger;
   metrics: Metrics;
   leaseTimeoutMs: number;
+  /** The replicas share their blob storage (storage.driver s3): a blob one of them committed is there for all. */
+  sharedStorage?: boolean;
 }
 
 /**
@@ -139,6 +149,32 @@ export class Cluster {
     // The owner neither answered nor let its lease go in time: the blob is not held up by it any longer.
     this.o.log.warn({ digest: d, err: (last as Error | undefined)?.message }, 'cluster: the replica owning a fill could not be read from in time: fetching from the upstream instead');
     return ourselves();
+  }
+
+  /**
+   * Before this replica commits its fill of `d` (blobs.ts): on shared storage, waits while another live,
+   * trusted replica holds the fill's lease, i.e. is still committing the same bytes. Readers of the owner get
+   * its last byte just as it starts its own upload, so without this every replica found the blob missing and
+   * uploaded a copy; after it, the store's commit finds the owner's object (a HEAD) and uploads nothing.
+   * Waiting costs this replica's clients nothing they would not wait anyway (their last byte waits for our
+   * commit, and our own upload to the same gateway would take at least as long as the owner's, which started
+   * first). The lease ends when the owner's fill committed or failed; a dead owner's goes stale within the
+   * lease timeout; one we do not trust, and a lease that is ours or cannot be read, are not waited on; and the
+   * wait is bounded, so an owner whose upload hangs costs at most OWNER_COMMIT_WAIT_MS, then our own upload.
+   */
+  async ownerCommitted(r: Route, d: Digest): Promise<void> {
+    if (!this.o.sharedStorage) return;
+    const until = Date.now() + OWNER_COMMIT_WAIT_MS;
+    for (let waited = false; ; waited = true) {
+      const lease = await this.o.leases.fillHolder(r.upstream, d).catch(() => undefined);
+      if (!lease || lease.mine || lease.expiresInMs === 0 || this.distrust.has(r.upstream, d, lease.owner)) return;
+      if (Date.now() >= until) {
+        this.o.log.warn({ digest: d, owner: lease.url, waitedMs: OWNER_COMMIT_WAIT_MS }, 'cluster: the replica owning a fill has not committed it in time: uploading our own copy');
+        return;
+      }
+      if (!waited) this.o.log.info({ digest: d, owner: lease.url }, "cluster: waiting for the owner's commit of a fill before committing ours");
+      await sleep(OWNER_COMMIT_POLL_MS);
+    }
   }
 
   /** The owner failed us for this blob: remembered, counted and logged; we read the upstream ourselves. */

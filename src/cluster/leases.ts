@@ -72,6 +72,19 @@ export class Leases {
     return holder;
   }
 
+  /** Who holds the lease of that fill now, without taking it (undefined: nobody). */
+  async fillHolder(upstream: string, digest: string): Promise<LeaseHolder | undefined> {
+    const r = await this.db.run<{ owner: string; url: string; expires: number }>(
+      `SELECT owner, url, GREATEST(0, EXTRACT(EPOCH FROM (heartbeat_at + make_interval(secs => $3::float8 / 1000) - now())) * 1000)::float8 AS expires
+         FROM fill_leases WHERE upstream = $1 AND digest = $2`,
+      [upstream.toLowerCase(), digest, this.o.timeoutMs],
+    );
+    const h = r.rows[0];
+    if (!h) return undefined;
+    const mine = h.owner === this.id;
+    return { mine, owner: h.owner, url: h.url, expiresInMs: mine ? 0 : Math.ceil(h.expires), tookOver: false };
+  }
+
   /** Deletes our lease of that fill (it committed or failed): the next replica to miss takes it at once. */
   async releaseFill(upstream: string, digest: string): Promise<void> {
     const up = upstream.toLowerCase();

@@ -42,7 +42,7 @@ export async function openCluster(config: Readonly<Config>, o: { log: Logger; me
   const leases = new Leases(db, { url: c.advertise.replace(/\/$/, ''), timeoutMs: c.leaseTimeout, log: o.log });
   leases.start();
   const peers = new PeerClient(c.secret, c.leaseTimeout, c.ca !== undefined ? readFileSync(c.ca, 'utf8') : undefined);
-  const cluster = new Cluster({ leases, peers, fills: o.fills, log: o.log, metrics: o.metrics, leaseTimeoutMs: c.leaseTimeout });
+  const cluster = new Cluster({ leases, peers, fills: o.fills, log: o.log, metrics: o.metrics, leaseTimeoutMs: c.leaseTimeout, sharedStorage: config.storage.driver === 's3' });
   const refusedCounter = new Counter({
     name: 'berth_cluster_refused_total',
     help: 'Requests to the internal cluster endpoint refused for a wrong or missing cluster.secret',

@@ -58,7 +58,11 @@ export interface BlobsOptions {
   /** …and when nobody else wants it (ms). */
   abandonGrace: number;
   /** Several replicas (config `cluster`): wraps each fill's source so one replica reads the upstream (src/cluster/). */
-  cluster?: { wrap(r: Route, d: Digest, source: BlobSource): BlobSource };
+  cluster?: {
+    wrap(r: Route, d: Digest, source: BlobSource): BlobSource;
+    /** Before a fill commits: on shared storage, the owner's commit of the same blob (so that one copy is uploaded, not one per replica). */
+    ownerCommitted(r: Route, d: Digest): Promise<void>;
+  };
 }
 
 /** How long an upstream HEAD's answer serves other HEADs of the same blob. */
@@ -247,6 +251,7 @@ export class Blobs {
         // The fill hashed the bytes and hands over what they hashed to; the store refuses the file unless
         // that is `d` and the file is `size` bytes. A refusal is wrong bytes: an IntegrityError, the file discarded.
         commit: async (file, size, hashed) => {
+          await this.o.cluster?.ownerCommitted(r, d);
           await store.commitFile(d, file, { digest: hashed, size }).catch((err: unknown) => {
             throw err instanceof DigestMismatchError ? new IntegrityError(err.message) : err;
           });

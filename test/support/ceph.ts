@@ -3,6 +3,7 @@
 // `after`, which signals only the PIDs it recorded. Needs Debian's ceph-mon, ceph-osd, radosgw and
 // ceph-common (.ci/run installs them); without them start() fails, it does not skip.
 import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -40,10 +41,26 @@ export interface Ceph {
    */
   pauseGateway(): Promise<void>;
   resumeGateway(): Promise<void>;
+  /**
+   * Every request the gateway answered so far, in order, from its own access log (beast logs one line per
+   * request at debug_rgw 1, the default): what berth really sent, e.g. how many uploads of a blob.
+   */
+  requests(): Promise<RgwRequest[]>;
   /** Starts whatever is not running (radosgw after stopGateway: about 2 s). */
   start(): Promise<void>;
   stop(): Promise<void>;
 }
+
+export interface RgwRequest {
+  method: string;
+  /** As sent: /<bucket>/<key>?<query> */
+  path: string;
+  status: number;
+  /** The bytes field of the line (a PUT's body, a GET's answer). */
+  bytes: number;
+}
+
+const BEAST_LINE = / beast: \S+ \S+ - \S+ \[[^\]]+\] "(\S+) (\S+) HTTP\/[\d.]+" (\d+) (\d+)/;
 
 function exported(out: string, name: string): string {
   const m = new RegExp(`${name}=(\\S+)`).exec(out);
@@ -71,9 +88,10 @@ export async function startCeph(o: CephOptions): Promise<Ceph> {
     throw new Error(`could not start Ceph RGW (${(err as Error).message.trim()}); is ceph-mon/ceph-osd/radosgw/ceph-common installed?\n${logs.stdout}`);
   }
   const gatewayPid = async () => Number((await readFile(path.join(dir, 'run', 'rgw.a.pid0'), 'utf8')).trim());
+  const endpoint = exported(out, 'S3_ENDPOINT');
   return {
     dir,
-    endpoint: exported(out, 'S3_ENDPOINT'),
+    endpoint,
     port: o.port,
     bucket: exported(out, 'S3_BUCKET'),
     accessKeyId: exported(out, 'AWS_ACCESS_KEY_ID'),
@@ -89,6 +107,26 @@ export async function startCeph(o: CephOptions): Promise<Ceph> {
       process.kill(pid, 'SIGTERM');
       for (let i = 0; i < 100 && !(await gone(pid)); i++) await sleep(100);
       if (!(await gone(pid))) process.kill(pid, 'SIGKILL');
+    },
+    async requests() {
+      // A request of our own, then its line: the log is written by a thread of its own, a little after each
+      // answer, so once the mark is there every line of a request answered before it is there too.
+      const mark = `berth-log-mark=${randomBytes(8).toString('hex')}`;
+      const logFile = path.join(dir, 'log', 'client.rgw.a.log');
+      await fetch(`${endpoint}/?${mark}`).then((r) => r.arrayBuffer());
+      for (let i = 0; ; i++) {
+        const text = await readFile(logFile, 'utf8');
+        if (text.includes(mark)) {
+          const out: RgwRequest[] = [];
+          for (const line of text.split('\n')) {
+            const m = BEAST_LINE.exec(line);
+            if (m && !m[2]!.includes(mark)) out.push({ method: m[1]!, path: m[2]!, status: Number(m[3]), bytes: Number(m[4]) });
+          }
+          return out;
+        }
+        if (i >= 100) throw new Error(`radosgw's log (${logFile}) has no line for ${mark} after 5 s`);
+        await sleep(50);
+      }
     },
     async start() {
       await start();

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { mkdir, open, rm } from 'node:fs/promises';
+import { type FileHandle, mkdir, open, rm } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { DeleteObjectCommand, GetObjectCommand, HeadBucketCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
 import { LRUCache } from 'lru-cache';
@@ -217,10 +217,11 @@ export class S3BlobStore implements BlobStorage {
 
   /**
    * A file the caller wrote and hashed: refused (the file left where it is) unless that hash is `d` and the
-   * file holds `hashed.size` bytes. The file is then read once to upload it, and hashed again on the way: the
-   * bytes that reach the bucket are the bytes that were verified, even if the file changed since the caller
-   * hashed it, for a sha256 that costs a few percent of what the upload does. On success the file is removed
-   * (as the filesystem store's rename takes it away); a reader holding it open keeps reading.
+   * file holds `hashed.size` bytes. A blob the bucket holds already (another replica's fill of it committed
+   * first) is not uploaded again; otherwise the file is read once to upload it, and hashed again on the way:
+   * the bytes that reach the bucket are the bytes that were verified, even if the file changed since the
+   * caller hashed it, for a sha256 that costs a few percent of what the upload does. On success the file is
+   * removed (as the filesystem store's rename takes it away); a reader holding it open keeps reading.
    */
   async commitFile(d: Digest, file: string, hashed: HashedFile): Promise<void> {
     if (hashed.digest !== d) throw new DigestMismatchError(d, hashed.digest);
@@ -228,26 +229,50 @@ export class S3BlobStore implements BlobStorage {
     try {
       const { size } = await fh.stat();
       if (size !== hashed.size) throw new DigestMismatchError(d, hashed.digest, `${file} holds ${size} bytes, not the ${hashed.size} that hashed to ${d}`);
-      const w = await this.begin(d);
-      try {
-        const buf = Buffer.allocUnsafe(Math.min(FILE_READ, Math.max(1, size)));
-        for (let pos = 0; pos < size; ) {
-          const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, size - pos), pos);
-          if (bytesRead === 0) throw new DigestMismatchError(d, hashed.digest, `${file} shrank to ${pos} bytes while it was uploaded`);
-          await w.write(buf.subarray(0, bytesRead));
-          if (pos < size / 2 && pos + bytesRead >= size / 2) this.opts.failpoints?.hit('store.s3.mid-upload');
-          pos += bytesRead;
-        }
-        await w.commit();
-      } catch (err) {
-        await w.abort();
-        throw err;
-      }
+      if (!(await this.inBucket(d, size))) await this.upload(d, file, fh, hashed);
     } finally {
       await fh.close();
     }
     // A fill's file is the freshest blob there is: it becomes the local copy when it can simply be renamed.
     if (!(await this.opts.cache?.adopt(d, file, hashed))) await rm(file, { force: true });
+  }
+
+  /**
+   * Whether blobs/<d> is in the bucket with `size` bytes: one fresh HEAD (not `known`, which may predate a
+   * removal by another replica). Existence and size are enough, because an object under blobs/ always hashes
+   * to its name. Replicas sharing the bucket each commit their own fill of a blob they all read (the owner's
+   * from the upstream, the others' through it): without this every one of them uploaded the same bytes again.
+   * A HEAD that fails says nothing: the upload goes ahead (and reports the gateway's trouble if it has any).
+   */
+  private async inBucket(d: Digest, size: number): Promise<boolean> {
+    try {
+      const head = await this.s3.client.send(new HeadObjectCommand({ Bucket: this.s3.bucket, Key: this.keys.blob(d) }));
+      if (head.ContentLength !== size) return false; // not this blob's bytes: ours replace it
+    } catch {
+      return false;
+    }
+    this.known.set(d, size);
+    return true;
+  }
+
+  /** The file's bytes through a verified writer (multipart to ingest/, then copied into place). */
+  private async upload(d: Digest, file: string, fh: FileHandle, hashed: HashedFile): Promise<void> {
+    const { size } = hashed;
+    const w = await this.begin(d);
+    try {
+      const buf = Buffer.allocUnsafe(Math.min(FILE_READ, Math.max(1, size)));
+      for (let pos = 0; pos < size; ) {
+        const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, size - pos), pos);
+        if (bytesRead === 0) throw new DigestMismatchError(d, hashed.digest, `${file} shrank to ${pos} bytes while it was uploaded`);
+        await w.write(buf.subarray(0, bytesRead));
+        if (pos < size / 2 && pos + bytesRead >= size / 2) this.opts.failpoints?.hit('store.s3.mid-upload');
+        pos += bytesRead;
+      }
+      await w.commit();
+    } catch (err) {
+      await w.abort();
+      throw err;
+    }
   }
 
   /**
