@@ -44,6 +44,7 @@ import { BlobStore } from './store/blob-store.ts';
 import { StorageLock } from './store/lock.ts';
 import { openIndex } from './store/open-index.ts';
 import { StoragePaths } from './store/paths.ts';
+import { claimOf, claimPrefix } from './store/prefix-claim.ts';
 import { Quota } from './store/quota.ts';
 import type { BlobStorage } from './store/roles.ts';
 import { openS3Store } from './store/s3/open.ts';
@@ -128,6 +129,16 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
     throw err;
   });
   const { index } = opened;
+  // One index per bucket prefix (store/prefix-claim.ts): a second SQLite instance, or another database, on
+  // the same prefix would gc and evict this one's blobs. Checked by whoever writes (holds the storage lock).
+  if (lock && store instanceof S3BlobStore) {
+    await claimPrefix(store.s3, store.keys, claimOf(config.index, store.keys, paths.root)).catch(async (err: unknown) => {
+      await index.close().catch(() => {});
+      store.close?.();
+      await lock.release();
+      throw err;
+    });
+  }
   const budget = new BandwidthBudget(
     config.bandwidth.limit,
     config.upstreams.map((u) => [u.host, u.bandwidth] as [string, number | undefined]),
