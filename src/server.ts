@@ -5,6 +5,7 @@ import type { AddressInfo } from 'node:net';
 import { resolve } from 'node:path';
 import pino, { type Logger } from 'pino';
 import { type ClusterParts, openCluster } from './cluster/open.ts';
+import { QuotaLease } from './cluster/quota-lease.ts';
 import { listenAddress } from './config/load.ts';
 import type { Config } from './config/schema.ts';
 import { ConversionPool } from './estargz/pool.ts';
@@ -43,12 +44,16 @@ import { BlobStore } from './store/blob-store.ts';
 import { StorageLock } from './store/lock.ts';
 import { openIndex } from './store/open-index.ts';
 import { StoragePaths } from './store/paths.ts';
+import { claimOf, claimPrefix } from './store/prefix-claim.ts';
 import { Quota } from './store/quota.ts';
 import type { BlobStorage } from './store/roles.ts';
 import { openS3Store } from './store/s3/open.ts';
 import { S3BlobStore } from './store/s3/s3-store.ts';
 import { prepareStorageDir } from './store/storage-dir.ts';
 import { BandwidthBudget } from './upstream/bandwidth.ts';
+
+/** cluster.leaseTimeout's default, for the quota lease of a process configured without `cluster`. */
+const DEFAULT_LEASE_TIMEOUT_MS = 5000;
 
 /** How often recorded access times are written to the index. */
 const ACCESS_FLUSH_MS = 30_000;
@@ -87,6 +92,8 @@ export interface OpenMode {
   lock?: string | false;
   /** Create a missing storage directory (serve), or refuse (operator commands). */
   createStorage?: boolean;
+  /** The quota lease's timeout when the config's `cluster` was dropped (an operator command): the replicas' leaseTimeout. */
+  leaseTimeoutMs?: number;
   /** The layer converter (tests inject one); default: berth's own. */
   converter?: LayerConverter;
 }
@@ -122,6 +129,16 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
     throw err;
   });
   const { index } = opened;
+  // One index per bucket prefix (store/prefix-claim.ts): a second SQLite instance, or another database, on
+  // the same prefix would gc and evict this one's blobs. Checked by whoever writes (holds the storage lock).
+  if (lock && store instanceof S3BlobStore) {
+    await claimPrefix(store.s3, store.keys, claimOf(config.index, store.keys, paths.root)).catch(async (err: unknown) => {
+      await index.close().catch(() => {});
+      store.close?.();
+      await lock.release();
+      throw err;
+    });
+  }
   const budget = new BandwidthBudget(
     config.bandwidth.limit,
     config.upstreams.map((u) => [u.host, u.bandwidth] as [string, number | undefined]),
@@ -182,6 +199,11 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   if (cluster && config.storage.driver === 'filesystem') {
     log.warn('cluster replicas with storage.driver filesystem: each keeps its own copy of the blobs it served; share them with storage.driver s3 (or one shared directory)');
   }
+  // A process on a shared PostgreSQL index that is not a replica (an operator command, serve without
+  // `cluster`) evicts only while it holds the replicas' quota lease, one pass at a time (cluster/quota-lease.ts).
+  const pgUrl = config.index.driver === 'postgres' ? config.index.postgres?.url : undefined;
+  const quotaLease =
+    lock && !cluster && pgUrl ? new QuotaLease(pgUrl, { timeoutMs: config.cluster?.leaseTimeout ?? mode.leaseTimeoutMs ?? DEFAULT_LEASE_TIMEOUT_MS, log, command: mode.lock || 'serve' }) : undefined;
   const pins = index.pins;
   const uploadFiles = new UploadFiles(paths);
   const quota: Quota = new Quota(index, store, config.storage.maxSize, log, {
@@ -192,6 +214,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
       metrics.evictedBytes.inc(freed);
     },
     ...(cluster ? { mayRun: () => cluster.cluster.mayRunQuota() } : {}),
+    ...(quotaLease ? { mayRun: () => quotaLease.take(), ran: () => quotaLease.release() } : {}),
   });
   // A read-only command (no lock) must not evict beside a running server.
   if (lock) await quota.enforce();
@@ -359,6 +382,7 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
       await pool?.close();
       for (const f of fills.all()) f.fail(new Error('berth is shutting down'));
       await cluster?.close();
+      await quotaLease?.close();
       await upstreams.close();
       // PostgreSQL down at shutdown: the pending access times are lost (they only order eviction), the pool still ends.
       await index.close().catch((err: Error) => log.warn({ err: err.message }, 'could not write the last access times to the index'));

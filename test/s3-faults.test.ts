@@ -26,6 +26,7 @@ import { digestOf } from './support/conformance/blob-store.ts';
 import { hashedGet, request } from './support/http.ts';
 import { buildImage, type Image, pushImage, type Seeded, seedStandard } from './support/images.ts';
 import { waitUntil } from './support/links.ts';
+import { forgetPrefixClaim, isPrefixClaim } from './support/s3-claim.ts';
 import { exists } from './support/storage.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
 import { startUpstream, type Upstream } from './support/upstream.ts';
@@ -44,11 +45,17 @@ let client: S3Client;
 const s3Of = (prefix: string) => ({ endpoint: ceph.endpoint, bucket: ceph.bucket, prefix, accessKeyId: ceph.accessKeyId, secretAccessKey: ceph.secretAccessKey });
 const upstreams = () => [{ host: 'docker.io', url: up.url }];
 
-/** Keys and open multipart uploads under `prefix`. */
+/** Keys and open multipart uploads under `prefix` (but its claim, src/store/prefix-claim.ts). */
 async function inBucket(prefix: string): Promise<{ objects: string[]; uploads: string[] }> {
   const objects = await client.send(new ListObjectsV2Command({ Bucket: ceph.bucket, Prefix: prefix }));
   const uploads = await client.send(new ListMultipartUploadsCommand({ Bucket: ceph.bucket, Prefix: prefix }));
-  return { objects: (objects.Contents ?? []).map((o) => o.Key!).sort(), uploads: (uploads.Uploads ?? []).map((u) => u.Key!).sort() };
+  return {
+    objects: (objects.Contents ?? [])
+      .map((o) => o.Key!)
+      .filter((k) => !isPrefixClaim(k))
+      .sort(),
+    uploads: (uploads.Uploads ?? []).map((u) => u.Key!).sort(),
+  };
 }
 
 /** A 503 UNAVAILABLE naming the S3 store, answered within `withinMs`. */
@@ -101,6 +108,8 @@ describe('radosgw frozen or stopped while berth runs', () => {
     // Two replicas on one prefix: `plain` has no local cache, `local` keeps whole reads on its disk.
     const cacheDir = path.join(work, 'local-cache');
     plain = await startBerth({ upstreams: upstreams(), s3: s3Of('f/') });
+    // Each with its own SQLite index: the prefix's claim is plain's, forgotten for the second.
+    await forgetPrefixClaim(client, ceph.bucket, 'f/');
     local = await startBerth({ upstreams: upstreams(), s3: { ...s3Of('f/'), localCache: { path: cacheDir, maxSize: '200MiB' } } });
     // plain fills the image into the bucket; local reads the manifest and one layer from there (copied in).
     for (const l of seeded.small.layers) assert.equal((await hashedGet(`${plain.url}/v2/lab/small/blobs/${l.digest}`)).digest, l.digest);

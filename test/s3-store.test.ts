@@ -22,6 +22,7 @@ import { hashedGet, request } from './support/http.ts';
 import { buildImage, digestOfFile, type Image, pushImage, type Seeded, seedStandard } from './support/images.ts';
 import { waitUntil } from './support/links.ts';
 import { startRelay } from './support/relay.ts';
+import { forgetPrefixClaim, isPrefixClaim } from './support/s3-claim.ts';
 import { DEAD_ENDPOINT } from './support/safety.ts';
 import { skopeoCopy } from './support/skopeo.ts';
 import { exists } from './support/storage.ts';
@@ -47,13 +48,29 @@ const s3Of = (prefix: string, endpoint = ceph.endpoint) => ({ endpoint, bucket: 
 const upstreams = () => [{ host: 'docker.io', url: up.url }];
 const bucket = () => makeS3Client({ ...s3Of(''), region: 'us-east-1', forcePathStyle: true });
 
-/** Keys and open multipart uploads under `prefix`. */
+/** The claim of `prefix`, deleted: the next instance there, with its own SQLite index, may start. */
+async function forgetClaim(prefix: string): Promise<void> {
+  const client = bucket();
+  try {
+    await forgetPrefixClaim(client, ceph.bucket, prefix);
+  } finally {
+    client.destroy();
+  }
+}
+
+/** Keys and open multipart uploads under `prefix` (but its claim, src/store/prefix-claim.ts). */
 async function inBucket(prefix: string): Promise<{ objects: string[]; uploads: string[] }> {
   const client = bucket();
   try {
     const objects = await client.send(new ListObjectsV2Command({ Bucket: ceph.bucket, Prefix: prefix }));
     const uploads = await client.send(new ListMultipartUploadsCommand({ Bucket: ceph.bucket, Prefix: prefix }));
-    return { objects: (objects.Contents ?? []).map((o) => o.Key!).sort(), uploads: (uploads.Uploads ?? []).map((u) => u.Key!).sort() };
+    return {
+      objects: (objects.Contents ?? [])
+        .map((o) => o.Key!)
+        .filter((k) => !isPrefixClaim(k))
+        .sort(),
+      uploads: (uploads.Uploads ?? []).map((u) => u.Key!).sort(),
+    };
   } finally {
     client.destroy();
   }
@@ -152,6 +169,8 @@ describe('berth on S3 storage (Ceph RGW)', () => {
     const big = seeded.big!.layers[0]!;
     const relay = await startRelay({ target: { host: '127.0.0.1', port: ceph.port } });
     // A second berth on the same bucket, reaching S3 only through the relay, offline: nothing else to ask.
+    // Its own SQLite index on a's prefix: the prefix's claim is a's, forgotten for this reader.
+    await forgetClaim('a/');
     const b = await startBerth({ upstreams: upstreams(), offline: true, s3: s3Of('a/', relay.url()) });
     try {
       const start = 50_000_000;
@@ -219,6 +238,7 @@ describe('berth on S3 storage (Ceph RGW)', () => {
     const big = seeded.big!.layers[0]!;
     const cacheDir = path.join(work, 'e-local-cache');
     // Prefix c/: the previous test left the 100 MB layer and the small image's layers there.
+    await forgetClaim('c/');
     const e = await startBerthChild({ upstreams: upstreams(), s3: { ...s3Of('c/'), localCache: { path: cacheDir, maxSize: '300MiB' } } });
     try {
       assert.equal((await hashedGet(`${e.url}/v2/lab/big/blobs/${big.digest}`)).digest, big.digest, 'from the bucket');
@@ -333,6 +353,8 @@ describe('berth on S3 storage (Ceph RGW)', () => {
 
   test('a restart on the same storage directory and bucket serves the image offline, without a single upstream request', async () => {
     await a.stop();
+    // The reader of the Range test claimed a/ after a (a restart of a on its own is tested in s3-prefix-claim).
+    await forgetClaim('a/');
     a = await startBerth({ upstreams: upstreams(), storage: aStorage, offline: true, s3: s3Of('a/') });
     const mark = up.logLineCount();
     const dir = path.join(work, 'pull-offline');

@@ -24,12 +24,13 @@ export function announceStorage(opts: Record<string, unknown>, config: Readonly<
  * an empty cache).
  */
 export async function openBerth(opts: Record<string, unknown>, mode: OpenMode): Promise<Berth> {
-  const { cluster: _notServing, ...config } = configFrom(opts);
+  const { cluster: notServing, ...config } = configFrom(opts);
   announceStorage(opts, config);
   const level = typeof opts.logLevel === 'string' ? opts.logLevel : 'warn';
   // An operator command run with a replica's config takes no part in the cluster: it does not listen, so a
   // fill lease it took would send every replica asking for that blob to a URL nobody answers, to wait out
   // the lease and fail with a 503. Without leases it reads the upstream itself (a blob a replica is
   // fetching at the same moment is read twice, at worst), and the replicas never wait on it.
-  return createBerth(config, pino({ level }, pino.destination(2)), mode);
+  // It still evicts only while it holds the replicas' quota lease (server.ts), judged by their leaseTimeout.
+  return createBerth(config, pino({ level }, pino.destination(2)), { ...mode, ...(notServing ? { leaseTimeoutMs: notServing.leaseTimeout } : {}) });
 }

@@ -107,6 +107,12 @@ export class Leases {
     return holder;
   }
 
+  /** Deletes our named lease (a one-pass holder is done): the next taker gets it at once. */
+  async releaseNamed(name: string): Promise<void> {
+    this.named.delete(name);
+    await this.db.run('DELETE FROM leases WHERE name = $1 AND owner = $2', [name, this.id]);
+  }
+
   /** Whether we hold the named lease as of the last heartbeat (no query). */
   holds(name: string): boolean {
     return this.named.has(name);

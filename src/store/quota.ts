@@ -21,6 +21,8 @@ export interface QuotaOptions {
   onEvicted?: (evicted: number, freed: number) => void;
   /** Whether this replica may evict now (config `cluster`: only the holder of the quota lease does). */
   mayRun?: () => Promise<boolean>;
+  /** Told when a pass that mayRun allowed has ended (a one-pass holder of the quota lease gives it back). */
+  ran?: () => Promise<void>;
 }
 
 interface Partial {
@@ -126,7 +128,7 @@ export class Quota {
 
   private async pass(): Promise<{ evicted: number; freed: number }> {
     const max = await this.limit();
-    let evicted = 0;
+    const evicted = 0;
     let freed = 0;
     if (max === undefined) return { evicted, freed };
     const partials = await this.partials();
@@ -148,6 +150,16 @@ export class Quota {
     if (stale > 0) this.log.info({ partials: stale, total, limit: max }, 'quota: removed partial downloads no fill owns');
     // This replica's own partials went above; blobs are shared by the replicas, and one evicts at a time.
     if (this.opts.mayRun && !(await this.opts.mayRun())) return { evicted, freed };
+    try {
+      return await this.evict(total, max, target, freed);
+    } finally {
+      await this.opts.ran?.();
+    }
+  }
+
+  /** Least-recently-used first, from `total` down to `target` (`freed`: by the partials already removed). */
+  private async evict(total: number, max: number, target: number, freed: number): Promise<{ evicted: number; freed: number }> {
+    let evicted = 0;
     await this.index.flushAccess();
     const newest = await this.index.newest();
     const skipped = new Set<string>();
