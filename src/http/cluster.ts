@@ -30,7 +30,12 @@ export function clusterEndpoint(d: ClusterEndpointDeps): (ctx: Context) => Promi
   const origin = new URL(d.advertise).origin;
   return async (ctx) => {
     ctx.state.route = 'cluster';
-    const why = refusePeerRequest(d.secret, ctx.get('Authorization'), ctx.method, new URL(ctx.originalUrl, origin), ctx.get('Range') || undefined);
+    // Our origin and the path as sent, never a URL built from the target alone: one in absolute form
+    // (`GET http://other/...`) would name its own origin, and a signature made for that host would pass here.
+    const target = ctx.originalUrl;
+    const why = target.startsWith('/')
+      ? refusePeerRequest(d.secret, ctx.get('Authorization'), ctx.method, new URL(`${origin}${target}`), ctx.get('Range') || undefined)
+      : 'the request target is not a path (absolute form)';
     if (why !== undefined) {
       d.onUnauthorized?.();
       d.log.error({ client: ctx.req.socket.remoteAddress, path: ctx.path, why }, 'cluster: refused a peer request with a wrong or missing cluster.secret');
