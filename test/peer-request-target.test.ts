@@ -2,7 +2,8 @@
 // what a host that is no replica got (a lease row named it) is good for that host only. An HTTP/1.1 request
 // may name its target in absolute form (`GET http://host/path`), and Node hands that to the app as it
 // came: built into a URL, it replaced our origin with the one the request named, so the collector's
-// signature, sent to a real replica in absolute form, was good there too. One endpoint, no replicas.
+// signature, sent to a real replica in absolute form, was good there too. And the Range is signed, but an
+// If-Range (not signed) made the endpoint serve the whole blob instead. One endpoint, no replicas.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
@@ -43,9 +44,9 @@ before(async () => {
 after(() => server?.close());
 
 /** Status of a request sent as written (`target` verbatim in the request line). */
-async function status(target: string, authorization: string): Promise<number> {
+async function status(target: string, authorization: string, more = ''): Promise<number> {
   const socket = connect((server.address() as AddressInfo).port, '127.0.0.1');
-  socket.end(`GET ${target} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: ${authorization}\r\nConnection: close\r\n\r\n`);
+  socket.end(`GET ${target} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: ${authorization}\r\n${more}Connection: close\r\n\r\n`);
   let text = '';
   for await (const chunk of socket) text += chunk;
   return Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1]);
@@ -63,5 +64,12 @@ describe('the target a peer request is checked for', () => {
     const theirs = signPeerRequest(SECRET, 'GET', new URL(path, collector), undefined);
     assert.equal(await status(path, theirs), 401);
     assert.equal(await status(`${collector}${path}`, theirs), 401);
+  });
+
+  test('the Range signed is the range served: an If-Range added to a signed request does not widen it to the whole blob', async () => {
+    const range = 'bytes=4-';
+    const signed = signPeerRequest(SECRET, 'GET', new URL(path, origin), range);
+    assert.equal(await status(path, signed, `Range: ${range}\r\n`), 206);
+    assert.equal(await status(path, signed, `Range: ${range}\r\nIf-Range: "not-this-blob"\r\n`), 206);
   });
 });
