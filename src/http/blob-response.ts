@@ -137,13 +137,22 @@ function sendDirect(ctx: Context, body: (write: (chunk: Buffer) => Promise<void>
   const res = ctx.res;
   ctx.respond = false;
   let gone: Error | undefined;
+  // The write in flight: node drops a write into a socket that is destroyed but has not emitted 'close'
+  // yet (no callback ever), so 'close' fails it, or the send would hang holding its fill reader or file.
+  let inFlight: ((err: Error) => void) | undefined;
   res.once('close', () => {
     if (!res.writableFinished) gone = new Error('client closed the connection');
+    if (gone) inFlight?.(gone);
   });
   const write = (chunk: Buffer) =>
     new Promise<void>((ok, fail) => {
       if (gone || res.destroyed) return fail(gone ?? new Error('client closed the connection'));
-      res.write(chunk, (err) => (err ? fail(err) : ok()));
+      inFlight = fail;
+      res.write(chunk, (err) => {
+        inFlight = undefined;
+        if (err) fail(err);
+        else ok();
+      });
     });
   body(write).then(
     () => res.end(),

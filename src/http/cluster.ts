@@ -4,10 +4,11 @@ import { refusePeerRequest } from '../cluster/peer-auth.ts';
 import { CLUSTER_BLOB_PATH } from '../cluster/peer-client.ts';
 import { isDigest } from '../oci/digest.ts';
 import { RegistryError } from '../oci/errors.ts';
+import { parseRange } from '../oci/range.ts';
 import type { BlobHandle, Blobs } from '../registry/blobs.ts';
 import type { Fill } from '../registry/fill/fill.ts';
 import type { Fills } from '../registry/fill/fills.ts';
-import { requestedRanges, sendBlob, setBlobHeaders } from './blob-response.ts';
+import { sendBlob, setBlobHeaders } from './blob-response.ts';
 
 export interface ClusterEndpointDeps {
   secret: string;
@@ -30,7 +31,12 @@ export function clusterEndpoint(d: ClusterEndpointDeps): (ctx: Context) => Promi
   const origin = new URL(d.advertise).origin;
   return async (ctx) => {
     ctx.state.route = 'cluster';
-    const why = refusePeerRequest(d.secret, ctx.get('Authorization'), ctx.method, new URL(ctx.originalUrl, origin), ctx.get('Range') || undefined);
+    // Our origin and the path as sent, never a URL built from the target alone: one in absolute form
+    // (`GET http://other/...`) would name its own origin, and a signature made for that host would pass here.
+    const target = ctx.originalUrl;
+    const why = target.startsWith('/')
+      ? refusePeerRequest(d.secret, ctx.get('Authorization'), ctx.method, new URL(`${origin}${target}`), ctx.get('Range') || undefined)
+      : 'the request target is not a path (absolute form)';
     if (why !== undefined) {
       d.onUnauthorized?.();
       d.log.error({ client: ctx.req.socket.remoteAddress, path: ctx.path, why }, 'cluster: refused a peer request with a wrong or missing cluster.secret');
@@ -54,9 +60,12 @@ export function clusterEndpoint(d: ClusterEndpointDeps): (ctx: Context) => Promi
       ctx.length = blob.size;
       return;
     }
-    let ranges: ReturnType<typeof requestedRanges>;
+    let ranges: ReturnType<typeof parseRange> | undefined;
     try {
-      ranges = requestedRanges(ctx, digest, blob.size);
+      // The Range as signed (peer-auth.ts), not requestedRanges: an If-Range, which peers never send and
+      // which is not signed, would turn a replayed ranged request into one for the whole blob.
+      const range = ctx.get('Range');
+      ranges = range ? parseRange(range, blob.size) : undefined;
     } catch (err) {
       blob.unused?.();
       throw err;

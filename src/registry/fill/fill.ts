@@ -60,7 +60,13 @@ export class Fill implements ReadableFill {
       ended: () => this.s.ended,
       startSequential: () => this.startSequential(),
       wentBackground: () => this.s.emit('background'),
-      abandoned: (ms) => void this.checkpoint().then(() => this.fail(new RegistryError('UNAVAILABLE', `fill of ${this.digest} abandoned: no reader for ${ms} ms`))),
+      // Not while it commits: its bytes are all in, and its commit (an upload, the owner's commit on shared
+      // storage: longer than the grace) ends it; failed meanwhile, a new fill would refetch what is committing.
+      abandoned: (ms) => {
+        const committing = () => this.finishing !== undefined;
+        if (committing()) return;
+        void this.checkpoint().then(() => committing() || this.fail(new RegistryError('UNAVAILABLE', `fill of ${this.digest} abandoned: no reader for ${ms} ms`)));
+      },
       unread: () => void this.closeWhenUnread(),
     });
     this.target = {
@@ -289,8 +295,8 @@ export class Fill implements ReadableFill {
   }
 
   /**
-   * Resolves once the failed fill is done with its ingest file's path: removed (wrong bytes, a full disk)
-   * or checkpointed. A new fill of the same blob through the same upstream uses the same path and must
+   * Resolves once the failed fill is done with its ingest file's path: removed (wrong bytes, a full disk),
+   * checkpointed, or moved into the store by a commit that was in flight when it failed. A new fill of the same blob through the same upstream uses the same path and must
    * wait for this, or the removal unlinks the new fill's file under it (its commit then fails with ENOENT).
    * A committed fill's file was moved into the store before it left the table: it resolves at once.
    */
@@ -308,8 +314,16 @@ export class Fill implements ReadableFill {
     this.demand.ended();
     // Wrong bytes must go; so must a partial that a full disk stopped (it only holds space) and a data
     // file with nothing in it (a GET of a digest the upstream does not have).
-    const discard = err instanceof IntegrityError || isDiskFull(err) || this.extents.bytes === 0;
     void (async () => {
+      // A commit in flight (failed meanwhile: shutdown, a lazy fetch's wrong bytes) still uses the file and
+      // its path: once it moved the file into the store there is nothing left to clean; until it ended, a
+      // new fill of the blob must not open the path (see `settled`).
+      const commit = await this.finishing?.then(
+        () => ({ moved: true, error: undefined }),
+        (error: unknown) => ({ moved: false, error }),
+      );
+      if (commit?.moved) return await this.closeWhenUnread();
+      const discard = [err, commit?.error].some((e) => e instanceof IntegrityError || isDiskFull(e)) || this.extents.bytes === 0;
       if (discard) await this.file.discard();
       // best effort: without a checkpoint the next fill starts from zero
       else if (this.s.size !== undefined) await this.file.checkpoint(this.s.size, false).catch(() => {});
