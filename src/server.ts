@@ -5,7 +5,7 @@ import type { AddressInfo } from 'node:net';
 import { resolve } from 'node:path';
 import pino, { type Logger } from 'pino';
 import { type ClusterParts, openCluster } from './cluster/open.ts';
-import { QuotaLease } from './cluster/quota-lease.ts';
+import { oneShotQuotaLease } from './cluster/quota-lease.ts';
 import { listenAddress } from './config/load.ts';
 import type { Config } from './config/schema.ts';
 import { ConversionPool } from './estargz/pool.ts';
@@ -51,9 +51,6 @@ import { openS3Store } from './store/s3/open.ts';
 import { S3BlobStore } from './store/s3/s3-store.ts';
 import { prepareStorageDir } from './store/storage-dir.ts';
 import { BandwidthBudget } from './upstream/bandwidth.ts';
-
-/** cluster.leaseTimeout's default, for the quota lease of a process configured without `cluster`. */
-const DEFAULT_LEASE_TIMEOUT_MS = 5000;
 
 /** How often recorded access times are written to the index. */
 const ACCESS_FLUSH_MS = 30_000;
@@ -199,11 +196,8 @@ export async function createBerth(config: Readonly<Config>, log: Logger = pino({
   if (cluster && config.storage.driver === 'filesystem') {
     log.warn('cluster replicas with storage.driver filesystem: each keeps its own copy of the blobs it served; share them with storage.driver s3 (or one shared directory)');
   }
-  // A process on a shared PostgreSQL index that is not a replica (an operator command, serve without
-  // `cluster`) evicts only while it holds the replicas' quota lease, one pass at a time (cluster/quota-lease.ts).
-  const pgUrl = config.index.driver === 'postgres' ? config.index.postgres?.url : undefined;
-  const quotaLease =
-    lock && !cluster && pgUrl ? new QuotaLease(pgUrl, { timeoutMs: config.cluster?.leaseTimeout ?? mode.leaseTimeoutMs ?? DEFAULT_LEASE_TIMEOUT_MS, log, command: mode.lock || 'serve' }) : undefined;
+  // A writer on a shared PostgreSQL index that is not a replica evicts only under the replicas' quota lease.
+  const quotaLease = lock && !cluster ? oneShotQuotaLease(config, { log, command: mode.lock || 'serve', ...(mode.leaseTimeoutMs ? { leaseTimeoutMs: mode.leaseTimeoutMs } : {}) }) : undefined;
   const pins = index.pins;
   const uploadFiles = new UploadFiles(paths);
   const quota: Quota = new Quota(index, store, config.storage.maxSize, log, {

@@ -17,6 +17,9 @@ export interface LeaseHolder {
 
 const HEARTBEAT_MS = 1000;
 
+/** SQL: milliseconds until a row's heartbeat goes stale (0 once it has), by the database's clock; `timeoutMs` a float8 parameter. */
+const expiresIn = (timeoutMs: string) => `GREATEST(0, EXTRACT(EPOCH FROM (heartbeat_at + make_interval(secs => ${timeoutMs} / 1000) - now())) * 1000)::float8`;
+
 /**
  * Fill leases (one fill per (upstream, digest) across replicas) and named leases (the quota runner), as
  * rows in PostgreSQL (docs/decisions.md "Cluster fills"). A lease is taken with one upsert that succeeds
@@ -75,7 +78,7 @@ export class Leases {
   /** Who holds the lease of that fill now, without taking it (undefined: nobody). */
   async fillHolder(upstream: string, digest: string): Promise<LeaseHolder | undefined> {
     const r = await this.db.run<{ owner: string; url: string; expires: number }>(
-      `SELECT owner, url, GREATEST(0, EXTRACT(EPOCH FROM (heartbeat_at + make_interval(secs => $3::float8 / 1000) - now())) * 1000)::float8 AS expires
+      `SELECT owner, url, ${expiresIn('$3::float8')} AS expires
          FROM fill_leases WHERE upstream = $1 AND digest = $2`,
       [upstream.toLowerCase(), digest, this.o.timeoutMs],
     );
@@ -129,7 +132,7 @@ export class Leases {
       taken AS (${upsert} RETURNING owner, url)
       SELECT owner, url, 0::float8 AS expires, (SELECT owner FROM previous) AS previous FROM taken
       UNION ALL
-      SELECT owner, url, GREATEST(0, EXTRACT(EPOCH FROM (heartbeat_at + make_interval(secs => ${t} / 1000) - now())) * 1000)::float8, NULL
+      SELECT owner, url, ${expiresIn(t)}, NULL
         FROM ${row} AND NOT EXISTS (SELECT 1 FROM taken)`;
     for (let attempt = 0; ; attempt++) {
       const r = await this.db.run<{ owner: string; url: string; expires: number; previous: string | null }>(sql, params);

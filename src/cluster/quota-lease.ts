@@ -1,5 +1,6 @@
 import { hostname } from 'node:os';
 import type { Logger } from 'pino';
+import type { Config } from '../config/schema.ts';
 import { PgDb } from '../store/pg/db.ts';
 import { QUOTA_LEASE } from './cluster.ts';
 import { Leases } from './leases.ts';
@@ -55,4 +56,18 @@ export class QuotaLease {
     await this.leases.stop().catch(() => {});
     await this.db.end().catch(() => {});
   }
+}
+
+/** cluster.leaseTimeout's default, for a process configured without `cluster`. */
+const DEFAULT_LEASE_TIMEOUT_MS = 5000;
+
+/**
+ * The quota lease of a process that writes to a PostgreSQL index without being a replica (an operator
+ * command, whose `cluster` was dropped: `leaseTimeoutMs` is the replicas'; or serve without `cluster`);
+ * undefined on SQLite, where nobody else evicts.
+ */
+export function oneShotQuotaLease(config: Readonly<Config>, o: { log: Logger; command: string; leaseTimeoutMs?: number }): QuotaLease | undefined {
+  const url = config.index.driver === 'postgres' ? config.index.postgres?.url : undefined;
+  if (!url) return undefined;
+  return new QuotaLease(url, { timeoutMs: config.cluster?.leaseTimeout ?? o.leaseTimeoutMs ?? DEFAULT_LEASE_TIMEOUT_MS, log: o.log, command: o.command });
 }

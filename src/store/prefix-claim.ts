@@ -1,6 +1,7 @@
 import { hostname } from 'node:os';
 import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import pg from 'pg';
+import { isNotFound } from './s3/client.ts';
 import type { S3Keys } from './s3/keys.ts';
 import type { S3Bucket } from './s3/s3-writer.ts';
 
@@ -45,7 +46,7 @@ async function read(s3: S3Bucket, key: string): Promise<PrefixClaim | undefined>
     const r = await s3.client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: key }));
     return JSON.parse(await r.Body!.transformToString()) as PrefixClaim;
   } catch (err) {
-    if ((err as { name?: string }).name === 'NoSuchKey' || (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 404) return undefined;
+    if (isNotFound(err)) return undefined;
     throw err;
   }
 }

@@ -128,13 +128,12 @@ export class Quota {
 
   private async pass(): Promise<{ evicted: number; freed: number }> {
     const max = await this.limit();
-    const evicted = 0;
     let freed = 0;
-    if (max === undefined) return { evicted, freed };
+    if (max === undefined) return { evicted: 0, freed };
     const partials = await this.partials();
     let total = (await this.index.totals()).total + partials.reduce((n, p) => n + p.bytes, 0);
     total += (await this.opts.stagedBytes?.()) ?? 0;
-    if (total <= max) return { evicted, freed };
+    if (total <= max) return { evicted: 0, freed };
     const target = max * LOW_WATER;
     // Partials nobody is writing are leftovers of failed fills (or of a process that died): they can
     // never be served whole, so they go before any complete blob.
@@ -149,7 +148,7 @@ export class Quota {
     }
     if (stale > 0) this.log.info({ partials: stale, total, limit: max }, 'quota: removed partial downloads no fill owns');
     // This replica's own partials went above; blobs are shared by the replicas, and one evicts at a time.
-    if (this.opts.mayRun && !(await this.opts.mayRun())) return { evicted, freed };
+    if (this.opts.mayRun && !(await this.opts.mayRun())) return { evicted: 0, freed };
     try {
       return await this.evict(total, max, target, freed);
     } finally {
