@@ -7,6 +7,7 @@ import { RegistryError } from '../oci/errors.ts';
 import { FsBlobWriter } from './blob-writer.ts';
 import type { StoragePaths } from './paths.ts';
 import { type BlobInfo, type BlobStorage, type BlobWriter, DigestMismatchError, type HashedFile, writeBlob } from './roles.ts';
+import { SharedVerify, type Verification } from './shared-verify.ts';
 
 /**
  * Read buffer for serving cached blobs. Each stream holds about two of these (one being written, one
@@ -39,6 +40,8 @@ export class CorruptBlobError extends Error {
 export class BlobStore implements BlobStorage {
   /** Open read streams per digest: the quota never removes a blob while it is being streamed. */
   private readonly reading = new Map<Digest, number>();
+  /** verifyReads: one hash per file for the whole-blob sends that overlap (shared-verify.ts). */
+  private readonly verifying = new SharedVerify();
 
   constructor(
     readonly paths: StoragePaths,
@@ -72,16 +75,18 @@ export class BlobStore implements BlobStorage {
    * written — so a stream costs 2 × READ_CHUNK however long it runs, and leaves no garbage behind: the
    * hot path of a cache is serving the same layers to many clients.
    *
-   * With verifyReads, a send of the whole blob is hashed as it goes and its last chunk is written only
-   * once the hash matches; on a mismatch the blob is quarantined and CorruptBlobError thrown, so the
+   * With verifyReads, a send of the whole blob is hashed as it goes (once for all the sends of the file
+   * that overlap, shared-verify.ts) and its last chunk is written only once the hash matches; on a mismatch the blob is quarantined and CorruptBlobError thrown, so the
    * caller cuts the client's transfer short of the end (a client never gets a complete wrong body).
    */
   async send(d: Digest, start: number, end: number, write: (chunk: Buffer) => Promise<void>): Promise<void> {
     this.reading.set(d, (this.reading.get(d) ?? 0) + 1);
     let fh: FileHandle | undefined;
+    let verify: Verification | undefined;
     try {
       fh = await open(this.paths.blob(d), 'r');
-      const hash = this.opts.verifyReads && start === 0 && end === (await fh.stat()).size - 1 ? createHash('sha256') : undefined;
+      const st = this.opts.verifyReads && start === 0 ? await fh.stat() : undefined;
+      verify = st && end === st.size - 1 ? this.verifying.join(d, st.ino, st.size) : undefined;
       const buffers = [Buffer.allocUnsafe(READ_CHUNK), Buffer.allocUnsafe(READ_CHUNK)];
       let pending: Promise<void> = Promise.resolve();
       let i = 0;
@@ -90,9 +95,10 @@ export class BlobStore implements BlobStorage {
         i ^= 1;
         const { bytesRead } = await fh.read(buf, 0, Math.min(READ_CHUNK, end + 1 - pos), pos);
         if (bytesRead === 0) throw new Error(`blob ${d} is shorter on disk than its index says`);
-        hash?.update(buf.subarray(0, bytesRead));
-        if (hash && pos + bytesRead > end && hash.digest('hex') !== digestHex(d)) {
+        const verdict = verify?.feed(pos, buf.subarray(0, bytesRead));
+        if (verify && pos + bytesRead > end && verdict !== true) {
           await pending.catch(() => undefined);
+          if (verdict === undefined) throw new Error(`blob ${d}: the shared hash is behind this send`);
           await this.quarantine(d);
           throw new CorruptBlobError(`cached blob ${d} does not hash to its digest: quarantined, the next request fetches it again`);
         }
@@ -105,6 +111,7 @@ export class BlobStore implements BlobStorage {
       }
       await pending;
     } finally {
+      verify?.release();
       await fh?.close();
       const n = (this.reading.get(d) ?? 1) - 1;
       if (n <= 0) this.reading.delete(d);
