@@ -1,8 +1,9 @@
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import { SingleFlight } from './single-flight.ts';
 
 /** What the metrics read at scrape time, from the parts the composition root built. */
 export interface MetricSources {
-  /** What the index holds and the quota. */
+  /** What the index holds and the quota (a SUM over every blob row: asked once per scrape). */
   storage?: () => Promise<{ bytes: number; blobs: number; quota: number | undefined }>;
   /** Total milliseconds spent waiting for bandwidth budget, by priority. */
   bandwidthWait?: () => Record<string, number>;
@@ -69,7 +70,7 @@ export class Metrics {
     help: 'Bytes of verified content in the cache (from the index)',
     registers: [this.registry],
     collect: async () => {
-      const s = await this.sources.storage?.();
+      const s = await this.storage();
       if (s) this.storageBytes.set(s.bytes);
     },
   });
@@ -78,7 +79,7 @@ export class Metrics {
     help: 'Blobs in the cache (from the index)',
     registers: [this.registry],
     collect: async () => {
-      const s = await this.sources.storage?.();
+      const s = await this.storage();
       if (s) this.storageBlobs.set(s.blobs);
     },
   });
@@ -87,7 +88,7 @@ export class Metrics {
     help: 'storage.maxSize in bytes (absent without a quota)',
     registers: [this.registry],
     collect: async () => {
-      const s = await this.sources.storage?.();
+      const s = await this.storage();
       if (s?.quota !== undefined) this.storageQuota.set(s.quota);
     },
   });
@@ -100,6 +101,16 @@ export class Metrics {
       for (const [priority, ms] of Object.entries(this.sources.bandwidthWait?.() ?? {})) this.bandwidthWait.set({ priority }, ms / 1000);
     },
   });
+
+  /**
+   * The three storage gauges are collected at once in each scrape (prom-client awaits every collect together):
+   * they share one read of the source, so a scrape costs the index one SUM, not three. Nothing is memoised: the
+   * next scrape reads afresh.
+   */
+  private readonly storageRead = new SingleFlight<Awaited<ReturnType<NonNullable<MetricSources['storage']>>> | undefined>();
+  private storage() {
+    return this.storageRead.run('storage', async () => this.sources.storage?.());
+  }
 
   constructor(
     private readonly sources: MetricSources = {},
